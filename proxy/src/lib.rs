@@ -1,0 +1,1 @@
+//! Sluice, the proxy library behind the `sluice` binary.
