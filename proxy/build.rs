@@ -10,6 +10,7 @@ use std::process::Command;
 fn main() {
     let proto_root = envoy_types_proto_dir();
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=SLUICE_PROTO_DEBUG");
 
     let api = proto_root.join("data-plane-api");
     let mut files = Vec::new();
@@ -35,7 +36,43 @@ fn main() {
     .filter(|p| p.exists())
     .collect();
 
-    let fds = protox::compile(&rel, &includes).expect("compiling Envoy protos");
+    // One compiler sees every file opened so far, and protobuf's relative-name lookup can then
+    // be shadowed (`config.route.v3.X` inside `envoy.extensions.filters...` finds the package
+    // `envoy.extensions.config` first). A file that fails that way compiles on its own, with
+    // only its imports visible, and its descriptors are merged in. envoy-types ships the protos
+    // its generated code needs, not every import of every file: files that fail alone too are
+    // skipped (none is a type Sluice uses; the proxy's tests check the ones it needs).
+    let mut main = protox::Compiler::new(&includes).expect("proto include paths");
+    main.include_imports(true).include_source_info(false);
+    let mut retry = Vec::new();
+    for file in &rel {
+        if main.open_file(file).is_err() {
+            retry.push(file);
+        }
+    }
+    let mut fds = main.file_descriptor_set();
+    let mut seen: std::collections::HashSet<String> =
+        fds.file.iter().map(|f| f.name().to_string()).collect();
+    let mut skipped = Vec::new();
+    for file in retry {
+        let mut alone = protox::Compiler::new(&includes).expect("proto include paths");
+        alone.include_imports(true).include_source_info(false);
+        match alone.open_file(file) {
+            Ok(_) => {
+                for f in alone.file_descriptor_set().file {
+                    if seen.insert(f.name().to_string()) {
+                        fds.file.push(f);
+                    }
+                }
+            }
+            Err(e) => skipped.push(format!("{}: {e}", file.display())),
+        }
+    }
+    if std::env::var("SLUICE_PROTO_DEBUG").is_ok() {
+        for s in &skipped {
+            println!("cargo:warning=skipped {s}");
+        }
+    }
     let bytes = prost::Message::encode_to_vec(&fds);
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("envoy_descriptor.bin");
     std::fs::write(out, bytes).unwrap();
@@ -61,7 +98,15 @@ fn envoy_types_proto_dir() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--manifest-path"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--filter-platform",
+        ])
+        .arg(std::env::var("TARGET").unwrap())
+        .arg("--manifest-path")
         .arg(manifest.join("Cargo.toml"))
         .output()
         .expect("running cargo metadata");

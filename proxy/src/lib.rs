@@ -1,1 +1,3 @@
 //! Sluice, the proxy library behind the `sluice` binary.
+
+pub mod config;

@@ -1,0 +1,242 @@
+//! Envoy's v3 API schema at run time: the descriptor pool compiled from the same `.proto` files
+//! as `envoy-types`' structs, and conversions between proto3 JSON/YAML and typed messages.
+//!
+//! Decoding goes YAML/JSON → `DynamicMessage` (proto3 JSON mapping, `@type` Any resolved from
+//! the pool, unknown fields rejected) → wire bytes → the typed `envoy-types` struct. Errors carry
+//! the field path (`static_resources.listeners[0].address.socket_address.port_value`).
+//! Encoding goes the other way, giving Envoy's JSON (proto field names) for `/config_dump`.
+
+use std::sync::OnceLock;
+
+use prost::Message;
+use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
+
+static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptor.bin"));
+
+/// The pool of every Envoy v3 message (and its dependencies: xds, udpa, validate, google).
+pub fn pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTOR_SET).expect("embedded descriptor set"))
+}
+
+/// Error decoding a document into an Envoy message.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown message type {0}")]
+    UnknownType(String),
+    #[error("{path}: {message}")]
+    Field { path: String, message: String },
+    #[error("syntax: {0}")]
+    Syntax(String),
+    #[error("wire: {0}")]
+    Wire(#[from] prost::DecodeError),
+}
+
+/// Input document format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Yaml,
+}
+
+impl Format {
+    /// `.json` files are JSON; everything else (`.yaml`, `.yml`, ...) is YAML.
+    pub fn from_path(path: &std::path::Path) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => Format::Json,
+            _ => Format::Yaml,
+        }
+    }
+}
+
+fn options() -> DeserializeOptions {
+    DeserializeOptions::new().deny_unknown_fields(true)
+}
+
+/// Decodes `text` as the fully qualified message `full_name` into a `DynamicMessage`.
+pub fn decode_dynamic(
+    full_name: &str,
+    text: &str,
+    format: Format,
+) -> Result<DynamicMessage, DecodeError> {
+    let desc = pool()
+        .get_message_by_name(full_name)
+        .ok_or_else(|| DecodeError::UnknownType(full_name.to_string()))?;
+    let mut track = serde_path_to_error::Track::new();
+    let result = match format {
+        Format::Json => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let r = DynamicMessage::deserialize_with_options(
+                desc,
+                serde_path_to_error::Deserializer::new(&mut de, &mut track),
+                &options(),
+            );
+            r.map_err(|e| e.to_string())
+        }
+        Format::Yaml => {
+            // YAML is read into a JSON value first: it resolves anchors and merges and lets one
+            // code path handle both formats. Syntax errors keep their line and column.
+            let value: serde_json::Value =
+                serde_yaml_ng::from_str(text).map_err(|e| DecodeError::Syntax(e.to_string()))?;
+            let r = DynamicMessage::deserialize_with_options(
+                desc,
+                serde_path_to_error::Deserializer::new(value, &mut track),
+                &options(),
+            );
+            r.map_err(|e| e.to_string())
+        }
+    };
+    result.map_err(|message| DecodeError::Field {
+        path: display_path(&track.path()),
+        message,
+    })
+}
+
+/// Decodes a JSON value (already parsed) into a `DynamicMessage` of type `full_name`.
+pub fn decode_value(
+    full_name: &str,
+    value: serde_json::Value,
+) -> Result<DynamicMessage, DecodeError> {
+    let desc = pool()
+        .get_message_by_name(full_name)
+        .ok_or_else(|| DecodeError::UnknownType(full_name.to_string()))?;
+    let mut track = serde_path_to_error::Track::new();
+    DynamicMessage::deserialize_with_options(
+        desc,
+        serde_path_to_error::Deserializer::new(value, &mut track),
+        &options(),
+    )
+    .map_err(|e| DecodeError::Field {
+        path: display_path(&track.path()),
+        message: e.to_string(),
+    })
+}
+
+fn display_path(path: &serde_path_to_error::Path) -> String {
+    let s = path.to_string();
+    if s == "." {
+        "(root)".to_string()
+    } else {
+        s
+    }
+}
+
+/// Decodes a document into the typed message `T`.
+pub fn decode<T: Message + prost::Name + Default>(
+    text: &str,
+    format: Format,
+) -> Result<T, DecodeError> {
+    let dm = decode_dynamic(&T::full_name(), text, format)?;
+    Ok(T::decode(dm.encode_to_vec().as_slice())?)
+}
+
+/// Decodes a parsed JSON value into the typed message `T`.
+pub fn decode_json_value<T: Message + prost::Name + Default>(
+    value: serde_json::Value,
+) -> Result<T, DecodeError> {
+    let dm = decode_value(&T::full_name(), value)?;
+    Ok(T::decode(dm.encode_to_vec().as_slice())?)
+}
+
+/// Converts a typed message to Envoy's JSON form (proto field names, defaults omitted, Any
+/// expanded with `@type`).
+pub fn to_json<T: Message + prost::Name>(msg: &T) -> serde_json::Value {
+    let desc = pool()
+        .get_message_by_name(&T::full_name())
+        .expect("message type in pool");
+    let dm = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
+        .expect("typed message re-decodes");
+    dynamic_to_json(&dm)
+}
+
+/// Converts a dynamic message to Envoy's JSON form.
+pub fn dynamic_to_json(dm: &DynamicMessage) -> serde_json::Value {
+    let opts = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(true);
+    dm.serialize_with_options(serde_json::value::Serializer, &opts)
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Unpacks an `Any` into `T`, checking its type URL.
+pub fn unpack_any<T: Message + prost::Name + Default>(
+    any: &prost_types::Any,
+) -> Result<T, DecodeError> {
+    let want = T::type_url();
+    if any.type_url != want {
+        return Err(DecodeError::Field {
+            path: "@type".into(),
+            message: format!("expected {want}, got {}", any.type_url),
+        });
+    }
+    Ok(T::decode(any.value.as_slice())?)
+}
+
+/// The message name in an Any's type URL (`type.googleapis.com/a.b.C` → `a.b.C`).
+pub fn any_type_name(type_url: &str) -> &str {
+    type_url.rsplit('/').next().unwrap_or(type_url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+
+    #[test]
+    fn pool_has_envoy_types() {
+        for name in [
+            "envoy.config.bootstrap.v3.Bootstrap",
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "envoy.extensions.filters.http.router.v3.Router",
+            "envoy.extensions.filters.http.fault.v3.HTTPFault",
+        ] {
+            assert!(pool().get_message_by_name(name).is_some(), "{name}");
+        }
+    }
+
+    #[test]
+    fn yaml_with_any_decodes_to_typed() {
+        let text = r#"
+static_resources:
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 10000}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: c
+"#;
+        let b: Bootstrap = decode(text, Format::Yaml).unwrap();
+        let l = &b.static_resources.unwrap().listeners[0];
+        assert_eq!(l.name, "l");
+        let any = l.filter_chains[0].filters[0].config_type.clone().unwrap();
+        let envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any) =
+            any
+        else {
+            panic!()
+        };
+        assert!(any.type_url.ends_with("TcpProxy"));
+    }
+
+    #[test]
+    fn unknown_field_error_names_path() {
+        let text = "virtual_hosts:\n- name: a\n  domains: ['*']\n  routes:\n  - match: {prefix: /}\n    route: {clustr: x}\n";
+        let err = decode::<RouteConfiguration>(text, Format::Yaml).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("virtual_hosts[0].routes[0].route"), "{msg}");
+        assert!(msg.contains("clustr"), "{msg}");
+    }
+
+    #[test]
+    fn round_trip_to_json_uses_proto_names() {
+        let text = "virtual_hosts:\n- name: a\n  domains: ['*']\n  require_tls: ALL\n";
+        let rc: RouteConfiguration = decode(text, Format::Yaml).unwrap();
+        let v = to_json(&rc);
+        assert_eq!(v["virtual_hosts"][0]["require_tls"], "ALL");
+    }
+}
