@@ -13,15 +13,24 @@ fn main() {
     println!("cargo:rerun-if-env-changed=SLUICE_PROTO_DEBUG");
 
     let api = proto_root.join("data-plane-api");
-    let mut files = Vec::new();
-    collect_protos(&api.join("envoy"), &mut files);
-    files.sort();
-    let rel: Vec<PathBuf> = files
-        .iter()
-        .map(|f| f.strip_prefix(&api).expect("under api").to_path_buf())
-        .collect();
+    let mut rel: Vec<PathBuf> = Vec::new();
+    // Envoy's API, plus the xds matcher types that istiod's filter_chain_matcher uses through
+    // Any (IPMatcher) and that envoy-types generates no struct for.
+    let local = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("proto");
+    println!("cargo:rerun-if-changed={}", local.display());
+    for (root, sub) in [
+        (api.clone(), "envoy"),
+        (proto_root.join("xds"), "xds/type"),
+        (local.clone(), "xds"),
+    ] {
+        let mut files = Vec::new();
+        collect_protos(&root.join(sub), &mut files);
+        files.sort();
+        rel.extend(files.iter().map(|f| f.strip_prefix(&root).unwrap().to_path_buf()));
+    }
 
-    let includes: Vec<PathBuf> = [
+    let mut includes: Vec<PathBuf> = vec![local.clone()];
+    includes.extend([
         "data-plane-api",
         "xds",
         "protoc-gen-validate",
@@ -33,8 +42,7 @@ fn main() {
     ]
     .iter()
     .map(|d| proto_root.join(d))
-    .filter(|p| p.exists())
-    .collect();
+    .filter(|p| p.exists()));
 
     // One compiler sees every file opened so far, and protobuf's relative-name lookup can then
     // be shadowed (`config.route.v3.X` inside `envoy.extensions.filters...` finds the package

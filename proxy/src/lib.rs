@@ -1,3 +1,7 @@
 //! Sluice, the proxy library behind the `sluice` binary.
+#![deny(unsafe_code)]
 
 pub mod config;
+pub mod listener;
+pub mod model;
+pub mod stats;

@@ -1,0 +1,3 @@
+//! Listening sockets, accept loops and per-connection dispatch.
+
+pub mod orig_dst;

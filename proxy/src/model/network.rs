@@ -1,0 +1,324 @@
+//! Network filters of a filter chain: the TCP proxy and the HTTP connection manager, with the
+//! HTTP filters Sluice runs (router, fault) and the telemetry-only ones it skips.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::listener::v3 as lpb;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+use envoy_types::pb::google::protobuf::Duration as PbDuration;
+
+use crate::config::proto;
+
+/// A protobuf Duration as a std Duration.
+pub fn duration(d: &Option<PbDuration>) -> Option<Duration> {
+    d.as_ref().map(|d| {
+        Duration::from_secs(d.seconds.max(0) as u64) + Duration::from_nanos(d.nanos.max(0) as u64)
+    })
+}
+
+/// Envoy filters that only produce telemetry (or Istio-specific metadata) and can be skipped
+/// without changing where traffic goes. Each skip is logged once.
+const TELEMETRY_ONLY: &[&str] = &[
+    "istio.stats",
+    "istio.metadata_exchange",
+    "istio.alpn",
+    "envoy.filters.network.metadata_exchange",
+    "envoy.filters.http.grpc_stats",
+    "envoy.filters.http.cors",
+    "envoy.filters.network.connection_limit",
+];
+
+/// Filter-chain level network filter.
+#[derive(Debug, Clone)]
+pub enum NetworkFilter {
+    Tcp(Arc<TcpProxy>),
+    Http(Arc<HttpConnectionManager>),
+}
+
+/// `envoy.filters.network.tcp_proxy`.
+#[derive(Debug, Clone)]
+pub struct TcpProxy {
+    pub stat_prefix: String,
+    /// `(cluster, weight)`; one entry with weight 1 for a plain `cluster`.
+    pub clusters: Vec<(String, u32)>,
+    pub idle_timeout: Option<Duration>,
+    pub max_connect_attempts: u32,
+}
+
+/// Where the HTTP connection manager gets its routes.
+#[derive(Debug, Clone)]
+pub enum RouteSource {
+    Inline(Arc<RouteConfiguration>),
+    Rds(String),
+}
+
+/// An HTTP filter Sluice runs.
+#[derive(Debug, Clone)]
+pub enum HttpFilter {
+    Fault(Arc<HttpFault>),
+    Router,
+}
+
+/// HTTP codec selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Auto,
+    Http1,
+    Http2,
+}
+
+/// `envoy.filters.network.http_connection_manager`.
+#[derive(Debug, Clone)]
+pub struct HttpConnectionManager {
+    pub stat_prefix: String,
+    pub codec: Codec,
+    pub route: RouteSource,
+    pub filters: Vec<HttpFilter>,
+    pub server_name: String,
+    pub use_remote_address: bool,
+    pub xff_num_trusted_hops: u32,
+    pub skip_xff_append: bool,
+    pub generate_request_id: bool,
+    pub preserve_external_request_id: bool,
+    pub always_set_request_id_in_response: bool,
+    pub stream_idle_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
+    pub max_request_headers_kb: u32,
+    pub upgrades: Vec<String>,
+    pub via: String,
+}
+
+fn tname(any: &prost_types::Any) -> &str {
+    proto::any_type_name(&any.type_url)
+}
+
+/// Builds the network filter of a filter chain. `res` names the resource for errors, `path`
+/// the chain's field path.
+pub fn network_filter(
+    res: &str,
+    path: &str,
+    filters: &[lpb::Filter],
+) -> Result<NetworkFilter, super::ModelError> {
+    let err = |field: String, reason: String| super::ModelError::new(res, &field, reason);
+    let mut terminal = None;
+    for (i, f) in filters.iter().enumerate() {
+        let fpath = format!("{path}.filters[{i}]");
+        let any = match &f.config_type {
+            Some(lpb::filter::ConfigType::TypedConfig(a)) => to_prost_any(a),
+            Some(lpb::filter::ConfigType::ConfigDiscovery(_)) => {
+                return Err(err(
+                    fpath + ".config_discovery",
+                    "filter config discovery (ECDS) is not supported".into(),
+                ))
+            }
+            None => {
+                return Err(err(
+                    fpath + ".typed_config",
+                    format!("filter {} has no typed_config", f.name),
+                ))
+            }
+        };
+        match tname(&any) {
+            "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => {
+                let t: tcp::TcpProxy = decode(&any).map_err(|e| err(fpath.clone(), e))?;
+                terminal = Some(NetworkFilter::Tcp(Arc::new(tcp_proxy(&t).map_err(
+                    |(f, r)| err(format!("{fpath}.typed_config.{f}"), r),
+                )?)));
+            }
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => {
+                let h: hcm::HttpConnectionManager =
+                    decode(&any).map_err(|e| err(fpath.clone(), e))?;
+                terminal = Some(NetworkFilter::Http(Arc::new(
+                    http_connection_manager(&h)
+                        .map_err(|(f, r)| err(format!("{fpath}.typed_config.{f}"), r))?,
+                )));
+            }
+            t if TELEMETRY_ONLY.contains(&f.name.as_str()) || t.starts_with("istio.") => {
+                skip_once(&f.name);
+            }
+            t => {
+                return Err(err(
+                    fpath,
+                    format!("unsupported network filter {} ({t})", f.name),
+                ))
+            }
+        }
+    }
+    terminal.ok_or_else(|| {
+        err(
+            format!("{path}.filters"),
+            "no terminal filter (tcp_proxy or http_connection_manager)".into(),
+        )
+    })
+}
+
+fn skip_once(name: &str) {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let mut g = SEEN.lock().unwrap();
+    if g.get_or_insert_with(HashSet::new).insert(name.to_string()) {
+        tracing::warn!(filter = name, "skipping telemetry-only filter");
+    }
+}
+
+/// envoy-types' `google.protobuf.Any` is its own struct; the proto helpers use prost-types'.
+pub fn to_prost_any(a: &envoy_types::pb::google::protobuf::Any) -> prost_types::Any {
+    prost_types::Any {
+        type_url: a.type_url.clone(),
+        value: a.value.clone(),
+    }
+}
+
+fn decode<T: prost::Message + Default>(any: &prost_types::Any) -> Result<T, String> {
+    T::decode(any.value.as_slice()).map_err(|e| format!("decoding {}: {e}", any.type_url))
+}
+
+fn tcp_proxy(t: &tcp::TcpProxy) -> Result<TcpProxy, (String, String)> {
+    let clusters = match &t.cluster_specifier {
+        Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(c)) => vec![(c.clone(), 1)],
+        Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
+            let v: Vec<_> = w
+                .clusters
+                .iter()
+                .map(|c| (c.name.clone(), c.weight))
+                .collect();
+            if v.iter().map(|c| c.1 as u64).sum::<u64>() == 0 {
+                return Err((
+                    "weighted_clusters".into(),
+                    "weights sum to zero".into(),
+                ));
+            }
+            v
+        }
+        None => return Err(("cluster".into(), "no cluster specified".into())),
+    };
+    if t.tunneling_config.is_some() {
+        return Err((
+            "tunneling_config".into(),
+            "TCP tunneling over HTTP is not supported".into(),
+        ));
+    }
+    Ok(TcpProxy {
+        stat_prefix: t.stat_prefix.clone(),
+        clusters,
+        // Envoy's default idle timeout is 1 hour; an explicit 0 disables it.
+        idle_timeout: match duration(&t.idle_timeout) {
+            None => Some(Duration::from_secs(3600)),
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+        },
+        max_connect_attempts: t
+            .max_connect_attempts
+            .as_ref()
+            .map(|v| v.value)
+            .unwrap_or(1)
+            .max(1),
+    })
+}
+
+fn http_connection_manager(
+    h: &hcm::HttpConnectionManager,
+) -> Result<HttpConnectionManager, (String, String)> {
+    use hcm::http_connection_manager::{CodecType, RouteSpecifier};
+    let route = match &h.route_specifier {
+        Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Inline(Arc::new(rc.clone())),
+        Some(RouteSpecifier::Rds(rds)) => RouteSource::Rds(rds.route_config_name.clone()),
+        Some(RouteSpecifier::ScopedRoutes(_)) => {
+            return Err(("scoped_routes".into(), "scoped routes are not supported".into()))
+        }
+        None => return Err(("route_config".into(), "no route specifier".into())),
+    };
+    let codec = match CodecType::try_from(h.codec_type).unwrap_or(CodecType::Auto) {
+        CodecType::Http1 => Codec::Http1,
+        CodecType::Http2 => Codec::Http2,
+        CodecType::Http3 => return Err(("codec_type".into(), "HTTP/3 is not supported".into())),
+        CodecType::Auto => Codec::Auto,
+    };
+    let mut filters = Vec::new();
+    let mut has_router = false;
+    for (i, f) in h.http_filters.iter().enumerate() {
+        if f.disabled {
+            continue;
+        }
+        let any = match &f.config_type {
+            Some(hcm::http_filter::ConfigType::TypedConfig(a)) => Some(to_prost_any(a)),
+            _ => None,
+        };
+        let tn = any.as_ref().map(tname).unwrap_or("");
+        match tn {
+            "envoy.extensions.filters.http.router.v3.Router" => {
+                has_router = true;
+                filters.push(HttpFilter::Router);
+            }
+            "envoy.extensions.filters.http.fault.v3.HTTPFault" => {
+                let fault: HttpFault = decode(any.as_ref().unwrap())
+                    .map_err(|e| (format!("http_filters[{i}]"), e))?;
+                filters.push(HttpFilter::Fault(Arc::new(fault)));
+            }
+            _ if f.name == "envoy.filters.http.router" && any.is_none() => {
+                has_router = true;
+                filters.push(HttpFilter::Router);
+            }
+            _ if f.is_optional
+                || TELEMETRY_ONLY.contains(&f.name.as_str())
+                || TELEMETRY_ONLY.contains(&tn)
+                || f.name.starts_with("istio.")
+                || tn.starts_with("istio.") =>
+            {
+                skip_once(&f.name);
+            }
+            _ => {
+                return Err((
+                    format!("http_filters[{i}]"),
+                    format!("unsupported HTTP filter {} ({tn})", f.name),
+                ))
+            }
+        }
+    }
+    if !has_router {
+        return Err((
+            "http_filters".into(),
+            "the last HTTP filter must be envoy.filters.http.router".into(),
+        ));
+    }
+    Ok(HttpConnectionManager {
+        stat_prefix: h.stat_prefix.clone(),
+        codec,
+        route,
+        filters,
+        server_name: if h.server_name.is_empty() {
+            "envoy".into()
+        } else {
+            h.server_name.clone()
+        },
+        use_remote_address: h.use_remote_address.as_ref().is_some_and(|v| v.value),
+        xff_num_trusted_hops: h.xff_num_trusted_hops,
+        skip_xff_append: h.skip_xff_append,
+        generate_request_id: h.generate_request_id.as_ref().is_none_or(|v| v.value),
+        preserve_external_request_id: h.preserve_external_request_id,
+        always_set_request_id_in_response: h.always_set_request_id_in_response,
+        stream_idle_timeout: match duration(&h.stream_idle_timeout) {
+            None => Some(Duration::from_secs(300)),
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+        },
+        request_timeout: duration(&h.request_timeout).filter(|d| !d.is_zero()),
+        max_request_headers_kb: h
+            .max_request_headers_kb
+            .as_ref()
+            .map(|v| v.value)
+            .unwrap_or(60),
+        upgrades: h
+            .upgrade_configs
+            .iter()
+            .filter(|u| u.enabled.as_ref().is_none_or(|v| v.value))
+            .map(|u| u.upgrade_type.to_ascii_lowercase())
+            .collect(),
+        via: h.via.clone(),
+    })
+}
