@@ -26,23 +26,29 @@ fn main() {
         let mut files = Vec::new();
         collect_protos(&root.join(sub), &mut files);
         files.sort();
-        rel.extend(files.iter().map(|f| f.strip_prefix(&root).unwrap().to_path_buf()));
+        rel.extend(
+            files
+                .iter()
+                .map(|f| f.strip_prefix(&root).unwrap().to_path_buf()),
+        );
     }
 
     let mut includes: Vec<PathBuf> = vec![local.clone()];
-    includes.extend([
-        "data-plane-api",
-        "xds",
-        "protoc-gen-validate",
-        "googleapis",
-        "cel-spec/proto",
-        "opentelemetry-proto",
-        "client_model",
-        "ratelimit",
-    ]
-    .iter()
-    .map(|d| proto_root.join(d))
-    .filter(|p| p.exists()));
+    includes.extend(
+        [
+            "data-plane-api",
+            "xds",
+            "protoc-gen-validate",
+            "googleapis",
+            "cel-spec/proto",
+            "opentelemetry-proto",
+            "client_model",
+            "ratelimit",
+        ]
+        .iter()
+        .map(|d| proto_root.join(d))
+        .filter(|p| p.exists()),
+    );
 
     // One compiler sees every file opened so far, and protobuf's relative-name lookup can then
     // be shadowed (`config.route.v3.X` inside `envoy.extensions.filters...` finds the package

@@ -187,7 +187,10 @@ mod tests {
         r.text("cluster_manager.cds.version_text").set("v1");
         let t = r.render_text(None);
         assert!(t.contains("cluster.a.upstream_rq_total: 3\n"), "{t}");
-        assert!(t.contains("cluster_manager.cds.version_text: \"v1\""), "{t}");
+        assert!(
+            t.contains("cluster_manager.cds.version_text: \"v1\""),
+            "{t}"
+        );
         let p = r.render_prometheus();
         assert!(p.contains("envoy_cluster_a_upstream_rq_total 3\n"), "{p}");
         assert!(!p.contains("version_text"));

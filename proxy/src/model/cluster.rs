@@ -140,12 +140,15 @@ impl Cluster {
         let protocol = protocol(c).map_err(|(f, r)| err(&f, r))?;
         let load_assignment = match &c.load_assignment {
             Some(la) => Some(
-                endpoints(la, discovery).map_err(|(f, r)| err(&format!("load_assignment.{f}"), r))?,
+                endpoints(la, discovery)
+                    .map_err(|(f, r)| err(&format!("load_assignment.{f}"), r))?,
             ),
             None => None,
         };
-        if matches!(discovery, Discovery::StrictDns | Discovery::LogicalDns | Discovery::Static)
-            && load_assignment.is_none()
+        if matches!(
+            discovery,
+            Discovery::StrictDns | Discovery::LogicalDns | Discovery::Static
+        ) && load_assignment.is_none()
         {
             return Err(err("load_assignment", "no endpoints configured".into()));
         }
@@ -200,7 +203,10 @@ fn lb_policy(c: &cpb::Cluster) -> Result<LbPolicy, (String, String)> {
         2 => {
             let (min, max) = match &c.lb_config {
                 Some(LbConfig::RingHashLbConfig(r)) => (
-                    r.minimum_ring_size.as_ref().map(|v| v.value).unwrap_or(1024),
+                    r.minimum_ring_size
+                        .as_ref()
+                        .map(|v| v.value)
+                        .unwrap_or(1024),
                     r.maximum_ring_size
                         .as_ref()
                         .map(|v| v.value)
@@ -451,8 +457,9 @@ load_assignment:
 
     #[test]
     fn tls_transport_socket_is_named() {
-        let e = cluster("name: t\ntype: EDS\ntransport_socket: {name: envoy.transport_sockets.tls}\n")
-            .unwrap_err();
+        let e =
+            cluster("name: t\ntype: EDS\ntransport_socket: {name: envoy.transport_sockets.tls}\n")
+                .unwrap_err();
         assert_eq!(e.field, "transport_socket");
     }
 }

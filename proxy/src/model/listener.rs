@@ -92,7 +92,11 @@ impl Listener {
                 }
                 _ => String::new(),
             };
-            let kind = if tn.is_empty() { f.name.as_str() } else { tn.as_str() };
+            let kind = if tn.is_empty() {
+                f.name.as_str()
+            } else {
+                tn.as_str()
+            };
             match kind {
                 "envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
                 | "envoy.filters.listener.original_dst" => filters.original_dst = true,
@@ -124,8 +128,7 @@ impl Listener {
         };
         let matcher = match &l.filter_chain_matcher {
             Some(m) => {
-                let m = Matcher::compile(m)
-                    .map_err(|e| err("filter_chain_matcher", e))?;
+                let m = Matcher::compile(m).map_err(|e| err("filter_chain_matcher", e))?;
                 for a in m.actions() {
                     if !chains.iter().any(|c| c.name == a) {
                         return Err(err(
@@ -190,11 +193,15 @@ fn chain(res: &str, path: &str, fc: &lpb::FilterChain) -> Result<FilterChain, Mo
     let matches = ChainMatch {
         destination_port: match m.destination_port.as_ref().map(|v| v.value) {
             Some(p) => Some(u16::try_from(p).map_err(|_| {
-                err(format!("{mp}.destination_port"), format!("port out of range: {p}"))
+                err(
+                    format!("{mp}.destination_port"),
+                    format!("port out of range: {p}"),
+                )
             })?),
             None => None,
         },
-        prefix_ranges: cidrs(&m.prefix_ranges).map_err(|e| err(format!("{mp}.prefix_ranges"), e))?,
+        prefix_ranges: cidrs(&m.prefix_ranges)
+            .map_err(|e| err(format!("{mp}.prefix_ranges"), e))?,
         direct_source_prefix_ranges: cidrs(&m.direct_source_prefix_ranges)
             .map_err(|e| err(format!("{mp}.direct_source_prefix_ranges"), e))?,
         source_type: m.source_type,
@@ -205,7 +212,11 @@ fn chain(res: &str, path: &str, fc: &lpb::FilterChain) -> Result<FilterChain, Mo
             .iter()
             .map(|p| u16::try_from(*p).unwrap_or(0))
             .collect(),
-        server_names: m.server_names.iter().map(|s| s.to_ascii_lowercase()).collect(),
+        server_names: m
+            .server_names
+            .iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect(),
         transport_protocol: m.transport_protocol.clone(),
         application_protocols: m.application_protocols.clone(),
     };
@@ -381,9 +392,18 @@ filter_chains:
             alpn: vec![],
         };
         let pick = |c: ConnInfo| l.select_chain(&c).map(|c| c.name.clone());
-        assert_eq!(pick(ci("10.1.1.1:80", false, None)).as_deref(), Some("port80-net"));
-        assert_eq!(pick(ci("192.168.1.1:80", false, None)).as_deref(), Some("port80"));
-        assert_eq!(pick(ci("192.168.1.1:81", false, None)).as_deref(), Some("any"));
+        assert_eq!(
+            pick(ci("10.1.1.1:80", false, None)).as_deref(),
+            Some("port80-net")
+        );
+        assert_eq!(
+            pick(ci("192.168.1.1:80", false, None)).as_deref(),
+            Some("port80")
+        );
+        assert_eq!(
+            pick(ci("192.168.1.1:81", false, None)).as_deref(),
+            Some("any")
+        );
         assert_eq!(
             pick(ci("192.168.1.1:443", true, Some("a.example.com"))).as_deref(),
             Some("tls")

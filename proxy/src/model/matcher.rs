@@ -168,97 +168,92 @@ impl Matcher {
             Some(o) => Some(Box::new(compile_on_match(o)?)),
             None => None,
         };
-        let kind = match &m.matcher_type {
-            Some(MatcherType::MatcherList(list)) => {
-                let mut out = Vec::new();
-                for (i, fm) in list.matchers.iter().enumerate() {
-                    let p = fm
-                        .predicate
-                        .as_ref()
-                        .ok_or_else(|| format!("matcher_list.matchers[{i}].predicate: missing"))?;
-                    let o = fm
-                        .on_match
-                        .as_ref()
-                        .ok_or_else(|| format!("matcher_list.matchers[{i}].on_match: missing"))?;
-                    out.push((
-                        compile_predicate(p)
-                            .map_err(|e| format!("matcher_list.matchers[{i}]: {e}"))?,
-                        compile_on_match(o)?,
-                    ));
+        let kind =
+            match &m.matcher_type {
+                Some(MatcherType::MatcherList(list)) => {
+                    let mut out = Vec::new();
+                    for (i, fm) in list.matchers.iter().enumerate() {
+                        let p = fm.predicate.as_ref().ok_or_else(|| {
+                            format!("matcher_list.matchers[{i}].predicate: missing")
+                        })?;
+                        let o = fm.on_match.as_ref().ok_or_else(|| {
+                            format!("matcher_list.matchers[{i}].on_match: missing")
+                        })?;
+                        out.push((
+                            compile_predicate(p)
+                                .map_err(|e| format!("matcher_list.matchers[{i}]: {e}"))?,
+                            compile_on_match(o)?,
+                        ));
+                    }
+                    Kind::List(out)
                 }
-                Kind::List(out)
-            }
-            Some(MatcherType::MatcherTree(tree)) => {
-                let input = tree
-                    .input
-                    .as_ref()
-                    .ok_or("matcher_tree.input: missing")?;
-                let url = input
-                    .typed_config
-                    .as_ref()
-                    .map(|a| a.type_url.as_str())
-                    .unwrap_or("");
-                let input = Input::from_type_url(url)
-                    .ok_or_else(|| format!("matcher_tree.input: unsupported input {url}"))?;
-                match &tree.tree_type {
-                    Some(TreeType::ExactMatchMap(map)) => {
-                        let mut out = HashMap::new();
-                        for (k, v) in &map.map {
-                            out.insert(k.clone(), compile_on_match(v)?);
-                        }
-                        Kind::Exact(input, out)
-                    }
-                    Some(TreeType::PrefixMatchMap(map)) => {
-                        let mut out: Vec<(String, OnMatch)> = Vec::new();
-                        for (k, v) in &map.map {
-                            out.push((k.clone(), compile_on_match(v)?));
-                        }
-                        // Longest prefix first.
-                        out.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-                        Kind::Prefix(input, out)
-                    }
-                    Some(TreeType::CustomMatch(ext)) => {
-                        let any = ext
-                            .typed_config
-                            .as_ref()
-                            .ok_or("matcher_tree.custom_match: missing typed_config")?;
-                        if !any.type_url.ends_with("xds.type.matcher.v3.IPMatcher") {
-                            return Err(format!(
-                                "matcher_tree.custom_match: unsupported {}",
-                                any.type_url
-                            ));
-                        }
-                        let ipm = IpMatcherPb::decode(any.value.as_slice())
-                            .map_err(|e| format!("IPMatcher: {e}"))?;
-                        let mut out = Vec::new();
-                        for (i, rm) in ipm.range_matchers.iter().enumerate() {
-                            let mut cidrs = Vec::new();
-                            for r in &rm.ranges {
-                                cidrs.push(
-                                    Cidr::parse(
-                                        &r.address_prefix,
-                                        r.prefix_len.as_ref().map(|v| v.value),
-                                    )
-                                    .map_err(|e| format!("range_matchers[{i}]: {e}"))?,
-                                );
+                Some(MatcherType::MatcherTree(tree)) => {
+                    let input = tree.input.as_ref().ok_or("matcher_tree.input: missing")?;
+                    let url = input
+                        .typed_config
+                        .as_ref()
+                        .map(|a| a.type_url.as_str())
+                        .unwrap_or("");
+                    let input = Input::from_type_url(url)
+                        .ok_or_else(|| format!("matcher_tree.input: unsupported input {url}"))?;
+                    match &tree.tree_type {
+                        Some(TreeType::ExactMatchMap(map)) => {
+                            let mut out = HashMap::new();
+                            for (k, v) in &map.map {
+                                out.insert(k.clone(), compile_on_match(v)?);
                             }
-                            let om = rm
-                                .on_match
-                                .as_ref()
-                                .ok_or_else(|| format!("range_matchers[{i}].on_match: missing"))?;
-                            out.push((cidrs, compile_on_match(om)?, rm.exclusive));
+                            Kind::Exact(input, out)
                         }
-                        // Most specific (longest prefix) first, then declaration order.
-                        out.sort_by_key(|(c, _, _)| {
-                            std::cmp::Reverse(c.iter().map(|c| c.len).max().unwrap_or(0))
-                        });
-                        Kind::Ip(input, out)
+                        Some(TreeType::PrefixMatchMap(map)) => {
+                            let mut out: Vec<(String, OnMatch)> = Vec::new();
+                            for (k, v) in &map.map {
+                                out.push((k.clone(), compile_on_match(v)?));
+                            }
+                            // Longest prefix first.
+                            out.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+                            Kind::Prefix(input, out)
+                        }
+                        Some(TreeType::CustomMatch(ext)) => {
+                            let any = ext
+                                .typed_config
+                                .as_ref()
+                                .ok_or("matcher_tree.custom_match: missing typed_config")?;
+                            if !any.type_url.ends_with("xds.type.matcher.v3.IPMatcher") {
+                                return Err(format!(
+                                    "matcher_tree.custom_match: unsupported {}",
+                                    any.type_url
+                                ));
+                            }
+                            let ipm = IpMatcherPb::decode(any.value.as_slice())
+                                .map_err(|e| format!("IPMatcher: {e}"))?;
+                            let mut out = Vec::new();
+                            for (i, rm) in ipm.range_matchers.iter().enumerate() {
+                                let mut cidrs = Vec::new();
+                                for r in &rm.ranges {
+                                    cidrs.push(
+                                        Cidr::parse(
+                                            &r.address_prefix,
+                                            r.prefix_len.as_ref().map(|v| v.value),
+                                        )
+                                        .map_err(|e| format!("range_matchers[{i}]: {e}"))?,
+                                    );
+                                }
+                                let om = rm.on_match.as_ref().ok_or_else(|| {
+                                    format!("range_matchers[{i}].on_match: missing")
+                                })?;
+                                out.push((cidrs, compile_on_match(om)?, rm.exclusive));
+                            }
+                            // Most specific (longest prefix) first, then declaration order.
+                            out.sort_by_key(|(c, _, _)| {
+                                std::cmp::Reverse(c.iter().map(|c| c.len).max().unwrap_or(0))
+                            });
+                            Kind::Ip(input, out)
+                        }
+                        None => return Err("matcher_tree: no tree type".into()),
                     }
-                    None => return Err("matcher_tree: no tree type".into()),
                 }
-            }
-            None => return Err("matcher: no matcher_list or matcher_tree".into()),
-        };
+                None => return Err("matcher: no matcher_list or matcher_tree".into()),
+            };
         Ok(Matcher { kind, on_no_match })
     }
 
@@ -278,22 +273,19 @@ impl Matcher {
                     .filter(|(p, _)| v.starts_with(p.as_str()))
                     .find_map(|(_, o)| o.eval(c))
             }),
-            Kind::Ip(input, list) => input
-                .read(c)
-                .and_then(|v| v.parse().ok())
-                .and_then(|ip| {
-                    let mut result = None;
-                    for (cidrs, o, exclusive) in list {
-                        if !cidrs.iter().any(|r| r.contains(ip)) {
-                            continue;
-                        }
-                        result = o.eval(c);
-                        if result.is_some() || *exclusive {
-                            break;
-                        }
+            Kind::Ip(input, list) => input.read(c).and_then(|v| v.parse().ok()).and_then(|ip| {
+                let mut result = None;
+                for (cidrs, o, exclusive) in list {
+                    if !cidrs.iter().any(|r| r.contains(ip)) {
+                        continue;
                     }
-                    result
-                }),
+                    result = o.eval(c);
+                    if result.is_some() || *exclusive {
+                        break;
+                    }
+                }
+                result
+            }),
         };
         found.or_else(|| self.on_no_match.as_ref().and_then(|o| o.eval(c)))
     }
@@ -341,8 +333,7 @@ fn compile_on_match(o: &xm::matcher::OnMatch) -> Result<OnMatch, String> {
                 .as_ref()
                 .filter(|a| a.type_url.ends_with("google.protobuf.StringValue"))
                 .and_then(|a| {
-                    envoy_types::pb::google::protobuf::StringValue::decode(a.value.as_slice())
-                        .ok()
+                    envoy_types::pb::google::protobuf::StringValue::decode(a.value.as_slice()).ok()
                 })
                 .map(|s| s.value)
                 .unwrap_or_else(|| ext.name.clone());

@@ -125,9 +125,9 @@ pub fn network_filter(
         match tname(&any) {
             "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => {
                 let t: tcp::TcpProxy = decode(&any).map_err(|e| err(fpath.clone(), e))?;
-                terminal = Some(NetworkFilter::Tcp(Arc::new(tcp_proxy(&t).map_err(
-                    |(f, r)| err(format!("{fpath}.typed_config.{f}"), r),
-                )?)));
+                terminal = Some(NetworkFilter::Tcp(Arc::new(
+                    tcp_proxy(&t).map_err(|(f, r)| err(format!("{fpath}.typed_config.{f}"), r))?,
+                )));
             }
             "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => {
                 let h: hcm::HttpConnectionManager =
@@ -188,10 +188,7 @@ fn tcp_proxy(t: &tcp::TcpProxy) -> Result<TcpProxy, (String, String)> {
                 .map(|c| (c.name.clone(), c.weight))
                 .collect();
             if v.iter().map(|c| c.1 as u64).sum::<u64>() == 0 {
-                return Err((
-                    "weighted_clusters".into(),
-                    "weights sum to zero".into(),
-                ));
+                return Err(("weighted_clusters".into(), "weights sum to zero".into()));
             }
             v
         }
@@ -229,7 +226,10 @@ fn http_connection_manager(
         Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Inline(Arc::new(rc.clone())),
         Some(RouteSpecifier::Rds(rds)) => RouteSource::Rds(rds.route_config_name.clone()),
         Some(RouteSpecifier::ScopedRoutes(_)) => {
-            return Err(("scoped_routes".into(), "scoped routes are not supported".into()))
+            return Err((
+                "scoped_routes".into(),
+                "scoped routes are not supported".into(),
+            ))
         }
         None => return Err(("route_config".into(), "no route specifier".into())),
     };
@@ -256,8 +256,8 @@ fn http_connection_manager(
                 filters.push(HttpFilter::Router);
             }
             "envoy.extensions.filters.http.fault.v3.HTTPFault" => {
-                let fault: HttpFault = decode(any.as_ref().unwrap())
-                    .map_err(|e| (format!("http_filters[{i}]"), e))?;
+                let fault: HttpFault =
+                    decode(any.as_ref().unwrap()).map_err(|e| (format!("http_filters[{i}]"), e))?;
                 filters.push(HttpFilter::Fault(Arc::new(fault)));
             }
             _ if f.name == "envoy.filters.http.router" && any.is_none() => {

@@ -1,0 +1,376 @@
+//! Load balancers: pick a host from a cluster's healthy hosts. Round robin (smooth weighted when
+//! weights differ), least request (power of N choices), random, ring hash and Maglev (consistent
+//! hashing on a request hash from the route's hash policies).
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::Host;
+use crate::model::cluster::LbPolicy;
+
+/// Per endpoint-set balancer state, built once when the set changes.
+#[derive(Debug)]
+pub struct Balancer {
+    policy: LbPolicy,
+    /// Indexes of healthy hosts (all hosts when none is healthy: Envoy's panic threshold).
+    healthy: Vec<usize>,
+    /// Weighted round-robin schedule over `healthy` (empty when all weights are equal).
+    schedule: Vec<u32>,
+    rr: AtomicUsize,
+    /// Ring hash: sorted (hash, host index).
+    ring: Vec<(u64, u32)>,
+    /// Maglev lookup table of host indexes.
+    maglev: Vec<u32>,
+}
+
+fn hash64<T: Hash + ?Sized>(v: &T) -> u64 {
+    // FNV-1a: stable across processes and versions (unlike SipHash's random keys), so a
+    // given key maps to the same host on every Sluice.
+    struct Fnv(u64);
+    impl Hasher for Fnv {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 ^= *b as u64;
+                self.0 = self.0.wrapping_mul(0x100000001b3);
+            }
+        }
+    }
+    let mut h = Fnv(0xcbf29ce484222325);
+    v.hash(&mut h);
+    // Finalise (splitmix64) so that nearby keys spread over the ring.
+    let mut z = h.finish().wrapping_add(0x9e3779b97f4a7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+    z ^ (z >> 31)
+}
+
+/// A stable 64-bit hash of request data for hash policies.
+pub fn request_hash(parts: &[&[u8]]) -> u64 {
+    hash64(parts)
+}
+
+impl Balancer {
+    pub fn new(policy: LbPolicy, hosts: &[Arc<Host>]) -> Balancer {
+        let mut healthy: Vec<usize> = (0..hosts.len()).filter(|i| hosts[*i].healthy).collect();
+        if healthy.is_empty() {
+            healthy = (0..hosts.len()).collect();
+        }
+        let mut b = Balancer {
+            policy,
+            schedule: Vec::new(),
+            rr: AtomicUsize::new(fastrand::usize(..healthy.len().max(1))),
+            ring: Vec::new(),
+            maglev: Vec::new(),
+            healthy,
+        };
+        match policy {
+            LbPolicy::RoundRobin => b.build_schedule(hosts),
+            LbPolicy::RingHash { min_size, max_size } => b.build_ring(hosts, min_size, max_size),
+            LbPolicy::Maglev { table_size } => b.build_maglev(hosts, table_size),
+            _ => {}
+        }
+        b
+    }
+
+    fn build_schedule(&mut self, hosts: &[Arc<Host>]) {
+        let weights: Vec<u32> = self.healthy.iter().map(|i| hosts[*i].weight).collect();
+        if weights.windows(2).all(|w| w[0] == w[1]) {
+            return;
+        }
+        let total: u64 = weights.iter().map(|w| *w as u64).sum();
+        // Smooth weighted round robin, one full cycle (bounded for huge weights).
+        let len = total.min(1 << 16) as usize;
+        let scale = total as f64 / len as f64;
+        let mut current = vec![0f64; weights.len()];
+        for _ in 0..len {
+            let mut best = 0;
+            for (i, w) in weights.iter().enumerate() {
+                current[i] += *w as f64 / scale;
+                if current[i] > current[best] {
+                    best = i;
+                }
+            }
+            current[best] -= len as f64;
+            self.schedule.push(best as u32);
+        }
+    }
+
+    fn build_ring(&mut self, hosts: &[Arc<Host>], min: u64, max: u64) {
+        let total: u64 = self.healthy.iter().map(|i| hosts[*i].weight as u64).sum();
+        if total == 0 {
+            return;
+        }
+        let min_w = self
+            .healthy
+            .iter()
+            .map(|i| hosts[*i].weight as u64)
+            .min()
+            .unwrap_or(1);
+        // As Envoy: scale so the lightest host gets at least one entry and the ring is at
+        // least `min` entries, capped at `max`.
+        let scale = ((min as f64 / total as f64).max(1.0 / min_w as f64) * total as f64)
+            .min(max as f64)
+            / total as f64;
+        for (slot, i) in self.healthy.iter().enumerate() {
+            let h = &hosts[*i];
+            let n = ((h.weight as f64 * scale).round() as u64).max(1);
+            let key = h.addr.to_string();
+            for r in 0..n {
+                self.ring.push((hash64(&(key.as_str(), r)), slot as u32));
+            }
+        }
+        self.ring.sort_unstable();
+    }
+
+    fn build_maglev(&mut self, hosts: &[Arc<Host>], m: u64) {
+        let n = self.healthy.len();
+        if n == 0 {
+            return;
+        }
+        let m = m.max(n as u64) as usize;
+        let max_w = self
+            .healthy
+            .iter()
+            .map(|i| hosts[*i].weight)
+            .max()
+            .unwrap_or(1) as f64;
+        let perms: Vec<(usize, usize)> = self
+            .healthy
+            .iter()
+            .map(|i| {
+                let key = hosts[*i].addr.to_string();
+                let offset = (hash64(&(key.as_str(), 0u8)) % m as u64) as usize;
+                let skip = (hash64(&(key.as_str(), 1u8)) % (m as u64 - 1)) as usize + 1;
+                (offset, skip)
+            })
+            .collect();
+        let weights: Vec<f64> = self
+            .healthy
+            .iter()
+            .map(|i| hosts[*i].weight as f64 / max_w)
+            .collect();
+        let mut table = vec![u32::MAX; m];
+        let mut next = vec![0usize; n];
+        let mut credit = vec![0f64; n];
+        let mut filled = 0;
+        let mut iteration = 0u64;
+        while filled < m {
+            iteration += 1;
+            for i in 0..n {
+                credit[i] += weights[i];
+                if credit[i] < 1.0 {
+                    continue;
+                }
+                credit[i] -= 1.0;
+                let (offset, skip) = perms[i];
+                loop {
+                    let c = (offset + next[i] * skip) % m;
+                    next[i] += 1;
+                    if table[c] == u32::MAX {
+                        table[c] = i as u32;
+                        filled += 1;
+                        break;
+                    }
+                }
+                if filled == m {
+                    break;
+                }
+            }
+            if iteration > 10 * m as u64 {
+                break;
+            }
+        }
+        self.maglev = table;
+    }
+
+    /// Picks a host. `hash` is the request hash for ring hash and Maglev (random when absent);
+    /// `avoid` returns true for hosts a retry should not reuse (tried a few times, then
+    /// ignored).
+    pub fn pick(
+        &self,
+        hosts: &[Arc<Host>],
+        hash: Option<u64>,
+        avoid: &dyn Fn(&Host) -> bool,
+    ) -> Option<Arc<Host>> {
+        if self.healthy.is_empty() {
+            return None;
+        }
+        let mut fallback = None;
+        for attempt in 0..3u64 {
+            let slot = self.pick_slot(hosts, hash.map(|h| h.wrapping_add(attempt)));
+            let host = &hosts[self.healthy[slot]];
+            if !avoid(host) {
+                return Some(host.clone());
+            }
+            fallback.get_or_insert_with(|| host.clone());
+        }
+        fallback
+    }
+
+    fn pick_slot(&self, hosts: &[Arc<Host>], hash: Option<u64>) -> usize {
+        let n = self.healthy.len();
+        match self.policy {
+            LbPolicy::RoundRobin => {
+                let c = self.rr.fetch_add(1, Ordering::Relaxed);
+                if self.schedule.is_empty() {
+                    c % n
+                } else {
+                    self.schedule[c % self.schedule.len()] as usize
+                }
+            }
+            LbPolicy::Random => fastrand::usize(..n),
+            LbPolicy::LeastRequest { choices } => {
+                if n == 1 {
+                    return 0;
+                }
+                let mut best = fastrand::usize(..n);
+                for _ in 1..choices {
+                    let c = fastrand::usize(..n);
+                    let load = |s: usize| {
+                        let h = &hosts[self.healthy[s]];
+                        // Weighted: active requests per unit of weight.
+                        (h.active.load(Ordering::Relaxed) as u64 + 1) * 1000 / h.weight as u64
+                    };
+                    if load(c) < load(best) {
+                        best = c;
+                    }
+                }
+                best
+            }
+            LbPolicy::RingHash { .. } => {
+                if self.ring.is_empty() {
+                    return 0;
+                }
+                let h = hash.unwrap_or_else(|| fastrand::u64(..));
+                let i = self.ring.partition_point(|(k, _)| *k < h);
+                self.ring[i % self.ring.len()].1 as usize
+            }
+            LbPolicy::Maglev { .. } => {
+                if self.maglev.is_empty() {
+                    return 0;
+                }
+                let h = hash.unwrap_or_else(|| fastrand::u64(..));
+                self.maglev[(h % self.maglev.len() as u64) as usize] as usize
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn hosts(weights: &[u32]) -> Vec<Arc<Host>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                Arc::new(Host::new(
+                    format!("127.0.0.{}:80", i + 1).parse().unwrap(),
+                    *w,
+                    true,
+                    Default::default(),
+                    String::new(),
+                ))
+            })
+            .collect()
+    }
+
+    fn counts(
+        b: &Balancer,
+        hs: &[Arc<Host>],
+        n: usize,
+        hash: impl Fn(usize) -> Option<u64>,
+    ) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for i in 0..n {
+            let h = b.pick(hs, hash(i), &|_| false).unwrap();
+            *m.entry(h.addr.to_string()).or_default() += 1;
+        }
+        m
+    }
+
+    #[test]
+    fn round_robin_equal_and_weighted() {
+        let hs = hosts(&[1, 1, 1]);
+        let b = Balancer::new(LbPolicy::RoundRobin, &hs);
+        assert!(counts(&b, &hs, 300, |_| None).values().all(|c| *c == 100));
+        let hs = hosts(&[1, 3]);
+        let b = Balancer::new(LbPolicy::RoundRobin, &hs);
+        let c = counts(&b, &hs, 400, |_| None);
+        assert_eq!(c["127.0.0.1:80"], 100);
+        assert_eq!(c["127.0.0.2:80"], 300);
+    }
+
+    #[test]
+    fn unhealthy_hosts_skipped() {
+        let mut hs = hosts(&[1, 1]);
+        Arc::get_mut(&mut hs[0]).unwrap().healthy = false;
+        let b = Balancer::new(LbPolicy::RoundRobin, &hs);
+        assert_eq!(counts(&b, &hs, 10, |_| None)["127.0.0.2:80"], 10);
+    }
+
+    #[test]
+    fn least_request_prefers_idle_host() {
+        let hs = hosts(&[1, 1]);
+        hs[0].active.store(100, Ordering::Relaxed);
+        let b = Balancer::new(LbPolicy::LeastRequest { choices: 2 }, &hs);
+        let c = counts(&b, &hs, 1000, |_| None);
+        // P2C with two hosts: the busy one wins only when both draws pick it (~25%).
+        assert!(c["127.0.0.2:80"] > 650, "{c:?}");
+    }
+
+    #[test]
+    fn consistent_hashes_are_sticky_and_spread() {
+        for policy in [
+            LbPolicy::RingHash {
+                min_size: 1024,
+                max_size: 8 << 20,
+            },
+            LbPolicy::Maglev { table_size: 65537 },
+        ] {
+            let hs = hosts(&[1, 1, 1, 1]);
+            let b = Balancer::new(policy, &hs);
+            for k in 0..50u64 {
+                let h = request_hash(&[&k.to_le_bytes()]);
+                let a = b.pick(&hs, Some(h), &|_| false).unwrap();
+                let again = b.pick(&hs, Some(h), &|_| false).unwrap();
+                assert_eq!(a.addr, again.addr);
+            }
+            let c = counts(&b, &hs, 4000, |i| {
+                Some(request_hash(&[&(i as u64).to_le_bytes()]))
+            });
+            assert_eq!(c.len(), 4, "{policy:?} {c:?}");
+            assert!(c.values().all(|v| *v > 600), "{policy:?} {c:?}");
+            // Removing one host keeps most keys where they were.
+            let fewer: Vec<_> = hs[..3].to_vec();
+            let b2 = Balancer::new(policy, &fewer);
+            let mut moved = 0;
+            for i in 0..1000u64 {
+                let h = request_hash(&[&i.to_le_bytes()]);
+                let a = b.pick(&hs, Some(h), &|_| false).unwrap();
+                let z = b2.pick(&fewer, Some(h), &|_| false).unwrap();
+                if a.addr != z.addr && a.addr != hs[3].addr {
+                    moved += 1;
+                }
+            }
+            assert!(moved < 150, "{policy:?}: {moved} keys moved");
+        }
+    }
+
+    #[test]
+    fn avoid_predicate_steers_retries() {
+        let hs = hosts(&[1, 1]);
+        let b = Balancer::new(LbPolicy::RoundRobin, &hs);
+        let first = hs[0].addr;
+        for _ in 0..10 {
+            let h = b.pick(&hs, None, &|h| h.addr == first).unwrap();
+            assert_ne!(h.addr, first);
+        }
+    }
+}

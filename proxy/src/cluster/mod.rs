@@ -1,0 +1,321 @@
+//! Clusters at run time: the hosts a cluster currently has (static, EDS or DNS), its load
+//! balancer, per-host connection pools and Envoy's cluster stats. A cluster's endpoints are an
+//! immutable `EndpointSet` swapped atomically; hosts that survive an update keep their pools.
+
+pub mod lb;
+pub mod pool;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::model::cluster::{Cluster, Discovery, EndpointSpec, Endpoints, Target};
+use crate::stats::{registry, Counter, Gauge};
+use lb::Balancer;
+use pool::{Pool, PoolSettings};
+
+/// One upstream host.
+#[derive(Debug)]
+pub struct Host {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub healthy: bool,
+    pub metadata: BTreeMap<String, String>,
+    pub locality: String,
+    /// Requests in flight (least-request balancing, admin).
+    pub active: AtomicUsize,
+    pub pool: Arc<Pool>,
+}
+
+impl Host {
+    pub fn new(
+        addr: SocketAddr,
+        weight: u32,
+        healthy: bool,
+        metadata: BTreeMap<String, String>,
+        locality: String,
+    ) -> Host {
+        Host {
+            addr,
+            weight: weight.max(1),
+            healthy,
+            metadata,
+            locality,
+            active: AtomicUsize::new(0),
+            pool: Arc::new(Pool::default()),
+        }
+    }
+}
+
+/// The hosts of a cluster at one moment, with their balancer.
+#[derive(Debug)]
+pub struct EndpointSet {
+    pub hosts: Vec<Arc<Host>>,
+    pub balancer: Balancer,
+    /// The configured endpoints this set was built from (for change detection and EDS dumps).
+    pub spec: Endpoints,
+}
+
+/// Envoy's per-cluster stats.
+#[derive(Debug)]
+pub struct ClusterStats {
+    pub upstream_cx_total: Arc<Counter>,
+    pub upstream_cx_connect_fail: Arc<Counter>,
+    pub upstream_cx_connect_timeout: Arc<Counter>,
+    pub upstream_cx_active: Arc<Gauge>,
+    pub upstream_rq_total: Arc<Counter>,
+    pub upstream_rq_active: Arc<Gauge>,
+    pub upstream_rq_retry: Arc<Counter>,
+    pub upstream_rq_timeout: Arc<Counter>,
+    pub upstream_rq_pending_overflow: Arc<Counter>,
+    pub upstream_cx_none_healthy: Arc<Counter>,
+    pub rq_2xx: Arc<Counter>,
+    pub rq_3xx: Arc<Counter>,
+    pub rq_4xx: Arc<Counter>,
+    pub rq_5xx: Arc<Counter>,
+    pub membership_total: Arc<Gauge>,
+    pub membership_healthy: Arc<Gauge>,
+}
+
+impl ClusterStats {
+    fn new(name: &str) -> ClusterStats {
+        let r = registry();
+        let c = |s: &str| r.counter(&format!("cluster.{name}.{s}"));
+        let g = |s: &str| r.gauge(&format!("cluster.{name}.{s}"));
+        ClusterStats {
+            upstream_cx_total: c("upstream_cx_total"),
+            upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
+            upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
+            upstream_cx_active: g("upstream_cx_active"),
+            upstream_rq_total: c("upstream_rq_total"),
+            upstream_rq_active: g("upstream_rq_active"),
+            upstream_rq_retry: c("upstream_rq_retry"),
+            upstream_rq_timeout: c("upstream_rq_timeout"),
+            upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
+            upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
+            rq_2xx: c("upstream_rq_2xx"),
+            rq_3xx: c("upstream_rq_3xx"),
+            rq_4xx: c("upstream_rq_4xx"),
+            rq_5xx: c("upstream_rq_5xx"),
+            membership_total: g("membership_total"),
+            membership_healthy: g("membership_healthy"),
+        }
+    }
+
+    /// Counts a response status in the `upstream_rq_Nxx` family.
+    pub fn status(&self, code: u16) {
+        match code / 100 {
+            2 => self.rq_2xx.inc(),
+            3 => self.rq_3xx.inc(),
+            4 => self.rq_4xx.inc(),
+            5 => self.rq_5xx.inc(),
+            _ => {}
+        }
+    }
+}
+
+/// A cluster at run time.
+#[derive(Debug)]
+pub struct ClusterRt {
+    pub cfg: Arc<Cluster>,
+    pub endpoints: ArcSwap<EndpointSet>,
+    pub stats: ClusterStats,
+    pub settings: PoolSettings,
+    /// ORIGINAL_DST hosts, created per destination on demand.
+    orig_dst_hosts: Mutex<HashMap<SocketAddr, Arc<Host>>>,
+    /// Background DNS refresh, stopped when the cluster goes away.
+    dns_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Whether endpoints have arrived (EDS warming); static and DNS clusters start warm.
+    pub warm: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for ClusterRt {
+    fn drop(&mut self) {
+        if let Some(t) = self.dns_task.lock().unwrap().take() {
+            t.abort();
+        }
+    }
+}
+
+impl ClusterRt {
+    /// Builds a cluster runtime. `previous` (same name) donates hosts and pools.
+    pub fn new(cfg: Arc<Cluster>, previous: Option<&ClusterRt>) -> Arc<ClusterRt> {
+        let initial = match (&cfg.load_assignment, cfg.discovery) {
+            (_, Discovery::Eds) => previous
+                .map(|p| p.endpoints.load().spec.clone())
+                .unwrap_or_default(),
+            (Some(la), Discovery::Static) => la.clone(),
+            _ => Endpoints::default(),
+        };
+        let old_hosts: Vec<Arc<Host>> = previous
+            .map(|p| p.endpoints.load().hosts.clone())
+            .unwrap_or_default();
+        let set = build_set(&cfg, initial, &old_hosts);
+        let warm = match cfg.discovery {
+            Discovery::Eds => previous.is_some_and(|p| p.is_warm()),
+            _ => true,
+        };
+        let rt = Arc::new(ClusterRt {
+            stats: ClusterStats::new(&cfg.name),
+            settings: PoolSettings {
+                connect_timeout: cfg.connect_timeout,
+                idle_timeout: cfg.idle_timeout,
+                max_requests_per_connection: cfg.max_requests_per_connection,
+            },
+            endpoints: ArcSwap::from_pointee(set),
+            orig_dst_hosts: Mutex::new(HashMap::new()),
+            dns_task: Mutex::new(None),
+            warm: std::sync::atomic::AtomicBool::new(warm),
+            cfg,
+        });
+        rt.update_membership_stats();
+        if matches!(
+            rt.cfg.discovery,
+            Discovery::StrictDns | Discovery::LogicalDns
+        ) {
+            let weak = Arc::downgrade(&rt);
+            let task = tokio::spawn(dns_refresh(weak));
+            *rt.dns_task.lock().unwrap() = Some(task);
+        }
+        rt
+    }
+
+    pub fn is_warm(&self) -> bool {
+        self.warm.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Replaces the endpoints (EDS update or DNS answer).
+    pub fn set_endpoints(&self, spec: Endpoints) {
+        let current = self.endpoints.load();
+        if current.spec == spec && self.is_warm() {
+            return;
+        }
+        let set = build_set(&self.cfg, spec, &current.hosts);
+        self.endpoints.store(Arc::new(set));
+        self.warm.store(true, std::sync::atomic::Ordering::Release);
+        self.update_membership_stats();
+    }
+
+    fn update_membership_stats(&self) {
+        let set = self.endpoints.load();
+        self.stats.membership_total.set(set.hosts.len() as i64);
+        self.stats
+            .membership_healthy
+            .set(set.hosts.iter().filter(|h| h.healthy).count() as i64);
+    }
+
+    /// Picks a host for a request. For ORIGINAL_DST clusters `orig_dst` is the host.
+    pub fn pick(
+        &self,
+        hash: Option<u64>,
+        orig_dst: Option<SocketAddr>,
+        avoid: &dyn Fn(&Host) -> bool,
+    ) -> Option<Arc<Host>> {
+        if self.cfg.discovery == Discovery::OriginalDst {
+            let addr = orig_dst?;
+            let mut m = self.orig_dst_hosts.lock().unwrap();
+            if m.len() > 10_000 {
+                m.retain(|_, h| Arc::strong_count(h) > 1);
+            }
+            return Some(
+                m.entry(addr)
+                    .or_insert_with(|| {
+                        Arc::new(Host::new(addr, 1, true, BTreeMap::new(), String::new()))
+                    })
+                    .clone(),
+            );
+        }
+        let set = self.endpoints.load();
+        let h = set.balancer.pick(&set.hosts, hash, avoid);
+        if h.is_none() {
+            self.stats.upstream_cx_none_healthy.inc();
+        }
+        h
+    }
+}
+
+fn build_set(cfg: &Cluster, spec: Endpoints, old: &[Arc<Host>]) -> EndpointSet {
+    let mut hosts = Vec::new();
+    for e in &spec.endpoints {
+        let Target::Ip(addr) = e.target else { continue };
+        hosts.push(reuse_or_new(old, addr, e));
+    }
+    EndpointSet {
+        balancer: Balancer::new(cfg.lb, &hosts),
+        hosts,
+        spec,
+    }
+}
+
+fn reuse_or_new(old: &[Arc<Host>], addr: SocketAddr, e: &EndpointSpec) -> Arc<Host> {
+    if let Some(h) = old.iter().find(|h| {
+        h.addr == addr
+            && h.weight == e.weight.max(1)
+            && h.healthy == e.healthy
+            && h.metadata == e.metadata
+            && h.locality == e.locality
+    }) {
+        return h.clone();
+    }
+    let mut h = Host::new(
+        addr,
+        e.weight,
+        e.healthy,
+        e.metadata.clone(),
+        e.locality.clone(),
+    );
+    // A host whose attributes changed keeps its connections.
+    if let Some(prev) = old.iter().find(|h| h.addr == addr) {
+        h.pool = prev.pool.clone();
+    }
+    Arc::new(h)
+}
+
+/// STRICT_DNS: every address of every hostname is a host. LOGICAL_DNS: the first address.
+async fn dns_refresh(weak: std::sync::Weak<ClusterRt>) {
+    loop {
+        let Some(rt) = weak.upgrade() else { return };
+        let la = rt.cfg.load_assignment.clone().unwrap_or_default();
+        let logical = rt.cfg.discovery == Discovery::LogicalDns;
+        let refresh = rt.cfg.dns_refresh;
+        drop(rt);
+        let mut out = Vec::new();
+        let mut failed = false;
+        for e in &la.endpoints {
+            match &e.target {
+                Target::Ip(_) => out.push(e.clone()),
+                Target::Dns(host, port) => {
+                    match tokio::net::lookup_host((host.as_str(), *port)).await {
+                        Ok(addrs) => {
+                            let mut addrs: Vec<SocketAddr> = addrs.collect();
+                            addrs.sort();
+                            addrs.dedup();
+                            if logical {
+                                addrs.truncate(1);
+                            }
+                            for a in addrs {
+                                let mut spec = e.clone();
+                                spec.target = Target::Ip(a);
+                                out.push(spec);
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(host, %err, "DNS resolution failed");
+                            failed = true;
+                        }
+                    }
+                }
+            }
+        }
+        let Some(rt) = weak.upgrade() else { return };
+        // Keep the last good answer when resolution fails.
+        if !failed || !out.is_empty() {
+            rt.set_endpoints(Endpoints { endpoints: out });
+        }
+        drop(rt);
+        tokio::time::sleep(refresh).await;
+    }
+}

@@ -1,0 +1,293 @@
+//! Upstream HTTP connections to one host: HTTP/1.1 keep-alive connections reused one request
+//! at a time, or one multiplexed HTTP/2 (h2c) connection. A pooled connection that the server
+//! closed while idle never fails a request: the request comes back unsent and goes out on a
+//! fresh connection.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::body::Body;
+
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect timeout")]
+    ConnectTimeout,
+    #[error("connect failure: {0}")]
+    Connect(std::io::Error),
+    #[error("handshake: {0}")]
+    Handshake(hyper::Error),
+    /// The connection reset or closed before a response arrived.
+    #[error("upstream reset: {0}")]
+    Reset(hyper::Error),
+    #[error("circuit breaker open: {0}")]
+    Overflow(&'static str),
+}
+
+impl UpstreamError {
+    /// True when the request provably never reached the upstream (safe to retry anywhere).
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::ConnectTimeout | UpstreamError::Connect(_) | UpstreamError::Handshake(_)
+        )
+    }
+}
+
+/// Connection settings for a host's pool, from its cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub max_requests_per_connection: Option<u32>,
+}
+
+struct Idle {
+    tx: http1::SendRequest<Body>,
+    since: Instant,
+    used: u32,
+}
+
+/// The connection pool of one host.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<Vec<Idle>>,
+    h2: Mutex<Option<http2::SendRequest<Body>>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("idle", &self.idle.lock().map(|i| i.len()).unwrap_or(0))
+            .finish()
+    }
+}
+
+/// Opens a TCP connection with the cluster's connect timeout and TCP_NODELAY.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => Err(UpstreamError::ConnectTimeout),
+        Ok(Err(e)) => Err(UpstreamError::Connect(e)),
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+    }
+}
+
+impl Pool {
+    /// Number of idle HTTP/1 connections (admin and tests).
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap().len()
+    }
+
+    /// Sends a request over HTTP/1.1, reusing an idle connection when one is alive.
+    pub async fn send_http1(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        settings: PoolSettings,
+        mut req: Request<Body>,
+        on_new_connection: impl Fn(),
+    ) -> Result<Response<Body>, UpstreamError> {
+        loop {
+            let Some(mut idle) = self.checkout(settings) else {
+                break;
+            };
+            // Waits for the connection to finish its previous exchange; fails if it closed.
+            if idle.tx.ready().await.is_err() {
+                continue;
+            }
+            match idle.tx.try_send_request(req).await {
+                Ok(resp) => return Ok(self.wrap_http1(resp, idle.tx, idle.used + 1, settings)),
+                Err(mut e) => match e.take_message() {
+                    // Never written: the connection was closing. Try the next one.
+                    Some(r) => req = r,
+                    None => return Err(UpstreamError::Reset(e.into_error())),
+                },
+            }
+        }
+        let stream = connect(addr, settings.connect_timeout).await?;
+        on_new_connection();
+        let (mut tx, conn) = http1::Builder::new()
+            .preserve_header_case(false)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let resp = tx
+            .try_send_request(req)
+            .await
+            .map_err(|e| UpstreamError::Reset(e.into_error()))?;
+        Ok(self.wrap_http1(resp, tx, 1, settings))
+    }
+
+    fn checkout(&self, settings: PoolSettings) -> Option<Idle> {
+        let mut idle = self.idle.lock().unwrap();
+        while let Some(c) = idle.pop() {
+            let expired = settings
+                .idle_timeout
+                .is_some_and(|t| c.since.elapsed() >= t);
+            if !expired && !c.tx.is_closed() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn wrap_http1(
+        self: &Arc<Self>,
+        resp: Response<Incoming>,
+        tx: http1::SendRequest<Body>,
+        used: u32,
+        settings: PoolSettings,
+    ) -> Response<Body> {
+        let upgrade = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        let reusable = !upgrade
+            && settings
+                .max_requests_per_connection
+                .is_none_or(|m| used < m)
+            && !resp
+                .headers()
+                .get(http::header::CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        let (parts, body) = resp.into_parts();
+        let mut ret = reusable.then(|| (self.clone(), tx, used));
+        if body.is_end_stream() {
+            give_back(&mut ret);
+        }
+        Response::from_parts(parts, crate::body::boxed(ReturnOnEnd { inner: body, ret }))
+    }
+
+    /// Sends a request over this host's shared HTTP/2 connection (h2c prior knowledge).
+    pub async fn send_http2(
+        &self,
+        addr: SocketAddr,
+        settings: PoolSettings,
+        mut req: Request<Body>,
+        on_new_connection: impl Fn(),
+    ) -> Result<Response<Body>, UpstreamError> {
+        // HTTP/2 requests carry the authority in the URI; hyper's h2 client needs scheme too.
+        if req.uri().scheme().is_none() {
+            let host = req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+                .unwrap_or_else(|| addr.to_string());
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .to_string();
+            if let Ok(uri) = http::Uri::builder()
+                .scheme("http")
+                .authority(host)
+                .path_and_query(pq)
+                .build()
+            {
+                *req.uri_mut() = uri;
+            }
+            req.headers_mut().remove(http::header::HOST);
+        }
+        *req.version_mut() = http::Version::HTTP_2;
+        for _ in 0..2 {
+            let existing = {
+                let g = self.h2.lock().unwrap();
+                g.as_ref().filter(|s| !s.is_closed()).cloned()
+            };
+            let mut tx = match existing {
+                Some(tx) => tx,
+                None => {
+                    let stream = connect(addr, settings.connect_timeout).await?;
+                    on_new_connection();
+                    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .keep_alive_interval(Duration::from_secs(30))
+                        .handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(UpstreamError::Handshake)?;
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    *self.h2.lock().unwrap() = Some(tx.clone());
+                    tx
+                }
+            };
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok(resp.map(crate::body::boxed)),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => {
+                        req = r;
+                        *self.h2.lock().unwrap() = None;
+                    }
+                    None => return Err(UpstreamError::Reset(e.into_error())),
+                },
+            }
+        }
+        Err(UpstreamError::Overflow("http2 connection unavailable"))
+    }
+}
+
+type Return = Option<(Arc<Pool>, http1::SendRequest<Body>, u32)>;
+
+fn give_back(ret: &mut Return) {
+    if let Some((pool, tx, used)) = ret.take() {
+        pool.idle.lock().unwrap().push(Idle {
+            tx,
+            since: Instant::now(),
+            used,
+        });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that hands its HTTP/1 connection back to the pool once the body has
+    /// been read to the end. Dropped early, the connection is closed instead.
+    struct ReturnOnEnd {
+        #[pin]
+        inner: Incoming,
+        ret: Return,
+    }
+}
+
+impl http_body::Body for ReturnOnEnd {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let r = this.inner.as_mut().poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => give_back(this.ret),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => give_back(this.ret),
+            Poll::Ready(Some(Err(_))) => *this.ret = None,
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
