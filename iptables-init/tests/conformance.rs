@@ -6,6 +6,7 @@
 //! copied into the repo. A missing directory is a failure, not a skip.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 
 use iptables_init::config::{Config, Settings};
@@ -194,21 +195,25 @@ fn istio_iptables_goldens() {
                 .is_some_and(|x| x == "golden")
         })
         .count();
+    // Written to stdout directly (not println!) so the per-case lines show under plain
+    // `cargo test`, which captures println! of passing tests.
+    let mut report = String::new();
     let mut failed = 0;
     for (name, r) in &results {
         match r {
-            Ok(()) => println!("istio-iptables golden {name}: PASS"),
+            Ok(()) => report.push_str(&format!("istio-iptables golden {name}: PASS\n")),
             Err(p) => {
                 failed += 1;
-                println!("istio-iptables golden {name}: FAIL\n{p}");
+                report.push_str(&format!("istio-iptables golden {name}: FAIL\n{p}"));
             }
         }
     }
-    println!(
-        "istio-iptables goldens: {}/{} passed ({goldens} golden files)",
+    report.push_str(&format!(
+        "istio-iptables goldens: {}/{} passed ({goldens} golden files)\n",
         results.len() - failed,
         results.len()
-    );
+    ));
+    let _ = std::io::stdout().write_all(report.as_bytes());
     assert_eq!(
         results.len(),
         goldens,
