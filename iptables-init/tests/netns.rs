@@ -127,11 +127,14 @@ impl Netns {
 
     /// `iptables-save` (or ip6tables-save) inside the namespace, without comment lines.
     fn save(&self, v6: bool) -> String {
-        let tool = if v6 {
+        self.save_with(if v6 {
             "ip6tables-save"
         } else {
             "iptables-save"
-        };
+        })
+    }
+
+    fn save_with(&self, tool: &str) -> String {
         self.ok(tool, &[], &[])
             .lines()
             .filter(|l| !l.starts_with('#'))
@@ -411,4 +414,49 @@ fn failing_rule_is_named_and_nothing_changes() {
     assert!(!invalid.status.success());
     assert!(String::from_utf8_lossy(&invalid.stderr).contains("INBOUND_PORTS_INCLUDE"));
     assert_eq!(ns.save(false), before);
+}
+
+fn loud_skip(msg: &str) {
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n**********\nSKIPPED: {msg}\n**********\n"
+    );
+}
+
+#[test]
+fn legacy_backend_round_trip() {
+    if !preflight("legacy_backend_round_trip") {
+        return;
+    }
+    if !on_path("iptables-legacy-restore") {
+        loud_skip("legacy_backend_round_trip: iptables-legacy not installed");
+        return;
+    }
+    let ns = Netns::new();
+    if !ns.exec("iptables-legacy-save", &[], &[]).status.success() {
+        loud_skip("legacy_backend_round_trip: kernel has no legacy ip_tables support");
+        return;
+    }
+    let args = [SIDECAR, &["--force-iptables-binary", "legacy"]].concat();
+    assert_success(&ns.sluice(&args, &[IPV6]), "legacy install");
+    let v4 = ns.save_with("iptables-legacy-save");
+    assert!(v4.contains(":ISTIO_OUTPUT"), "{v4}");
+    assert!(
+        !ns.save(false).contains("ISTIO"),
+        "nft tables must stay untouched"
+    );
+    assert_success(&ns.sluice(&args, &[IPV6]), "legacy re-install");
+    assert_eq!(
+        ns.save_with("iptables-legacy-save"),
+        v4,
+        "state changed on re-run"
+    );
+    assert_success(
+        &ns.sluice(&[&args[..], &["--cleanup-only"]].concat(), &[IPV6]),
+        "cleanup",
+    );
+    for tool in ["iptables-legacy-save", "ip6tables-legacy-save"] {
+        let s = ns.save_with(tool);
+        assert!(!s.contains("ISTIO"), "{tool} after cleanup:\n{s}");
+    }
 }
