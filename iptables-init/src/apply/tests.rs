@@ -300,3 +300,44 @@ fn backend_tool_names() {
         "iptables"
     );
 }
+
+#[test]
+fn ipv6_failure_rolls_back_ipv4_too() {
+    let mut s = Settings::default();
+    s.set("ENABLE_INBOUND_IPV6", "true").unwrap();
+    let rules = generate(&Config::try_from(&s).unwrap());
+    let v4_after = save_of(&rules.v4);
+    let mut v4_applied = false;
+    let mut fake = Fake {
+        calls: vec![],
+        answer: |prog: &str, args: &[String], stdin: Option<&str>| match prog {
+            "iptables-save" if v4_applied => ok(&v4_after),
+            "iptables-save" | "ip6tables-save" => ok(EMPTY_SAVE),
+            "iptables-restore" => {
+                v4_applied = stdin.is_some() && !args.is_empty();
+                ok("")
+            }
+            "ip6tables-restore" if !args.is_empty() => fail("ip6tables-restore: line 3 failed"),
+            _ => ok(""),
+        },
+    };
+    let err = Installer::new(&mut fake, Backend::Default)
+        .install(&rules)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("ip6tables-restore (IPv6) failed at line 3"),
+        "{err}"
+    );
+    let rollbacks: Vec<&str> = fake
+        .calls
+        .iter()
+        .filter(|c| c.1.is_empty() && c.0.ends_with("-restore"))
+        .map(|c| c.0.as_str())
+        .collect();
+    assert_eq!(
+        rollbacks,
+        ["ip6tables-restore", "iptables-restore"],
+        "newest family first"
+    );
+}
