@@ -2,7 +2,8 @@
 //!
 //! Settings layer as in Istio: defaults, then environment variables, then flags; then values
 //! left unset are read from the host (proxy UID, IPv6, resolv.conf). `-n` prints the
-//! iptables-restore payloads (stdout; one per family, IPv4 first) and changes nothing.
+//! iptables-restore payloads (stdout; one per family, IPv4 first), or the `nft -f` script with
+//! `--native-nftables`, and changes nothing.
 //! Errors go to stderr and the exit status is non-zero.
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,7 @@ use thiserror::Error;
 
 use iptables_init::apply::{ApplyError, Installer, SystemRunner};
 use iptables_init::config::{host, parse_bool, Config, ConfigError, Settings};
+use iptables_init::nft::{self, NftError, NftInstaller};
 use iptables_init::routes::{self, RouteError};
 use iptables_init::rules::generate;
 
@@ -90,7 +92,7 @@ struct Cli {
     /// Only remove Istio chains and jumps [env CLEANUP_ONLY].
     #[arg(long = "cleanup-only", num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
     cleanup_only: Option<bool>,
-    /// Use native nftables (not implemented yet) [env NATIVE_NFTABLES].
+    /// Use native nftables (`nft`) instead of iptables [env NATIVE_NFTABLES].
     #[arg(long = "native-nftables", num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
     native_nftables: Option<bool>,
     /// Use iptables-legacy or iptables-nft instead of `iptables` on PATH [env FORCE_IPTABLES_BINARY].
@@ -157,10 +159,8 @@ enum MainError {
     Apply(#[from] ApplyError),
     #[error("{0}")]
     Route(#[from] RouteError),
-    #[error(
-        "--native-nftables is not implemented in sluice-iptables yet; use the iptables backend"
-    )]
-    NftablesUnsupported,
+    #[error("{0}")]
+    Nft(#[from] NftError),
 }
 
 fn run(cli: Cli) -> Result<(), MainError> {
@@ -170,9 +170,6 @@ fn run(cli: Cli) -> Result<(), MainError> {
     cli.apply(&mut settings)?;
     host::fill_from_host(&mut settings, env)?;
     let cfg = Config::try_from(&settings)?;
-    if cfg.native_nftables {
-        return Err(MainError::NftablesUnsupported);
-    }
     let rules = generate(&cfg);
     for w in &rules.warnings {
         eprintln!("sluice-iptables: warning: {w}");
@@ -181,6 +178,11 @@ fn run(cli: Cli) -> Result<(), MainError> {
     if cfg.dry_run {
         if cfg.cleanup_only {
             eprintln!("sluice-iptables: dry run: would remove all ISTIO_* chains and jumps; nothing changed");
+            return Ok(());
+        }
+        if cfg.native_nftables {
+            eprintln!("sluice-iptables: dry run: nft -f payload:");
+            print!("{}", nft::script(&rules)?);
             return Ok(());
         }
         for (family, fam) in rules.families() {
@@ -198,6 +200,18 @@ fn run(cli: Cli) -> Result<(), MainError> {
         // Routes first: they are inert until the iptables marks exist, so a routing failure
         // leaves the namespace without capture rather than half-configured.
         routes::configure(&mut runner, &routes::plan(&cfg))?;
+    }
+    if cfg.native_nftables {
+        let mut installer = NftInstaller::new(&mut runner);
+        let result = if cfg.cleanup_only {
+            installer.cleanup()
+        } else {
+            installer.install(&rules)
+        };
+        for line in &installer.log {
+            eprintln!("sluice-iptables: {line}");
+        }
+        return Ok(result?);
     }
     let mut installer = Installer::new(&mut runner, cfg.backend);
     let result = if cfg.cleanup_only {

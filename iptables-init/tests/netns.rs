@@ -460,3 +460,78 @@ fn legacy_backend_round_trip() {
         assert!(!s.contains("ISTIO"), "{tool} after cleanup:\n{s}");
     }
 }
+
+#[test]
+fn native_nftables_round_trip() {
+    if !preflight("native_nftables_round_trip") {
+        return;
+    }
+    if !on_path("nft") {
+        let msg = "native_nftables_round_trip: needs `nft` (apt-get install nftables)";
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{msg}");
+        }
+        loud_skip(msg);
+        return;
+    }
+    let ns = Netns::new();
+    let args = [
+        SIDECAR,
+        &["--native-nftables", "-k", "eth7", "--drop-invalid"],
+    ]
+    .concat();
+    let dry = ns.sluice(&[&args[..], &["-n"]].concat(), &[IPV6]);
+    assert_success(&dry, "nft dry run");
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("add table inet istio-proxy-nat"));
+    assert_eq!(
+        ns.ok("nft", &["list", "ruleset"], &[]),
+        "",
+        "dry run changed nothing"
+    );
+
+    assert_success(&ns.sluice(&args, &[IPV6]), "nft install");
+    let first = ns.ok("nft", &["list", "ruleset"], &[]);
+    for needle in [
+        "table inet istio-proxy-nat",
+        "chain istio-output",
+        "redirect to :15001",
+        "table inet istio-proxy-raw",
+    ] {
+        assert!(first.contains(needle), "missing {needle:?} in\n{first}");
+    }
+    assert!(
+        !ns.save(false).contains("ISTIO"),
+        "no iptables rules in nft mode"
+    );
+    assert_success(&ns.sluice(&args, &[IPV6]), "nft re-install");
+    assert_eq!(
+        ns.ok("nft", &["list", "ruleset"], &[]),
+        first,
+        "state changed on re-run"
+    );
+
+    let bad = ns.sluice(
+        &args,
+        &[
+            IPV6,
+            (
+                "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
+                "sluice-no-such-group",
+            ),
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("sluice-no-such-group"));
+    assert_eq!(
+        ns.ok("nft", &["list", "ruleset"], &[]),
+        first,
+        "failed run changed state"
+    );
+
+    assert_success(
+        &ns.sluice(&[&args[..], &["--cleanup-only"]].concat(), &[IPV6]),
+        "nft cleanup",
+    );
+    let after = ns.ok("nft", &["list", "ruleset"], &[]);
+    assert!(!after.contains("istio"), "left over:\n{after}");
+}
