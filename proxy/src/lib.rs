@@ -1,9 +1,16 @@
 //! Sluice, the proxy library behind the `sluice` binary.
 #![deny(unsafe_code)]
 
+pub mod admin;
+pub mod app;
 pub mod body;
 pub mod cluster;
 pub mod config;
+pub mod detect;
+pub mod http;
 pub mod listener;
 pub mod model;
+pub mod route;
+pub mod state;
 pub mod stats;
+pub mod tcp;

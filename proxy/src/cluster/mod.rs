@@ -183,6 +183,46 @@ impl ClusterRt {
         rt
     }
 
+    /// The current endpoints as a ClusterLoadAssignment (for `/config_dump?include_eds`).
+    pub fn endpoint_assignment(
+        &self,
+    ) -> envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
+        use envoy_types::pb::envoy::config::core::v3 as core;
+        use envoy_types::pb::envoy::config::endpoint::v3 as epb;
+        let set = self.endpoints.load();
+        let lb_endpoints = set
+            .hosts
+            .iter()
+            .map(|h| epb::LbEndpoint {
+                host_identifier: Some(epb::lb_endpoint::HostIdentifier::Endpoint(epb::Endpoint {
+                    address: Some(core::Address {
+                        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                            address: h.addr.ip().to_string(),
+                            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(
+                                h.addr.port() as u32,
+                            )),
+                            ..Default::default()
+                        })),
+                    }),
+                    ..Default::default()
+                })),
+                health_status: if h.healthy { 1 } else { 2 },
+                load_balancing_weight: Some(envoy_types::pb::google::protobuf::UInt32Value {
+                    value: h.weight,
+                }),
+                ..Default::default()
+            })
+            .collect();
+        epb::ClusterLoadAssignment {
+            cluster_name: self.cfg.eds_service_name.clone(),
+            endpoints: vec![epb::LocalityLbEndpoints {
+                lb_endpoints,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
     pub fn is_warm(&self) -> bool {
         self.warm.load(std::sync::atomic::Ordering::Acquire)
     }

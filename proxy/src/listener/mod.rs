@@ -1,3 +1,299 @@
-//! Listening sockets, accept loops and per-connection dispatch.
+//! Listening sockets and connection dispatch: bind (socket2: reuse address, large backlog),
+//! accept (TCP_NODELAY), recover the original destination, hand a redirected connection to the
+//! listener of its original `ip:port` (Envoy's `use_original_dst`), inspect the first bytes when
+//! a filter chain depends on them, pick the filter chain, and run its network filter.
 
 pub mod orig_dst;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::detect::{self, Detected};
+use crate::model::listener::Listener;
+use crate::model::network::NetworkFilter;
+use crate::model::ConnInfo;
+use crate::state::{ListenerHost, State};
+use crate::stats::registry;
+
+/// Binds a TCP listening socket the way Envoy does.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    TcpListener::from_std(s.into())
+}
+
+/// Downstream connections open right now (drain waits for this to reach zero).
+pub static ACTIVE_CONNECTIONS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+struct ConnGuard;
+
+impl ConnGuard {
+    fn new() -> ConnGuard {
+        ACTIVE_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ConnGuard
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        ACTIVE_CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+struct Active {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// Owns the bound listeners; started and stopped by `State` as the listener set changes.
+pub struct Manager {
+    state: Weak<State>,
+    active: Mutex<HashMap<String, Active>>,
+    /// Flipped on server drain: every connection finishes what it is doing and closes.
+    drain: watch::Sender<bool>,
+}
+
+impl Manager {
+    pub fn new(state: &Arc<State>) -> Arc<Manager> {
+        Arc::new(Manager {
+            state: Arc::downgrade(state),
+            active: Mutex::new(HashMap::new()),
+            drain: watch::channel(false).0,
+        })
+    }
+
+    /// The address a listener is bound to (tests bind port 0 and read it back).
+    pub fn bound_address(&self, name: &str) -> Option<SocketAddr> {
+        self.active.lock().unwrap().get(name).map(|a| a.addr)
+    }
+
+    /// Stops accepting everywhere and asks open connections to finish (server drain).
+    pub fn drain(&self) {
+        let _ = self.drain.send(true);
+        for a in self.active.lock().unwrap().values() {
+            let _ = a.stop.send(true);
+        }
+    }
+
+    pub fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.drain.subscribe()
+    }
+}
+
+impl ListenerHost for Manager {
+    fn start(&self, l: &Arc<Listener>) -> Result<(), String> {
+        let addr = l.address.ok_or("listener has no address")?;
+        let sock = bind(addr).map_err(|e| format!("cannot bind {addr}: {e}"))?;
+        let bound = sock.local_addr().unwrap_or(addr);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let name = l.name.clone();
+        tracing::info!(listener = %name, address = %bound, "listener started");
+        tokio::spawn(accept_loop(
+            self.state.clone(),
+            name.clone(),
+            sock,
+            stop_rx,
+            self.drain.subscribe(),
+        ));
+        self.active.lock().unwrap().insert(
+            name,
+            Active {
+                addr: bound,
+                stop: stop_tx,
+            },
+        );
+        Ok(())
+    }
+
+    fn stop(&self, name: &str) {
+        if let Some(a) = self.active.lock().unwrap().remove(name) {
+            tracing::info!(listener = name, "listener stopped");
+            let _ = a.stop.send(true);
+        }
+    }
+}
+
+async fn accept_loop(
+    state: Weak<State>,
+    name: String,
+    sock: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
+) {
+    let local_addr = sock.local_addr().ok();
+    let cx_total = registry().counter(&format!(
+        "listener.{}.downstream_cx_total",
+        stat_addr(local_addr)
+    ));
+    loop {
+        tokio::select! {
+            r = sock.accept() => match r {
+                Ok((stream, peer)) => {
+                    let Some(state) = state.upgrade() else { return };
+                    cx_total.inc();
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(handle(state, name.clone(), stream, peer, drain.clone()));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(listener = %name, %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+fn stat_addr(a: Option<SocketAddr>) -> String {
+    a.map(|a| format!("{}_{}", a.ip(), a.port()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Runs one downstream connection through its listener.
+async fn handle(
+    state: Arc<State>,
+    listener: String,
+    stream: TcpStream,
+    peer: SocketAddr,
+    drain: watch::Receiver<bool>,
+) {
+    let _guard = ConnGuard::new();
+    let snap = state.load_full();
+    let Some((mut l, _)) = snap.listeners.get(&listener).cloned() else {
+        return;
+    };
+    let local = stream.local_addr().unwrap_or(peer);
+    let mut dst = local;
+    if l.filters.original_dst || l.use_original_dst {
+        dst = orig_dst::original_dst_or_local(&stream, local);
+    }
+    if l.use_original_dst && dst != local {
+        match snap.listener_for(dst) {
+            Some(target) if target.name != l.name => l = target.clone(),
+            _ => {}
+        }
+    }
+    let mut ci = ConnInfo {
+        local: Some(dst),
+        remote: Some(peer),
+        transport: "raw_buffer",
+        server_name: None,
+        alpn: Vec::new(),
+    };
+    if l.needs_inspection() && inspection_matters(&l, dst) {
+        match detect::peek(&stream, l.filters_timeout).await {
+            Some(Detected::Tls { sni, alpn }) if l.filters.tls_inspector => {
+                ci.transport = "tls";
+                ci.server_name = sni;
+                ci.alpn = alpn;
+            }
+            Some(Detected::Http1 { minor }) if l.filters.http_inspector => {
+                ci.alpn = vec![if minor == 0 { "http/1.0" } else { "http/1.1" }.to_string()];
+            }
+            Some(Detected::Http2) if l.filters.http_inspector => ci.alpn = vec!["h2c".to_string()],
+            Some(_) => {}
+            None => {
+                registry()
+                    .counter(&format!(
+                        "listener.{}.downstream_pre_cx_timeout",
+                        stat_addr(Some(local))
+                    ))
+                    .inc();
+                if !l.continue_on_filters_timeout {
+                    return;
+                }
+            }
+        }
+    }
+    let Some(chain) = l.select_chain(&ci).cloned() else {
+        registry()
+            .counter(&format!(
+                "listener.{}.no_filter_chain_match",
+                stat_addr(Some(local))
+            ))
+            .inc();
+        tracing::debug!(listener = %l.name, %dst, "no filter chain matched");
+        return;
+    };
+    match &chain.filter {
+        NetworkFilter::Tcp(t) => crate::tcp::proxy(stream, dst, t.clone(), snap).await,
+        NetworkFilter::Http(h) => {
+            drop(snap);
+            crate::http::serve(state, stream, ci, h.clone(), drain).await
+        }
+    }
+}
+
+/// True when the filter chain a connection to `port` gets could depend on what the inspectors
+/// find. When it cannot (a port declared TCP, e.g. a server-first protocol such as MySQL or
+/// SMTP), detection is skipped instead of waiting for bytes that never come.
+fn inspection_matters(l: &Listener, dst: SocketAddr) -> bool {
+    let port = dst.port();
+    let legacy = l.matcher.is_none()
+        && l.chains.iter().any(|c| {
+            let m = &c.matches;
+            m.destination_port.is_none_or(|p| p == port)
+                && (!m.server_names.is_empty()
+                    || !m.transport_protocol.is_empty()
+                    || !m.application_protocols.is_empty())
+        });
+    if legacy {
+        return true;
+    }
+    if l.matcher.is_none() {
+        return false;
+    }
+    // Matcher tree: try the outcomes inspection can produce; if they all pick the same chain,
+    // inspection cannot change the result.
+    let base = ConnInfo {
+        local: Some(dst),
+        remote: None,
+        transport: "raw_buffer",
+        server_name: None,
+        alpn: Vec::new(),
+    };
+    let variants = [
+        base.clone(),
+        ConnInfo {
+            alpn: vec!["http/1.1".into()],
+            ..base.clone()
+        },
+        ConnInfo {
+            alpn: vec!["h2c".into()],
+            ..base.clone()
+        },
+        ConnInfo {
+            transport: "tls",
+            server_name: Some("sluice.invalid".into()),
+            alpn: vec!["h2".into(), "http/1.1".into()],
+            ..base.clone()
+        },
+        ConnInfo {
+            transport: "tls",
+            alpn: vec!["istio-peer-exchange".into(), "istio".into()],
+            ..base
+        },
+    ];
+    let first = l.select_chain(&variants[0]).map(Arc::as_ptr);
+    variants[1..]
+        .iter()
+        .any(|v| l.select_chain(v).map(Arc::as_ptr) != first)
+}

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::listener::v3 as lpb;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
@@ -52,14 +51,16 @@ pub struct TcpProxy {
 /// Where the HTTP connection manager gets its routes.
 #[derive(Debug, Clone)]
 pub enum RouteSource {
-    Inline(Arc<RouteConfiguration>),
+    /// An inline `route_config`, compiled when the listener is built.
+    Inline(Arc<crate::route::RouteTable>),
     Rds(String),
 }
 
 /// An HTTP filter Sluice runs.
 #[derive(Debug, Clone)]
 pub enum HttpFilter {
-    Fault(Arc<HttpFault>),
+    /// The fault filter: its configured name (the key for per-route overrides) and config.
+    Fault(String, Arc<HttpFault>),
     Router,
 }
 
@@ -223,7 +224,10 @@ fn http_connection_manager(
 ) -> Result<HttpConnectionManager, (String, String)> {
     use hcm::http_connection_manager::{CodecType, RouteSpecifier};
     let route = match &h.route_specifier {
-        Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Inline(Arc::new(rc.clone())),
+        Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Inline(Arc::new(
+            crate::route::RouteTable::from_proto(rc)
+                .map_err(|e| ("route_config".to_string(), e.to_string()))?,
+        )),
         Some(RouteSpecifier::Rds(rds)) => RouteSource::Rds(rds.route_config_name.clone()),
         Some(RouteSpecifier::ScopedRoutes(_)) => {
             return Err((
@@ -258,7 +262,7 @@ fn http_connection_manager(
             "envoy.extensions.filters.http.fault.v3.HTTPFault" => {
                 let fault: HttpFault =
                     decode(any.as_ref().unwrap()).map_err(|e| (format!("http_filters[{i}]"), e))?;
-                filters.push(HttpFilter::Fault(Arc::new(fault)));
+                filters.push(HttpFilter::Fault(f.name.clone(), Arc::new(fault)));
             }
             _ if f.name == "envoy.filters.http.router" && any.is_none() => {
                 has_router = true;

@@ -1,0 +1,143 @@
+//! The running proxy: binds the admin port and every static listener before serving anything
+//! (a bind error stops startup), applies the bootstrap's static resources through the same
+//! update path xDS uses, and drains on SIGTERM or `/quitquitquit`: stop accepting, let
+//! in-flight requests finish within one drain period, then return.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+use tokio::sync::watch;
+
+use crate::admin::{Admin, LogLevelFn};
+use crate::listener::{Manager, ACTIVE_CONNECTIONS};
+use crate::state::{Rejected, State};
+
+/// Startup settings.
+pub struct Options {
+    pub bootstrap: Option<Bootstrap>,
+    pub admin_address: SocketAddr,
+    /// How long a drain waits for open connections before exiting anyway.
+    pub drain_time: Duration,
+    pub set_log_level: Option<LogLevelFn>,
+}
+
+/// Startup failures.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot bind admin address {0}: {1}")]
+    Admin(SocketAddr, std::io::Error),
+    #[error("invalid static {kind} {name}: {reason}")]
+    Static {
+        kind: &'static str,
+        name: String,
+        reason: String,
+    },
+}
+
+/// A started proxy.
+pub struct App {
+    pub state: Arc<State>,
+    pub listeners: Arc<Manager>,
+    pub admin_address: SocketAddr,
+    drain_time: Duration,
+    shutdown: watch::Sender<bool>,
+}
+
+fn first_rejection(kind: &'static str, r: Vec<Rejected>) -> Result<(), AppError> {
+    match r.into_iter().next() {
+        Some(r) => Err(AppError::Static {
+            kind,
+            name: r.name,
+            reason: r.reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+impl App {
+    /// Binds everything and starts serving.
+    pub async fn start(opts: Options) -> Result<App, AppError> {
+        let admin_sock = crate::admin::bind(opts.admin_address)
+            .map_err(|e| AppError::Admin(opts.admin_address, e))?;
+        let admin_address = admin_sock.local_addr().unwrap_or(opts.admin_address);
+        let state = State::new();
+        let listeners = Manager::new(&state);
+        state.set_listener_host(listeners.clone());
+        if let Some(sr) = opts
+            .bootstrap
+            .as_ref()
+            .and_then(|b| b.static_resources.as_ref())
+        {
+            first_rejection(
+                "cluster",
+                state.apply_clusters(&sr.clusters, &[], false, "", true),
+            )?;
+            first_rejection(
+                "listener",
+                state.apply_listeners(&sr.listeners, &[], false, "", true),
+            )?;
+        }
+        let (shutdown, _) = watch::channel(false);
+        let admin = Arc::new(Admin {
+            state: state.clone(),
+            listeners: listeners.clone(),
+            bootstrap: opts.bootstrap,
+            boot_time: SystemTime::now(),
+            initialized: Arc::new(|| true),
+            set_log_level: opts.set_log_level,
+            shutdown: shutdown.clone(),
+        });
+        tokio::spawn(admin.serve(admin_sock));
+        tracing::info!(admin = %admin_address, "sluice started");
+        Ok(App {
+            state,
+            listeners,
+            admin_address,
+            drain_time: opts.drain_time,
+            shutdown,
+        })
+    }
+
+    /// The address a listener is bound to.
+    pub fn listener_address(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.bound_address(name)
+    }
+
+    /// Asks the app to drain and stop (what SIGTERM and `/quitquitquit` do).
+    pub fn request_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Serves until SIGTERM, SIGINT or `/quitquitquit`, then drains.
+    pub async fn run(self) {
+        let mut rx = self.shutdown.subscribe();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+            _ = async { while !*rx.borrow_and_update() { if rx.changed().await.is_err() { break } } } => {
+                tracing::info!("/quitquitquit: draining")
+            }
+        }
+        self.drain().await;
+    }
+
+    /// Stops accepting, asks every connection to finish, and waits up to the drain time.
+    pub async fn drain(&self) {
+        let _ = self.shutdown.send(true);
+        self.listeners.drain();
+        let deadline = tokio::time::Instant::now() + self.drain_time;
+        while ACTIVE_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(
+            open = ACTIVE_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed),
+            "drain finished"
+        );
+    }
+}

@@ -1,0 +1,341 @@
+//! Sending a routed request upstream: host selection (with the route's hash policy), protocol
+//! conversion (HTTP/1.1 or h2c upstream), the route timeout and per-try timeout, and Envoy's
+//! retry policy (`retry_on`, retriable status codes, back-off, previous-hosts predicate).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+
+use super::Conn;
+use crate::body::{self, Body};
+use crate::cluster::lb::request_hash as hash_parts;
+use crate::cluster::pool::UpstreamError;
+use crate::cluster::ClusterRt;
+use crate::model::cluster::UpstreamProtocol;
+use crate::route::{HashPolicy, RetryPolicy, RouteEntry};
+
+/// A reply the proxy makes itself, with Envoy's status and body text.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalReply {
+    pub status: u16,
+    pub body: &'static str,
+}
+
+const NO_HEALTHY: LocalReply = LocalReply {
+    status: 503,
+    body: "no healthy upstream",
+};
+const CONNECT_FAILURE: LocalReply = LocalReply {
+    status: 503,
+    body: "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+};
+const RESET: LocalReply = LocalReply {
+    status: 503,
+    body: "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+};
+const TIMEOUT: LocalReply = LocalReply {
+    status: 504,
+    body: "upstream request timeout",
+};
+const OVERFLOW: LocalReply = LocalReply {
+    status: 503,
+    body: "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+};
+
+/// The request hash from the route's hash policies (first that yields a value; all non-terminal
+/// values are combined as Envoy does).
+pub fn request_hash(
+    policies: &[HashPolicy],
+    parts: &http::request::Parts,
+    remote: Option<SocketAddr>,
+) -> Option<u64> {
+    let mut acc: Option<u64> = None;
+    for p in policies {
+        let (v, terminal): (Option<u64>, bool) = match p {
+            HashPolicy::Header { name, terminal } => (
+                parts
+                    .headers
+                    .get(name.as_str())
+                    .map(|v| hash_parts(&[v.as_bytes()])),
+                *terminal,
+            ),
+            HashPolicy::Cookie { name, terminal, .. } => (
+                parts
+                    .headers
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .filter_map(|kv| kv.trim().split_once('='))
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| hash_parts(&[v.as_bytes()])),
+                *terminal,
+            ),
+            HashPolicy::SourceIp { terminal } => (
+                remote.map(|r| hash_parts(&[r.ip().to_string().as_bytes()])),
+                *terminal,
+            ),
+            HashPolicy::QueryParameter { name, terminal } => (
+                parts.uri.query().and_then(|q| {
+                    q.split('&')
+                        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| hash_parts(&[v.as_bytes()]))
+                }),
+                *terminal,
+            ),
+            HashPolicy::FilterState { .. } => (None, false),
+        };
+        if let Some(v) = v {
+            acc = Some(match acc {
+                Some(a) => a.rotate_left(1) ^ v,
+                None => v,
+            });
+            if terminal {
+                break;
+            }
+        }
+    }
+    acc
+}
+
+/// What an attempt's outcome means for retries.
+enum Outcome {
+    Response(Response<Body>),
+    Failed(UpstreamError),
+    NoHost,
+    TimedOut,
+}
+
+fn retriable_response(p: &RetryPolicy, r: &Response<Body>) -> bool {
+    let s = r.status().as_u16();
+    let grpc = r
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok());
+    p.retry_on.iter().any(|c| match c.as_str() {
+        "5xx" => s >= 500,
+        "gateway-error" => matches!(s, 502..=504),
+        "retriable-4xx" => s == 409,
+        "retriable-status-codes" => p.retriable_status_codes.contains(&(s as u32)),
+        "cancelled" => grpc == Some(1),
+        "deadline-exceeded" => grpc == Some(4),
+        "resource-exhausted" => grpc == Some(8),
+        "unavailable" => grpc == Some(14),
+        "internal" => grpc == Some(13),
+        _ => false,
+    })
+}
+
+fn retriable_failure(p: &RetryPolicy, e: &UpstreamError) -> bool {
+    let connect = e.is_connect_failure();
+    p.retry_on.iter().any(|c| match c.as_str() {
+        "5xx" | "gateway-error" | "reset" => true,
+        "connect-failure" => connect,
+        "refused-stream" => matches!(e, UpstreamError::Reset(h) if h.is_canceled()),
+        _ => false,
+    })
+}
+
+/// Keeps a small request body so a retry can send it again; big or streaming bodies go once.
+async fn replayable(req: Request<Body>) -> (Request<Body>, Option<(http::request::Parts, Bytes)>) {
+    const MAX: u64 = 64 * 1024;
+    let (parts, b) = req.into_parts();
+    let small = http_body::Body::is_end_stream(&b)
+        || http_body::Body::size_hint(&b)
+            .upper()
+            .is_some_and(|u| u <= MAX);
+    if !small {
+        return (Request::from_parts(parts, b), None);
+    }
+    match b.collect().await {
+        Ok(c) => {
+            let bytes = c.to_bytes();
+            let copy = (clone_parts(&parts), bytes.clone());
+            (Request::from_parts(parts, body::full(bytes)), Some(copy))
+        }
+        Err(_) => (Request::from_parts(parts, body::empty()), None),
+    }
+}
+
+fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
+    let mut r = Request::builder()
+        .method(p.method.clone())
+        .uri(p.uri.clone())
+        .version(p.version)
+        .body(())
+        .unwrap();
+    *r.headers_mut() = p.headers.clone();
+    r.into_parts().0
+}
+
+/// Forwards a request to `cluster` under the route's timeout and retry policy.
+pub async fn forward(
+    conn: &Conn,
+    cluster: &Arc<ClusterRt>,
+    req: Request<Body>,
+    entry: &RouteEntry,
+    hash: Option<u64>,
+    orig_dst: Option<SocketAddr>,
+) -> Result<Response<Body>, LocalReply> {
+    let policy = entry.retry_policy.clone().filter(|p| p.num_retries > 0);
+    let max_retries = policy
+        .as_ref()
+        .map(|p| p.num_retries.min(cluster.cfg.max_retries.max(1)))
+        .unwrap_or(0);
+    let (mut req, mut copy) = if max_retries > 0 {
+        replayable(req).await
+    } else {
+        (req, None)
+    };
+    let overall = async {
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut attempt = 0u32;
+        loop {
+            let avoid_prev = policy.as_ref().is_some_and(|p| p.previous_hosts_predicate);
+            let host = cluster.pick(hash, orig_dst, &|h| avoid_prev && tried.contains(&h.addr));
+            let outcome = match host {
+                None => Outcome::NoHost,
+                Some(host) => {
+                    tried.push(host.addr);
+                    let per_try = policy.as_ref().and_then(|p| p.per_try_timeout);
+                    let send = send_once(conn, cluster, &host, req);
+                    match per_try {
+                        Some(t) => match tokio::time::timeout(t, send).await {
+                            Ok(Ok(r)) => Outcome::Response(r),
+                            Ok(Err(e)) => Outcome::Failed(e),
+                            Err(_) => Outcome::TimedOut,
+                        },
+                        None => match send.await {
+                            Ok(r) => Outcome::Response(r),
+                            Err(e) => Outcome::Failed(e),
+                        },
+                    }
+                }
+            };
+            let retry = match (&policy, &outcome) {
+                _ if attempt >= max_retries || copy.is_none() => false,
+                (Some(p), Outcome::Response(r)) => retriable_response(p, r),
+                (Some(p), Outcome::Failed(e)) => retriable_failure(p, e),
+                (Some(p), Outcome::TimedOut) => p
+                    .retry_on
+                    .iter()
+                    .any(|c| c == "5xx" || c == "gateway-error" || c == "reset"),
+                _ => false,
+            };
+            if !retry {
+                return match outcome {
+                    Outcome::Response(r) => Ok(r),
+                    Outcome::NoHost => Err(NO_HEALTHY),
+                    Outcome::TimedOut => {
+                        cluster.stats.upstream_rq_timeout.inc();
+                        Err(TIMEOUT)
+                    }
+                    Outcome::Failed(e) => {
+                        tracing::debug!(cluster = %cluster.cfg.name, %e, "upstream request failed");
+                        Err(match e {
+                            UpstreamError::Overflow(_) => OVERFLOW,
+                            e if e.is_connect_failure() => CONNECT_FAILURE,
+                            _ => RESET,
+                        })
+                    }
+                };
+            }
+            attempt += 1;
+            cluster.stats.upstream_rq_retry.inc();
+            // Exponential back-off with full jitter (Envoy: base 25ms, max 10x base).
+            let (base, max) = policy
+                .as_ref()
+                .and_then(|p| p.back_off)
+                .map(|b| (b.base_interval, b.max_interval))
+                .unwrap_or((Duration::from_millis(25), Duration::from_millis(250)));
+            let ceiling = (base * 2u32.saturating_pow(attempt)).min(max);
+            let wait = Duration::from_micros(fastrand::u64(..=ceiling.as_micros() as u64));
+            tokio::time::sleep(wait).await;
+            let (p, b) = copy.take().expect("retry needs a copy");
+            req = Request::from_parts(clone_parts(&p), body::full(b.clone()));
+            copy = Some((p, b));
+        }
+    };
+    if entry.timeout.is_zero() {
+        overall.await
+    } else {
+        match tokio::time::timeout(entry.timeout, overall).await {
+            Ok(r) => r,
+            Err(_) => {
+                cluster.stats.upstream_rq_timeout.inc();
+                conn.stats.rq_timeout.inc();
+                Err(TIMEOUT)
+            }
+        }
+    }
+}
+
+async fn send_once(
+    conn: &Conn,
+    cluster: &Arc<ClusterRt>,
+    host: &Arc<crate::cluster::Host>,
+    mut req: Request<Body>,
+) -> Result<Response<Body>, UpstreamError> {
+    let stats = &cluster.stats;
+    stats.upstream_rq_total.inc();
+    stats.upstream_rq_active.inc();
+    host.active.fetch_add(1, Ordering::Relaxed);
+    let h2 = match cluster.cfg.protocol {
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::Http1 => false,
+        UpstreamProtocol::UseDownstream => conn.http2,
+    };
+    let new_cx = || stats.upstream_cx_total.inc();
+    let r = if h2 {
+        host.pool
+            .send_http2(host.addr, cluster.settings, req, new_cx)
+            .await
+    } else {
+        to_http1(&mut req);
+        host.pool
+            .send_http1(host.addr, cluster.settings, req, new_cx)
+            .await
+    };
+    host.active.fetch_sub(1, Ordering::Relaxed);
+    stats.upstream_rq_active.dec();
+    match &r {
+        Ok(resp) => stats.status(resp.status().as_u16()),
+        Err(e) => {
+            if e.is_connect_failure() {
+                stats.upstream_cx_connect_fail.inc();
+            }
+            if matches!(e, UpstreamError::ConnectTimeout) {
+                stats.upstream_cx_connect_timeout.inc();
+            }
+        }
+    }
+    r
+}
+
+/// HTTP/1.1 upstream requests use origin-form URIs and carry the authority in `Host`.
+fn to_http1(req: &mut Request<Body>) {
+    if let Some(auth) = req.uri().authority().map(|a| a.as_str().to_string()) {
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Ok(v) = http::HeaderValue::from_str(&auth) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        if let Ok(u) = pq.parse() {
+            *req.uri_mut() = u;
+        }
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+}

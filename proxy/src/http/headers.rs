@@ -1,0 +1,156 @@
+//! Envoy's default request and response header handling in the connection manager:
+//! hop-by-hop headers removed, `x-forwarded-for` / `x-forwarded-proto` / `x-request-id`
+//! maintained, `server` and `x-envoy-upstream-service-time` set on responses.
+
+use std::net::SocketAddr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::model::network::HttpConnectionManager;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_ENVOY_EXTERNAL_ADDRESS: HeaderName =
+    HeaderName::from_static("x-envoy-external-address");
+pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+];
+
+/// Removes hop-by-hop headers (and those named in `Connection`). `keep_upgrade` keeps
+/// `connection: upgrade` + `upgrade` for WebSocket-style upgrades. `te: trailers` is kept (gRPC).
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == http::header::UPGRADE))
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    let te_trailers = h
+        .get(http::header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for n in HOP_BY_HOP {
+        if keep_upgrade && (*n == "connection" || *n == "upgrade") {
+            continue;
+        }
+        h.remove(*n);
+    }
+    if te_trailers {
+        h.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
+    if keep_upgrade {
+        h.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+    }
+}
+
+/// A random UUID v4, as Envoy generates for `x-request-id`.
+pub fn uuid4() -> String {
+    let a = fastrand::u64(..);
+    let b = fastrand::u64(..);
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&a.to_be_bytes());
+    bytes[8..].copy_from_slice(&b.to_be_bytes());
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// Applies the connection manager's request header rules. Returns the request id.
+pub fn on_request(
+    h: &mut HeaderMap,
+    hcm: &HttpConnectionManager,
+    remote: Option<SocketAddr>,
+    scheme: &str,
+) -> Option<HeaderValue> {
+    if hcm.use_remote_address {
+        if let Some(r) = remote {
+            let ip = r.ip().to_string();
+            if !hcm.skip_xff_append {
+                let v = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                    Some(prev) if !prev.is_empty() => format!("{prev},{ip}"),
+                    _ => ip.clone(),
+                };
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(X_FORWARDED_FOR.clone(), v);
+                }
+            }
+            if !r.ip().is_loopback() {
+                if let Ok(v) = HeaderValue::from_str(&ip) {
+                    h.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
+                }
+            }
+        }
+        // An edge proxy sets the scheme it saw.
+        h.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
+        );
+    } else if !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
+        );
+    }
+    if hcm.generate_request_id {
+        let keep = hcm.preserve_external_request_id || !hcm.use_remote_address;
+        if !(keep && h.contains_key(&X_REQUEST_ID)) {
+            if let Ok(v) = HeaderValue::from_str(&uuid4()) {
+                h.insert(X_REQUEST_ID.clone(), v);
+            }
+        }
+    }
+    h.get(&X_REQUEST_ID).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_removed_but_te_trailers_kept() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-foo"));
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-foo").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("connection").is_none());
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert!(h.get("x-keep").is_some());
+    }
+
+    #[test]
+    fn uuid_shape() {
+        let u = uuid4();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert_ne!(uuid4(), u);
+    }
+}

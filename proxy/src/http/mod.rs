@@ -1,0 +1,193 @@
+//! The HTTP connection manager: serves HTTP/1.1 and HTTP/2 (h2c) downstream connections with
+//! hyper and runs each request through the HTTP filters and the router (`router.rs`), which
+//! forwards upstream (`forward.rs`). On drain, connections finish in-flight requests and close.
+
+pub mod fault;
+pub mod forward;
+pub mod headers;
+pub mod router;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::detect::{self, Detected};
+use crate::model::network::{Codec, HttpConnectionManager};
+use crate::model::ConnInfo;
+use crate::state::State;
+use crate::stats::{registry, Counter, Gauge};
+
+/// `http.<stat_prefix>.*` counters of one connection manager.
+#[derive(Debug)]
+pub struct HcmStats {
+    pub downstream_cx_total: Arc<Counter>,
+    pub downstream_cx_active: Arc<Gauge>,
+    pub downstream_cx_http1_total: Arc<Counter>,
+    pub downstream_cx_http2_total: Arc<Counter>,
+    pub downstream_rq_total: Arc<Counter>,
+    pub downstream_rq_active: Arc<Gauge>,
+    pub rq_1xx: Arc<Counter>,
+    pub rq_2xx: Arc<Counter>,
+    pub rq_3xx: Arc<Counter>,
+    pub rq_4xx: Arc<Counter>,
+    pub rq_5xx: Arc<Counter>,
+    pub no_route: Arc<Counter>,
+    pub no_cluster: Arc<Counter>,
+    pub rq_timeout: Arc<Counter>,
+    pub fault_delays: Arc<Counter>,
+    pub fault_aborts: Arc<Counter>,
+}
+
+impl HcmStats {
+    pub fn new(prefix: &str) -> HcmStats {
+        let r = registry();
+        let c = |s: &str| r.counter(&format!("http.{prefix}.{s}"));
+        HcmStats {
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_active: r.gauge(&format!("http.{prefix}.downstream_cx_active")),
+            downstream_cx_http1_total: c("downstream_cx_http1_total"),
+            downstream_cx_http2_total: c("downstream_cx_http2_total"),
+            downstream_rq_total: c("downstream_rq_total"),
+            downstream_rq_active: r.gauge(&format!("http.{prefix}.downstream_rq_active")),
+            rq_1xx: c("downstream_rq_1xx"),
+            rq_2xx: c("downstream_rq_2xx"),
+            rq_3xx: c("downstream_rq_3xx"),
+            rq_4xx: c("downstream_rq_4xx"),
+            rq_5xx: c("downstream_rq_5xx"),
+            no_route: c("no_route"),
+            no_cluster: c("no_cluster"),
+            rq_timeout: c("downstream_rq_timeout"),
+            fault_delays: c("fault.delays_injected"),
+            fault_aborts: c("fault.aborts_injected"),
+        }
+    }
+
+    pub fn status(&self, code: u16) {
+        match code / 100 {
+            1 => self.rq_1xx.inc(),
+            2 => self.rq_2xx.inc(),
+            3 => self.rq_3xx.inc(),
+            4 => self.rq_4xx.inc(),
+            _ => self.rq_5xx.inc(),
+        }
+    }
+}
+
+/// What every request on one downstream connection shares.
+#[derive(Debug)]
+pub struct Conn {
+    pub state: Arc<State>,
+    pub hcm: Arc<HttpConnectionManager>,
+    pub info: ConnInfo,
+    pub stats: Arc<HcmStats>,
+    pub http2: bool,
+}
+
+/// Serves one downstream HTTP connection.
+pub async fn serve(
+    state: Arc<State>,
+    stream: TcpStream,
+    info: ConnInfo,
+    hcm: Arc<HttpConnectionManager>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let http2 = match hcm.codec {
+        Codec::Http2 => true,
+        Codec::Http1 => false,
+        Codec::Auto => {
+            if info.alpn.iter().any(|a| a == "h2c" || a == "h2") {
+                true
+            } else if info.alpn.iter().any(|a| a.starts_with("http/1")) {
+                false
+            } else {
+                matches!(
+                    detect::peek(&stream, Duration::from_secs(10)).await,
+                    Some(Detected::Http2)
+                )
+            }
+        }
+    };
+    let stats = hcm_stats(&hcm.stat_prefix);
+    stats.downstream_cx_total.inc();
+    stats.downstream_cx_active.inc();
+    if http2 {
+        stats.downstream_cx_http2_total.inc();
+    } else {
+        stats.downstream_cx_http1_total.inc();
+    }
+    let conn = Arc::new(Conn {
+        state,
+        hcm: hcm.clone(),
+        info,
+        stats: stats.clone(),
+        http2,
+    });
+    let svc = service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(router::handle(conn, req).await) }
+    });
+    let io = TokioIo::new(stream);
+    let max_headers = (hcm.max_request_headers_kb as usize * 1024).max(8192);
+    if http2 {
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .max_header_list_size(max_headers as u32)
+            .max_concurrent_streams(2147483647)
+            .keep_alive_interval(None);
+        let c = b.serve_connection(io, svc);
+        tokio::pin!(c);
+        tokio::select! {
+            _ = c.as_mut() => {}
+            _ = wait_drain(&mut drain) => {
+                c.as_mut().graceful_shutdown();
+                let _ = c.await;
+            }
+        }
+    } else {
+        let mut b = http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .max_buf_size(max_headers.max(8192) + 1024)
+            .keep_alive(true)
+            .half_close(false);
+        if let Some(t) = hcm.stream_idle_timeout {
+            b.header_read_timeout(t);
+        }
+        let c = b.serve_connection(io, svc).with_upgrades();
+        tokio::pin!(c);
+        tokio::select! {
+            _ = c.as_mut() => {}
+            _ = wait_drain(&mut drain) => {
+                c.as_mut().graceful_shutdown();
+                let _ = c.await;
+            }
+        }
+    }
+    stats.downstream_cx_active.dec();
+}
+
+async fn wait_drain(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            // The manager is gone: never drain.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn hcm_stats(prefix: &str) -> Arc<HcmStats> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<HcmStats>>>> = OnceLock::new();
+    let m = CACHE.get_or_init(Default::default);
+    m.lock()
+        .unwrap()
+        .entry(prefix.to_string())
+        .or_insert_with(|| Arc::new(HcmStats::new(prefix)))
+        .clone()
+}

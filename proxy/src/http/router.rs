@@ -1,0 +1,240 @@
+//! One request through the connection manager: Envoy's header handling, route selection, the
+//! fault filter, then the router filter (redirects, direct responses, forwarding with
+//! rewrites, response header changes). Every failure becomes a local reply with Envoy's status.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use prost::Message;
+
+use super::forward::{self, LocalReply};
+use super::{fault, headers, Conn};
+use crate::body::{self, Body};
+use crate::model::network::{HttpFilter, RouteSource};
+use crate::route::{self, FormatCtx, RequestView, RouteTable, Selected};
+
+/// Handles one downstream request; never fails (errors are local replies).
+pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    conn.stats.downstream_rq_total.inc();
+    conn.stats.downstream_rq_active.inc();
+    let resp = route_request(&conn, req, start).await;
+    conn.stats.downstream_rq_active.dec();
+    conn.stats.status(resp.status().as_u16());
+    resp
+}
+
+/// A local reply: status and plain-text body, as Envoy sends them.
+pub fn local_reply(status: u16, text: &str) -> Response<Body> {
+    let parts = route::table::local_reply_head(status, Some(text).filter(|t| !t.is_empty()));
+    Response::from_parts(parts, body::full(text.to_string()))
+}
+
+fn is_upgrade(req: &http::request::Parts) -> Option<String> {
+    if req.method == http::Method::CONNECT {
+        return Some("connect".into());
+    }
+    let conn_upgrade = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    if !conn_upgrade {
+        return None;
+    }
+    req.headers
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.to_ascii_lowercase())
+}
+
+async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>, start: Instant) -> Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    let upgrade = is_upgrade(&parts);
+    if let Some(u) = &upgrade {
+        if !conn.hcm.upgrades.iter().any(|c| c == u) {
+            // Envoy refuses upgrades it is not configured for.
+            return local_reply(403, "");
+        }
+    }
+    let down_upgrade = upgrade
+        .as_ref()
+        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    let scheme = if conn.info.transport == "tls" {
+        "https"
+    } else {
+        "http"
+    };
+    // HTTP/1 requests name the host in `Host`; give the URI no authority so that views agree.
+    headers::on_request(&mut parts.headers, &conn.hcm, conn.info.remote, scheme);
+    let request_id = parts.headers.get(&headers::X_REQUEST_ID).cloned();
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+
+    // Route table: inline, or the current RDS version.
+    let table: Arc<RouteTable> = match &conn.hcm.route {
+        RouteSource::Inline(t) => t.clone(),
+        RouteSource::Rds(name) => match conn.state.load().routes.get(name) {
+            Some(r) => r.table.clone(),
+            None => {
+                conn.stats.no_route.inc();
+                return local_reply(404, "");
+            }
+        },
+    };
+    let random = fastrand::u64(..);
+    let sel = {
+        let mut view = RequestView::from_parts(&parts);
+        view.remote_addr = conn.info.remote;
+        table.select(&view, random)
+    };
+    let protocol = if conn.http2 { "HTTP/2" } else { "HTTP/1.1" };
+    let mut resp = match &sel {
+        Selected::NoRoute | Selected::NonForwarding { .. } => {
+            conn.stats.no_route.inc();
+            return local_reply(404, "");
+        }
+        Selected::ClusterNotFound { status, .. } => {
+            conn.stats.no_cluster.inc();
+            local_reply(*status, "")
+        }
+        Selected::Redirect {
+            location, status, ..
+        } => {
+            let mut r = local_reply(*status, "");
+            if let Ok(v) = HeaderValue::from_str(location) {
+                r.headers_mut().insert(http::header::LOCATION, v);
+            }
+            r
+        }
+        Selected::Direct { status, body, .. } => local_reply(*status, body.unwrap_or("")),
+        Selected::Route { entry, cluster, .. } => {
+            // HTTP filters before the router: the fault filter.
+            for f in &conn.hcm.filters {
+                if let HttpFilter::Fault(name, cfg) = f {
+                    let route_cfg = sel.per_filter_config(name).and_then(|any| {
+                        envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault::decode(
+                            any.value.as_slice(),
+                        )
+                        .ok()
+                    });
+                    let cfg = route_cfg.as_ref().unwrap_or(cfg);
+                    let (d, _guard) =
+                        fault::decide(cfg, &parts, fastrand::u64(..), fastrand::u64(..));
+                    if let Some(delay) = d.delay {
+                        conn.stats.fault_delays.inc();
+                        tokio::time::sleep(delay).await;
+                    }
+                    if let Some(a) = d.abort {
+                        conn.stats.fault_aborts.inc();
+                        return match a {
+                            fault::Abort::Http(s) => local_reply(s, "fault filter abort"),
+                            fault::Abort::Grpc(s) => grpc_reply(s, "fault filter abort"),
+                        };
+                    }
+                }
+            }
+            let snap = conn.state.load_full();
+            let Some(cluster_rt) = snap.cluster(cluster).cloned() else {
+                conn.stats.no_cluster.inc();
+                return finalize(
+                    &table,
+                    &sel,
+                    local_reply(entry.cluster_not_found_response_code, ""),
+                    conn,
+                    protocol,
+                    None,
+                );
+            };
+            drop(snap);
+            let ctx = FormatCtx {
+                downstream_remote: conn.info.remote,
+                downstream_local: conn.info.local,
+                protocol: Some(protocol),
+                start_time: Some(SystemTime::now()),
+                upstream_cluster: Some(cluster),
+                insert_original_path: true,
+                ..Default::default()
+            };
+            table.finalize_request(&sel, &mut parts, &ctx);
+            let hash = forward::request_hash(&entry.hash_policy, &parts, conn.info.remote);
+            let req = Request::from_parts(parts, body::boxed(body));
+            let sent = Instant::now();
+            match forward::forward(conn, &cluster_rt, req, entry, hash, conn.info.local).await {
+                Ok(mut r) => {
+                    let ms = sent.elapsed().as_millis().to_string();
+                    if let Ok(v) = HeaderValue::from_str(&ms) {
+                        r.headers_mut()
+                            .insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), v);
+                    }
+                    if r.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        if let Some(down) = down_upgrade {
+                            let up = hyper::upgrade::on(&mut r);
+                            tokio::spawn(tunnel(down, up));
+                        }
+                    } else {
+                        headers::strip_hop_by_hop(r.headers_mut(), false);
+                    }
+                    r
+                }
+                Err(LocalReply { status, body }) => local_reply(status, body),
+            }
+        }
+    };
+    let _ = start;
+    if let Some(id) = request_id.filter(|_| conn.hcm.always_set_request_id_in_response) {
+        resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), id);
+    }
+    finalize(&table, &sel, resp, conn, protocol, None)
+}
+
+fn finalize(
+    table: &RouteTable,
+    sel: &Selected<'_>,
+    resp: Response<Body>,
+    conn: &Conn,
+    protocol: &str,
+    _req: Option<&http::request::Parts>,
+) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    let ctx = FormatCtx {
+        downstream_remote: conn.info.remote,
+        downstream_local: conn.info.local,
+        protocol: Some(protocol),
+        ..Default::default()
+    };
+    table.finalize_response_headers(sel, &mut parts, &ctx);
+    if let Ok(v) = HeaderValue::from_str(&conn.hcm.server_name) {
+        parts.headers.insert(http::header::SERVER, v);
+    }
+    Response::from_parts(parts, body)
+}
+
+/// A gRPC trailers-only error response.
+pub fn grpc_reply(status: u32, message: &str) -> Response<Body> {
+    let mut r = Response::new(body::empty());
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(status));
+    if let Ok(v) = HeaderValue::from_str(message) {
+        h.insert("grpc-message", v);
+    }
+    r
+}
+
+async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    let (Ok(d), Ok(u)) = tokio::join!(down, up) else {
+        return;
+    };
+    let mut d = hyper_util::rt::TokioIo::new(d);
+    let mut u = hyper_util::rt::TokioIo::new(u);
+    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+}

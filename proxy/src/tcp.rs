@@ -1,0 +1,151 @@
+//! L4 proxying (`envoy.filters.network.tcp_proxy`): pick a cluster (weighted), a host, connect
+//! (with the configured number of attempts), then copy bytes both ways. A half-close in one
+//! direction is passed on and the other direction keeps flowing; the idle timeout closes
+//! connections with no traffic either way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::cluster::pool::connect;
+use crate::model::network::TcpProxy;
+use crate::state::Snapshot;
+use crate::stats::registry;
+
+/// Picks a cluster from `(name, weight)` pairs.
+pub fn pick_weighted(clusters: &[(String, u32)], random: u64) -> &str {
+    if clusters.len() == 1 {
+        return &clusters[0].0;
+    }
+    let total: u64 = clusters.iter().map(|c| c.1 as u64).sum();
+    let mut v = random % total.max(1);
+    for (name, w) in clusters {
+        if v < *w as u64 {
+            return name;
+        }
+        v -= *w as u64;
+    }
+    &clusters[clusters.len() - 1].0
+}
+
+/// Proxies one downstream connection. `orig_dst` is the connection's original destination
+/// (used by ORIGINAL_DST clusters such as Istio's PassthroughCluster).
+pub async fn proxy(
+    mut down: TcpStream,
+    orig_dst: SocketAddr,
+    cfg: Arc<TcpProxy>,
+    snap: Arc<Snapshot>,
+) {
+    let prefix = format!("tcp.{}", cfg.stat_prefix);
+    registry()
+        .counter(&format!("{prefix}.downstream_cx_total"))
+        .inc();
+    let cluster_name = pick_weighted(&cfg.clusters, fastrand::u64(..));
+    let Some(cluster) = snap.cluster(cluster_name).cloned() else {
+        registry()
+            .counter(&format!("{prefix}.downstream_cx_no_route"))
+            .inc();
+        tracing::debug!(cluster = cluster_name, "tcp_proxy: unknown cluster");
+        return;
+    };
+    drop(snap);
+    let mut up = None;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    for _ in 0..cfg.max_connect_attempts {
+        let Some(host) = cluster.pick(None, Some(orig_dst), &|h| tried.contains(&h.addr)) else {
+            break;
+        };
+        tried.push(host.addr);
+        cluster.stats.upstream_cx_total.inc();
+        match connect(host.addr, cluster.cfg.connect_timeout).await {
+            Ok(s) => {
+                up = Some(s);
+                break;
+            }
+            Err(e) => {
+                if matches!(e, crate::cluster::pool::UpstreamError::ConnectTimeout) {
+                    cluster.stats.upstream_cx_connect_timeout.inc();
+                }
+                cluster.stats.upstream_cx_connect_fail.inc();
+                tracing::debug!(host = %host.addr, %e, "tcp_proxy: connect failed");
+            }
+        }
+    }
+    let Some(mut up) = up else {
+        return;
+    };
+    let _ = down.set_nodelay(true);
+    cluster.stats.upstream_cx_active.inc();
+    let result = copy_bidirectional(&mut down, &mut up, cfg.idle_timeout).await;
+    cluster.stats.upstream_cx_active.dec();
+    if let Ok((a, b)) = result {
+        registry()
+            .counter(&format!("{prefix}.downstream_cx_rx_bytes_total"))
+            .add(a);
+        registry()
+            .counter(&format!("{prefix}.downstream_cx_tx_bytes_total"))
+            .add(b);
+    }
+}
+
+/// Copies both ways until both directions have ended (EOF passed on as a half-close), an error
+/// occurs, or nothing moved for `idle`. Returns bytes (downstream→upstream, upstream→downstream).
+pub async fn copy_bidirectional(
+    a: &mut TcpStream,
+    b: &mut TcpStream,
+    idle: Option<Duration>,
+) -> std::io::Result<(u64, u64)> {
+    let (mut ar, mut aw) = a.split();
+    let (mut br, mut bw) = b.split();
+    let mut buf_ab = vec![0u8; 32 * 1024];
+    let mut buf_ba = vec![0u8; 32 * 1024];
+    let (mut ab, mut ba) = (0u64, 0u64);
+    let (mut ab_done, mut ba_done) = (false, false);
+    let idle = idle.unwrap_or(Duration::from_secs(u32::MAX as u64));
+    while !(ab_done && ba_done) {
+        tokio::select! {
+            r = ar.read(&mut buf_ab), if !ab_done => {
+                let n = r?;
+                if n == 0 {
+                    ab_done = true;
+                    let _ = bw.shutdown().await;
+                } else {
+                    bw.write_all(&buf_ab[..n]).await?;
+                    ab += n as u64;
+                }
+            }
+            r = br.read(&mut buf_ba), if !ba_done => {
+                let n = r?;
+                if n == 0 {
+                    ba_done = true;
+                    let _ = aw.shutdown().await;
+                } else {
+                    aw.write_all(&buf_ba[..n]).await?;
+                    ba += n as u64;
+                }
+            }
+            _ = tokio::time::sleep(idle) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout"));
+            }
+        }
+    }
+    Ok((ab, ba))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weighted_pick_intervals() {
+        let c = vec![("a".to_string(), 30), ("b".to_string(), 70)];
+        assert_eq!(pick_weighted(&c, 0), "a");
+        assert_eq!(pick_weighted(&c, 29), "a");
+        assert_eq!(pick_weighted(&c, 30), "b");
+        assert_eq!(pick_weighted(&c, 199), "b");
+        assert_eq!(pick_weighted(&c, 129), "a");
+    }
+}
