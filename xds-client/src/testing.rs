@@ -68,6 +68,22 @@ pub enum Received {
 }
 
 impl Received {
+    /// The SotW request; panics on a delta one.
+    pub fn sotw(self) -> DiscoveryRequest {
+        match self {
+            Received::Sotw(r) => r,
+            Received::Delta(r) => panic!("expected a SotW request, got {r:?}"),
+        }
+    }
+
+    /// The delta request; panics on a SotW one.
+    pub fn delta(self) -> DeltaDiscoveryRequest {
+        match self {
+            Received::Delta(r) => r,
+            Received::Sotw(r) => panic!("expected a delta request, got {r:?}"),
+        }
+    }
+
     pub fn type_url(&self) -> &str {
         match self {
             Received::Sotw(r) => &r.type_url,
