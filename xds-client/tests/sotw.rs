@@ -282,7 +282,6 @@ async fn named_subscriptions_for_routes_and_endpoints() {
         subs.set(type_url::SECRET, names(["x"])),
         Err(xds_client::Error::UnknownType(_))
     ));
-    let _ = endpoints("unused");
 }
 
 #[tokio::test]
@@ -400,5 +399,68 @@ async fn resource_wrapper_is_unwrapped() {
     assert_eq!(
         stores.clusters.snapshot(),
         [("w".into(), "rv7".into())].into()
+    );
+}
+
+#[tokio::test]
+async fn names_set_before_start_go_out_after_cds_and_lds() {
+    use xds_client::{Config, Interest, NodeSettings, XdsClient};
+    let ads = FakeAds::start().await;
+    let routes = Store::<envoy_types::pb::envoy::config::route::v3::RouteConfiguration>::new();
+    let eps = Store::<envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment>::new();
+    let (r, e) = (routes.clone(), eps.clone());
+    let (client, task) = XdsClient::builder(Config::new(
+        ads.uri(),
+        NodeSettings::default().build(),
+    ))
+    .handler(move |u| r.handle(u))
+    .handler(move |u| e.handle(u))
+    .handler(|_: xds_client::Update<Listener>| Ok(()))
+    .handler(|_: xds_client::Update<envoy_types::pb::envoy::config::cluster::v3::Cluster>| Ok(()))
+    .build();
+    client
+        .subscriptions()
+        .set(type_url::ROUTE, names(["r"]))
+        .unwrap();
+    client
+        .subscriptions()
+        .set(type_url::ENDPOINT, names(["e"]))
+        .unwrap();
+    assert_eq!(
+        client.subscriptions().get(type_url::ROUTE),
+        Some(Interest::Names(names(["r"])))
+    );
+    assert_eq!(
+        client.subscriptions().get(type_url::CLUSTER),
+        Some(Interest::Wildcard)
+    );
+    assert_eq!(*client.connection().borrow(), ConnectionState::Idle);
+    let _task = tokio::spawn(task.run());
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        order.push(ads.next_request().await.request.type_url().to_owned());
+    }
+    assert_eq!(
+        order,
+        [
+            type_url::CLUSTER,
+            type_url::LISTENER,
+            type_url::ENDPOINT,
+            type_url::ROUTE
+        ]
+    );
+}
+
+#[tokio::test]
+async fn invalid_address_is_an_error_not_a_retry_loop() {
+    use xds_client::{Config, NodeSettings, XdsClient};
+    let (_client, task) =
+        XdsClient::builder(Config::new("not a uri", NodeSettings::default().build()))
+            .handler(|_: xds_client::Update<Listener>| Ok(()))
+            .build();
+    let err = task.run().await.unwrap_err();
+    assert!(
+        matches!(err, xds_client::Error::InvalidAddress { .. }),
+        "{err}"
     );
 }
