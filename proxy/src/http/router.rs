@@ -56,6 +56,16 @@ fn is_upgrade(req: &http::request::Parts) -> Option<String> {
 
 async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>, start: Instant) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
+    // Envoy's `max_request_headers_kb` covers the whole header section.
+    let header_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if header_bytes > conn.hcm.max_request_headers_kb as usize * 1024 {
+        return local_reply(431, "");
+    }
     let upgrade = is_upgrade(&parts);
     if let Some(u) = &upgrade {
         if !conn.hcm.upgrades.iter().any(|c| c == u) {

@@ -1,0 +1,354 @@
+//! End-to-end HTTP through Sluice with real sockets: HTTP/1.1 and HTTP/2 clients, upstreams
+//! speaking HTTP/1.1 and h2c, routing actions, errors, retries, faults, upgrades and pooling.
+
+mod support;
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use support::*;
+
+fn bootstrap(listeners: &str, clusters: &str) -> String {
+    format!("static_resources:\n  listeners:\n{listeners}  clusters:\n{clusters}")
+}
+
+const H2_OPTS: &str = r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+"#;
+
+#[tokio::test]
+async fn http1_and_http2_downstream_to_h1_and_h2c_upstreams() {
+    let a = upstream("a", Behaviour::Echo).await;
+    let b = upstream("b", Behaviour::Echo).await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /h2}
+                route: {cluster: up_h2c}
+              - match: {prefix: /}
+                route: {cluster: up_h1}
+"#;
+    let cfg = bootstrap(
+        &http_listener("basic", vh, ""),
+        &(cluster("up_h1", &[a.addr], "") + &cluster("up_h2c", &[b.addr], H2_OPTS)),
+    );
+    let app = sluice(&cfg).await;
+    let addr = app.listener_address("basic").unwrap();
+
+    let mut c = H1::connect(addr).await;
+    let r = c.get("example.com", "/hello?x=1").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.field("name"), Some("a"));
+    assert_eq!(r.field("path"), Some("/hello?x=1"));
+    assert_eq!(r.field("host"), Some("example.com"));
+    assert_eq!(r.seen_header("x-forwarded-proto"), Some("http"));
+    assert_eq!(r.seen_header("x-request-id").map(str::len), Some(36));
+    assert_eq!(r.headers["server"], "envoy");
+    assert!(r.headers.contains_key("x-envoy-upstream-service-time"));
+
+    let r = c.get("example.com", "/h2/x").await;
+    assert_eq!(r.field("name"), Some("b"));
+    assert_eq!(r.field("version"), Some("HTTP/2.0"));
+    assert_eq!(r.field("host"), Some("example.com"));
+
+    let mut h2 = H2::connect(addr).await;
+    let r = h2.get("example.com", "/via-h2").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.field("name"), Some("a"));
+    assert_eq!(r.field("version"), Some("HTTP/1.1"));
+    assert_eq!(r.field("host"), Some("example.com"));
+    let r = h2.get("example.com", "/h2/both").await;
+    assert_eq!(r.field("name"), Some("b"));
+}
+
+#[tokio::test]
+async fn upstream_keepalive_connections_are_reused() {
+    let a = upstream("a", Behaviour::Echo).await;
+    let vh = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: reuse_up}\n";
+    let app = sluice(&bootstrap(
+        &http_listener("reuse", vh, ""),
+        &cluster("reuse_up", &[a.addr], ""),
+    ))
+    .await;
+    let mut c = H1::connect(app.listener_address("reuse").unwrap()).await;
+    for _ in 0..50 {
+        assert_eq!(c.get("h", "/").await.status, 200);
+    }
+    assert_eq!(a.requests.load(std::sync::atomic::Ordering::SeqCst), 50);
+    let cx = a.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        cx <= 2,
+        "50 sequential requests used {cx} upstream connections"
+    );
+}
+
+#[tokio::test]
+async fn idle_connection_closed_by_upstream_is_not_a_503() {
+    // The upstream closes every connection right after answering; a pooled connection is then
+    // dead by the time the next request comes. Sluice must notice and use a fresh one.
+    let a = upstream("a", Behaviour::CloseAfterResponse).await;
+    let vh = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: stale_up}\n";
+    let app = sluice(&bootstrap(
+        &http_listener("stale", vh, ""),
+        &cluster("stale_up", &[a.addr], ""),
+    ))
+    .await;
+    let mut c = H1::connect(app.listener_address("stale").unwrap()).await;
+    for i in 0..30 {
+        let r = c.get("h", "/").await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+        if i % 3 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn errors_have_envoys_statuses() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }; // closed again: connections are refused
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /dead}
+                route: {cluster: dead_up}
+              - match: {prefix: /missing}
+                route: {cluster: no_such_cluster}
+"#;
+    let app = sluice(&bootstrap(
+        &http_listener("errors", vh, ""),
+        &cluster("dead_up", &[dead], ""),
+    ))
+    .await;
+    let mut c = H1::connect(app.listener_address("errors").unwrap()).await;
+    let r = c.get("h", "/nothing-matches").await;
+    assert_eq!(r.status, 404);
+    let r = c.get("h", "/dead").await;
+    assert_eq!(r.status, 503);
+    assert!(r.body.contains("connection failure"), "{}", r.body);
+    let r = c.get("h", "/missing").await;
+    assert_eq!(r.status, 503);
+    // Oversized headers: 431.
+    let big = "x".repeat(70 * 1024);
+    let mut c = H1::connect(app.listener_address("errors").unwrap()).await;
+    let r = c
+        .send(
+            Request::get("/dead")
+                .header("host", "h")
+                .header("x-big", big)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 431);
+}
+
+#[tokio::test]
+async fn malformed_request_gets_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vh = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                direct_response: {status: 200}\n";
+    let app = sluice(&bootstrap(
+        &http_listener("bad", vh, ""),
+        &cluster("unused_bad", &["127.0.0.1:9".parse().unwrap()], ""),
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(app.listener_address("bad").unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\nBad Header Line\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+}
+
+#[tokio::test]
+async fn rewrites_redirects_and_direct_responses() {
+    let a = upstream("a", Behaviour::Echo).await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              response_headers_to_add:
+              - header: {key: x-vhost, value: yes}
+              routes:
+              - match: {prefix: /old/}
+                route: {cluster: rw_up, prefix_rewrite: /new/, host_rewrite_literal: internal.svc}
+                request_headers_to_add:
+                - header: {key: x-client, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}
+              - match: {prefix: /moved}
+                redirect: {host_redirect: other.example.com, path_redirect: /landing, response_code: FOUND}
+              - match: {path: /ping}
+                direct_response: {status: 200, body: {inline_string: pong}}
+"#;
+    let app = sluice(&bootstrap(
+        &http_listener("rw", vh, ""),
+        &cluster("rw_up", &[a.addr], ""),
+    ))
+    .await;
+    let mut c = H1::connect(app.listener_address("rw").unwrap()).await;
+    let r = c.get("example.com", "/old/thing?q=1").await;
+    assert_eq!(r.field("path"), Some("/new/thing?q=1"));
+    assert_eq!(r.field("host"), Some("internal.svc"));
+    assert_eq!(r.seen_header("x-client"), Some("127.0.0.1"));
+    assert_eq!(
+        r.seen_header("x-envoy-original-path"),
+        Some("/old/thing?q=1")
+    );
+    assert_eq!(r.headers["x-vhost"], "yes");
+    let r = c.get("example.com", "/moved/x").await;
+    assert_eq!(r.status, 302);
+    assert_eq!(r.headers["location"], "http://other.example.com/landing");
+    let r = c.get("example.com", "/ping").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "pong"));
+    assert_eq!(r.headers["content-type"], "text/plain");
+}
+
+#[tokio::test]
+async fn weighted_clusters_split_traffic() {
+    let a = upstream("a", Behaviour::Echo).await;
+    let b = upstream("b", Behaviour::Echo).await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /}
+                route:
+                  weighted_clusters:
+                    clusters:
+                    - {name: w_a, weight: 20}
+                    - {name: w_b, weight: 80}
+"#;
+    let app = sluice(&bootstrap(
+        &http_listener("weighted", vh, ""),
+        &(cluster("w_a", &[a.addr], "") + &cluster("w_b", &[b.addr], "")),
+    ))
+    .await;
+    let mut c = H1::connect(app.listener_address("weighted").unwrap()).await;
+    let n = 2000;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..n {
+        let r = c.get("h", "/").await;
+        *counts
+            .entry(r.field("name").unwrap().to_string())
+            .or_default() += 1;
+    }
+    let share_a = counts["a"] as f64 / n as f64;
+    // 20% ± 4 points: > 4.4 standard deviations at n=2000.
+    assert!((0.16..=0.24).contains(&share_a), "{counts:?}");
+}
+
+#[tokio::test]
+async fn retries_move_to_another_endpoint() {
+    let bad = upstream("bad", Behaviour::Status(503)).await;
+    let good = upstream("good", Behaviour::Echo).await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /}
+                route:
+                  cluster: retry_up
+                  retry_policy:
+                    retry_on: 5xx
+                    num_retries: 2
+                    retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts, typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}]
+"#;
+    let app = sluice(&bootstrap(
+        &http_listener("retry", vh, ""),
+        &cluster("retry_up", &[bad.addr, good.addr], ""),
+    ))
+    .await;
+    let mut c = H1::connect(app.listener_address("retry").unwrap()).await;
+    for _ in 0..40 {
+        let r = c.get("h", "/").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.field("name"), Some("good"));
+    }
+    assert!(bad.requests.load(std::sync::atomic::Ordering::SeqCst) > 0);
+}
+
+#[tokio::test]
+async fn fault_filter_aborts_and_delays_at_configured_rates() {
+    let a = upstream("a", Behaviour::Echo).await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /abort}
+                route: {cluster: fault_up}
+                typed_per_filter_config:
+                  envoy.filters.http.fault:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+                    abort: {http_status: 418, percentage: {numerator: 30}}
+              - match: {prefix: /delay}
+                route: {cluster: fault_up}
+                typed_per_filter_config:
+                  envoy.filters.http.fault:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+                    delay: {fixed_delay: 0.3s, percentage: {numerator: 100}}
+              - match: {prefix: /}
+                route: {cluster: fault_up}
+"#;
+    let filters = r#"          - name: envoy.filters.http.fault
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+"#;
+    let app = sluice(&bootstrap(
+        &http_listener("fault", vh, filters),
+        &cluster("fault_up", &[a.addr], ""),
+    ))
+    .await;
+    let mut c = H1::connect(app.listener_address("fault").unwrap()).await;
+    let n = 1000;
+    let mut aborted = 0;
+    for _ in 0..n {
+        let r = c.get("h", "/abort").await;
+        if r.status == 418 {
+            assert_eq!(r.body, "fault filter abort");
+            aborted += 1;
+        } else {
+            assert_eq!(r.status, 200);
+        }
+    }
+    assert!(
+        (230..=370).contains(&aborted),
+        "{aborted} of {n} aborted, want ~30%"
+    );
+    let t = std::time::Instant::now();
+    assert_eq!(c.get("h", "/delay").await.status, 200);
+    assert!(t.elapsed() >= std::time::Duration::from_millis(300));
+    assert_eq!(c.get("h", "/plain").await.status, 200);
+}
+
+#[tokio::test]
+async fn websocket_upgrade_passes_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = upstream("a", Behaviour::Echo).await;
+    let vh = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: ws_up}\n";
+    let app = sluice(&bootstrap(
+        &http_listener("ws", vh, ""),
+        &cluster("ws_up", &[a.addr], ""),
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(app.listener_address("ws").unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(b"frames both ways").await.unwrap();
+    let mut echo = vec![0u8; 16];
+    s.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"frames both ways");
+}
