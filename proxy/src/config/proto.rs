@@ -76,8 +76,9 @@ pub fn decode_dynamic(
         Format::Yaml => {
             // YAML is read into a JSON value first: it resolves anchors and merges and lets one
             // code path handle both formats. Syntax errors keep their line and column.
-            let value: serde_json::Value =
+            let mut value: serde_json::Value =
                 serde_yaml_ng::from_str(text).map_err(|e| DecodeError::Syntax(e.to_string()))?;
+            strip_root_type(full_name, &mut value)?;
             let r = DynamicMessage::deserialize_with_options(
                 desc,
                 serde_path_to_error::Deserializer::new(value, &mut track),
@@ -95,8 +96,9 @@ pub fn decode_dynamic(
 /// Decodes a JSON value (already parsed) into a `DynamicMessage` of type `full_name`.
 pub fn decode_value(
     full_name: &str,
-    value: serde_json::Value,
+    mut value: serde_json::Value,
 ) -> Result<DynamicMessage, DecodeError> {
+    strip_root_type(full_name, &mut value)?;
     let desc = pool()
         .get_message_by_name(full_name)
         .ok_or_else(|| DecodeError::UnknownType(full_name.to_string()))?;
@@ -110,6 +112,23 @@ pub fn decode_value(
         path: display_path(&track.path()),
         message: e.to_string(),
     })
+}
+
+/// A resource copied out of a config dump carries `"@type"` at its root; accept it when it
+/// names the expected message.
+fn strip_root_type(full_name: &str, value: &mut serde_json::Value) -> Result<(), DecodeError> {
+    if let Some(obj) = value.as_object_mut() {
+        if let Some(t) = obj.get("@type").and_then(|t| t.as_str()) {
+            if any_type_name(t) != full_name {
+                return Err(DecodeError::Field {
+                    path: "@type".into(),
+                    message: format!("expected {full_name}, got {t}"),
+                });
+            }
+            obj.remove("@type");
+        }
+    }
+    Ok(())
 }
 
 fn display_path(path: &serde_path_to_error::Path) -> String {
