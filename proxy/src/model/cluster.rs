@@ -302,7 +302,7 @@ fn idle_timeout(c: &cpb::Cluster) -> Option<Duration> {
     #[allow(deprecated)]
     let common = o
         .and_then(|o| o.common_http_protocol_options)
-        .or_else(|| c.common_http_protocol_options.clone());
+        .or(c.common_http_protocol_options);
     match common.and_then(|c| duration(&c.idle_timeout)) {
         Some(d) if d.is_zero() => None,
         Some(d) => Some(d),

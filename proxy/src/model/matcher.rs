@@ -210,7 +210,7 @@ impl Matcher {
                                 out.push((k.clone(), compile_on_match(v)?));
                             }
                             // Longest prefix first.
-                            out.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+                            out.sort_by_key(|b| std::cmp::Reverse(b.0.len()));
                             Kind::Prefix(input, out)
                         }
                         Some(TreeType::CustomMatch(ext)) => {
