@@ -1,3 +1,4 @@
 //! Sluice, the proxy library behind the `sluice` binary.
 
 pub mod config;
+pub mod route;
