@@ -52,11 +52,18 @@ impl WeightedClusters {
     /// Picks the cluster for `random` (Envoy's `pickWeightedCluster`).
     pub fn pick(&self, random: u64, runtime: &dyn Runtime, req: &RequestView<'_>) -> Option<usize> {
         let random = match &self.header_name {
-            Some(h) => req
-                .headers
-                .get(h.as_str())
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                .unwrap_or(random),
+            // Only a single-valued header counts; anything else falls back to `random`.
+            Some(h) => {
+                let mut values = req.headers.get_all(h.as_str()).iter();
+                match (values.next(), values.next()) {
+                    (Some(v), None) => v
+                        .to_str()
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(random),
+                    _ => random,
+                }
+            }
             None => random,
         };
         let weight = |c: &WeightedCluster| match &self.runtime_key_prefix {
@@ -317,10 +324,10 @@ pub(crate) fn compile_weighted(w: &rpb::WeightedCluster) -> Result<WeightedClust
         }
         let request_headers =
             HeaderMutations::compile(&c.request_headers_to_add, &c.request_headers_to_remove)
-                .map_err(|e| e.under(&at("request_headers_to_add")))?;
+                .map_err(|e| e.under(&at("request_headers")))?;
         let response_headers =
             HeaderMutations::compile(&c.response_headers_to_add, &c.response_headers_to_remove)
-                .map_err(|e| e.under(&at("response_headers_to_add")))?;
+                .map_err(|e| e.under(&at("response_headers")))?;
         clusters.push(WeightedCluster {
             name: c.name.clone(),
             cluster_header: (!c.cluster_header.is_empty())

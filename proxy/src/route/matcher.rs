@@ -259,6 +259,8 @@ impl HeaderMatcher {
         let test = match &h.header_match_specifier {
             None => HeaderTest::Present(true),
             Some(S::PresentMatch(p)) => HeaderTest::Present(*p),
+            // The deprecated exact_match with an empty value matches any present value.
+            Some(S::ExactMatch(v)) if v.is_empty() => HeaderTest::Present(true),
             Some(S::ExactMatch(v)) => HeaderTest::String(s(v, P::Exact)?),
             Some(S::PrefixMatch(v)) => HeaderTest::String(s(v, P::Prefix)?),
             Some(S::SuffixMatch(v)) => HeaderTest::String(s(v, P::Suffix)?),

@@ -97,6 +97,8 @@ fn header_matchers() {
     assert!(hm("{name: ':path', string_match: {prefix: /p}}").matches(&v));
     assert!(hm("{name: ':authority', string_match: {suffix: .example}}").matches(&v));
     assert!(hm("{name: ':method', exact_match: GET}").matches(&v));
+    assert!(hm("{name: x-a, exact_match: ''}").matches(&v));
+    assert!(!hm("{name: x-missing, exact_match: ''}").matches(&v));
     assert!(hm("{name: x-n, safe_regex_match: {regex: '\\d+'}}").matches(&v));
     assert!(hm("{name: x-n, prefix_match: '4'}").matches(&v));
     assert!(hm("{name: x-n, suffix_match: '2'}").matches(&v));

@@ -81,7 +81,7 @@ impl FieldError {
     pub(crate) fn under(mut self, prefix: &str) -> Self {
         self.field = if self.field.is_empty() {
             prefix.to_string()
-        } else if self.field.starts_with('[') {
+        } else if self.field.starts_with(['[', '_']) {
             format!("{prefix}{}", self.field)
         } else {
             format!("{prefix}.{}", self.field)

@@ -33,6 +33,9 @@ pub struct RouteTable {
     pub vhost_header: Option<String>,
 }
 
+/// Envoy's default `max_direct_response_body_size_bytes`.
+pub const DEFAULT_MAX_DIRECT_RESPONSE_BODY: usize = 4096;
+
 /// `require_tls` on a virtual host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsRequirement {
@@ -205,6 +208,26 @@ impl RouteTable {
         for vh in &rc.virtual_hosts {
             virtual_hosts.push(compile_vhost(vh)?);
         }
+        let max_body = rc
+            .max_direct_response_body_size_bytes
+            .map_or(DEFAULT_MAX_DIRECT_RESPONSE_BODY, |v| v.value as usize);
+        for vh in &virtual_hosts {
+            for (i, r) in vh.routes.iter().enumerate() {
+                if let Action::Direct(DirectAction { body: Some(b), .. }) = &r.action {
+                    if b.len() > max_body {
+                        return Err(RouteError::Route {
+                            vhost: vh.name.clone(),
+                            route: route_label(i, &r.name),
+                            field: "direct_response.body".into(),
+                            message: format!(
+                                "{} bytes exceeds max_direct_response_body_size_bytes {max_body}",
+                                b.len()
+                            ),
+                        });
+                    }
+                }
+            }
+        }
         let domains = DomainIndex::build(&virtual_hosts)?;
         Ok(RouteTable {
             name: rc.name.clone(),
@@ -214,12 +237,12 @@ impl RouteTable {
                 &rc.request_headers_to_add,
                 &rc.request_headers_to_remove,
             )
-            .map_err(|e| cfg_err(e.under("request_headers_to_add")))?,
+            .map_err(|e| cfg_err(e.under("request_headers")))?,
             response_headers: HeaderMutations::compile(
                 &rc.response_headers_to_add,
                 &rc.response_headers_to_remove,
             )
-            .map_err(|e| cfg_err(e.under("response_headers_to_add")))?,
+            .map_err(|e| cfg_err(e.under("response_headers")))?,
             internal_only_headers: rc
                 .internal_only_headers
                 .iter()
@@ -624,12 +647,12 @@ fn compile_vhost(vh: &rpb::VirtualHost) -> Result<VirtualHost, RouteError> {
             &vh.request_headers_to_add,
             &vh.request_headers_to_remove,
         )
-        .map_err(|e| err(e.under("request_headers_to_add")))?,
+        .map_err(|e| err(e.under("request_headers")))?,
         response_headers: HeaderMutations::compile(
             &vh.response_headers_to_add,
             &vh.response_headers_to_remove,
         )
-        .map_err(|e| err(e.under("response_headers_to_add")))?,
+        .map_err(|e| err(e.under("response_headers")))?,
         retry_policy: retry_policy.clone(),
         typed_per_filter_config: vh.typed_per_filter_config.clone(),
         index,
@@ -681,12 +704,12 @@ fn compile_route(r: &rpb::Route, _vh: &rpb::VirtualHost) -> Result<Route, FieldE
             &r.request_headers_to_add,
             &r.request_headers_to_remove,
         )
-        .map_err(|e| e.under("request_headers_to_add"))?,
+        .map_err(|e| e.under("request_headers"))?,
         response_headers: HeaderMutations::compile(
             &r.response_headers_to_add,
             &r.response_headers_to_remove,
         )
-        .map_err(|e| e.under("response_headers_to_add"))?,
+        .map_err(|e| e.under("response_headers"))?,
         metadata: r.metadata.clone(),
         typed_per_filter_config: r.typed_per_filter_config.clone(),
     })

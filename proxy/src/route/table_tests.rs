@@ -109,6 +109,20 @@ fn config_errors_name_the_place() {
             .contains("request_headers_to_add[0].header.value"),
         "{e}"
     );
+    let e = table_err("virtual_hosts: [{name: a, domains: [x], request_headers_to_add: [{header: {key: ':path', value: x}}]}]");
+    assert!(
+        e.to_string()
+            .contains("request_headers_to_add[0].header.key"),
+        "{e}"
+    );
+    let e =
+        table_err("virtual_hosts: [{name: a, domains: [x], response_headers_to_remove: [Host]}]");
+    assert!(e.to_string().contains("may not be removed"), "{e}");
+    let e = table_err("max_direct_response_body_size_bytes: 3\nvirtual_hosts: [{name: a, domains: [x], routes: [{match: {prefix: /}, direct_response: {status: 200, body: {inline_string: four}}}]}]");
+    assert!(
+        e.to_string().contains("route #0: direct_response.body"),
+        "{e}"
+    );
     let e = table_err("virtual_hosts: [{name: a, domains: [x], routes: [{match: {prefix: /}}]}]");
     assert!(e.to_string().contains("action"), "{e}");
 }
@@ -359,6 +373,12 @@ fn header_mutation_levels() {
         .collect();
     assert_eq!(vals, ["route", "vhost", "global"]);
     assert!(!resp.headers.contains_key("x-upstream"));
+}
+
+#[test]
+fn table_is_shareable() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<RouteTable>();
 }
 
 #[test]
