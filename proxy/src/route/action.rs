@@ -131,6 +131,46 @@ pub struct RouteEntry {
     pub retry_policy: Option<RetryPolicy>,
     pub hash_policy: Vec<HashPolicy>,
     pub priority_high: bool,
+    /// `upgrade_configs`: upgrade type (lower-case, e.g. `websocket`, `connect`) → enabled.
+    pub upgrades: Vec<(String, bool)>,
+    pub request_mirrors: Vec<RequestMirror>,
+    pub max_stream_duration: Option<StreamDuration>,
+}
+
+/// One `request_mirror_policies` entry: shadow a `fraction` of requests to `cluster`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestMirror {
+    pub cluster: String,
+    /// Take the cluster from this request header instead (lower-case).
+    pub cluster_header: Option<String>,
+    /// `(runtime key, default fraction)`; `None` mirrors every request.
+    pub fraction: Option<(String, super::Fraction)>,
+    pub trace_sampled: Option<bool>,
+}
+
+/// `max_stream_duration` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamDuration {
+    pub max_stream_duration: Option<Duration>,
+    pub grpc_timeout_header_max: Option<Duration>,
+    pub grpc_timeout_header_offset: Option<Duration>,
+}
+
+pub(crate) fn fraction(
+    f: Option<&envoy_types::pb::envoy::r#type::v3::FractionalPercent>,
+) -> Result<super::Fraction, FieldError> {
+    use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
+    let f = f.copied().unwrap_or_default();
+    let denominator = match D::try_from(f.denominator) {
+        Ok(D::Hundred) => 100,
+        Ok(D::TenThousand) => 10_000,
+        Ok(D::Million) => 1_000_000,
+        Err(_) => return Err(FieldError::new("denominator", "unknown value")),
+    };
+    Ok(super::Fraction {
+        numerator: u64::from(f.numerator),
+        denominator,
+    })
 }
 
 /// Retry policy (`envoy.config.route.v3.RetryPolicy`) as plain values.
@@ -472,6 +512,46 @@ pub(crate) fn compile_entry(ra: &rpb::RouteAction) -> Result<RouteEntry, FieldEr
         retry_policy,
         hash_policy,
         priority_high: ra.priority == 1,
+        upgrades: ra
+            .upgrade_configs
+            .iter()
+            .map(|u| {
+                (
+                    u.upgrade_type.to_ascii_lowercase(),
+                    u.enabled.is_none_or(|b| b.value),
+                )
+            })
+            .collect(),
+        request_mirrors: ra
+            .request_mirror_policies
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let fraction = match &m.runtime_fraction {
+                    None => None,
+                    Some(rf) => Some((
+                        rf.runtime_key.clone(),
+                        fraction(rf.default_value.as_ref()).map_err(|e| {
+                            e.under(&format!(
+                                "request_mirror_policies[{i}].runtime_fraction.default_value"
+                            ))
+                        })?,
+                    )),
+                };
+                Ok(RequestMirror {
+                    cluster: m.cluster.clone(),
+                    cluster_header: (!m.cluster_header.is_empty())
+                        .then(|| m.cluster_header.to_ascii_lowercase()),
+                    fraction,
+                    trace_sampled: m.trace_sampled.map(|b| b.value),
+                })
+            })
+            .collect::<Result<_, FieldError>>()?,
+        max_stream_duration: ra.max_stream_duration.as_ref().map(|m| StreamDuration {
+            max_stream_duration: m.max_stream_duration.as_ref().map(duration),
+            grpc_timeout_header_max: m.grpc_timeout_header_max.as_ref().map(duration),
+            grpc_timeout_header_offset: m.grpc_timeout_header_offset.as_ref().map(duration),
+        }),
     })
 }
 

@@ -61,6 +61,8 @@ impl TestResult {
 #[derive(Debug, Clone, Default)]
 pub struct CheckReport {
     pub tests: Vec<TestResult>,
+    /// The options given to [`run`]; [`CheckReport::output`] follows them.
+    pub options: CheckOptions,
 }
 
 impl CheckReport {
@@ -71,6 +73,16 @@ impl CheckReport {
 
     pub fn passed_count(&self) -> usize {
         self.tests.iter().filter(|t| t.passed()).count()
+    }
+
+    /// The tool's output under the options given to [`run`].
+    pub fn output(&self) -> String {
+        self.render(&self.options)
+    }
+
+    /// `passed/total` summary, e.g. `33/33 tests passed`.
+    pub fn summary(&self) -> String {
+        format!("{}/{} tests passed", self.passed_count(), self.tests.len())
     }
 
     /// The tool's output: test names and failure lines as `opts` asks.
@@ -98,18 +110,19 @@ pub fn run(
     tests_path: &Path,
     opts: &CheckOptions,
 ) -> Result<CheckReport, CheckError> {
-    let _ = opts;
     let read = |p: &Path| {
         std::fs::read_to_string(p).map_err(|source| CheckError::Read {
             path: p.to_path_buf(),
             source,
         })
     };
-    run_str(
+    let mut report = run_str(
         &read(routes_path)?,
         Format::from_path(routes_path),
         &read(tests_path)?,
-    )
+    )?;
+    report.options = *opts;
+    Ok(report)
 }
 
 /// Runs the tests in `tests` (JSON or YAML) against the route configuration `routes`.
@@ -137,7 +150,10 @@ pub fn run_str(routes: &str, format: Format, tests: &str) -> Result<CheckReport,
         .iter()
         .map(|t| run_one(&table, t, &file.runtime))
         .collect();
-    Ok(CheckReport { tests })
+    Ok(CheckReport {
+        tests,
+        options: CheckOptions::default(),
+    })
 }
 
 /// Envoy's loader accepts `google.protobuf.Duration` written as `{seconds, nanos}` (TestRoutes

@@ -55,6 +55,9 @@ pub struct VirtualHost {
     pub response_headers: HeaderMutations,
     pub retry_policy: Option<RetryPolicy>,
     pub typed_per_filter_config: HashMap<String, Any>,
+    /// Add `x-envoy-attempt-count` to upstream requests / downstream responses.
+    pub include_request_attempt_count: bool,
+    pub include_attempt_count_in_response: bool,
     pub(crate) index: Option<RouteIndex>,
 }
 
@@ -266,9 +269,14 @@ impl RouteTable {
         } else {
             &host
         };
-        self.domains
-            .find(&host.to_ascii_lowercase())
-            .map(|i| &self.virtual_hosts[i])
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            host
+        };
+        self.domains.find(host).map(|i| &self.virtual_hosts[i])
     }
 
     /// Selects with the default runtime (configured fractions and weights).
@@ -654,6 +662,8 @@ fn compile_vhost(vh: &rpb::VirtualHost) -> Result<VirtualHost, RouteError> {
         )
         .map_err(|e| err(e.under("response_headers")))?,
         retry_policy: retry_policy.clone(),
+        include_request_attempt_count: vh.include_request_attempt_count,
+        include_attempt_count_in_response: vh.include_attempt_count_in_response,
         typed_per_filter_config: vh.typed_per_filter_config.clone(),
         index,
         routes: routes

@@ -412,6 +412,10 @@ virtual_hosts:
         retry_back_off: {base_interval: 0.1s}
         retriable_status_codes: [503, 504]
         retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts}]
+      upgrade_configs: [{upgrade_type: WebSocket}, {upgrade_type: CONNECT, enabled: false}]
+      request_mirror_policies:
+      - {cluster: shadow, runtime_fraction: {runtime_key: m, default_value: {numerator: 5, denominator: TEN_THOUSAND}}}
+      max_stream_duration: {max_stream_duration: 30s, grpc_timeout_header_max: 5s}
       hash_policy:
       - {header: {header_name: X-User}}
       - {cookie: {name: sess, ttl: 10s, path: /}, terminal: true}
@@ -449,6 +453,27 @@ virtual_hosts:
         HashPolicy::Cookie { terminal: true, .. }
     ));
     assert!(sel.per_filter_config("envoy.filters.http.fault").is_some());
+    assert_eq!(
+        e.upgrades,
+        [
+            ("websocket".to_string(), true),
+            ("connect".to_string(), false)
+        ]
+    );
+    assert_eq!(e.request_mirrors[0].cluster, "shadow");
+    assert_eq!(
+        e.request_mirrors[0].fraction.as_ref().unwrap().1,
+        crate::route::Fraction {
+            numerator: 5,
+            denominator: 10_000
+        }
+    );
+    let msd = e.max_stream_duration.unwrap();
+    assert_eq!(
+        msd.max_stream_duration,
+        Some(std::time::Duration::from_secs(30))
+    );
+    assert_eq!(msd.grpc_timeout_header_offset, None);
     let r = Req::new("h", "/");
     let sel = t.select(&r.view(), 0);
     let e = sel.entry().unwrap();
