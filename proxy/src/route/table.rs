@@ -383,10 +383,15 @@ impl RouteTable {
         }
         match &entry.host_rewrite {
             HostRewrite::Literal(h) => new_host = Some(h.clone()),
+            // An untrusted header: only its first value is used, and only when non-empty.
             HostRewrite::Header(name) => {
-                if let Some(v) = super::HeaderSource::header(parts, name) {
+                if let Some(v) = parts
+                    .headers
+                    .get(name.as_str())
+                    .and_then(|v| v.to_str().ok())
+                {
                     if !v.is_empty() {
-                        new_host = Some(v.split(',').next().unwrap_or("").to_string());
+                        new_host = Some(v.to_string());
                     }
                 }
             }
