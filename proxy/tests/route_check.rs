@@ -142,3 +142,69 @@ fn weighted_against_test_routes_fails() {
     });
     assert!(!only.contains("Test_1\n") && only.contains("Test_2\n"));
 }
+
+/// Every `RouteConfiguration` in `value` (objects whose `@type` names it).
+fn route_configs(value: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
+    match value {
+        serde_json::Value::Object(o) => {
+            if o.get("@type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t.ends_with("/envoy.config.route.v3.RouteConfiguration"))
+            {
+                let mut rc = o.clone();
+                rc.remove("@type");
+                out.push(serde_json::Value::Object(rc));
+            }
+            o.values().for_each(|v| route_configs(v, out));
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| route_configs(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn istio_config_dump_routes_compile_and_select() {
+    use sluice::config::proto;
+    use sluice::route::{RequestView, RouteTable, Selected};
+    let d = dir().join("../istio-configdump");
+    assert!(d.is_dir(), "missing {}", d.display());
+    let mut compiled = 0;
+    for e in std::fs::read_dir(&d).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let mut rcs = Vec::new();
+        route_configs(&doc, &mut rcs);
+        for rc in rcs {
+            let rc: envoy_types::pb::envoy::config::route::v3::RouteConfiguration =
+                proto::decode_json_value(rc).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let t = RouteTable::from_proto(&rc)
+                .unwrap_or_else(|e| panic!("{} route {:?}: {e}", p.display(), rc.name));
+            compiled += 1;
+            // Every domain of every virtual host selects that host.
+            for vh in &rc.virtual_hosts {
+                for dom in vh.domains.iter().filter(|d| !d.contains('*')) {
+                    let h = http::HeaderMap::new();
+                    let view = RequestView {
+                        authority: dom,
+                        path: "/",
+                        method: "GET",
+                        headers: &h,
+                        scheme: "http",
+                        internal: false,
+                        remote_addr: None,
+                        tls: None,
+                        dynamic_metadata: None,
+                    };
+                    assert_eq!(t.find_vhost(&view).unwrap().name, vh.name, "{dom}");
+                    let _ = matches!(t.select(&view, 0), Selected::NoRoute);
+                }
+            }
+        }
+    }
+    println!("istio config dumps: {compiled} route configurations compiled");
+    assert!(compiled >= 5, "{compiled}");
+}
