@@ -25,6 +25,24 @@ struct Cli {
 enum Cmd {
     /// Run the proxy.
     Run(RunArgs),
+    /// Check a route table against test cases, like Envoy's router_check_tool.
+    RouteCheck(RouteCheckArgs),
+}
+
+#[derive(clap::Args)]
+struct RouteCheckArgs {
+    /// RouteConfiguration (YAML or JSON).
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    /// Test file (router_check_tool format, JSON or YAML).
+    #[arg(long, short = 't')]
+    tests: PathBuf,
+    /// Print every test and its failures.
+    #[arg(long, short = 'd')]
+    details: bool,
+    /// Print only failing tests.
+    #[arg(long)]
+    only_show_failures: bool,
 }
 
 #[derive(clap::Args)]
@@ -64,6 +82,26 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::RouteCheck(a) => {
+            let opts = sluice::route::check::CheckOptions {
+                details: a.details,
+                only_show_failures: a.only_show_failures,
+            };
+            match sluice::route::check::run(&a.config, &a.tests, &opts) {
+                Ok(report) => {
+                    print!("{}", report.render(&opts));
+                    if report.passed() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("sluice route-check: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Cmd::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
