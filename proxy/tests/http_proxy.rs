@@ -352,3 +352,98 @@ async fn websocket_upgrade_passes_through() {
     s.read_exact(&mut echo).await.unwrap();
     assert_eq!(&echo, b"frames both ways");
 }
+
+#[tokio::test]
+async fn connect_tunnels_tcp_and_is_refused_when_not_enabled() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = tcp_echo().await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {connect_matcher: {}}
+                route:
+                  cluster: connect_up
+                  upgrade_configs: [{upgrade_type: CONNECT}]
+              - match: {prefix: /}
+                direct_response: {status: 200}
+"#;
+    let app = sluice(&bootstrap(
+        &http_listener("connect", vh, ""),
+        &cluster("connect_up", &[echo], ""),
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(app.listener_address("connect").unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"CONNECT echo.internal:7 HTTP/1.1\r\nHost: echo.internal:7\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    s.write_all(b"through the tunnel").await.unwrap();
+    let mut echo_back = [0u8; 18];
+    s.read_exact(&mut echo_back).await.unwrap();
+    assert_eq!(&echo_back, b"through the tunnel");
+
+    // Without the route's upgrade config (and none on the connection manager for CONNECT): 403.
+    let vh = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {connect_matcher: {}}\n                route: {cluster: connect_up2}\n";
+    let app = sluice(&bootstrap(
+        &http_listener("noconnect", vh, ""),
+        &cluster("connect_up2", &[echo], ""),
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(app.listener_address("noconnect").unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"CONNECT echo.internal:7 HTTP/1.1\r\nHost: echo.internal:7\r\n\r\n")
+        .await
+        .unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 403"));
+}
+
+#[tokio::test]
+async fn mirrored_requests_reach_the_shadow_cluster() {
+    let main = upstream("main", Behaviour::Echo).await;
+    let shadow = upstream("shadow", Behaviour::Status(500)).await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /}
+                route:
+                  cluster: mirror_main
+                  request_mirror_policies:
+                  - cluster: mirror_shadow
+                    runtime_fraction: {default_value: {numerator: 50}}
+"#;
+    let app = sluice(&bootstrap(
+        &http_listener("mirror", vh, ""),
+        &(cluster("mirror_main", &[main.addr], "") + &cluster("mirror_shadow", &[shadow.addr], "")),
+    ))
+    .await;
+    let mut c = H1::connect(app.listener_address("mirror").unwrap()).await;
+    let n = 400;
+    for _ in 0..n {
+        let r = c.get("reviews:9080", "/").await;
+        // The shadow's 500s never reach the client.
+        assert_eq!(r.status, 200);
+        assert_eq!(r.field("name"), Some("main"));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let shadowed = shadow.requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (140..=260).contains(&shadowed),
+        "{shadowed} of {n} mirrored, want ~50%"
+    );
+    assert_eq!(main.requests.load(std::sync::atomic::Ordering::SeqCst), n);
+}
