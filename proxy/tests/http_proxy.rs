@@ -447,3 +447,78 @@ async fn mirrored_requests_reach_the_shadow_cluster() {
     );
     assert_eq!(main.requests.load(std::sync::atomic::Ordering::SeqCst), n);
 }
+
+#[tokio::test]
+async fn dns_clusters_resolve_hostnames() {
+    let a = upstream("a", Behaviour::Echo).await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /strict}
+                route: {cluster: dns_strict}
+              - match: {prefix: /logical}
+                route: {cluster: dns_logical}
+"#;
+    let dns = |name: &str, kind: &str| {
+        format!(
+            "  - name: {name}\n    type: {kind}\n    connect_timeout: 1s\n    dns_lookup_family: V4_ONLY\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{socket_address: {{address: localhost, port_value: {}}}}}}}\n",
+            a.addr.port()
+        )
+    };
+    let app = sluice(&bootstrap(
+        &http_listener("dns", vh, ""),
+        &(dns("dns_strict", "STRICT_DNS") + &dns("dns_logical", "LOGICAL_DNS")),
+    ))
+    .await;
+    let mut c = H1::connect(app.listener_address("dns").unwrap()).await;
+    // Resolution is asynchronous: wait for it to land.
+    let mut ok = false;
+    for _ in 0..50 {
+        if c.get("h", "/strict").await.status == 200 && c.get("h", "/logical").await.status == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ok, "DNS clusters never resolved localhost");
+}
+
+#[tokio::test]
+async fn edge_proxy_appends_x_forwarded_for() {
+    let a = upstream("a", Behaviour::Echo).await;
+    let vh = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: xff_up}\n";
+    let listener = http_listener("xff", vh, "").replace(
+        "          stat_prefix: xff\n",
+        "          stat_prefix: xff\n          use_remote_address: true\n",
+    );
+    let app = sluice(&bootstrap(&listener, &cluster("xff_up", &[a.addr], ""))).await;
+    let mut c = H1::connect(app.listener_address("xff").unwrap()).await;
+    let r = c
+        .send(
+            Request::get("/")
+                .header("host", "h")
+                .header("x-forwarded-for", "203.0.113.9")
+                .header("x-request-id", "client-chosen")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.seen_header("x-forwarded-for"), Some("203.0.113.9,127.0.0.1"));
+    // An edge proxy does not trust the client's request id.
+    assert_ne!(r.seen_header("x-request-id"), Some("client-chosen"));
+    // A sidecar (use_remote_address false) leaves XFF and keeps the request id.
+    let app = sluice(&bootstrap(&http_listener("noxff", vh.replace("xff_up", "noxff_up").as_str(), ""), &cluster("noxff_up", &[a.addr], ""))).await;
+    let mut c = H1::connect(app.listener_address("noxff").unwrap()).await;
+    let r = c
+        .send(
+            Request::get("/")
+                .header("host", "h")
+                .header("x-forwarded-for", "203.0.113.9")
+                .header("x-request-id", "client-chosen")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.seen_header("x-forwarded-for"), Some("203.0.113.9"));
+    assert_eq!(r.seen_header("x-request-id"), Some("client-chosen"));
+}
