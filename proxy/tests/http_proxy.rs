@@ -503,11 +503,18 @@ async fn edge_proxy_appends_x_forwarded_for() {
                 .unwrap(),
         )
         .await;
-    assert_eq!(r.seen_header("x-forwarded-for"), Some("203.0.113.9,127.0.0.1"));
+    assert_eq!(
+        r.seen_header("x-forwarded-for"),
+        Some("203.0.113.9,127.0.0.1")
+    );
     // An edge proxy does not trust the client's request id.
     assert_ne!(r.seen_header("x-request-id"), Some("client-chosen"));
     // A sidecar (use_remote_address false) leaves XFF and keeps the request id.
-    let app = sluice(&bootstrap(&http_listener("noxff", vh.replace("xff_up", "noxff_up").as_str(), ""), &cluster("noxff_up", &[a.addr], ""))).await;
+    let app = sluice(&bootstrap(
+        &http_listener("noxff", vh.replace("xff_up", "noxff_up").as_str(), ""),
+        &cluster("noxff_up", &[a.addr], ""),
+    ))
+    .await;
     let mut c = H1::connect(app.listener_address("noxff").unwrap()).await;
     let r = c
         .send(
