@@ -1,7 +1,10 @@
 //! L4 proxying (`envoy.filters.network.tcp_proxy`): pick a cluster (weighted), a host, connect
 //! (with the configured number of attempts), then copy bytes both ways. A half-close in one
 //! direction is passed on and the other direction keeps flowing; the idle timeout closes
-//! connections with no traffic either way.
+//! connections with no traffic either way. On Linux, bytes move with `splice(2)` (zero copy,
+//! `splice.rs`) unless `SLUICE_TCP_COPY=userspace` selects the userspace copy loop.
+
+pub mod splice;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,7 +82,11 @@ pub async fn proxy(
     };
     let _ = down.set_nodelay(true);
     cluster.stats.upstream_cx_active.inc();
-    let result = copy_bidirectional(&mut down, &mut up, cfg.idle_timeout).await;
+    let result = if use_splice() {
+        splice::bidirectional(&down, &up, cfg.idle_timeout).await
+    } else {
+        copy_bidirectional(&mut down, &mut up, cfg.idle_timeout).await
+    };
     cluster.stats.upstream_cx_active.dec();
     if let Ok((a, b)) = result {
         registry()
@@ -89,6 +96,12 @@ pub async fn proxy(
             .counter(&format!("{prefix}.downstream_cx_tx_bytes_total"))
             .add(b);
     }
+}
+
+/// Zero-copy unless `SLUICE_TCP_COPY=userspace` (read once).
+fn use_splice() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("SLUICE_TCP_COPY").as_deref() != Ok("userspace"))
 }
 
 /// Copies both ways until both directions have ended (EOF passed on as a half-close), an error
