@@ -59,6 +59,9 @@ struct RunArgs {
     /// How long a drain (SIGTERM, /quitquitquit) waits for open connections, e.g. 5s, 500ms.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_time: Duration,
+    /// Worker threads (Envoy's --concurrency); default: the CPUs this process may run on.
+    #[arg(long)]
+    concurrency: Option<usize>,
     /// Log level or filter (trace, debug, info, warn, error; or EnvFilter directives).
     #[arg(long, default_value = "info", env = "SLUICE_LOG")]
     log_level: String,
@@ -135,10 +138,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(p) => Some(sluice::config::bootstrap::load(p)?),
         None => None,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.concurrency {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.enable_all().build().context("tokio runtime")?;
     rt.block_on(async move {
         let app = sluice::app::App::start(sluice::app::Options {
             bootstrap,
