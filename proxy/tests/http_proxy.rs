@@ -529,3 +529,27 @@ async fn edge_proxy_appends_x_forwarded_for() {
     assert_eq!(r.seen_header("x-forwarded-for"), Some("203.0.113.9"));
     assert_eq!(r.seen_header("x-request-id"), Some("client-chosen"));
 }
+
+#[tokio::test]
+async fn normalize_path_applies_before_routing() {
+    let a = upstream("a", Behaviour::Echo).await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /admin}
+                direct_response: {status: 403, body: {inline_string: denied}}
+              - match: {prefix: /}
+                route: {cluster: norm_up}
+"#;
+    let listener = http_listener("norm", vh, "").replace(
+        "          stat_prefix: norm\n",
+        "          stat_prefix: norm\n          normalize_path: true\n          merge_slashes: true\n",
+    );
+    let app = sluice(&bootstrap(&listener, &cluster("norm_up", &[a.addr], ""))).await;
+    let mut c = H1::connect(app.listener_address("norm").unwrap()).await;
+    let r = c.get("h", "/public/../admin/users").await;
+    assert_eq!((r.status, r.body.as_str()), (403, "denied"));
+    let r = c.get("h", "//public//./page?q=/../x").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.field("path"), Some("/public/page?q=/../x"));
+}

@@ -66,6 +66,18 @@ async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>, start: Instant)
     if header_bytes > conn.hcm.max_request_headers_kb as usize * 1024 {
         return local_reply(431, "");
     }
+    if !conn.hcm.path.is_noop() {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        match super::path::normalize(pq, conn.hcm.path) {
+            Ok(n) if n != pq => route::headers::set_path(&mut parts, &n),
+            Ok(_) => {}
+            Err(()) => return local_reply(400, ""),
+        }
+    }
     let upgrade = is_upgrade(&parts);
     let down_upgrade = upgrade
         .as_ref()
