@@ -553,3 +553,52 @@ async fn normalize_path_applies_before_routing() {
     assert_eq!(r.status, 200);
     assert_eq!(r.field("path"), Some("/public/page?q=/../x"));
 }
+
+#[tokio::test]
+async fn max_requests_circuit_breaker_overflows_fast() {
+    // An upstream that holds every request for a while.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
+                        "slow",
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let vh = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: cb_up}\n";
+    let cb = "    circuit_breakers: {thresholds: [{max_requests: 2}]}\n";
+    let app = sluice(&bootstrap(
+        &http_listener("cb", vh, ""),
+        &cluster("cb_up", &[slow], cb),
+    ))
+    .await;
+    let addr = app.listener_address("cb").unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = H1::connect(addr).await;
+            c.get("h", "/").await.status
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    codes.sort();
+    assert_eq!(codes, [200, 200, 503, 503, 503, 503], "{codes:?}");
+    let stats = admin_get(&app, "/stats?filter=cb_up").await.body;
+    assert!(
+        stats.contains("cluster.cb_up.upstream_rq_pending_overflow: 4"),
+        "{stats}"
+    );
+}

@@ -284,6 +284,12 @@ async fn send_once(
     mut req: Request<Body>,
 ) -> Result<Response<Body>, UpstreamError> {
     let stats = &cluster.stats;
+    // Circuit breaker: Envoy's `max_requests` (Istio's http2MaxRequests) caps requests in
+    // flight to the cluster; over it the request fails fast with an overflow.
+    if stats.upstream_rq_active.get() >= cluster.cfg.max_requests as i64 {
+        stats.upstream_rq_pending_overflow.inc();
+        return Err(UpstreamError::Overflow("max_requests"));
+    }
     stats.upstream_rq_total.inc();
     stats.upstream_rq_active.inc();
     host.active.fetch_add(1, Ordering::Relaxed);

@@ -55,6 +55,16 @@ pub async fn proxy(
         return;
     };
     drop(snap);
+    // Circuit breaker: `max_connections` caps open upstream connections of the cluster.
+    if cluster.stats.upstream_cx_active.get() >= cluster.cfg.max_connections as i64 {
+        registry()
+            .counter(&format!(
+                "cluster.{}.upstream_cx_overflow",
+                cluster.cfg.name
+            ))
+            .inc();
+        return;
+    }
     let mut up = None;
     let mut tried: Vec<SocketAddr> = Vec::new();
     for _ in 0..cfg.max_connect_attempts {
