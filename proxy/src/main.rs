@@ -25,6 +25,65 @@ struct Cli {
 enum Cmd {
     /// Run the proxy.
     Run(RunArgs),
+    /// Print the Envoy resources generated from a directory of Istio/Kubernetes YAML, as JSON.
+    Translate(TranslateArgs),
+}
+
+/// Which proxy the Istio config is translated for.
+#[derive(clap::Args, Clone)]
+struct NodeArgs {
+    /// Proxy role: sidecar, or router (a gateway).
+    #[arg(long, default_value = "sidecar", value_parser = ["sidecar", "router"])]
+    role: String,
+    /// The proxy's namespace.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// The workload's labels, k=v,k2=v2.
+    #[arg(long, default_value = "")]
+    labels: String,
+    /// The workload's IP.
+    #[arg(long)]
+    pod_ip: Option<String>,
+    /// Traffic capture: redirect (iptables to 15001/15006) or none (bind 127.0.0.1:PORT per
+    /// outbound port, as Istio's NONE interception mode).
+    #[arg(long, default_value = "redirect", value_parser = ["redirect", "none"])]
+    interception: String,
+}
+
+impl NodeArgs {
+    fn node(&self) -> anyhow::Result<sluice::istio::Node> {
+        let mut labels = std::collections::BTreeMap::new();
+        for kv in self.labels.split(',').filter(|s| !s.trim().is_empty()) {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--labels: {kv:?} is not k=v"))?;
+            labels.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        Ok(sluice::istio::Node {
+            role: if self.role == "router" {
+                sluice::istio::Role::Router
+            } else {
+                sluice::istio::Role::Sidecar
+            },
+            namespace: self.namespace.clone(),
+            labels,
+            ip: self.pod_ip.clone(),
+            interception: if self.interception == "none" {
+                sluice::istio::Interception::None
+            } else {
+                sluice::istio::Interception::Redirect
+            },
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct TranslateArgs {
+    /// Directory (or file) of Istio/Kubernetes YAML.
+    #[arg(long)]
+    config_dir: PathBuf,
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
 #[derive(clap::Args)]
@@ -44,6 +103,11 @@ struct RunArgs {
     /// Log level or filter (trace, debug, info, warn, error; or EnvFilter directives).
     #[arg(long, default_value = "info", env = "SLUICE_LOG")]
     log_level: String,
+    /// Run on a directory of Istio/Kubernetes YAML (no control plane); edits apply live.
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -61,9 +125,26 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+fn translate(args: TranslateArgs) -> anyhow::Result<()> {
+    let node = args.node.node()?;
+    let r = sluice::istio::translate_dir(&args.config_dir, &node)?;
+    for m in &r.messages {
+        eprintln!("{m}");
+    }
+    println!("{}", serde_json::to_string_pretty(&r.to_json())?);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Translate(args) => match translate(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -97,6 +178,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(p) => Some(sluice::config::bootstrap::load(p)?),
         None => None,
     };
+    let istio = match &args.config_dir {
+        Some(dir) => {
+            anyhow::ensure!(dir.exists(), "--config-dir {} does not exist", dir.display());
+            Some((dir.clone(), args.node.node()?))
+        }
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -109,6 +197,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             set_log_level: Some(set_level),
         })
         .await?;
+        if let Some((dir, node)) = istio {
+            tokio::spawn(sluice::istio::run::watch(
+                app.state.clone(),
+                dir,
+                node,
+                Duration::from_secs(1),
+            ));
+        }
         app.run().await;
         Ok(())
     })

@@ -14,6 +14,7 @@ pub mod load;
 pub mod model;
 pub mod registry;
 pub mod routes;
+pub mod run;
 pub mod validate;
 
 use std::collections::BTreeMap;
