@@ -180,7 +180,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let istio = match &args.config_dir {
         Some(dir) => {
-            anyhow::ensure!(dir.exists(), "--config-dir {} does not exist", dir.display());
+            anyhow::ensure!(
+                dir.exists(),
+                "--config-dir {} does not exist",
+                dir.display()
+            );
             Some((dir.clone(), args.node.node()?))
         }
         None => None,

@@ -360,7 +360,7 @@ pub fn build_inbound(reg: &Registry, node: &Node, out: &mut Resources) -> Vec<(u
             ports.entry(t).or_insert(p.protocol);
         }
     }
-    for (&port, _) in &ports {
+    for &port in ports.keys() {
         let name = format!("inbound|{port}||");
         let c = json!({
             "name": name, "type": "STATIC", "connect_timeout": "10s",

@@ -137,7 +137,7 @@ pub fn translate(cfg: &Config, node: &Node) -> Resources {
     };
     out.messages.extend(reg.messages.iter().cloned());
     out.messages
-        .extend(validate::check_references(&reg, &cfg.objects));
+        .extend(validate::check_references(&reg, &reg.objects));
     clusters::build_outbound(&reg, node, &mut out);
     match node.role {
         Role::Sidecar => {

@@ -630,6 +630,8 @@ pub struct ServerPort {
 // ---------------------------------------------------------------- loaded objects
 
 /// One loaded resource of a kind translation understands.
+// Resources are loaded once and few; boxing the big specs would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Kind {
     Service(ServiceSpec),

@@ -141,8 +141,35 @@ fn port_protocol(p: &ServicePort) -> Protocol {
 impl Registry {
     /// Builds the registry from loaded objects.
     pub fn build(objects: &[Object]) -> Registry {
+        // A later definition of the same kind/namespace/name replaces the earlier one, as
+        // `kubectl apply` of the files in order would.
+        let mut last: BTreeMap<(&str, &str, &str), usize> = BTreeMap::new();
+        for (i, o) in objects.iter().enumerate() {
+            last.insert((o.kind.name(), &o.namespace, &o.meta.name), i);
+        }
+        let mut messages = Vec::new();
+        let kept: Vec<Object> = objects
+            .iter()
+            .enumerate()
+            .filter(|(i, o)| {
+                let winner = last[&(o.kind.name(), o.namespace.as_str(), o.meta.name.as_str())];
+                if winner != *i {
+                    let w = &objects[winner].origin;
+                    messages.push(Message::new(
+                        Level::Info,
+                        o,
+                        "",
+                        format!("replaced by the later definition in {}#{}", w.file, w.doc),
+                    ));
+                }
+                winner == *i
+            })
+            .map(|(_, o)| o.clone())
+            .collect();
+        let objects = &kept[..];
         let mut r = Registry {
             objects: objects.to_vec(),
+            messages,
             ..Default::default()
         };
         let pods: BTreeMap<(String, String), &Object> = objects
