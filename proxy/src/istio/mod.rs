@@ -162,3 +162,6 @@ pub fn translate_dir(dir: &std::path::Path, node: &Node) -> Result<Resources, Lo
     let cfg = load_path(dir)?;
     Ok(translate(&cfg, node))
 }
+
+#[cfg(test)]
+mod tests;
