@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod detect;
 pub mod http;
+pub mod istio;
 pub mod listener;
 pub mod model;
 pub mod route;

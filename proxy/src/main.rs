@@ -27,6 +27,8 @@ enum Cmd {
     Run(RunArgs),
     /// Check a route table against test cases, like Envoy's router_check_tool.
     RouteCheck(RouteCheckArgs),
+    /// Print the Envoy resources generated from a directory of Istio/Kubernetes YAML, as JSON.
+    Translate(TranslateArgs),
 }
 
 #[derive(clap::Args)]
@@ -43,6 +45,63 @@ struct RouteCheckArgs {
     /// Print only failing tests.
     #[arg(long)]
     only_show_failures: bool,
+}
+
+/// Which proxy the Istio config is translated for.
+#[derive(clap::Args, Clone)]
+struct NodeArgs {
+    /// Proxy role: sidecar, or router (a gateway).
+    #[arg(long, default_value = "sidecar", value_parser = ["sidecar", "router"])]
+    role: String,
+    /// The proxy's namespace.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// The workload's labels, k=v,k2=v2.
+    #[arg(long, default_value = "")]
+    labels: String,
+    /// The workload's IP.
+    #[arg(long)]
+    pod_ip: Option<String>,
+    /// Traffic capture: redirect (iptables to 15001/15006) or none (bind 127.0.0.1:PORT per
+    /// outbound port, as Istio's NONE interception mode).
+    #[arg(long, default_value = "redirect", value_parser = ["redirect", "none"])]
+    interception: String,
+}
+
+impl NodeArgs {
+    fn node(&self) -> anyhow::Result<sluice::istio::Node> {
+        let mut labels = std::collections::BTreeMap::new();
+        for kv in self.labels.split(',').filter(|s| !s.trim().is_empty()) {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--labels: {kv:?} is not k=v"))?;
+            labels.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        Ok(sluice::istio::Node {
+            role: if self.role == "router" {
+                sluice::istio::Role::Router
+            } else {
+                sluice::istio::Role::Sidecar
+            },
+            namespace: self.namespace.clone(),
+            labels,
+            ip: self.pod_ip.clone(),
+            interception: if self.interception == "none" {
+                sluice::istio::Interception::None
+            } else {
+                sluice::istio::Interception::Redirect
+            },
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct TranslateArgs {
+    /// Directory (or file) of Istio/Kubernetes YAML.
+    #[arg(long)]
+    config_dir: PathBuf,
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
 #[derive(clap::Args)]
@@ -65,6 +124,11 @@ struct RunArgs {
     /// Log level or filter (trace, debug, info, warn, error; or EnvFilter directives).
     #[arg(long, default_value = "info", env = "SLUICE_LOG")]
     log_level: String,
+    /// Run on a directory of Istio/Kubernetes YAML (no control plane); edits apply live.
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -80,6 +144,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("bad duration unit in {s:?} (ms, s, m)")),
     };
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn translate(args: TranslateArgs) -> anyhow::Result<()> {
+    let node = args.node.node()?;
+    let r = sluice::istio::translate_dir(&args.config_dir, &node)?;
+    for m in &r.messages {
+        eprintln!("{m}");
+    }
+    println!("{}", serde_json::to_string_pretty(&r.to_json())?);
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -105,6 +179,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Translate(args) => match translate(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -138,6 +219,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(p) => Some(sluice::config::bootstrap::load(p)?),
         None => None,
     };
+    let istio = match &args.config_dir {
+        Some(dir) => {
+            anyhow::ensure!(
+                dir.exists(),
+                "--config-dir {} does not exist",
+                dir.display()
+            );
+            Some((dir.clone(), args.node.node()?))
+        }
+        None => None,
+    };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.concurrency {
         rt.worker_threads(n.max(1));
@@ -151,6 +243,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             set_log_level: Some(set_level),
         })
         .await?;
+        if let Some((dir, node)) = istio {
+            tokio::spawn(sluice::istio::run::watch(
+                app.state.clone(),
+                dir,
+                node,
+                Duration::from_secs(1),
+            ));
+        }
         app.run().await;
         Ok(())
     })
