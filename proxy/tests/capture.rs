@@ -46,7 +46,8 @@ fn assert_stats(pod: &Pod, expected: &[(&str, u64)]) {
     for (name, want) in expected {
         let got = stats.get(*name).copied().unwrap_or(0);
         assert_eq!(
-            got, *want,
+            got,
+            *want,
             "pod {}: {name} = {got}, want {want}\nstats:\n{stats:#?}\niptables:\n{}",
             pod.name,
             pod.iptables_save()
@@ -94,8 +95,16 @@ fn outbound_call_traverses_both_sidecars_with_original_destination() {
     // 127.0.0.6, so the application sees the address it was called on.
     let r = a.call(sa(tcp_vip, 80)).expect("TCP call by VIP");
     assert_eq!(r.app, "b");
-    assert_eq!(r.local, sa(b.ip, 8080), "original destination intact: {r:?}");
-    assert_eq!(r.peer.ip(), LOCAL_SIX, "B's sidecar connects from 127.0.0.6");
+    assert_eq!(
+        r.local,
+        sa(b.ip, 8080),
+        "original destination intact: {r:?}"
+    );
+    assert_eq!(
+        r.peer.ip(),
+        LOCAL_SIX,
+        "B's sidecar connects from 127.0.0.6"
+    );
 
     // By VIP, over HTTP (HTTP connection manager on the VIP's listener).
     let (status, r) = a.http_get(sa(http_vip, 80), "b-http").expect("HTTP by VIP");
@@ -194,7 +203,9 @@ fn inbound_ports_outside_the_include_list_bypass_the_sidecar() {
 
     // 7070 is not in B's include list: A's sidecar passes it through, B's sidecar never
     // sees it, and the application is called directly by A's sidecar (A's pod address).
-    let r = a.call(sa(b.ip, 7070)).expect("port outside the include list");
+    let r = a
+        .call(sa(b.ip, 7070))
+        .expect("port outside the include list");
     assert_eq!(r.local, sa(b.ip, 7070));
     assert_eq!(r.peer.ip(), a.ip, "not proxied by B: {r:?}");
     assert_stats(&a, &[(OUT_CX, 1)]);
@@ -222,6 +233,33 @@ fn tproxy_inbound_keeps_the_client_source_address() {
             tproxy: true,
             ..Capture::default()
         },
+    );
+    // Known gap in Istio's TPROXY rules (which sluice-iptables reproduces exactly, golden for
+    // golden): the sidecar's `original_src` connection to its own application leaves on `lo`
+    // as uid 1337 from the client's address, so nat `ISTIO_OUTPUT` sends it through
+    // `ISTIO_IN_REDIRECT` back to 15006, where the kernel drops it (the same loop as
+    // istio/istio#23369). Only `original_src` sockets carry the TPROXY mark 1337, so one rule
+    // exempting that mark is enough; without it this test times out.
+    b.ns.exec_ok(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-I",
+            "ISTIO_OUTPUT",
+            "1",
+            "-o",
+            "lo",
+            "-p",
+            "tcp",
+            "-m",
+            "mark",
+            "--mark",
+            "1337",
+            "-j",
+            "RETURN",
+        ],
+        &[],
     );
     for n in 1..=3 {
         let r = a.call(sa(b.ip, 8080)).expect("call into a TPROXY pod");

@@ -270,7 +270,8 @@ impl Pool {
             let mut tx = match existing {
                 Some(tx) => tx,
                 None => {
-                    let stream = connect_from(addr, settings.connect_timeout, settings.src()).await?;
+                    let stream =
+                        connect_from(addr, settings.connect_timeout, settings.src()).await?;
                     on_new_connection();
                     let (tx, conn) = http2::Builder::new(TokioExecutor::new())
                         .timer(hyper_util::rt::TokioTimer::new())

@@ -114,7 +114,8 @@ impl Manager {
 impl ListenerHost for Manager {
     fn start(&self, l: &Arc<Listener>) -> Result<(), String> {
         let addr = l.address.ok_or("listener has no address")?;
-        let sock = bind_with(addr, l.transparent).map_err(|e| format!("cannot bind {addr}: {e}"))?;
+        let sock =
+            bind_with(addr, l.transparent).map_err(|e| format!("cannot bind {addr}: {e}"))?;
         let bound = sock.local_addr().unwrap_or(addr);
         let (stop_tx, stop_rx) = watch::channel(false);
         let name = l.name.clone();

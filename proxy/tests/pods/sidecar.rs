@@ -103,7 +103,8 @@ pub struct SidecarConfig {
     pub services: Vec<Service>,
 }
 
-const TCP_PROXY: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const TCP_PROXY: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 
 fn tcp_chain(indent: &str, stat_prefix: &str, cluster: &str) -> String {
@@ -146,7 +147,11 @@ impl SidecarConfig {
         y.push_str(
             "  - name: virtualOutbound\n    address: {socket_address: {address: 0.0.0.0, port_value: 15001}}\n    use_original_dst: true\n    default_filter_chain:\n",
         );
-        y.push_str(&tcp_chain("      ", "PassthroughCluster", "PassthroughCluster"));
+        y.push_str(&tcp_chain(
+            "      ",
+            "PassthroughCluster",
+            "PassthroughCluster",
+        ));
         for s in &self.services {
             let _ = writeln!(
                 y,
@@ -220,15 +225,15 @@ impl Sidecar {
         let log = std::fs::File::create(dir.join("sluice.log")).unwrap();
         let uid = PROXY_UID.to_string();
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns.name, "setpriv"])
-            .args(["--reuid", &uid, "--regid", &uid, "--clear-groups"]);
+        cmd.args(["netns", "exec", &ns.name, "setpriv"]).args([
+            "--reuid",
+            &uid,
+            "--regid",
+            &uid,
+            "--clear-groups",
+        ]);
         if cfg.capture.tproxy {
-            cmd.args([
-                "--inh-caps",
-                "+net_admin",
-                "--ambient-caps",
-                "+net_admin",
-            ]);
+            cmd.args(["--inh-caps", "+net_admin", "--ambient-caps", "+net_admin"]);
         }
         cmd.arg("--")
             .arg(sluice_bin())
@@ -327,7 +332,10 @@ pub fn admin_get(ns: &Netns, path: &str) -> Result<String, String> {
 
 /// Undoes `transfer-encoding: chunked` when the admin server used it.
 fn dechunk(head: &str, body: &str) -> String {
-    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return body.to_string();
     }
     let mut out = String::new();
