@@ -34,7 +34,7 @@ fn two_pods(
     b.serve(b_ports);
     b.start_sidecar(&SidecarConfig {
         capture: b_capture,
-        services: Vec::new(),
+        ..SidecarConfig::default()
     });
     let cfg = a_cfg(&b);
     a.start_sidecar(&cfg);
@@ -85,6 +85,7 @@ fn outbound_call_traverses_both_sidecars_with_original_destination() {
                     http: true,
                 },
             ],
+            ..SidecarConfig::default()
         },
         &[8080, 8081],
         Capture::default(),
@@ -159,7 +160,7 @@ fn excluded_outbound_ports_and_cidrs_bypass_the_sidecar() {
                 exclude_cidrs: "198.19.200.0/24".into(),
                 ..Capture::default()
             },
-            services: Vec::new(),
+            ..SidecarConfig::default()
         },
         &[8080, 9000],
         Capture::default(),

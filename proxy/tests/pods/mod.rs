@@ -30,6 +30,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use app::{App, Report};
+#[allow(unused_imports)]
 pub use sidecar::{Capture, Service, Sidecar, SidecarConfig};
 
 /// `PATH` with the sbin directories (`ip`, `iptables` live there).
@@ -162,6 +163,14 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The namespace's own resolv.conf: `ip netns exec` bind-mounts `/etc/netns/<ns>/*` over
+    /// `/etc/*` for what it runs (sidecar, `sluice-iptables`, `getent`).
+    pub fn set_resolv_conf(&self, text: &str) {
+        let dir = Path::new("/etc/netns").join(&self.name);
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/<ns>");
+        std::fs::write(dir.join("resolv.conf"), text).expect("write resolv.conf");
+    }
+
     /// Runs `f` on a thread that has entered this namespace: sockets it opens live there.
     pub fn enter<T: Send + 'static>(
         &self,
@@ -191,6 +200,10 @@ pub fn enter_netns(path: &str) -> io::Result<()> {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        let etc = Path::new("/etc/netns").join(&self.name);
+        if etc.exists() {
+            let _ = std::fs::remove_dir_all(&etc);
+        }
         let out = Command::new("ip")
             .args(["netns", "del", &self.name])
             .env("PATH", search_path())

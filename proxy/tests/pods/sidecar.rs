@@ -35,6 +35,8 @@ pub struct Capture {
     pub exclude_outbound_ports: String,
     /// `-x`: outbound CIDRs never captured.
     pub exclude_cidrs: String,
+    /// `--redirect-dns`: DNS to the resolv.conf nameservers goes to 15053.
+    pub redirect_dns: bool,
 }
 
 impl Default for Capture {
@@ -44,6 +46,7 @@ impl Default for Capture {
             inbound_ports: "*".into(),
             exclude_outbound_ports: String::new(),
             exclude_cidrs: String::new(),
+            redirect_dns: false,
         }
     }
 }
@@ -74,6 +77,9 @@ impl Capture {
         if !self.exclude_outbound_ports.is_empty() {
             a.extend(["-o", &self.exclude_outbound_ports]);
         }
+        if self.redirect_dns {
+            a.push("--redirect-dns");
+        }
         a
     }
 }
@@ -101,6 +107,8 @@ impl Service {
 pub struct SidecarConfig {
     pub capture: Capture,
     pub services: Vec<Service>,
+    /// Serve the DNS proxy on 127.0.0.1:15053 with these hosts (hosts-file text).
+    pub dns_hosts: Option<String>,
 }
 
 const TCP_PROXY: &str =
@@ -249,6 +257,12 @@ impl Sidecar {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        if let Some(hosts) = &cfg.dns_hosts {
+            let f = dir.join("hosts");
+            std::fs::write(&f, hosts).unwrap();
+            cmd.args(["--dns-address", "127.0.0.1:15053", "--dns-hosts"])
+                .arg(f);
+        }
         let child = cmd.spawn().expect("spawn sluice");
         let mut s = Sidecar { child, dir };
         s.wait_ready(ns);
