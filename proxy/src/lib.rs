@@ -7,6 +7,7 @@ pub mod body;
 pub mod cluster;
 pub mod config;
 pub mod detect;
+pub mod dns;
 pub mod http;
 pub mod istio;
 pub mod listener;

@@ -121,6 +121,16 @@ struct RunArgs {
     /// Worker threads (Envoy's --concurrency); default: the CPUs this process may run on.
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Serve the mesh DNS proxy on this address (UDP and TCP), e.g. 127.0.0.1:15053.
+    #[arg(long)]
+    dns_address: Option<SocketAddr>,
+    /// Mesh hosts the DNS proxy answers for (hosts-file format: `ip name…`).
+    #[arg(long)]
+    dns_hosts: Option<PathBuf>,
+    /// resolv.conf whose nameservers the DNS proxy forwards to and whose search domains it
+    /// answers locally.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    dns_resolv_conf: PathBuf,
     /// Log level or filter (trace, debug, info, warn, error; or EnvFilter directives).
     #[arg(long, default_value = "info", env = "SLUICE_LOG")]
     log_level: String,
@@ -235,7 +245,20 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         rt.worker_threads(n.max(1));
     }
     let rt = rt.enable_all().build().context("tokio runtime")?;
+    let dns = match args.dns_address {
+        Some(addr) => Some((
+            addr,
+            sluice::dns::Proxy::from_files(
+                args.dns_hosts.as_deref().and_then(|p| p.to_str()),
+                args.dns_resolv_conf.to_str().unwrap_or("/etc/resolv.conf"),
+            )?,
+        )),
+        None => None,
+    };
     rt.block_on(async move {
+        if let Some((addr, proxy)) = dns {
+            proxy.bind_and_serve(addr).await?;
+        }
         let app = sluice::app::App::start(sluice::app::Options {
             bootstrap,
             admin_address: args.admin_address,

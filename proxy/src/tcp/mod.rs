@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::cluster::pool::connect;
+use crate::cluster::pool::{connect_from, Source};
 use crate::model::network::TcpProxy;
 use crate::state::Snapshot;
 use crate::stats::registry;
@@ -38,12 +38,14 @@ pub fn pick_weighted(clusters: &[(String, u32)], random: u64) -> &str {
 }
 
 /// Proxies one downstream connection. `orig_dst` is the connection's original destination
-/// (used by ORIGINAL_DST clusters such as Istio's PassthroughCluster).
+/// (used by ORIGINAL_DST clusters such as Istio's PassthroughCluster). `src` overrides the
+/// cluster's upstream source (the listener's `original_src`).
 pub async fn proxy(
     mut down: TcpStream,
     orig_dst: SocketAddr,
     cfg: Arc<TcpProxy>,
     snap: Arc<Snapshot>,
+    src: Option<Source>,
 ) {
     let prefix = format!("tcp.{}", cfg.stat_prefix);
     registry()
@@ -68,6 +70,7 @@ pub async fn proxy(
             .inc();
         return;
     }
+    let src = src.unwrap_or_else(|| cluster.settings.src());
     let mut up = None;
     let mut tried: Vec<SocketAddr> = Vec::new();
     for _ in 0..cfg.max_connect_attempts {
@@ -76,7 +79,7 @@ pub async fn proxy(
         };
         tried.push(host.addr);
         cluster.stats.upstream_cx_total.inc();
-        match connect(host.addr, cluster.cfg.connect_timeout).await {
+        match connect_from(host.addr, cluster.cfg.connect_timeout, src).await {
             Ok(s) => {
                 up = Some(s);
                 break;
