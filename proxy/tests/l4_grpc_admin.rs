@@ -302,15 +302,14 @@ async fn server_first_protocol_skips_detection_wait() {
             });
         }
     });
-    let listener = format!(
-        r#"  - name: server_first
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    let listener = r#"  - name: server_first
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
     listener_filters_timeout: 5s
     listener_filters:
     - name: envoy.filters.listener.tls_inspector
-      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}
+      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}
     - name: envoy.filters.listener.http_inspector
-      typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector}}
+      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector}
     filter_chains:
     - filters:
       - name: envoy.filters.network.tcp_proxy
@@ -318,8 +317,7 @@ async fn server_first_protocol_skips_detection_wait() {
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
           stat_prefix: smtp
           cluster: smtp_c
-"#
-    );
+"#;
     let cfg = format!(
         "static_resources:\n  listeners:\n{listener}  clusters:\n{}",
         cluster("smtp_c", &[smtp], "")

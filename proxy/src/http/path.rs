@@ -29,8 +29,13 @@ impl PathOptions {
     }
 }
 
-/// The normalised path (query kept as is), or `Err(())` for a request Envoy answers with 400.
-pub fn normalize(path_and_query: &str, o: PathOptions) -> Result<String, ()> {
+/// A path Envoy refuses (escaped slashes under REJECT_REQUEST): answered with 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("path contains escaped slashes")]
+pub struct Rejected;
+
+/// The normalised path (query kept as is), or `Rejected` for a request Envoy answers with 400.
+pub fn normalize(path_and_query: &str, o: PathOptions) -> Result<String, Rejected> {
     let (path, query) = match path_and_query.find('?') {
         Some(i) => (&path_and_query[..i], &path_and_query[i..]),
         None => (path_and_query, ""),
@@ -46,7 +51,7 @@ pub fn normalize(path_and_query: &str, o: PathOptions) -> Result<String, ()> {
     };
     match o.escaped_slashes {
         EscapedSlashes::Keep => {}
-        EscapedSlashes::Reject if has_escaped(&p) => return Err(()),
+        EscapedSlashes::Reject if has_escaped(&p) => return Err(Rejected),
         EscapedSlashes::Reject => {}
         EscapedSlashes::Unescape => {
             p = p

@@ -75,7 +75,7 @@ async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>, start: Instant)
         match super::path::normalize(pq, conn.hcm.path) {
             Ok(n) if n != pq => route::headers::set_path(&mut parts, &n),
             Ok(_) => {}
-            Err(()) => return local_reply(400, ""),
+            Err(_) => return local_reply(400, ""),
         }
     }
     let upgrade = is_upgrade(&parts);
