@@ -54,47 +54,20 @@ fn options() -> DeserializeOptions {
 }
 
 /// Decodes `text` as the fully qualified message `full_name` into a `DynamicMessage`.
+/// Both formats are read into a JSON value first (YAML resolves anchors and merges there;
+/// syntax errors keep their line and column), then take one decoding path.
 pub fn decode_dynamic(
     full_name: &str,
     text: &str,
     format: Format,
 ) -> Result<DynamicMessage, DecodeError> {
-    let desc = pool()
-        .get_message_by_name(full_name)
-        .ok_or_else(|| DecodeError::UnknownType(full_name.to_string()))?;
-    let mut track = serde_path_to_error::Track::new();
-    let result = match format {
-        Format::Json => {
-            let mut value: serde_json::Value =
-                serde_json::from_str(text).map_err(|e| DecodeError::Syntax(e.to_string()))?;
-            strip_root_type(full_name, &mut value)?;
-            normalize(&mut value, &desc);
-            let r = DynamicMessage::deserialize_with_options(
-                desc,
-                serde_path_to_error::Deserializer::new(value, &mut track),
-                &options(),
-            );
-            r.map_err(|e| e.to_string())
-        }
+    let value: serde_json::Value = match format {
+        Format::Json => serde_json::from_str(text).map_err(|e| DecodeError::Syntax(e.to_string())),
         Format::Yaml => {
-            // YAML is read into a JSON value first: it resolves anchors and merges and lets one
-            // code path handle both formats. Syntax errors keep their line and column.
-            let mut value: serde_json::Value =
-                serde_yaml_ng::from_str(text).map_err(|e| DecodeError::Syntax(e.to_string()))?;
-            strip_root_type(full_name, &mut value)?;
-            normalize(&mut value, &desc);
-            let r = DynamicMessage::deserialize_with_options(
-                desc,
-                serde_path_to_error::Deserializer::new(value, &mut track),
-                &options(),
-            );
-            r.map_err(|e| e.to_string())
+            serde_yaml_ng::from_str(text).map_err(|e| DecodeError::Syntax(e.to_string()))
         }
-    };
-    result.map_err(|message| DecodeError::Field {
-        path: display_path(&track.path()),
-        message,
-    })
+    }?;
+    decode_value(full_name, value)
 }
 
 /// Decodes a JSON value (already parsed) into a `DynamicMessage` of type `full_name`.
