@@ -79,6 +79,7 @@ impl App {
                 state.apply_listeners(&sr.listeners, &[], false, "", true),
             )?;
         }
+        crate::sys::trim_heap();
         let (shutdown, _) = watch::channel(false);
         let admin = Arc::new(Admin {
             state: state.clone(),

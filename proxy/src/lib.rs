@@ -15,4 +15,5 @@ pub mod model;
 pub mod route;
 pub mod state;
 pub mod stats;
+pub mod sys;
 pub mod tcp;

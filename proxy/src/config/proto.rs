@@ -6,17 +6,51 @@
 //! the field path (`static_resources.listeners[0].address.socket_address.port_value`).
 //! Encoding goes the other way, giving Envoy's JSON (proto field names) for `/config_dump`.
 
-use std::sync::OnceLock;
-
 use prost::Message;
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
 
 static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptor.bin"));
 
 /// The pool of every Envoy v3 message (and its dependencies: xds, udpa, validate, google).
-pub fn pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTOR_SET).expect("embedded descriptor set"))
+///
+/// Expanded, the pool takes about 14 MiB of heap, and it is only needed while configuration
+/// is decoded or dumped. So it is built on first use, cached while in use, and dropped (with
+/// the heap trimmed) after 30 s without use; the next use builds it again in a few ms.
+/// Clones are cheap handles to the same pool.
+pub fn pool() -> DescriptorPool {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    static CACHE: Mutex<Option<(DescriptorPool, Instant)>> = Mutex::new(None);
+    static REAPER: std::sync::Once = std::sync::Once::new();
+    const IDLE: Duration = Duration::from_secs(30);
+    REAPER.call_once(|| {
+        let _ = std::thread::Builder::new()
+            .name("sluice-pool-reaper".into())
+            .spawn(|| loop {
+                std::thread::sleep(Duration::from_secs(10));
+                let dropped = {
+                    let mut c = CACHE.lock().unwrap();
+                    if c.as_ref().is_some_and(|(_, used)| used.elapsed() >= IDLE) {
+                        c.take()
+                    } else {
+                        None
+                    }
+                };
+                if let Some((p, _)) = dropped {
+                    drop(p);
+                    crate::sys::trim_heap();
+                }
+            });
+    });
+    let mut c = CACHE.lock().unwrap();
+    let (p, used) = c.get_or_insert_with(|| {
+        (
+            DescriptorPool::decode(DESCRIPTOR_SET).expect("embedded descriptor set"),
+            Instant::now(),
+        )
+    });
+    *used = Instant::now();
+    p.clone()
 }
 
 /// Error decoding a document into an Envoy message.

@@ -16,40 +16,42 @@ pub static X_ENVOY_EXTERNAL_ADDRESS: HeaderName =
 pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
 
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
+/// Hop-by-hop headers, as `HeaderName` constants so removal does not re-parse names.
+const HOP_BY_HOP: [HeaderName; 4] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TRANSFER_ENCODING,
 ];
 
 /// Removes hop-by-hop headers (and those named in `Connection`). `keep_upgrade` keeps
 /// `connection: upgrade` + `upgrade` for WebSocket-style upgrades. `te: trailers` is kept (gRPC).
+/// The common case — none of them present — costs a few hash lookups and no allocation.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = h
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == http::header::UPGRADE))
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    let te_trailers = h
-        .get(http::header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for n in HOP_BY_HOP {
-        if keep_upgrade && (*n == "connection" || *n == "upgrade") {
-            continue;
+    if let Some(conn) = h.get(http::header::CONNECTION) {
+        if let Ok(v) = conn.to_str() {
+            let named: Vec<HeaderName> = v
+                .split(',')
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .filter(|n| !(keep_upgrade && n == http::header::UPGRADE))
+                .collect();
+            for n in named {
+                h.remove(n);
+            }
         }
-        h.remove(*n);
     }
-    if te_trailers {
-        h.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    for n in &HOP_BY_HOP {
+        if !(keep_upgrade && n == http::header::CONNECTION) {
+            h.remove(n);
+        }
+    }
+    if !keep_upgrade {
+        h.remove(http::header::UPGRADE);
+    }
+    if let Some(te) = h.get(http::header::TE) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            h.remove(http::header::TE);
+        }
     }
     if keep_upgrade {
         h.insert(
