@@ -124,7 +124,8 @@ struct RunArgs {
     /// Serve the mesh DNS proxy on this address (UDP and TCP), e.g. 127.0.0.1:15053.
     #[arg(long)]
     dns_address: Option<SocketAddr>,
-    /// Mesh hosts the DNS proxy answers for (hosts-file format: `ip name…`).
+    /// Mesh hosts the DNS proxy answers for (hosts-file format: `ip name…`). With
+    /// --config-dir, the Istio registry's hosts are added (and refreshed on changes).
     #[arg(long)]
     dns_hosts: Option<PathBuf>,
     /// resolv.conf whose nameservers the DNS proxy forwards to and whose search domains it
@@ -246,18 +247,38 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let rt = rt.enable_all().build().context("tokio runtime")?;
     let dns = match args.dns_address {
-        Some(addr) => Some((
-            addr,
-            sluice::dns::Proxy::from_files(
+        Some(addr) => {
+            let proxy = sluice::dns::Proxy::from_files(
                 args.dns_hosts.as_deref().and_then(|p| p.to_str()),
                 args.dns_resolv_conf.to_str().unwrap_or("/etc/resolv.conf"),
-            )?,
-        )),
+            )?;
+            // With --config-dir the mesh hosts come from the Istio registry (plus --dns-hosts),
+            // rebuilt when the directory changes.
+            let mesh = istio.as_ref().map(|(dir, node)| {
+                let base = (*proxy.table.get()).clone();
+                match sluice::dns::mesh::load_table(&base, dir, &node.namespace) {
+                    Ok(t) => proxy.table.set(t),
+                    Err(e) => tracing::error!(error = %e, "DNS table from Istio config"),
+                }
+                (base, dir.clone(), node.namespace.clone())
+            });
+            Some((addr, proxy, mesh))
+        }
         None => None,
     };
     rt.block_on(async move {
-        if let Some((addr, proxy)) = dns {
+        if let Some((addr, proxy, mesh)) = dns {
+            let table = proxy.table.clone();
             proxy.bind_and_serve(addr).await?;
+            if let Some((base, dir, ns)) = mesh {
+                tokio::spawn(sluice::dns::mesh::watch(
+                    table,
+                    base,
+                    dir,
+                    ns,
+                    Duration::from_secs(1),
+                ));
+            }
         }
         let app = sluice::app::App::start(sluice::app::Options {
             bootstrap,
