@@ -18,83 +18,20 @@
 //! Only services visible from `ns` (`exportTo`) are in the table. [`watch`] rebuilds the table
 //! when the config directory changes.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::istio::model::{Kind, Object, ServiceSpec};
-use crate::istio::registry::{Registry, Resolution, Service, DOMAIN};
+use crate::istio::registry::{Registry, Service, DOMAIN};
 
 use super::{DnsError, SharedTable, Table};
 
 /// The cluster domain the registry's hostnames are under.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 
-/// First two octets of auto-allocated VIPs: Istio's reserved class E block 240.240.0.0/16.
-pub const AUTO_VIP_PREFIX: [u8; 2] = [240, 240];
-
-/// Usable auto-allocated addresses: 240.240.0-255.1-254 (no .0 or .255 last octet).
-const AUTO_SLOTS: u32 = 256 * 254;
-
-fn fnv1a32(s: &str) -> u32 {
-    s.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
-}
-
-fn slot_ip(slot: u32) -> Ipv4Addr {
-    Ipv4Addr::new(
-        AUTO_VIP_PREFIX[0],
-        AUTO_VIP_PREFIX[1],
-        (slot / 254) as u8,
-        (slot % 254 + 1) as u8,
-    )
-}
-
-/// Whether a ServiceEntry host gets an auto-allocated VIP, as istiod decides: no addresses,
-/// not a wildcard, and a resolution other than NONE (with NONE the original destination is
-/// all the proxy has, so it must be the real address).
-fn wants_auto_vip(s: &Service) -> bool {
-    s.k8s_name.is_empty()
-        && s.vips.is_empty()
-        && !s.hostname.starts_with('*')
-        && s.resolution != Resolution::Passthrough
-}
-
-/// Auto-allocated VIPs for ServiceEntry hosts without addresses: host → 240.240.x.y.
-///
-/// Deterministic and stable across restarts and proxies: hosts are taken in sorted order, each
-/// starts at the FNV-1a hash of its name in the 65,024 usable addresses, and a collision takes
-/// the next free one. A host keeps its address while it stays in the config; only a new host
-/// whose hash collides with an existing one and sorts before it can move that one.
-///
-/// The same map is what listeners for these hosts must bind on (TCP services sharing a port
-/// stay distinguishable by VIP); the sidecar translation does not use it yet.
-pub fn auto_allocate(reg: &Registry) -> BTreeMap<String, Ipv4Addr> {
-    let hosts: BTreeSet<&str> = reg
-        .services
-        .iter()
-        .filter(|s| wants_auto_vip(s))
-        .map(|s| s.hostname.as_str())
-        .collect();
-    // Hosts that also have addresses elsewhere (a Kubernetes service, another ServiceEntry)
-    // answer with those; they still get a slot so the map does not depend on that.
-    let mut taken = BTreeSet::new();
-    let mut out = BTreeMap::new();
-    for h in hosts {
-        if taken.len() as u32 >= AUTO_SLOTS {
-            tracing::error!(host = h, "out of auto-allocated VIPs (240.240.0.0/16)");
-            break;
-        }
-        let mut slot = fnv1a32(h) % AUTO_SLOTS;
-        while !taken.insert(slot) {
-            slot = (slot + 1) % AUTO_SLOTS;
-        }
-        out.insert(h.to_string(), slot_ip(slot));
-    }
-    out
-}
+pub use crate::istio::registry::{auto_allocate, AUTO_VIP_PREFIX};
 
 /// The names a Kubernetes host answers to for a proxy in `ns` (istio-agent's alternate hosts):
 /// the FQDN, `short.namespace`, `short.namespace.svc`, and `short` in the own namespace.

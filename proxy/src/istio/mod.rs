@@ -130,7 +130,8 @@ pub(crate) fn pb<T: prost::Message + prost::Name + Default>(
 
 /// Translates loaded configuration into the resources for `node`.
 pub fn translate(cfg: &Config, node: &Node) -> Resources {
-    let reg = Registry::build(&cfg.objects);
+    let mut reg = Registry::build(&cfg.objects);
+    reg.assign_auto_vips();
     let mut out = Resources {
         messages: cfg.messages.clone(),
         ..Default::default()

@@ -3,7 +3,8 @@
 //! EndpointSlices, Pods, WorkloadEntries and ServiceEntry endpoints), plus lookups by host,
 //! short name, subset and gateway.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 use super::model::{
     DestinationRuleSpec, GatewaySpec, IntOrString, Kind, Object, ServicePort, Subset,
@@ -597,5 +598,94 @@ mod tests {
         assert!(host_matches("*.foo.com", "a.foo.com"));
         assert!(!host_matches("*.foo.com", "foo.com"));
         assert!(host_matches("*", "x"));
+    }
+}
+
+// Auto-allocated VIPs (istio-agent's DNS auto-allocation), shared by DNS and listeners.
+
+/// First two octets of auto-allocated VIPs: Istio's reserved class E block 240.240.0.0/16.
+pub const AUTO_VIP_PREFIX: [u8; 2] = [240, 240];
+
+/// Usable auto-allocated addresses: 240.240.0-255.1-254 (no .0 or .255 last octet).
+const AUTO_SLOTS: u32 = 256 * 254;
+
+fn fnv1a32(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+fn slot_ip(slot: u32) -> Ipv4Addr {
+    Ipv4Addr::new(
+        AUTO_VIP_PREFIX[0],
+        AUTO_VIP_PREFIX[1],
+        (slot / 254) as u8,
+        (slot % 254 + 1) as u8,
+    )
+}
+
+/// Whether a ServiceEntry host gets an auto-allocated VIP, as istiod decides: no addresses,
+/// not a wildcard, and a resolution other than NONE (with NONE the original destination is
+/// all the proxy has, so it must be the real address).
+fn wants_auto_vip(s: &Service) -> bool {
+    s.k8s_name.is_empty()
+        && s.vips.is_empty()
+        && !s.hostname.starts_with('*')
+        && s.resolution != Resolution::Passthrough
+}
+
+/// Auto-allocated VIPs for ServiceEntry hosts without addresses: host → 240.240.x.y.
+///
+/// Deterministic and stable across restarts and proxies: hosts are taken in sorted order, each
+/// starts at the FNV-1a hash of its name in the 65,024 usable addresses, and a collision takes
+/// the next free one. A host keeps its address while it stays in the config; only a new host
+/// whose hash collides with an existing one and sorts before it can move that one.
+///
+/// The same map gives these hosts their listener addresses ([`Registry::assign_auto_vips`]),
+/// so TCP services sharing a port stay distinguishable by VIP, as with istiod's auto-allocation.
+pub fn auto_allocate(reg: &Registry) -> BTreeMap<String, Ipv4Addr> {
+    let hosts: BTreeSet<&str> = reg
+        .services
+        .iter()
+        .filter(|s| wants_auto_vip(s))
+        .map(|s| s.hostname.as_str())
+        .collect();
+    // Hosts that also have addresses elsewhere (a Kubernetes service, another ServiceEntry)
+    // answer with those; they still get a slot so the map does not depend on that.
+    let mut taken = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for h in hosts {
+        if taken.len() as u32 >= AUTO_SLOTS {
+            tracing::error!(host = h, "out of auto-allocated VIPs (240.240.0.0/16)");
+            break;
+        }
+        let mut slot = fnv1a32(h) % AUTO_SLOTS;
+        while !taken.insert(slot) {
+            slot = (slot + 1) % AUTO_SLOTS;
+        }
+        out.insert(h.to_string(), slot_ip(slot));
+    }
+    out
+}
+
+impl Registry {
+    /// Gives ServiceEntry hosts without addresses whose ports are opaque TCP their
+    /// auto-allocated VIP (see [`auto_allocate`]), so each gets its own `VIP_PORT` listener and
+    /// TCP services sharing a port stay apart; DNS answers the same address. HTTP and TLS hosts
+    /// keep the port-wide listener, where Host and SNI tell them apart whatever IP was dialled.
+    pub fn assign_auto_vips(&mut self) {
+        let vips = auto_allocate(self);
+        for s in &mut self.services {
+            let opaque = s
+                .ports
+                .iter()
+                .all(|p| matches!(p.protocol, Protocol::Tcp | Protocol::Opaque));
+            if let Some(ip) = vips
+                .get(&s.hostname)
+                .filter(|_| opaque && !s.ports.is_empty() && wants_auto_vip(s))
+            {
+                s.vips = vec![ip.to_string()];
+            }
+        }
     }
 }

@@ -423,3 +423,25 @@ spec:
         "{m}"
     );
 }
+
+#[test]
+fn tcp_service_entry_without_address_gets_auto_vip_listener() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: mongo, namespace: ns1}
+spec:
+  hosts: [mongo.ext.example]
+  ports: [{number: 27017, name: mongo, protocol: TCP}]
+  resolution: DNS
+  location: MESH_EXTERNAL
+"#;
+    let (r, _) = tr(yaml, &Node::sidecar("ns1"));
+    let vip = crate::istio::registry::auto_allocate(&Registry::build(&load(yaml).objects))
+        ["mongo.ext.example"];
+    assert_eq!(vip.octets()[..2], [240, 240]);
+    assert!(
+        r.listener(&format!("{vip}_27017")).is_some(),
+        "no listener on the auto-allocated VIP {vip}"
+    );
+}
