@@ -247,7 +247,7 @@ fn by_name<T: Clone>(items: &[T], name: fn(&T) -> &String) -> BTreeMap<String, T
 }
 
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..200 {
+    for _ in 0..400 {
         if f() {
             return;
         }
@@ -771,5 +771,229 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+// --- The wire protocol, request by request -------------------------------------------------
+
+mod raw {
+    use super::*;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::discovery::v3::{
+        DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    };
+    use envoy_types::pb::google::rpc::Status as RpcStatus;
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::UnboundedReceiverStream;
+
+    type Sotw = (
+        mpsc::UnboundedSender<DiscoveryRequest>,
+        tonic::Streaming<DiscoveryResponse>,
+    );
+
+    async fn sotw(uri: String) -> Sotw {
+        let mut c = AggregatedDiscoveryServiceClient::connect(uri)
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let s = c
+            .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        (tx, s)
+    }
+
+    async fn next<T>(s: &mut tonic::Streaming<T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .expect("no response")
+            .unwrap()
+            .expect("stream ended")
+    }
+
+    async fn silent<T: std::fmt::Debug>(s: &mut tonic::Streaming<T>) {
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(300), s.message()).await {
+            panic!("unexpected: {m:?}");
+        }
+    }
+
+    fn req(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            version_info: version.into(),
+            resource_names: names.iter().map(|s| s.to_string()).collect(),
+            type_url: type_url.into(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sotw_acks_nacks_stale_nonces_and_pushes() {
+        let dir = config_dir("raw-sotw");
+        let server = Server::start(&dir).await;
+        let want = istio::translate_dir(&dir, &node()).unwrap();
+
+        // No node on the first request: refused.
+        let (tx, mut s) = sotw(server.uri()).await;
+        tx.send(req(type_url::CLUSTER, &[], "", "")).unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+
+        let (tx, mut s) = sotw(server.uri()).await;
+        tx.send(DiscoveryRequest {
+            node: Some(node_settings().build()),
+            ..req(type_url::CLUSTER, &[], "", "")
+        })
+        .unwrap();
+        let cds = next(&mut s).await;
+        assert_eq!(cds.type_url, type_url::CLUSTER);
+        assert_eq!(cds.resources.len(), want.clusters.len());
+        // ACK: nothing comes back. The route request is answered with the one route named.
+        tx.send(req(type_url::CLUSTER, &[], &cds.version_info, &cds.nonce))
+            .unwrap();
+        tx.send(req(type_url::ROUTE, &["9080"], "", "")).unwrap();
+        let rds = next(&mut s).await;
+        assert_eq!(rds.type_url, type_url::ROUTE);
+        assert_eq!(rds.resources.len(), 1);
+        assert_ne!(rds.nonce, cds.nonce);
+        // A stale nonce and an unknown type are ignored; a NACK is not answered.
+        tx.send(req(type_url::CLUSTER, &["x"], "", "stale"))
+            .unwrap();
+        tx.send(req("type.googleapis.com/example.Unknown", &[], "", ""))
+            .unwrap();
+        tx.send(DiscoveryRequest {
+            error_detail: Some(RpcStatus {
+                code: 13,
+                message: "9080: refused by the test".into(),
+                details: vec![],
+            }),
+            ..req(type_url::ROUTE, &["9080"], "", &rds.nonce)
+        })
+        .unwrap();
+        silent(&mut s).await;
+        // A change of config: only the route configuration changed, so only RDS is pushed.
+        edit_reviews_default(&dir, "v1", "v3");
+        let pushed = next(&mut s).await;
+        assert_eq!(pushed.type_url, type_url::ROUTE);
+        assert_ne!(pushed.version_info, rds.version_info);
+        assert_eq!(pushed.resources.len(), 1);
+        tx.send(req(
+            type_url::ROUTE,
+            &["9080"],
+            &pushed.version_info,
+            &pushed.nonce,
+        ))
+        .unwrap();
+        silent(&mut s).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delta_initial_versions_subscriptions_and_removals() {
+        let dir = config_dir("raw-delta");
+        let server = Server::start(&dir).await;
+        // Versions are canonical: another Discovery over the same files computes the same.
+        let t = Discovery::new(&dir).unwrap().translation(&node()).await;
+        let clusters = &t.sets[type_url::CLUSTER];
+        let names: Vec<&String> = clusters.keys().collect();
+        let (omitted, stale) = (names[0].clone(), names[1].clone());
+        let mut initial: std::collections::HashMap<String, String> = clusters
+            .iter()
+            .map(|(n, i)| (n.clone(), i.version.clone()))
+            .collect();
+        initial.remove(&omitted);
+        initial.insert(stale.clone(), "old".into());
+        initial.insert(
+            "outbound|1||gone.default.svc.cluster.local".into(),
+            "1".into(),
+        );
+
+        let mut c = AggregatedDiscoveryServiceClient::connect(server.uri())
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
+        let mut s = c
+            .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        tx.send(DeltaDiscoveryRequest {
+            node: Some(node_settings().build()),
+            type_url: type_url::CLUSTER.into(),
+            initial_resource_versions: initial,
+            ..Default::default()
+        })
+        .unwrap();
+        let r: DeltaDiscoveryResponse = next(&mut s).await;
+        let mut got: Vec<&str> = r.resources.iter().map(|x| x.name.as_str()).collect();
+        got.sort();
+        let mut expected = vec![omitted.as_str(), stale.as_str()];
+        expected.sort();
+        assert_eq!(got, expected);
+        assert_eq!(
+            r.removed_resources,
+            ["outbound|1||gone.default.svc.cluster.local"]
+        );
+        for x in &r.resources {
+            assert_eq!(x.version, clusters[&x.name].version);
+        }
+        let ack = |t: &str, nonce: &str| DeltaDiscoveryRequest {
+            type_url: t.into(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        };
+        tx.send(ack(type_url::CLUSTER, &r.nonce)).unwrap();
+        silent(&mut s).await;
+
+        // Named EDS: subscribe two, then unsubscribe one (nothing to send), then a wildcard.
+        let eds: Vec<String> = t.sets[type_url::ENDPOINT].keys().take(2).cloned().collect();
+        tx.send(DeltaDiscoveryRequest {
+            type_url: type_url::ENDPOINT.into(),
+            resource_names_subscribe: eds.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        let r = next(&mut s).await;
+        let got: Vec<String> = r.resources.iter().map(|x| x.name.clone()).collect();
+        assert_eq!(got, eds);
+        tx.send(DeltaDiscoveryRequest {
+            resource_names_unsubscribe: vec![eds[1].clone()],
+            ..ack(type_url::ENDPOINT, &r.nonce)
+        })
+        .unwrap();
+        silent(&mut s).await;
+        tx.send(DeltaDiscoveryRequest {
+            type_url: type_url::ENDPOINT.into(),
+            resource_names_subscribe: vec!["*".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        let r = next(&mut s).await;
+        assert_eq!(
+            r.resources.len(),
+            t.sets[type_url::ENDPOINT].len() - 1,
+            "everything but the one already held"
+        );
+        assert!(r.resources.iter().all(|x| x.name != eds[0]));
+        tx.send(ack(type_url::ENDPOINT, &r.nonce)).unwrap();
+        silent(&mut s).await;
+
+        // Deleting a DestinationRule removes its subset clusters and their endpoints.
+        std::fs::remove_file(dir.join("destination-rules.yaml")).unwrap();
+        let r = next(&mut s).await;
+        assert_eq!(r.type_url, type_url::CLUSTER);
+        assert!(!r.removed_resources.is_empty());
+        assert!(
+            r.removed_resources.iter().all(|n| n.contains("|v")),
+            "{r:?}"
+        );
+        let r = next(&mut s).await;
+        assert_eq!(r.type_url, type_url::ENDPOINT);
+        assert!(!r.removed_resources.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
