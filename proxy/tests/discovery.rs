@@ -966,6 +966,19 @@ mod raw {
         })
         .unwrap();
         silent(&mut s).await;
+        // Subscribing again resends; a name that does not exist is reported removed.
+        tx.send(DeltaDiscoveryRequest {
+            type_url: type_url::ENDPOINT.into(),
+            resource_names_subscribe: vec![eds[0].clone(), "outbound|1||nope".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        let r = next(&mut s).await;
+        let got: Vec<&str> = r.resources.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(got, [eds[0].as_str()]);
+        assert_eq!(r.removed_resources, ["outbound|1||nope"]);
+        tx.send(ack(type_url::ENDPOINT, &r.nonce)).unwrap();
+        silent(&mut s).await;
         tx.send(DeltaDiscoveryRequest {
             type_url: type_url::ENDPOINT.into(),
             resource_names_subscribe: vec!["*".into()],

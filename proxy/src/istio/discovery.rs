@@ -481,7 +481,13 @@ impl AggregatedDiscoveryService for Service {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
         let peer = request.remote_addr();
-        tokio::spawn(sotw_stream(self.0.clone(), request.into_inner(), tx, peer));
+        tokio::spawn(drive(
+            self.0.clone(),
+            Sotw::default(),
+            request.into_inner(),
+            tx,
+            peer,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -491,7 +497,13 @@ impl AggregatedDiscoveryService for Service {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
         let peer = request.remote_addr();
-        tokio::spawn(delta_stream(self.0.clone(), request.into_inner(), tx, peer));
+        tokio::spawn(drive(
+            self.0.clone(),
+            Delta::default(),
+            request.into_inner(),
+            tx,
+            peer,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -505,18 +517,106 @@ fn always_all(t: &str) -> bool {
     t == type_url::LISTENER || t == type_url::CLUSTER
 }
 
-/// What one stream learned from its first request.
-struct Peer {
-    node: Node,
-    id: String,
+/// The two ADS variants, as the stream driver ([`drive`]) sees them.
+trait Variant: Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    fn node(req: &Self::Request) -> Option<&NodeProto>;
+    fn type_url(req: &Self::Request) -> &str;
+    /// Records a request; returns whether `type_url` must be answered now (and whether a
+    /// response is due even if nothing changed).
+    fn on_request(&mut self, req: Self::Request, peer: &str) -> Option<bool>;
+    /// The response for `type_url` from `t`, unless nothing is due (`force`: send anyway).
+    fn respond(
+        &mut self,
+        t: &Translated,
+        type_url: &str,
+        force: bool,
+        peer: &str,
+    ) -> Option<Self::Response>;
 }
 
-/// Reads the node from the first request of a stream.
-fn identify(node: Option<&NodeProto>) -> Result<Peer, Status> {
-    let n = node_from_proto(node).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let id = node.map(|n| n.id.clone()).unwrap_or_default();
-    tracing::info!(node = %id, role = ?n.role, namespace = %n.namespace, labels = ?n.labels, "proxy connected");
-    Ok(Peer { node: n, id })
+/// Runs one ADS stream: identifies the proxy from the first request, answers requests, and
+/// pushes what changed on every new config generation, until the proxy or the server goes.
+async fn drive<V: Variant>(
+    d: Arc<Discovery>,
+    mut v: V,
+    mut requests: Streaming<V::Request>,
+    tx: mpsc::Sender<Result<V::Response, Status>>,
+    addr: Option<SocketAddr>,
+) {
+    let mut config = d.config.subscribe();
+    config.borrow_and_update();
+    let mut peer: Option<(Node, String)> = None;
+    let mut current: Option<Arc<Translated>> = None;
+    loop {
+        tokio::select! {
+            msg = requests.message() => {
+                let req = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(?addr, error = %e, "ADS stream ended");
+                        break;
+                    }
+                };
+                let (node, id) = match &peer {
+                    Some(p) => p,
+                    None => match node_from_proto(V::node(&req)) {
+                        Ok(n) => {
+                            let id = V::node(&req).map(|n| n.id.clone()).unwrap_or_default();
+                            tracing::info!(node = %id, role = ?n.role, namespace = %n.namespace,
+                                labels = ?n.labels, "proxy connected");
+                            peer.insert((n, id))
+                        }
+                        Err(e) => {
+                            tracing::warn!(?addr, error = %e, "refusing ADS stream");
+                            let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+                            return;
+                        }
+                    },
+                };
+                let type_url = V::type_url(&req).to_string();
+                if !known_type(&type_url) {
+                    tracing::warn!(node = %id, %type_url, "request for an unsupported type; ignored");
+                    continue;
+                }
+                let Some(force) = v.on_request(req, id) else { continue };
+                let t = match &current {
+                    Some(t) => t.clone(),
+                    None => current.insert(d.translation(node).await).clone(),
+                };
+                if let Some(resp) = v.respond(&t, &type_url, force, id) {
+                    if tx.send(Ok(resp)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            () = d.closed() => {
+                let _ = tx.send(Err(Status::unavailable("discovery server shutting down"))).await;
+                return;
+            }
+            changed = config.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                config.borrow_and_update();
+                let Some((node, id)) = &peer else { continue };
+                let t = d.translation(node).await;
+                current = Some(t.clone());
+                for type_url in type_url::ALL {
+                    if let Some(resp) = v.respond(&t, type_url, false, id) {
+                        if tx.send(Ok(resp)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some((_, id)) = peer {
+        tracing::info!(node = %id, "proxy disconnected");
+    }
 }
 
 /// State-of-the-world state of one type on one stream.
@@ -555,136 +655,74 @@ fn sotw_version(view: &[(&String, &Item)]) -> String {
     format!("{h:016x}")
 }
 
-type SotwTx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
-
+/// State of the world on one stream.
+#[derive(Debug, Default)]
 struct Sotw {
     types: BTreeMap<String, SotwType>,
     nonce: u64,
 }
 
-impl Sotw {
-    /// Sends `type_url`'s response if `force` or its version differs from the last one sent.
-    async fn maybe_send(
+impl Variant for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn node(req: &DiscoveryRequest) -> Option<&NodeProto> {
+        req.node.as_ref()
+    }
+
+    fn type_url(req: &DiscoveryRequest) -> &str {
+        &req.type_url
+    }
+
+    fn on_request(&mut self, req: DiscoveryRequest, peer: &str) -> Option<bool> {
+        let type_url = &req.type_url;
+        let st = self.types.entry(type_url.clone()).or_default();
+        if !req.response_nonce.is_empty() && req.response_nonce != st.nonce {
+            tracing::debug!(node = %peer, %type_url, nonce = %req.response_nonce, "stale nonce; ignored");
+            return None;
+        }
+        if let Some(err) = &req.error_detail {
+            tracing::warn!(node = %peer, %type_url, version = ?st.sent_version,
+                nonce = %req.response_nonce, error = %err.message,
+                "NACK; not resending until the config changes");
+            return None;
+        }
+        let names_changed = st.names != req.resource_names;
+        st.names = req.resource_names;
+        // A request without a nonce (a new stream, or a new type) is always answered.
+        let first = req.response_nonce.is_empty();
+        if !first && !names_changed {
+            tracing::debug!(node = %peer, %type_url, version = %req.version_info, "ACK");
+            return None;
+        }
+        Some(first)
+    }
+
+    fn respond(
         &mut self,
         t: &Translated,
         type_url: &str,
         force: bool,
-        tx: &SotwTx,
         peer: &str,
-    ) -> bool {
-        let st = self.types.entry(type_url.to_string()).or_default();
+    ) -> Option<DiscoveryResponse> {
+        let st = self.types.get_mut(type_url)?;
         let view = sotw_view(t, type_url, &st.names);
         let version = sotw_version(&view);
         if !force && st.sent_version.as_deref() == Some(version.as_str()) {
-            return true;
+            return None;
         }
         self.nonce += 1;
-        let nonce = self.nonce.to_string();
-        let resp = DiscoveryResponse {
-            version_info: version.clone(),
+        st.nonce = self.nonce.to_string();
+        tracing::debug!(node = %peer, %type_url, %version, nonce = %st.nonce,
+            resources = view.len(), "sending DiscoveryResponse");
+        st.sent_version = Some(version.clone());
+        Some(DiscoveryResponse {
+            version_info: version,
             resources: view.iter().map(|(_, i)| i.any.clone()).collect(),
             type_url: type_url.to_string(),
-            nonce: nonce.clone(),
+            nonce: st.nonce.clone(),
             ..Default::default()
-        };
-        tracing::debug!(node = %peer, %type_url, %version, %nonce, resources = resp.resources.len(), "sending DiscoveryResponse");
-        st.sent_version = Some(version);
-        st.nonce = nonce;
-        tx.send(Ok(resp)).await.is_ok()
-    }
-}
-
-async fn sotw_stream(
-    d: Arc<Discovery>,
-    mut requests: Streaming<DiscoveryRequest>,
-    tx: SotwTx,
-    addr: Option<SocketAddr>,
-) {
-    let mut config = d.config.subscribe();
-    config.borrow_and_update();
-    let mut peer: Option<Peer> = None;
-    let mut current: Option<Arc<Translated>> = None;
-    let mut s = Sotw {
-        types: BTreeMap::new(),
-        nonce: 0,
-    };
-    loop {
-        tokio::select! {
-            msg = requests.message() => {
-                let req = match msg {
-                    Ok(Some(r)) => r,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(?addr, error = %e, "ADS stream ended");
-                        break;
-                    }
-                };
-                if peer.is_none() {
-                    match identify(req.node.as_ref()) {
-                        Ok(p) => peer = Some(p),
-                        Err(status) => {
-                            tracing::warn!(?addr, error = %status.message(), "refusing ADS stream");
-                            let _ = tx.send(Err(status)).await;
-                            return;
-                        }
-                    }
-                }
-                let Some(p) = peer.as_ref() else { return };
-                let type_url = req.type_url.clone();
-                if !known_type(&type_url) {
-                    tracing::warn!(node = %p.id, %type_url, "request for an unsupported type; ignored");
-                    continue;
-                }
-                let st = s.types.entry(type_url.clone()).or_default();
-                if !req.response_nonce.is_empty() && req.response_nonce != st.nonce {
-                    tracing::debug!(node = %p.id, %type_url, nonce = %req.response_nonce, "stale nonce; ignored");
-                    continue;
-                }
-                if let Some(err) = &req.error_detail {
-                    tracing::warn!(node = %p.id, %type_url, version = ?st.sent_version, nonce = %req.response_nonce, error = %err.message, "NACK; not resending until the config changes");
-                    continue;
-                }
-                let names_changed = st.names != req.resource_names;
-                st.names = req.resource_names.clone();
-                let first = req.response_nonce.is_empty();
-                if !first && !names_changed {
-                    tracing::debug!(node = %p.id, %type_url, version = %req.version_info, "ACK");
-                    continue;
-                }
-                let t = match &current {
-                    Some(t) => t.clone(),
-                    None => {
-                        let t = d.translation(&p.node).await;
-                        current = Some(t.clone());
-                        t
-                    }
-                };
-                if !s.maybe_send(&t, &type_url, first, &tx, &p.id).await {
-                    break;
-                }
-            }
-            () = d.closed() => {
-                let _ = tx.send(Err(Status::unavailable("discovery server shutting down"))).await;
-                return;
-            }
-            changed = config.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                config.borrow_and_update();
-                let Some(p) = peer.as_ref() else { continue };
-                let t = d.translation(&p.node).await;
-                current = Some(t.clone());
-                for type_url in type_url::ALL {
-                    if s.types.contains_key(type_url) && !s.maybe_send(&t, type_url, false, &tx, &p.id).await {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-    if let Some(p) = peer {
-        tracing::info!(node = %p.id, "proxy disconnected");
+        })
     }
 }
 
@@ -695,6 +733,9 @@ struct DeltaType {
     names: BTreeSet<String>,
     /// What the proxy holds: name → version.
     known: BTreeMap<String, String>,
+    /// Names just subscribed to: if they do not exist, the next response says so (in
+    /// `removed_resources`), so the proxy stops waiting for them.
+    announce_missing: BTreeSet<String>,
     /// Nonce of the last response.
     nonce: String,
     /// Whether a response was sent on this stream.
@@ -707,25 +748,79 @@ impl DeltaType {
     }
 }
 
-type DeltaTx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
-
+/// Incremental xDS on one stream.
+#[derive(Debug, Default)]
 struct Delta {
     types: BTreeMap<String, DeltaType>,
     nonce: u64,
 }
 
-impl Delta {
-    /// Sends what changed for `type_url` (always something on the first response).
-    async fn send_changes(
+impl Variant for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+
+    fn node(req: &DeltaDiscoveryRequest) -> Option<&NodeProto> {
+        req.node.as_ref()
+    }
+
+    fn type_url(req: &DeltaDiscoveryRequest) -> &str {
+        &req.type_url
+    }
+
+    fn on_request(&mut self, req: DeltaDiscoveryRequest, peer: &str) -> Option<bool> {
+        let type_url = &req.type_url;
+        let first = !self.types.contains_key(type_url);
+        let st = self.types.entry(type_url.clone()).or_default();
+        if let Some(err) = &req.error_detail {
+            tracing::warn!(node = %peer, %type_url, nonce = %req.response_nonce,
+                error = %err.message, "NACK; not resending until the config changes");
+        } else if !req.response_nonce.is_empty() {
+            tracing::debug!(node = %peer, %type_url, nonce = %req.response_nonce, "ACK");
+        }
+        if first {
+            // Legacy wildcard: a first request naming nothing asks for everything.
+            st.wildcard = req.resource_names_subscribe.is_empty();
+            st.known = req.initial_resource_versions.into_iter().collect();
+        }
+        for n in &req.resource_names_subscribe {
+            if n == "*" {
+                st.wildcard = true;
+            } else {
+                st.names.insert(n.clone());
+                st.announce_missing.insert(n.clone());
+                if !first {
+                    // Subscribing again asks for the resource again.
+                    st.known.remove(n);
+                }
+            }
+        }
+        for n in &req.resource_names_unsubscribe {
+            if n == "*" {
+                st.wildcard = false;
+            } else {
+                st.names.remove(n);
+            }
+        }
+        // The proxy drops what it unsubscribed from by itself.
+        let wanted: BTreeMap<String, String> = std::mem::take(&mut st.known)
+            .into_iter()
+            .filter(|(n, _)| st.wants(n))
+            .collect();
+        st.known = wanted;
+        let changed = first
+            || !req.resource_names_subscribe.is_empty()
+            || !req.resource_names_unsubscribe.is_empty();
+        changed.then_some(false)
+    }
+
+    fn respond(
         &mut self,
         t: &Translated,
         type_url: &str,
-        tx: &DeltaTx,
+        _force: bool,
         peer: &str,
-    ) -> bool {
-        let Some(st) = self.types.get_mut(type_url) else {
-            return true;
-        };
+    ) -> Option<DeltaDiscoveryResponse> {
+        let st = self.types.get_mut(type_url)?;
         let empty = TypeSet::new();
         let set = t.set(type_url).unwrap_or(&empty);
         let mut resources = Vec::new();
@@ -739,14 +834,20 @@ impl Delta {
                 });
             }
         }
-        let removed: Vec<String> = st
+        let mut removed: BTreeSet<String> = st
             .known
             .keys()
             .filter(|n| !set.contains_key(*n) || !st.wants(n))
             .cloned()
             .collect();
+        removed.extend(
+            std::mem::take(&mut st.announce_missing)
+                .into_iter()
+                .filter(|n| !set.contains_key(n) && st.wants(n)),
+        );
+        // The first response of a type is due even when empty: the proxy waits for it.
         if resources.is_empty() && removed.is_empty() && st.answered {
-            return true;
+            return None;
         }
         for r in &resources {
             st.known.insert(r.name.clone(), r.version.clone());
@@ -757,131 +858,16 @@ impl Delta {
         self.nonce += 1;
         st.nonce = self.nonce.to_string();
         st.answered = true;
-        tracing::debug!(node = %peer, %type_url, nonce = %st.nonce, resources = resources.len(), removed = removed.len(), "sending DeltaDiscoveryResponse");
-        let resp = DeltaDiscoveryResponse {
-            system_version_info: format!("{}", t.generation),
+        tracing::debug!(node = %peer, %type_url, nonce = %st.nonce, resources = resources.len(),
+            removed = removed.len(), "sending DeltaDiscoveryResponse");
+        Some(DeltaDiscoveryResponse {
+            system_version_info: t.generation.to_string(),
             resources,
             type_url: type_url.to_string(),
-            removed_resources: removed,
+            removed_resources: removed.into_iter().collect(),
             nonce: st.nonce.clone(),
             ..Default::default()
-        };
-        tx.send(Ok(resp)).await.is_ok()
-    }
-}
-
-async fn delta_stream(
-    d: Arc<Discovery>,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: DeltaTx,
-    addr: Option<SocketAddr>,
-) {
-    let mut config = d.config.subscribe();
-    config.borrow_and_update();
-    let mut peer: Option<Peer> = None;
-    let mut current: Option<Arc<Translated>> = None;
-    let mut s = Delta {
-        types: BTreeMap::new(),
-        nonce: 0,
-    };
-    loop {
-        tokio::select! {
-            msg = requests.message() => {
-                let req = match msg {
-                    Ok(Some(r)) => r,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(?addr, error = %e, "delta ADS stream ended");
-                        break;
-                    }
-                };
-                if peer.is_none() {
-                    match identify(req.node.as_ref()) {
-                        Ok(p) => peer = Some(p),
-                        Err(status) => {
-                            tracing::warn!(?addr, error = %status.message(), "refusing delta ADS stream");
-                            let _ = tx.send(Err(status)).await;
-                            return;
-                        }
-                    }
-                }
-                let Some(p) = peer.as_ref() else { return };
-                let type_url = req.type_url.clone();
-                if !known_type(&type_url) {
-                    tracing::warn!(node = %p.id, %type_url, "request for an unsupported type; ignored");
-                    continue;
-                }
-                let first = !s.types.contains_key(&type_url);
-                let st = s.types.entry(type_url.clone()).or_default();
-                if let Some(err) = &req.error_detail {
-                    tracing::warn!(node = %p.id, %type_url, nonce = %req.response_nonce, error = %err.message, "NACK; not resending until the config changes");
-                } else if !req.response_nonce.is_empty() {
-                    tracing::debug!(node = %p.id, %type_url, nonce = %req.response_nonce, "ACK");
-                }
-                let mut changed = first;
-                if first {
-                    // Legacy wildcard: a first request naming nothing asks for everything.
-                    st.wildcard = req.resource_names_subscribe.is_empty();
-                    st.known = req.initial_resource_versions.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                }
-                for n in &req.resource_names_subscribe {
-                    changed = true;
-                    if n == "*" {
-                        st.wildcard = true;
-                    } else {
-                        st.names.insert(n.clone());
-                    }
-                }
-                for n in &req.resource_names_unsubscribe {
-                    changed = true;
-                    if n == "*" {
-                        st.wildcard = false;
-                    } else {
-                        st.names.remove(n);
-                    }
-                }
-                // The proxy drops what it unsubscribed from by itself.
-                let unsubscribed: Vec<String> = st.known.keys().filter(|n| !st.wants(n)).cloned().collect();
-                for n in unsubscribed {
-                    st.known.remove(&n);
-                }
-                if !changed {
-                    continue;
-                }
-                let t = match &current {
-                    Some(t) => t.clone(),
-                    None => {
-                        let t = d.translation(&p.node).await;
-                        current = Some(t.clone());
-                        t
-                    }
-                };
-                if !s.send_changes(&t, &type_url, &tx, &p.id).await {
-                    break;
-                }
-            }
-            () = d.closed() => {
-                let _ = tx.send(Err(Status::unavailable("discovery server shutting down"))).await;
-                return;
-            }
-            changed = config.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                config.borrow_and_update();
-                let Some(p) = peer.as_ref() else { continue };
-                let t = d.translation(&p.node).await;
-                current = Some(t.clone());
-                for type_url in type_url::ALL {
-                    if !s.send_changes(&t, type_url, &tx, &p.id).await {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-    if let Some(p) = peer {
-        tracing::info!(node = %p.id, "proxy disconnected");
+        })
     }
 }
 
