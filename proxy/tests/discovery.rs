@@ -758,9 +758,30 @@ async fn sluice_discovery_command_serves_the_directory() {
         got.routes.held() == by_name(&want.routes, |r| &r.name)
     })
     .await;
+    // SIGTERM ends the streams (the client sees the server go) and the process exits 0.
+    let mut conn = client.connection();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        conn.wait_for(|c| matches!(c, xds_client::ConnectionState::Disconnected { .. })),
+    )
+    .await
+    .expect("the client never saw the server go")
+    .unwrap();
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            exited = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(exited.expect("still running after SIGTERM").success());
     task.abort();
-    child.0.kill().unwrap();
-    let _ = child.0.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,6 +1,6 @@
 //! `sluice discovery`: an Aggregated Discovery Service (xDS v3, state of the world and delta)
-//! serving each connecting proxy the [`translate`](super::translate)ion of a config directory
-//! for its own node identity, and pushing what changes when the directory changes.
+//! serving each connecting proxy the translation ([`translate`](super::translate)) of a config
+//! directory for its own node identity, and pushing what changes when the directory changes.
 //!
 //! - **Identity.** The first request of a stream must carry a `Node`. Its id is Istio's
 //!   `sidecar~IP~POD.NS~NS.svc.cluster.local` (or `router~...`); labels come from the
@@ -19,11 +19,15 @@
 //! - **Delta.** Per type, the stream tracks the subscription (wildcard, `*`, or names, via
 //!   `resource_names_subscribe` / `_unsubscribe`) and the version the proxy has of each
 //!   resource (seeded by `initial_resource_versions`); responses carry only resources whose
-//!   version differs and the names that disappeared.
+//!   version differs and the names that disappeared (or, once, subscribed names that do not
+//!   exist). Subscribing again to a name resends it. The first response of a type is sent even
+//!   when empty; NACKs are logged and nothing is resent until the config changes.
 //! - **Push on change.** [`Discovery::watch`] polls the directory (like `sluice run
 //!   --config-dir`), loads it when a file changed, and publishes a new generation; every
 //!   stream re-translates for its node and pushes the types that changed, clusters and
-//!   endpoints before listeners and routes.
+//!   endpoints before listeners and routes. A load error keeps the last good generation.
+//! - **Shutdown.** When [`Discovery::serve`]'s shutdown future completes, open streams end with
+//!   `UNAVAILABLE`, so proxies reconnect (with their versions) to the next server.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -452,7 +456,28 @@ impl Discovery {
     }
 }
 
-/// Loads `dir`, watches it (polling every `every`) and serves ADS on `addr` forever.
+/// Completes on SIGINT or SIGTERM.
+async fn signalled() {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down: ending ADS streams");
+}
+
+/// Loads `dir`, watches it (polling every `every`) and serves ADS on `addr` until SIGINT or
+/// SIGTERM.
 pub async fn run(dir: PathBuf, addr: SocketAddr, every: Duration) -> Result<(), DiscoveryError> {
     let d = Discovery::new(dir)?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -461,7 +486,7 @@ pub async fn run(dir: PathBuf, addr: SocketAddr, every: Duration) -> Result<(), 
     let bound = listener.local_addr().unwrap_or(addr);
     tracing::info!(address = %bound, dir = %d.dir.display(), "serving ADS (state of the world and delta)");
     tokio::spawn(d.clone().watch(every));
-    d.serve(listener, std::future::pending()).await
+    d.serve(listener, signalled()).await
 }
 
 /// The ADS service over a [`Discovery`].
