@@ -29,6 +29,25 @@ enum Cmd {
     RouteCheck(RouteCheckArgs),
     /// Print the Envoy resources generated from a directory of Istio/Kubernetes YAML, as JSON.
     Translate(TranslateArgs),
+    /// Serve a directory of Istio/Kubernetes YAML over ADS (SotW and delta) to Sluice proxies,
+    /// each getting the translation for its node identity; edits are pushed live.
+    Discovery(DiscoveryArgs),
+}
+
+#[derive(clap::Args)]
+struct DiscoveryArgs {
+    /// Directory (or file) of Istio/Kubernetes YAML.
+    #[arg(long)]
+    config_dir: PathBuf,
+    /// gRPC address to serve ADS on.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    listen: SocketAddr,
+    /// How often the directory is checked for changes, e.g. 1s, 200ms.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// Log level or filter (trace, debug, info, warn, error; or EnvFilter directives).
+    #[arg(long, default_value = "info", env = "SLUICE_LOG")]
+    log_level: String,
 }
 
 #[derive(clap::Args)]
@@ -197,6 +216,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Discovery(args) => match discovery(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -205,6 +231,29 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&args.log_level).context("--log-level")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+    anyhow::ensure!(
+        args.config_dir.exists(),
+        "--config-dir {} does not exist",
+        args.config_dir.display()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(sluice::istio::discovery::run(
+        args.config_dir,
+        args.listen,
+        args.poll_interval,
+    ))?;
+    Ok(())
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {

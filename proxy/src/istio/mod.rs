@@ -5,9 +5,12 @@
 //!   with [`validate`] messages naming file, resource and field;
 //! - [`registry`] builds services, instances, hosts and VIPs;
 //! - [`clusters`], [`routes`], [`listeners`] (sidecar) and [`gateway`] (router) generate the
-//!   resources for one proxy [`Node`].
+//!   resources for one proxy [`Node`];
+//! - [`run`] applies them in-process (`sluice run --config-dir`) and [`discovery`] serves them
+//!   to other proxies over ADS (`sluice discovery`).
 
 pub mod clusters;
+pub mod discovery;
 pub mod gateway;
 pub mod listeners;
 pub mod load;
