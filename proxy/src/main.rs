@@ -290,10 +290,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.concurrency {
-        rt.worker_threads(n.max(1));
-    }
+    // One worker (pinned sidecars, `--concurrency 1`): a single-threaded runtime, no
+    // cross-thread wake-ups. More: a work-stealing runtime with that many workers.
+    let mut rt = match args.concurrency {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let rt = rt.enable_all().build().context("tokio runtime")?;
     let dns = match args.dns_address {
         Some(addr) => {

@@ -205,11 +205,10 @@ async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>, start: Instant)
             let sent = Instant::now();
             match forward::forward(conn, &cluster_rt, req, entry, hash, conn.info.local).await {
                 Ok(mut r) => {
-                    let ms = sent.elapsed().as_millis().to_string();
-                    if let Ok(v) = HeaderValue::from_str(&ms) {
-                        r.headers_mut()
-                            .insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), v);
-                    }
+                    r.headers_mut().insert(
+                        headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+                        HeaderValue::from(sent.elapsed().as_millis() as u64),
+                    );
                     if r.status() == StatusCode::SWITCHING_PROTOCOLS {
                         if let Some(down) = down_upgrade {
                             let up = hyper::upgrade::on(&mut r);
@@ -247,8 +246,8 @@ fn finalize(
         ..Default::default()
     };
     table.finalize_response_headers(sel, &mut parts, &ctx);
-    if let Ok(v) = HeaderValue::from_str(&conn.hcm.server_name) {
-        parts.headers.insert(http::header::SERVER, v);
+    if let Some(v) = &conn.hcm.server_header {
+        parts.headers.insert(http::header::SERVER, v.clone());
     }
     Response::from_parts(parts, body)
 }

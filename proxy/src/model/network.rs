@@ -80,6 +80,8 @@ pub struct HttpConnectionManager {
     pub route: RouteSource,
     pub filters: Vec<HttpFilter>,
     pub server_name: String,
+    /// `server_name` as a header value, built once (None if it is not a valid value).
+    pub server_header: Option<http::HeaderValue>,
     pub use_remote_address: bool,
     pub xff_num_trusted_hops: u32,
     pub skip_xff_append: bool,
@@ -285,6 +287,11 @@ fn http_connection_manager(
             }
         }
     }
+    let server_name = if h.server_name.is_empty() {
+        "envoy".to_string()
+    } else {
+        h.server_name.clone()
+    };
     if !has_router {
         return Err((
             "http_filters".into(),
@@ -296,11 +303,8 @@ fn http_connection_manager(
         codec,
         route,
         filters,
-        server_name: if h.server_name.is_empty() {
-            "envoy".into()
-        } else {
-            h.server_name.clone()
-        },
+        server_name: server_name.clone(),
+        server_header: http::HeaderValue::from_str(&server_name).ok(),
         use_remote_address: h.use_remote_address.as_ref().is_some_and(|v| v.value),
         xff_num_trusted_hops: h.xff_num_trusted_hops,
         skip_xff_append: h.skip_xff_append,
