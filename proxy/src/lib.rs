@@ -14,3 +14,4 @@ pub mod route;
 pub mod state;
 pub mod stats;
 pub mod tcp;
+pub mod xds;

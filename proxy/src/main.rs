@@ -44,6 +44,94 @@ struct RunArgs {
     /// Log level or filter (trace, debug, info, warn, error; or EnvFilter directives).
     #[arg(long, default_value = "info", env = "SLUICE_LOG")]
     log_level: String,
+    #[command(flatten)]
+    xds: XdsArgs,
+}
+
+/// Control plane and node identity. Without `--xds-address`, a bootstrap's
+/// `dynamic_resources.ads_config` (pointing at a static cluster) is used if present.
+/// `POD_NAME`, `POD_NAMESPACE`, `INSTANCE_IP` and `ISTIO_META_*` are read as istio-agent does;
+/// flags win.
+#[derive(clap::Args)]
+struct XdsArgs {
+    /// ADS server, grpc://HOST:PORT (plaintext).
+    #[arg(long)]
+    xds_address: Option<String>,
+    /// Use incremental (delta) xDS instead of state of the world.
+    #[arg(long)]
+    xds_delta: bool,
+    /// How long warming waits for EDS/RDS before /ready turns true anyway.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    initial_fetch_timeout: Duration,
+    /// Node id; default sidecar~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Node cluster; default <app label>.<namespace>, else istio-proxy.
+    #[arg(long)]
+    node_cluster: Option<String>,
+    /// sidecar or router (gateways).
+    #[arg(long, value_parser = ["sidecar", "router"])]
+    role: Option<String>,
+    #[arg(long)]
+    pod_ip: Option<String>,
+    #[arg(long)]
+    pod_name: Option<String>,
+    #[arg(long)]
+    namespace: Option<String>,
+}
+
+/// Where to get dynamic configuration, if anywhere.
+fn xds_options(
+    a: &XdsArgs,
+    bootstrap: Option<&envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap>,
+) -> anyhow::Result<Option<sluice::xds::XdsOptions>> {
+    let (address, delta) = match (&a.xds_address, bootstrap) {
+        (Some(addr), _) => (sluice::xds::normalize_address(addr)?, a.xds_delta),
+        (None, Some(b)) => match sluice::xds::ads_from_bootstrap(b)? {
+            Some((addr, delta)) => (addr, delta || a.xds_delta),
+            None => return Ok(None),
+        },
+        (None, None) => return Ok(None),
+    };
+    let mut s = xds_client::NodeSettings::from_env().context("node metadata from environment")?;
+    if let Some(r) = &a.role {
+        s.proxy_type = if r == "router" {
+            xds_client::ProxyType::Router
+        } else {
+            xds_client::ProxyType::Sidecar
+        };
+    }
+    if let Some(v) = &a.pod_ip {
+        s.ip = v.clone();
+    }
+    if let Some(v) = &a.pod_name {
+        s.pod_name = v.clone();
+    }
+    if let Some(v) = &a.namespace {
+        s.namespace = v.clone();
+    }
+    if let Some(v) = &a.node_cluster {
+        s.cluster = Some(v.clone());
+    }
+    let mut node = s.build();
+    if let Some(id) = &a.node_id {
+        node.id = id.clone();
+    } else if let Some(bn) = bootstrap.and_then(|b| b.node.as_ref()) {
+        // An Envoy bootstrap's node, when flags and environment say nothing.
+        if s.pod_name.is_empty() && !bn.id.is_empty() {
+            node.id = bn.id.clone();
+            if a.node_cluster.is_none() && !bn.cluster.is_empty() {
+                node.cluster = bn.cluster.clone();
+            }
+            if bn.metadata.is_some() {
+                node.metadata = bn.metadata.clone();
+            }
+        }
+    }
+    let mut o = sluice::xds::XdsOptions::new(address, node);
+    o.delta = delta;
+    o.initial_fetch_timeout = a.initial_fetch_timeout;
+    Ok(Some(o))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -97,6 +185,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(p) => Some(sluice::config::bootstrap::load(p)?),
         None => None,
     };
+    let xds = xds_options(&args.xds, bootstrap.as_ref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -109,6 +198,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             set_log_level: Some(set_level),
         })
         .await?;
+        let _xds = xds.map(|o| app.start_xds(o));
         app.run().await;
         Ok(())
     })

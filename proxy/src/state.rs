@@ -109,6 +109,15 @@ pub struct Rejected {
     pub reason: String,
 }
 
+/// A resource type, for [`State::set_versions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Listener,
+    Route,
+    Cluster,
+    Endpoint,
+}
+
 /// What binds and unbinds listener sockets when the listener set changes.
 pub trait ListenerHost: Send + Sync {
     /// Starts serving `l` (binding its address). Errors reject the listener.
@@ -183,6 +192,43 @@ impl State {
     fn modify(&self, f: impl FnOnce(&Snapshot) -> Snapshot) {
         let cur = self.snap.load_full();
         self.snap.store(Arc::new(f(&cur)));
+    }
+
+    /// Records per-resource versions (delta xDS versions each resource on its own) for
+    /// `/config_dump`; resources themselves are untouched, unknown names are ignored.
+    pub fn set_versions(&self, kind: Kind, versions: &[(String, String)]) {
+        let _g = self.update.lock().unwrap();
+        let cur = self.snap.load_full();
+        let mut next = Snapshot {
+            listeners: cur.listeners.clone(),
+            routes: cur.routes.clone(),
+            clusters: cur.clusters.clone(),
+            endpoint_meta: cur.endpoint_meta.clone(),
+            by_address: cur.by_address.clone(),
+        };
+        for (name, version) in versions {
+            let m = match kind {
+                Kind::Listener => next.listeners.get_mut(name).map(|e| &mut e.1),
+                Kind::Cluster => next.clusters.get_mut(name).map(|e| &mut e.1),
+                Kind::Endpoint => next.endpoint_meta.get_mut(name),
+                Kind::Route => {
+                    if let Some(r) = next.routes.get_mut(name) {
+                        let mut meta = r.meta.clone();
+                        meta.version = version.clone();
+                        *r = Arc::new(Routes {
+                            proto: r.proto.clone(),
+                            table: r.table.clone(),
+                            meta,
+                        });
+                    }
+                    None
+                }
+            };
+            if let Some(m) = m {
+                m.version = version.clone();
+            }
+        }
+        self.snap.store(Arc::new(next));
     }
 
     /// Applies clusters. `full` (state of the world): clusters not listed are removed, except
