@@ -289,3 +289,39 @@ impl Load {
         )
     }
 }
+
+/// CDS (one EDS cluster), LDS (one RDS listener), then EDS and RDS; checks every ACK.
+pub async fn bring_up(env: &Env, cluster_addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    let ads = &env.ads;
+    let first = ads.next_sotw(CDS).await;
+    assert!(first
+        .node
+        .as_ref()
+        .unwrap()
+        .id
+        .starts_with("sidecar~10.0.0.1~test-pod.default"));
+    assert_eq!(
+        (first.version_info.as_str(), first.response_nonce.as_str()),
+        ("", "")
+    );
+    let ack = respond(ads, CDS, "c1", "n1", anys([eds_cluster("a")])).await;
+    assert_eq!(ack.version_info, "c1");
+    assert!(ack.error_detail.is_none());
+    // The accepted cluster is asked for by name.
+    let eds = ads.next_sotw(EDS).await;
+    assert_eq!(eds.resource_names, ["a"]);
+
+    let ack = respond(ads, LDS, "l1", "n2", anys([rds_listener("web", 0, "r1")])).await;
+    assert_eq!((ack.version_info.as_str(), ack.error_detail), ("l1", None));
+    let rds = ads.next_sotw(RDS).await;
+    assert_eq!(rds.resource_names, ["r1"]);
+    assert!(!env.xds.is_ready(), "ready before EDS and RDS arrived");
+
+    let ack = respond(ads, EDS, "e1", "n3", anys([cla("a", &[cluster_addr])])).await;
+    assert_eq!(ack.version_info, "e1");
+    assert!(!env.xds.is_ready(), "ready before RDS arrived");
+    let ack = respond(ads, RDS, "r1v1", "n4", anys([route_to("r1", "a", "v1")])).await;
+    assert_eq!(ack.version_info, "r1v1");
+    eventually("ready", || env.xds.is_ready()).await;
+    env.app.listener_address("web").expect("listener bound")
+}
