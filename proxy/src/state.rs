@@ -458,8 +458,11 @@ impl State {
                     continue;
                 }
             };
-            // Another listener already on this address?
-            if let Some(addr) = model.address.filter(|_| model.bind_to_port) {
+            // Another listener already on this address? (Port 0 binds a fresh port each time.)
+            if let Some(addr) = model
+                .address
+                .filter(|a| model.bind_to_port && a.port() != 0)
+            {
                 if let Some((other, _)) = listeners.values().find(|(o, _)| {
                     o.name != model.name && o.bind_to_port && o.address == Some(addr)
                 }) {
