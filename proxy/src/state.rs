@@ -308,6 +308,17 @@ impl State {
         let dups = dup_check(upserts.iter().map(|c| c.cluster_name.as_str()));
         let cur = self.snap.load_full();
         let mut em = cur.endpoint_meta.clone();
+        // EDS clusters by service name (one lookup per assignment, not a scan).
+        let mut by_service: std::collections::HashMap<&str, Vec<&Arc<ClusterRt>>> =
+            std::collections::HashMap::new();
+        for (c, _) in cur.clusters.values() {
+            if c.cfg.discovery == crate::model::cluster::Discovery::Eds {
+                by_service
+                    .entry(c.cfg.eds_service_name.as_str())
+                    .or_default()
+                    .push(c);
+            }
+        }
         for la in upserts {
             if dups.contains(&la.cluster_name) {
                 rejected.push(Rejected {
@@ -326,12 +337,12 @@ impl State {
                     continue;
                 }
             };
-            for (c, _) in cur.clusters.values() {
-                if c.cfg.discovery == crate::model::cluster::Discovery::Eds
-                    && c.cfg.eds_service_name == la.cluster_name
-                {
-                    c.set_endpoints(eps.clone());
-                }
+            for c in by_service
+                .get(la.cluster_name.as_str())
+                .into_iter()
+                .flatten()
+            {
+                c.set_endpoints(eps.clone());
             }
             em.insert(la.cluster_name.clone(), meta(version, false));
         }
