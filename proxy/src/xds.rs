@@ -272,6 +272,19 @@ fn unpack<T>(u: &mut Update<T>) -> (Vec<T>, Vec<(String, String)>) {
     (msgs, versions)
 }
 
+/// Per-resource versions of the accepted resources (a rejected one keeps its old version).
+fn record_versions(
+    ctx: &Ctx,
+    kind: Kind,
+    mut versions: Vec<(String, String)>,
+    rejected: &[crate::state::Rejected],
+) {
+    versions.retain(|(n, _)| !rejected.iter().any(|r| &r.name == n));
+    if !versions.is_empty() {
+        ctx.state.set_versions(kind, &versions);
+    }
+}
+
 type HandlerResult = Result<(), Vec<xds_client::Rejected>>;
 
 fn result(rejected: Vec<crate::state::Rejected>) -> HandlerResult {
@@ -292,9 +305,7 @@ fn on_clusters(ctx: &Ctx, mut u: Update<cpb::Cluster>) -> HandlerResult {
     let rejected = ctx
         .state
         .apply_clusters(&msgs, &u.removed, false, &u.version_info, false);
-    if !versions.is_empty() {
-        ctx.state.set_versions(Kind::Cluster, &versions);
-    }
+    record_versions(ctx, Kind::Cluster, versions, &rejected);
     ctx.subscribe(type_url::ENDPOINT, ctx.state.load().referenced_endpoints());
     tracing::debug!(version = %u.version_info, clusters = msgs.len(), removed = u.removed.len(), "CDS update");
     result(rejected)
@@ -305,9 +316,7 @@ fn on_listeners(ctx: &Ctx, mut u: Update<lpb::Listener>) -> HandlerResult {
     let rejected = ctx
         .state
         .apply_listeners(&msgs, &u.removed, false, &u.version_info, false);
-    if !versions.is_empty() {
-        ctx.state.set_versions(Kind::Listener, &versions);
-    }
+    record_versions(ctx, Kind::Listener, versions, &rejected);
     // Route configurations no listener references any more are unsubscribed but kept: a
     // removed listener's open connections still route with them until they close.
     let referenced = ctx.state.load().referenced_routes();
@@ -321,9 +330,7 @@ fn on_routes(ctx: &Ctx, mut u: Update<rpb::RouteConfiguration>) -> HandlerResult
     let rejected = ctx
         .state
         .apply_routes(&msgs, &u.removed, &u.version_info, false);
-    if !versions.is_empty() {
-        ctx.state.set_versions(Kind::Route, &versions);
-    }
+    record_versions(ctx, Kind::Route, versions, &rejected);
     result(rejected)
 }
 
@@ -335,9 +342,7 @@ fn on_endpoints(ctx: &Ctx, mut u: Update<epb::ClusterLoadAssignment>) -> Handler
         ..Default::default()
     }));
     let rejected = ctx.state.apply_endpoints(&msgs, &u.version_info);
-    if !versions.is_empty() {
-        ctx.state.set_versions(Kind::Endpoint, &versions);
-    }
+    record_versions(ctx, Kind::Endpoint, versions, &rejected);
     result(rejected)
 }
 

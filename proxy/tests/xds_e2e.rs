@@ -261,6 +261,26 @@ async fn delta_add_update_remove() {
     .await;
     let got = Client::new(addr).get("/").await.unwrap();
     assert_eq!((got.upstream.as_str(), got.version.as_str()), ("b", "v2"));
+    // A rejected delta resource keeps its previous version (in config_dump too).
+    let mut bad = route_to("r", "b", "v3");
+    bad.virtual_hosts[0].domains = vec!["*".into(), "*".into()];
+    ads.respond_delta(
+        RDS,
+        "",
+        "bad",
+        [delta_resource("r", "rv3", xds_client::testing::any(bad))],
+        &[],
+    );
+    let nack = ads
+        .next_matching("RDS nack", |r| {
+            matches!(&r.request, xds_client::testing::Received::Delta(q) if q.response_nonce == "bad")
+        })
+        .await
+        .request
+        .delta();
+    let detail = nack.error_detail.expect("NACK").message;
+    assert!(detail.starts_with("r: "), "{detail}");
+    assert_eq!(env.app.state.load().routes["r"].meta.version, "rv2");
     ads.respond_delta(CDS, "s2", "d6", [], &["a"]);
     let ack = ads.next_matching("CDS ack d6", |r| matches!(&r.request, xds_client::testing::Received::Delta(q) if q.response_nonce == "d6")).await;
     assert!(ack.request.delta().error_detail.is_none());
@@ -403,4 +423,109 @@ async fn route_table_swapped_20_times_a_second_under_load() {
         "every response from one of the two versions, both seen"
     );
     println!("route swap: {swaps} swaps in ~3 s, {ok} requests, 0 failed");
+}
+
+/// Kills the child process it holds (one we started) when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn meta_str(node: &envoy_types::pb::envoy::config::core::v3::Node, key: &str) -> String {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    match node
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get(key))
+        .and_then(|v| v.kind.as_ref())
+    {
+        Some(Kind::StringValue(s)) => s.clone(),
+        other => panic!("metadata {key}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn cli_flags_and_istio_environment_reach_the_control_plane() {
+    let ads = xds_client::testing::FakeAds::start().await;
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--admin-address", "127.0.0.1:0", "--xds-delta"])
+        .args(["--xds-address", &format!("grpc://{}", ads.addr())])
+        .args([
+            "--role",
+            "router",
+            "--pod-ip",
+            "10.1.2.3",
+            "--pod-name",
+            "gw-1",
+            "--namespace",
+            "istio-system",
+        ])
+        .env("ISTIO_META_CLUSTER_ID", "east")
+        .env("ISTIO_META_MESH_ID", "mesh1")
+        .env_remove("POD_NAME")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("sluice binary starts");
+    let _child = Child(child);
+    let first = ads.next_delta(CDS).await;
+    let node = first.node.expect("node on the first request");
+    assert_eq!(
+        node.id,
+        "router~10.1.2.3~gw-1.istio-system~istio-system.svc.cluster.local"
+    );
+    assert_eq!(meta_str(&node, "CLUSTER_ID"), "east");
+    assert_eq!(meta_str(&node, "MESH_ID"), "mesh1");
+    assert_eq!(meta_str(&node, "NAMESPACE"), "istio-system");
+}
+
+#[tokio::test]
+async fn bootstrap_ads_config_points_at_a_static_cluster() {
+    let ads = xds_client::testing::FakeAds::start().await;
+    let dir = std::env::temp_dir().join(format!("sluice-xds-boot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bootstrap.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"node: {{id: "sidecar~10.9.9.9~boot.ns~ns.svc.cluster.local", cluster: boot.ns}}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds-grpc}}}}]
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds-grpc
+    type: STATIC
+    load_assignment:
+      cluster_name: xds-grpc
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}
+"#,
+            ads.addr().port()
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--admin-address", "127.0.0.1:0", "-c"])
+        .arg(&file)
+        .env_remove("POD_NAME")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("sluice binary starts");
+    let _child = Child(child);
+    let first = ads.next_sotw(CDS).await;
+    let node = first.node.expect("node");
+    assert_eq!(node.id, "sidecar~10.9.9.9~boot.ns~ns.svc.cluster.local");
+    assert_eq!(node.cluster, "boot.ns");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -128,8 +128,9 @@ async fn apply_clusters(n: usize) {
         .map(|c| sluice::model::cluster::Cluster::from_proto(c).unwrap())
         .collect();
     println!(
-        "  of which the validated Cluster models (incl. their proto): {} B each",
-        (live() - live0) / n as isize
+        "  of which the validated Cluster models (incl. their proto): {} B each; size_of::<pb Cluster>() = {} B",
+        (live() - live0) / n as isize,
+        std::mem::size_of::<Cluster>()
     );
     drop(models);
     let state = State::new();
