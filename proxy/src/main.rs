@@ -21,10 +21,89 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once at startup; the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the proxy.
     Run(RunArgs),
+    /// Check a route table against test cases, like Envoy's router_check_tool.
+    RouteCheck(RouteCheckArgs),
+    /// Print the Envoy resources generated from a directory of Istio/Kubernetes YAML, as JSON.
+    Translate(TranslateArgs),
+}
+
+#[derive(clap::Args)]
+struct RouteCheckArgs {
+    /// RouteConfiguration (YAML or JSON).
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    /// Test file (router_check_tool format, JSON or YAML).
+    #[arg(long, short = 't')]
+    tests: PathBuf,
+    /// Print every test and its failures.
+    #[arg(long, short = 'd')]
+    details: bool,
+    /// Print only failing tests.
+    #[arg(long)]
+    only_show_failures: bool,
+}
+
+/// Which proxy the Istio config is translated for.
+#[derive(clap::Args, Clone)]
+struct NodeArgs {
+    /// Proxy role: sidecar, or router (a gateway).
+    #[arg(long, default_value = "sidecar", value_parser = ["sidecar", "router"])]
+    role: String,
+    /// The proxy's namespace.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// The workload's labels, k=v,k2=v2.
+    #[arg(long, default_value = "")]
+    labels: String,
+    /// The workload's IP.
+    #[arg(long)]
+    pod_ip: Option<String>,
+    /// Traffic capture: redirect (iptables to 15001/15006) or none (bind 127.0.0.1:PORT per
+    /// outbound port, as Istio's NONE interception mode).
+    #[arg(long, default_value = "redirect", value_parser = ["redirect", "none"])]
+    interception: String,
+}
+
+impl NodeArgs {
+    fn node(&self) -> anyhow::Result<sluice::istio::Node> {
+        let mut labels = std::collections::BTreeMap::new();
+        for kv in self.labels.split(',').filter(|s| !s.trim().is_empty()) {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--labels: {kv:?} is not k=v"))?;
+            labels.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        Ok(sluice::istio::Node {
+            role: if self.role == "router" {
+                sluice::istio::Role::Router
+            } else {
+                sluice::istio::Role::Sidecar
+            },
+            namespace: self.namespace.clone(),
+            labels,
+            ip: self.pod_ip.clone(),
+            interception: if self.interception == "none" {
+                sluice::istio::Interception::None
+            } else {
+                sluice::istio::Interception::Redirect
+            },
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct TranslateArgs {
+    /// Directory (or file) of Istio/Kubernetes YAML.
+    #[arg(long)]
+    config_dir: PathBuf,
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
 #[derive(clap::Args)]
@@ -41,17 +120,36 @@ struct RunArgs {
     /// How long a drain (SIGTERM, /quitquitquit) waits for open connections, e.g. 5s, 500ms.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_time: Duration,
+    /// Worker threads (Envoy's --concurrency); default: the CPUs this process may run on.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Serve the mesh DNS proxy on this address (UDP and TCP), e.g. 127.0.0.1:15053.
+    #[arg(long)]
+    dns_address: Option<SocketAddr>,
+    /// Mesh hosts the DNS proxy answers for (hosts-file format: `ip name…`).
+    #[arg(long)]
+    dns_hosts: Option<PathBuf>,
+    /// resolv.conf whose nameservers the DNS proxy forwards to and whose search domains it
+    /// answers locally.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    dns_resolv_conf: PathBuf,
     /// Log level or filter (trace, debug, info, warn, error; or EnvFilter directives).
     #[arg(long, default_value = "info", env = "SLUICE_LOG")]
     log_level: String,
+    /// Run on a directory of Istio/Kubernetes YAML (no control plane); edits apply live.
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeArgs,
     #[command(flatten)]
     xds: XdsArgs,
 }
 
 /// Control plane and node identity. Without `--xds-address`, a bootstrap's
-/// `dynamic_resources.ads_config` (pointing at a static cluster) is used if present.
-/// `POD_NAME`, `POD_NAMESPACE`, `INSTANCE_IP` and `ISTIO_META_*` are read as istio-agent does;
-/// flags win.
+/// `dynamic_resources.ads_config` (pointing at a static cluster) is used if present. The node
+/// sent to the control plane reads `POD_NAME`, `POD_NAMESPACE`, `INSTANCE_IP` and
+/// `ISTIO_META_*` as istio-agent does; `--role`, `--pod-ip`, `--labels`, `--interception` and a
+/// non-default `--namespace` (see NodeArgs) and the flags below win.
 #[derive(clap::Args)]
 struct XdsArgs {
     /// ADS server, grpc://HOST:PORT (plaintext).
@@ -69,20 +167,15 @@ struct XdsArgs {
     /// Node cluster; default <app label>.<namespace>, else istio-proxy.
     #[arg(long)]
     node_cluster: Option<String>,
-    /// sidecar or router (gateways).
-    #[arg(long, value_parser = ["sidecar", "router"])]
-    role: Option<String>,
-    #[arg(long)]
-    pod_ip: Option<String>,
+    /// The pod's name (for the node id).
     #[arg(long)]
     pod_name: Option<String>,
-    #[arg(long)]
-    namespace: Option<String>,
 }
 
 /// Where to get dynamic configuration, if anywhere.
 fn xds_options(
     a: &XdsArgs,
+    n: &NodeArgs,
     bootstrap: Option<&envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap>,
 ) -> anyhow::Result<Option<sluice::xds::XdsOptions>> {
     let (address, delta) = match (&a.xds_address, bootstrap) {
@@ -94,21 +187,26 @@ fn xds_options(
         (None, None) => return Ok(None),
     };
     let mut s = xds_client::NodeSettings::from_env().context("node metadata from environment")?;
-    if let Some(r) = &a.role {
-        s.proxy_type = if r == "router" {
-            xds_client::ProxyType::Router
-        } else {
-            xds_client::ProxyType::Sidecar
-        };
+    if n.role == "router" {
+        s.proxy_type = xds_client::ProxyType::Router;
     }
-    if let Some(v) = &a.pod_ip {
+    if let Some(v) = &n.pod_ip {
         s.ip = v.clone();
     }
     if let Some(v) = &a.pod_name {
         s.pod_name = v.clone();
     }
-    if let Some(v) = &a.namespace {
-        s.namespace = v.clone();
+    if n.namespace != "default" || s.namespace.is_empty() {
+        s.namespace = n.namespace.clone();
+    }
+    for kv in n.labels.split(',').filter(|kv| !kv.trim().is_empty()) {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--labels: {kv:?} is not k=v"))?;
+        s.labels.insert(k.trim().into(), v.trim().into());
+    }
+    if n.interception == "none" {
+        s.interception_mode = "NONE".into();
     }
     if let Some(v) = &a.node_cluster {
         s.cluster = Some(v.clone());
@@ -117,7 +215,7 @@ fn xds_options(
     if let Some(id) = &a.node_id {
         node.id = id.clone();
     } else if let Some(bn) = bootstrap.and_then(|b| b.node.as_ref()) {
-        // An Envoy bootstrap's node, when flags and environment say nothing.
+        // An Envoy bootstrap's node, when flags and environment name no pod.
         if s.pod_name.is_empty() && !bn.id.is_empty() {
             node.id = bn.id.clone();
             if a.node_cluster.is_none() && !bn.cluster.is_empty() {
@@ -149,9 +247,46 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+fn translate(args: TranslateArgs) -> anyhow::Result<()> {
+    let node = args.node.node()?;
+    let r = sluice::istio::translate_dir(&args.config_dir, &node)?;
+    for m in &r.messages {
+        eprintln!("{m}");
+    }
+    println!("{}", serde_json::to_string_pretty(&r.to_json())?);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::RouteCheck(a) => {
+            let opts = sluice::route::check::CheckOptions {
+                details: a.details,
+                only_show_failures: a.only_show_failures,
+            };
+            match sluice::route::check::run(&a.config, &a.tests, &opts) {
+                Ok(report) => {
+                    print!("{}", report.render(&opts));
+                    if report.passed() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("sluice route-check: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Translate(args) => match translate(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -185,12 +320,41 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(p) => Some(sluice::config::bootstrap::load(p)?),
         None => None,
     };
-    let xds = xds_options(&args.xds, bootstrap.as_ref())?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
+    let xds = xds_options(&args.xds, &args.node, bootstrap.as_ref())?;
+    anyhow::ensure!(
+        xds.is_none() || args.config_dir.is_none(),
+        "--config-dir and an xDS control plane are exclusive"
+    );
+    let istio = match &args.config_dir {
+        Some(dir) => {
+            anyhow::ensure!(
+                dir.exists(),
+                "--config-dir {} does not exist",
+                dir.display()
+            );
+            Some((dir.clone(), args.node.node()?))
+        }
+        None => None,
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.concurrency {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.enable_all().build().context("tokio runtime")?;
+    let dns = match args.dns_address {
+        Some(addr) => Some((
+            addr,
+            sluice::dns::Proxy::from_files(
+                args.dns_hosts.as_deref().and_then(|p| p.to_str()),
+                args.dns_resolv_conf.to_str().unwrap_or("/etc/resolv.conf"),
+            )?,
+        )),
+        None => None,
+    };
     rt.block_on(async move {
+        if let Some((addr, proxy)) = dns {
+            proxy.bind_and_serve(addr).await?;
+        }
         let app = sluice::app::App::start(sluice::app::Options {
             bootstrap,
             admin_address: args.admin_address,
@@ -199,6 +363,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         })
         .await?;
         let _xds = xds.map(|o| app.start_xds(o));
+        if let Some((dir, node)) = istio {
+            tokio::spawn(sluice::istio::run::watch(
+                app.state.clone(),
+                dir,
+                node,
+                Duration::from_secs(1),
+            ));
+        }
         app.run().await;
         Ok(())
     })

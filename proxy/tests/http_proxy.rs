@@ -352,3 +352,253 @@ async fn websocket_upgrade_passes_through() {
     s.read_exact(&mut echo).await.unwrap();
     assert_eq!(&echo, b"frames both ways");
 }
+
+#[tokio::test]
+async fn connect_tunnels_tcp_and_is_refused_when_not_enabled() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = tcp_echo().await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {connect_matcher: {}}
+                route:
+                  cluster: connect_up
+                  upgrade_configs: [{upgrade_type: CONNECT}]
+              - match: {prefix: /}
+                direct_response: {status: 200}
+"#;
+    let app = sluice(&bootstrap(
+        &http_listener("connect", vh, ""),
+        &cluster("connect_up", &[echo], ""),
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(app.listener_address("connect").unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"CONNECT echo.internal:7 HTTP/1.1\r\nHost: echo.internal:7\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    s.write_all(b"through the tunnel").await.unwrap();
+    let mut echo_back = [0u8; 18];
+    s.read_exact(&mut echo_back).await.unwrap();
+    assert_eq!(&echo_back, b"through the tunnel");
+
+    // Without the route's upgrade config (and none on the connection manager for CONNECT): 403.
+    let vh = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {connect_matcher: {}}\n                route: {cluster: connect_up2}\n";
+    let app = sluice(&bootstrap(
+        &http_listener("noconnect", vh, ""),
+        &cluster("connect_up2", &[echo], ""),
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(app.listener_address("noconnect").unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"CONNECT echo.internal:7 HTTP/1.1\r\nHost: echo.internal:7\r\n\r\n")
+        .await
+        .unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 403"));
+}
+
+#[tokio::test]
+async fn mirrored_requests_reach_the_shadow_cluster() {
+    let main = upstream("main", Behaviour::Echo).await;
+    let shadow = upstream("shadow", Behaviour::Status(500)).await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /}
+                route:
+                  cluster: mirror_main
+                  request_mirror_policies:
+                  - cluster: mirror_shadow
+                    runtime_fraction: {default_value: {numerator: 50}}
+"#;
+    let app = sluice(&bootstrap(
+        &http_listener("mirror", vh, ""),
+        &(cluster("mirror_main", &[main.addr], "") + &cluster("mirror_shadow", &[shadow.addr], "")),
+    ))
+    .await;
+    let mut c = H1::connect(app.listener_address("mirror").unwrap()).await;
+    let n = 400;
+    for _ in 0..n {
+        let r = c.get("reviews:9080", "/").await;
+        // The shadow's 500s never reach the client.
+        assert_eq!(r.status, 200);
+        assert_eq!(r.field("name"), Some("main"));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let shadowed = shadow.requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (140..=260).contains(&shadowed),
+        "{shadowed} of {n} mirrored, want ~50%"
+    );
+    assert_eq!(main.requests.load(std::sync::atomic::Ordering::SeqCst), n);
+}
+
+#[tokio::test]
+async fn dns_clusters_resolve_hostnames() {
+    let a = upstream("a", Behaviour::Echo).await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /strict}
+                route: {cluster: dns_strict}
+              - match: {prefix: /logical}
+                route: {cluster: dns_logical}
+"#;
+    let dns = |name: &str, kind: &str| {
+        format!(
+            "  - name: {name}\n    type: {kind}\n    connect_timeout: 1s\n    dns_lookup_family: V4_ONLY\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{socket_address: {{address: localhost, port_value: {}}}}}}}\n",
+            a.addr.port()
+        )
+    };
+    let app = sluice(&bootstrap(
+        &http_listener("dns", vh, ""),
+        &(dns("dns_strict", "STRICT_DNS") + &dns("dns_logical", "LOGICAL_DNS")),
+    ))
+    .await;
+    let mut c = H1::connect(app.listener_address("dns").unwrap()).await;
+    // Resolution is asynchronous: wait for it to land.
+    let mut ok = false;
+    for _ in 0..50 {
+        if c.get("h", "/strict").await.status == 200 && c.get("h", "/logical").await.status == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ok, "DNS clusters never resolved localhost");
+}
+
+#[tokio::test]
+async fn edge_proxy_appends_x_forwarded_for() {
+    let a = upstream("a", Behaviour::Echo).await;
+    let vh = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: xff_up}\n";
+    let listener = http_listener("xff", vh, "").replace(
+        "          stat_prefix: xff\n",
+        "          stat_prefix: xff\n          use_remote_address: true\n",
+    );
+    let app = sluice(&bootstrap(&listener, &cluster("xff_up", &[a.addr], ""))).await;
+    let mut c = H1::connect(app.listener_address("xff").unwrap()).await;
+    let r = c
+        .send(
+            Request::get("/")
+                .header("host", "h")
+                .header("x-forwarded-for", "203.0.113.9")
+                .header("x-request-id", "client-chosen")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        r.seen_header("x-forwarded-for"),
+        Some("203.0.113.9,127.0.0.1")
+    );
+    // An edge proxy does not trust the client's request id.
+    assert_ne!(r.seen_header("x-request-id"), Some("client-chosen"));
+    // A sidecar (use_remote_address false) leaves XFF and keeps the request id.
+    let app = sluice(&bootstrap(
+        &http_listener("noxff", vh.replace("xff_up", "noxff_up").as_str(), ""),
+        &cluster("noxff_up", &[a.addr], ""),
+    ))
+    .await;
+    let mut c = H1::connect(app.listener_address("noxff").unwrap()).await;
+    let r = c
+        .send(
+            Request::get("/")
+                .header("host", "h")
+                .header("x-forwarded-for", "203.0.113.9")
+                .header("x-request-id", "client-chosen")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.seen_header("x-forwarded-for"), Some("203.0.113.9"));
+    assert_eq!(r.seen_header("x-request-id"), Some("client-chosen"));
+}
+
+#[tokio::test]
+async fn normalize_path_applies_before_routing() {
+    let a = upstream("a", Behaviour::Echo).await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /admin}
+                direct_response: {status: 403, body: {inline_string: denied}}
+              - match: {prefix: /}
+                route: {cluster: norm_up}
+"#;
+    let listener = http_listener("norm", vh, "").replace(
+        "          stat_prefix: norm\n",
+        "          stat_prefix: norm\n          normalize_path: true\n          merge_slashes: true\n",
+    );
+    let app = sluice(&bootstrap(&listener, &cluster("norm_up", &[a.addr], ""))).await;
+    let mut c = H1::connect(app.listener_address("norm").unwrap()).await;
+    let r = c.get("h", "/public/../admin/users").await;
+    assert_eq!((r.status, r.body.as_str()), (403, "denied"));
+    let r = c.get("h", "//public//./page?q=/../x").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.field("path"), Some("/public/page?q=/../x"));
+}
+
+#[tokio::test]
+async fn max_requests_circuit_breaker_overflows_fast() {
+    // An upstream that holds every request for a while.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
+                        "slow",
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let vh = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: cb_up}\n";
+    let cb = "    circuit_breakers: {thresholds: [{max_requests: 2}]}\n";
+    let app = sluice(&bootstrap(
+        &http_listener("cb", vh, ""),
+        &cluster("cb_up", &[slow], cb),
+    ))
+    .await;
+    let addr = app.listener_address("cb").unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = H1::connect(addr).await;
+            c.get("h", "/").await.status
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    codes.sort();
+    assert_eq!(codes, [200, 200, 503, 503, 503, 503], "{codes:?}");
+    let stats = admin_get(&app, "/stats?filter=cb_up").await.body;
+    assert!(
+        stats.contains("cluster.cb_up.upstream_rq_pending_overflow: 4"),
+        "{stats}"
+    );
+}

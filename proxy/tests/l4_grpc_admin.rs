@@ -286,3 +286,50 @@ async fn quitquitquit_drains_then_stops_accepting() {
         "still accepting"
     );
 }
+
+#[tokio::test]
+async fn server_first_protocol_skips_detection_wait() {
+    // An SMTP-like server speaks first. The listener has both inspectors, but no filter chain
+    // for this port depends on what they would find, so Sluice must not wait for client bytes.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let smtp = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"220 mail.test ESMTP\r\n").await;
+                let mut b = [0u8; 64];
+                let _ = s.read(&mut b).await;
+            });
+        }
+    });
+    let listener = r#"  - name: server_first
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    listener_filters_timeout: 5s
+    listener_filters:
+    - name: envoy.filters.listener.tls_inspector
+      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}
+    - name: envoy.filters.listener.http_inspector
+      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: smtp
+          cluster: smtp_c
+"#;
+    let cfg = format!(
+        "static_resources:\n  listeners:\n{listener}  clusters:\n{}",
+        cluster("smtp_c", &[smtp], "")
+    );
+    let app = sluice(&cfg).await;
+    let mut s = tokio::net::TcpStream::connect(app.listener_address("server_first").unwrap())
+        .await
+        .unwrap();
+    let mut banner = [0u8; 21];
+    tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut banner))
+        .await
+        .expect("banner arrives without waiting for the 5s detection timeout")
+        .unwrap();
+    assert_eq!(&banner, b"220 mail.test ESMTP\r\n");
+}

@@ -164,6 +164,7 @@ impl ClusterRt {
                 connect_timeout: cfg.connect_timeout,
                 idle_timeout: cfg.idle_timeout,
                 max_requests_per_connection: cfg.max_requests_per_connection,
+                source: cfg.upstream_bind,
             },
             endpoints: ArcSwap::from_pointee(set),
             orig_dst_hosts: Mutex::new(HashMap::new()),

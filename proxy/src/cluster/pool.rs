@@ -3,7 +3,7 @@
 //! closed while idle never fails a request: the request comes back unsent and goes out on a
 //! fresh connection.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -51,6 +51,20 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     pub max_requests_per_connection: Option<u32>,
+    /// The cluster's `upstream_bind_config` source address (Istio binds 127.0.0.6 inbound).
+    pub source: Option<IpAddr>,
+}
+
+/// Where an upstream connection comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Source {
+    /// Local address to bind before connecting (port chosen by the kernel).
+    pub bind: Option<IpAddr>,
+    /// Bind a non-local address (`IP_TRANSPARENT`): the downstream's own source address, as
+    /// Envoy's `original_src` listener filter does under TPROXY. Needs `CAP_NET_ADMIN`.
+    pub transparent: bool,
+    /// `SO_MARK` for the upstream socket (`original_src`'s `mark`); needs `CAP_NET_ADMIN`.
+    pub mark: Option<u32>,
 }
 
 struct Idle {
@@ -76,12 +90,56 @@ impl std::fmt::Debug for Pool {
 
 /// Opens a TCP connection with the cluster's connect timeout and TCP_NODELAY.
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    connect_from(addr, timeout, Source::default()).await
+}
+
+/// Opens a TCP connection from `src` (bound source address, transparent, mark).
+pub async fn connect_from(
+    addr: SocketAddr,
+    timeout: Duration,
+    src: Source,
+) -> Result<TcpStream, UpstreamError> {
+    let connecting = async {
+        if src == Source::default() {
+            return TcpStream::connect(addr).await;
+        }
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        let raw = socket2::SockRef::from(&sock);
+        if src.transparent {
+            if addr.is_ipv4() {
+                raw.set_ip_transparent_v4(true)?;
+            } else {
+                raw.set_ip_transparent_v6(true)?;
+            }
+        }
+        if let Some(mark) = src.mark.filter(|m| *m != 0) {
+            raw.set_mark(mark)?;
+        }
+        if let Some(ip) = src.bind.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+            sock.bind(SocketAddr::new(ip, 0))?;
+        }
+        sock.connect(addr).await
+    };
+    match tokio::time::timeout(timeout, connecting).await {
         Err(_) => Err(UpstreamError::ConnectTimeout),
         Ok(Err(e)) => Err(UpstreamError::Connect(e)),
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             Ok(s)
+        }
+    }
+}
+
+impl PoolSettings {
+    /// The source for this cluster's connections.
+    pub fn src(&self) -> Source {
+        Source {
+            bind: self.source,
+            ..Source::default()
         }
     }
 }
@@ -117,7 +175,7 @@ impl Pool {
                 },
             }
         }
-        let stream = connect(addr, settings.connect_timeout).await?;
+        let stream = connect_from(addr, settings.connect_timeout, settings.src()).await?;
         on_new_connection();
         let (mut tx, conn) = http1::Builder::new()
             .preserve_header_case(false)
@@ -212,7 +270,8 @@ impl Pool {
             let mut tx = match existing {
                 Some(tx) => tx,
                 None => {
-                    let stream = connect(addr, settings.connect_timeout).await?;
+                    let stream =
+                        connect_from(addr, settings.connect_timeout, settings.src()).await?;
                     on_new_connection();
                     let (tx, conn) = http2::Builder::new(TokioExecutor::new())
                         .timer(hyper_util::rt::TokioTimer::new())

@@ -54,43 +54,20 @@ fn options() -> DeserializeOptions {
 }
 
 /// Decodes `text` as the fully qualified message `full_name` into a `DynamicMessage`.
+/// Both formats are read into a JSON value first (YAML resolves anchors and merges there;
+/// syntax errors keep their line and column), then take one decoding path.
 pub fn decode_dynamic(
     full_name: &str,
     text: &str,
     format: Format,
 ) -> Result<DynamicMessage, DecodeError> {
-    let desc = pool()
-        .get_message_by_name(full_name)
-        .ok_or_else(|| DecodeError::UnknownType(full_name.to_string()))?;
-    let mut track = serde_path_to_error::Track::new();
-    let result = match format {
-        Format::Json => {
-            let mut de = serde_json::Deserializer::from_str(text);
-            let r = DynamicMessage::deserialize_with_options(
-                desc,
-                serde_path_to_error::Deserializer::new(&mut de, &mut track),
-                &options(),
-            );
-            r.map_err(|e| e.to_string())
-        }
+    let value: serde_json::Value = match format {
+        Format::Json => serde_json::from_str(text).map_err(|e| DecodeError::Syntax(e.to_string())),
         Format::Yaml => {
-            // YAML is read into a JSON value first: it resolves anchors and merges and lets one
-            // code path handle both formats. Syntax errors keep their line and column.
-            let mut value: serde_json::Value =
-                serde_yaml_ng::from_str(text).map_err(|e| DecodeError::Syntax(e.to_string()))?;
-            strip_root_type(full_name, &mut value)?;
-            let r = DynamicMessage::deserialize_with_options(
-                desc,
-                serde_path_to_error::Deserializer::new(value, &mut track),
-                &options(),
-            );
-            r.map_err(|e| e.to_string())
+            serde_yaml_ng::from_str(text).map_err(|e| DecodeError::Syntax(e.to_string()))
         }
-    };
-    result.map_err(|message| DecodeError::Field {
-        path: display_path(&track.path()),
-        message,
-    })
+    }?;
+    decode_value(full_name, value)
 }
 
 /// Decodes a JSON value (already parsed) into a `DynamicMessage` of type `full_name`.
@@ -102,6 +79,7 @@ pub fn decode_value(
     let desc = pool()
         .get_message_by_name(full_name)
         .ok_or_else(|| DecodeError::UnknownType(full_name.to_string()))?;
+    normalize(&mut value, &desc);
     let mut track = serde_path_to_error::Track::new();
     DynamicMessage::deserialize_with_options(
         desc,
@@ -112,6 +90,79 @@ pub fn decode_value(
         path: display_path(&track.path()),
         message: e.to_string(),
     })
+}
+
+/// Envoy's loader also takes a `google.protobuf.Duration` written as `{seconds, nanos}` (the
+/// proto3 JSON mapping only has the `"1.5s"` string). Rewrites that form, following the schema
+/// (through `Any` by its `@type`), before the strict decoder sees it.
+fn normalize(value: &mut serde_json::Value, desc: &prost_reflect::MessageDescriptor) {
+    use prost_reflect::{Kind, MessageDescriptor};
+    use serde_json::Value;
+    fn visit(v: &mut Value, m: &MessageDescriptor) {
+        match m.full_name() {
+            "google.protobuf.Duration" => {
+                if let Value::Object(o) = v {
+                    if o.keys().all(|k| k == "seconds" || k == "nanos") {
+                        let num = |k: &str| {
+                            o.get(k)
+                                .and_then(|x| x.as_i64().or_else(|| x.as_str()?.parse().ok()))
+                                .unwrap_or(0)
+                        };
+                        let (s, n) = (num("seconds"), num("nanos"));
+                        *v = Value::String(if n == 0 {
+                            format!("{s}s")
+                        } else {
+                            format!("{s}.{:09}s", n.unsigned_abs())
+                        });
+                    }
+                }
+                return;
+            }
+            "google.protobuf.Any" => {
+                let inner = v
+                    .get("@type")
+                    .and_then(|t| t.as_str())
+                    .and_then(|t| pool().get_message_by_name(any_type_name(t)));
+                if let Some(inner) = inner {
+                    visit(v, &inner);
+                }
+                return;
+            }
+            "google.protobuf.Struct" | "google.protobuf.Value" | "google.protobuf.ListValue" => {
+                return
+            }
+            _ => {}
+        }
+        let Value::Object(o) = v else { return };
+        for (k, child) in o.iter_mut() {
+            let Some(f) = m
+                .get_field_by_name(k)
+                .or_else(|| m.get_field_by_json_name(k))
+            else {
+                continue;
+            };
+            let Kind::Message(cm) = f.kind() else {
+                continue;
+            };
+            if f.is_map() {
+                let vf = cm.map_entry_value_field();
+                if let (Kind::Message(vm), Value::Object(entries)) = (vf.kind(), child) {
+                    for e in entries.values_mut() {
+                        visit(e, &vm);
+                    }
+                }
+            } else if f.is_list() {
+                if let Value::Array(items) = child {
+                    for i in items {
+                        visit(i, &cm);
+                    }
+                }
+            } else {
+                visit(child, &cm);
+            }
+        }
+    }
+    visit(value, desc);
 }
 
 /// A resource copied out of a config dump carries `"@type"` at its root; accept it when it
@@ -249,6 +300,17 @@ static_resources:
         let msg = err.to_string();
         assert!(msg.contains("virtual_hosts[0].routes[0].route"), "{msg}");
         assert!(msg.contains("clustr"), "{msg}");
+    }
+
+    #[test]
+    fn duration_object_form_is_accepted() {
+        let text = "virtual_hosts:\n- name: a\n  domains: ['*']\n  routes:\n  - match: {prefix: /}\n    route: {cluster: c, timeout: {seconds: 2, nanos: 500000000}}\n";
+        let rc: RouteConfiguration = decode(text, Format::Yaml).unwrap();
+        let v = to_json(&rc);
+        assert_eq!(
+            v["virtual_hosts"][0]["routes"][0]["route"]["timeout"],
+            "2.500s"
+        );
     }
 
     #[test]

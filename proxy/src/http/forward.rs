@@ -284,6 +284,12 @@ async fn send_once(
     mut req: Request<Body>,
 ) -> Result<Response<Body>, UpstreamError> {
     let stats = &cluster.stats;
+    // Circuit breaker: Envoy's `max_requests` (Istio's http2MaxRequests) caps requests in
+    // flight to the cluster; over it the request fails fast with an overflow.
+    if stats.upstream_rq_active.get() >= cluster.cfg.max_requests as i64 {
+        stats.upstream_rq_pending_overflow.inc();
+        return Err(UpstreamError::Overflow("max_requests"));
+    }
     stats.upstream_rq_total.inc();
     stats.upstream_rq_active.inc();
     host.active.fetch_add(1, Ordering::Relaxed);
@@ -338,4 +344,113 @@ fn to_http1(req: &mut Request<Body>) {
         }
     }
     *req.version_mut() = http::Version::HTTP_11;
+}
+
+/// CONNECT: opens a TCP connection to a host of `cluster` and, once the downstream side has
+/// upgraded (after the 200), copies bytes both ways.
+pub async fn connect_tunnel(
+    cluster: &Arc<ClusterRt>,
+    hash: Option<u64>,
+    down: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<(), LocalReply> {
+    let down = down.ok_or(LocalReply {
+        status: 400,
+        body: "CONNECT without an upgradable connection",
+    })?;
+    let host = cluster.pick(hash, None, &|_| false).ok_or(NO_HEALTHY)?;
+    cluster.stats.upstream_cx_total.inc();
+    let mut up = crate::cluster::pool::connect(host.addr, cluster.cfg.connect_timeout)
+        .await
+        .map_err(|_| {
+            cluster.stats.upstream_cx_connect_fail.inc();
+            CONNECT_FAILURE
+        })?;
+    tokio::spawn(async move {
+        if let Ok(d) = down.await {
+            let mut d = hyper_util::rt::TokioIo::new(d);
+            let _ = tokio::io::copy_bidirectional(&mut d, &mut up).await;
+        }
+    });
+    Ok(())
+}
+
+/// Request mirroring (`request_mirror_policies`): a copy of the request goes to each mirror
+/// cluster whose fraction hits, with `-shadow` appended to the host, and its response is
+/// discarded. Requests with large or streaming bodies are not mirrored (their body cannot be
+/// copied without buffering it).
+pub async fn mirror(
+    conn: &Conn,
+    mirrors: &[crate::route::action::RequestMirror],
+    req: Request<Body>,
+    random: u64,
+) -> Request<Body> {
+    let hits: Vec<String> = mirrors
+        .iter()
+        .filter(|m| m.fraction.as_ref().is_none_or(|(_, f)| f.enabled(random)))
+        .filter_map(|m| match &m.cluster_header {
+            Some(h) => req
+                .headers()
+                .get(h.as_str())
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            None => Some(m.cluster.clone()),
+        })
+        .collect();
+    if hits.is_empty() {
+        return req;
+    }
+    let (req, copy) = replayable(req).await;
+    let Some((parts, bytes)) = copy else {
+        return req;
+    };
+    let snap = conn.state.load_full();
+    for name in hits {
+        let Some(cluster) = snap.cluster(&name).cloned() else {
+            continue;
+        };
+        let mut p = clone_parts(&parts);
+        shadow_host(&mut p);
+        let r = Request::from_parts(p, body::full(bytes.clone()));
+        let state = conn.state.clone();
+        let hcm = conn.hcm.clone();
+        let info = conn.info.clone();
+        let stats = conn.stats.clone();
+        let http2 = conn.http2;
+        tokio::spawn(async move {
+            let shadow = Conn {
+                state,
+                hcm,
+                info,
+                stats,
+                http2,
+            };
+            if let Some(host) = cluster.pick(None, None, &|_| false) {
+                if let Ok(resp) = send_once(&shadow, &cluster, &host, r).await {
+                    let _ = resp.into_body().collect().await;
+                }
+            }
+        });
+    }
+    req
+}
+
+fn shadow_host(p: &mut http::request::Parts) {
+    let host = p
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            p.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let shadowed = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => {
+            format!("{h}-shadow:{port}")
+        }
+        _ => format!("{host}-shadow"),
+    };
+    crate::route::headers::set_authority(p, &shadowed);
 }

@@ -59,24 +59,30 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// A random UUID v4, as Envoy generates for `x-request-id`.
+/// A random UUID v4, as Envoy generates for `x-request-id`, formatted without allocating
+/// intermediate strings.
 pub fn uuid4() -> String {
-    let a = fastrand::u64(..);
-    let b = fastrand::u64(..);
+    String::from_utf8(uuid4_bytes().to_vec()).expect("ascii")
+}
+
+fn uuid4_bytes() -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&a.to_be_bytes());
-    bytes[8..].copy_from_slice(&b.to_be_bytes());
+    bytes[..8].copy_from_slice(&fastrand::u64(..).to_be_bytes());
+    bytes[8..].copy_from_slice(&fastrand::u64(..).to_be_bytes());
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    let mut out = [b'-'; 36];
+    let mut o = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            o += 1;
+        }
+        out[o] = HEX[(b >> 4) as usize];
+        out[o + 1] = HEX[(b & 0xf) as usize];
+        o += 2;
+    }
+    out
 }
 
 /// Applies the connection manager's request header rules. Returns the request id.
@@ -118,7 +124,7 @@ pub fn on_request(
     if hcm.generate_request_id {
         let keep = hcm.preserve_external_request_id || !hcm.use_remote_address;
         if !(keep && h.contains_key(&X_REQUEST_ID)) {
-            if let Ok(v) = HeaderValue::from_str(&uuid4()) {
+            if let Ok(v) = HeaderValue::from_bytes(&uuid4_bytes()) {
                 h.insert(X_REQUEST_ID.clone(), v);
             }
         }
@@ -151,6 +157,9 @@ mod tests {
         let u = uuid4();
         assert_eq!(u.len(), 36);
         assert_eq!(&u[14..15], "4");
+        assert_eq!(u.matches('-').count(), 4);
+        assert!([8, 13, 18, 23].iter().all(|i| &u[*i..*i + 1] == "-"), "{u}");
+        assert!(u.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
         assert_ne!(uuid4(), u);
     }
 }

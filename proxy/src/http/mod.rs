@@ -5,6 +5,7 @@
 pub mod fault;
 pub mod forward;
 pub mod headers;
+pub mod path;
 pub mod router;
 
 use std::convert::Infallible;

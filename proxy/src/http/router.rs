@@ -66,13 +66,19 @@ async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>, start: Instant)
     if header_bytes > conn.hcm.max_request_headers_kb as usize * 1024 {
         return local_reply(431, "");
     }
-    let upgrade = is_upgrade(&parts);
-    if let Some(u) = &upgrade {
-        if !conn.hcm.upgrades.iter().any(|c| c == u) {
-            // Envoy refuses upgrades it is not configured for.
-            return local_reply(403, "");
+    if !conn.hcm.path.is_noop() {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        match super::path::normalize(pq, conn.hcm.path) {
+            Ok(n) if n != pq => route::headers::set_path(&mut parts, &n),
+            Ok(_) => {}
+            Err(_) => return local_reply(400, ""),
         }
     }
+    let upgrade = is_upgrade(&parts);
     let down_upgrade = upgrade
         .as_ref()
         .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
@@ -124,6 +130,19 @@ async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>, start: Instant)
         }
         Selected::Direct { status, body, .. } => local_reply(*status, body.unwrap_or("")),
         Selected::Route { entry, cluster, .. } => {
+            // Upgrades (WebSocket, CONNECT) must be enabled: the route's setting for that
+            // type wins over the connection manager's, as in Envoy.
+            if let Some(u) = &upgrade {
+                let allowed = entry
+                    .upgrades
+                    .iter()
+                    .find(|(t, _)| t == u)
+                    .map(|(_, on)| *on)
+                    .unwrap_or_else(|| conn.hcm.upgrades.iter().any(|c| c == u));
+                if !allowed {
+                    return local_reply(403, "");
+                }
+            }
             // HTTP filters before the router: the fault filter.
             for f in &conn.hcm.filters {
                 if let HttpFilter::Fault(name, cfg) = f {
@@ -173,7 +192,16 @@ async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>, start: Instant)
             };
             table.finalize_request(&sel, &mut parts, &ctx);
             let hash = forward::request_hash(&entry.hash_policy, &parts, conn.info.remote);
-            let req = Request::from_parts(parts, body::boxed(body));
+            if parts.method == http::Method::CONNECT {
+                return match forward::connect_tunnel(&cluster_rt, hash, down_upgrade).await {
+                    Ok(()) => local_reply(200, ""),
+                    Err(LocalReply { status, body }) => local_reply(status, body),
+                };
+            }
+            let mut req = Request::from_parts(parts, body::boxed(body));
+            if !entry.request_mirrors.is_empty() {
+                req = forward::mirror(conn, &entry.request_mirrors, req, random).await;
+            }
             let sent = Instant::now();
             match forward::forward(conn, &cluster_rt, req, entry, hash, conn.info.local).await {
                 Ok(mut r) => {

@@ -13,6 +13,7 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::cluster::pool::Source;
 use crate::detect::{self, Detected};
 use crate::model::listener::Listener;
 use crate::model::network::NetworkFilter;
@@ -22,6 +23,12 @@ use crate::stats::registry;
 
 /// Binds a TCP listening socket the way Envoy does.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    bind_with(addr, false)
+}
+
+/// Binds a TCP listening socket; `transparent` sets `IP_TRANSPARENT` so TPROXY can hand it
+/// connections addressed elsewhere (needs `CAP_NET_ADMIN`).
+pub fn bind_with(addr: SocketAddr, transparent: bool) -> std::io::Result<TcpListener> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -29,6 +36,13 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     let s = Socket::new(domain, Type::STREAM, None)?;
     s.set_reuse_address(true)?;
+    if transparent {
+        if addr.is_ipv4() {
+            s.set_ip_transparent_v4(true)?;
+        } else {
+            s.set_ip_transparent_v6(true)?;
+        }
+    }
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
@@ -100,7 +114,8 @@ impl Manager {
 impl ListenerHost for Manager {
     fn start(&self, l: &Arc<Listener>) -> Result<(), String> {
         let addr = l.address.ok_or("listener has no address")?;
-        let sock = bind(addr).map_err(|e| format!("cannot bind {addr}: {e}"))?;
+        let sock =
+            bind_with(addr, l.transparent).map_err(|e| format!("cannot bind {addr}: {e}"))?;
         let bound = sock.local_addr().unwrap_or(addr);
         let (stop_tx, stop_rx) = watch::channel(false);
         let name = l.name.clone();
@@ -234,7 +249,15 @@ async fn handle(
         return;
     };
     match &chain.filter {
-        NetworkFilter::Tcp(t) => crate::tcp::proxy(stream, dst, t.clone(), snap).await,
+        NetworkFilter::Tcp(t) => {
+            // original_src (TPROXY): connect upstream from the client's own address.
+            let src = l.filters.original_src.map(|mark| Source {
+                bind: Some(peer.ip()),
+                transparent: true,
+                mark: Some(mark),
+            });
+            crate::tcp::proxy(stream, dst, t.clone(), snap, src).await
+        }
         NetworkFilter::Http(h) => {
             drop(snap);
             crate::http::serve(state, stream, ci, h.clone(), drain).await

@@ -65,6 +65,8 @@ pub struct Cluster {
     pub max_retries: u32,
     /// Static endpoints (STATIC, DNS hostnames, or inline EDS load_assignment).
     pub load_assignment: Option<Endpoints>,
+    /// `upstream_bind_config.source_address`: the local address upstream connections bind.
+    pub upstream_bind: Option<std::net::IpAddr>,
     pub proto: cpb::Cluster,
 }
 
@@ -175,6 +177,20 @@ impl Cluster {
         let th = |f: fn(&cpb::circuit_breakers::Thresholds) -> Option<u32>, default: u32| {
             thresholds.and_then(f).unwrap_or(default)
         };
+        let upstream_bind = match &c.upstream_bind_config {
+            Some(b) => Some(
+                b.source_address
+                    .as_ref()
+                    .and_then(|a| a.address.parse::<std::net::IpAddr>().ok())
+                    .ok_or_else(|| {
+                        err(
+                            "upstream_bind_config.source_address",
+                            "needs an IP address".into(),
+                        )
+                    })?,
+            ),
+            None => None,
+        };
         Ok(Cluster {
             name: c.name.clone(),
             discovery,
@@ -199,6 +215,7 @@ impl Cluster {
             max_requests: th(|t| t.max_requests.as_ref().map(|v| v.value), 1024),
             max_retries: th(|t| t.max_retries.as_ref().map(|v| v.value), 3),
             load_assignment,
+            upstream_bind,
             proto: c.clone(),
         })
     }
@@ -331,7 +348,7 @@ fn idle_timeout(c: &cpb::Cluster) -> Option<Duration> {
     #[allow(deprecated)]
     let common = o
         .and_then(|o| o.common_http_protocol_options)
-        .or_else(|| c.common_http_protocol_options.clone());
+        .or(c.common_http_protocol_options);
     match common.and_then(|c| duration(&c.idle_timeout)) {
         Some(d) if d.is_zero() => None,
         Some(d) => Some(d),
@@ -469,6 +486,21 @@ load_assignment:
         assert_eq!(eps.len(), 2);
         assert_eq!(eps[0].metadata["envoy.lb.version"], "v1");
         assert!(!eps[1].healthy);
+        assert_eq!(c.upstream_bind, None);
+    }
+
+    #[test]
+    fn upstream_bind_source_address() {
+        let c = cluster(
+            "name: inbound\ntype: ORIGINAL_DST\nlb_policy: CLUSTER_PROVIDED\nupstream_bind_config: {source_address: {address: 127.0.0.6, port_value: 0}}\n",
+        )
+        .unwrap();
+        assert_eq!(c.upstream_bind, Some("127.0.0.6".parse().unwrap()));
+        let e = cluster(
+            "name: b\ntype: ORIGINAL_DST\nlb_policy: CLUSTER_PROVIDED\nupstream_bind_config: {source_address: {address: not-an-ip}}\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "upstream_bind_config.source_address");
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub struct ListenerFilters {
     pub original_dst: bool,
     pub http_inspector: bool,
     pub tls_inspector: bool,
+    /// `original_src`: upstream connections bind the downstream's source address
+    /// (transparently) and carry this `SO_MARK` (0: none).
+    pub original_src: Option<u32>,
 }
 
 /// A listener, validated.
@@ -27,6 +30,8 @@ pub struct Listener {
     pub address: Option<SocketAddr>,
     pub bind_to_port: bool,
     pub use_original_dst: bool,
+    /// `transparent`: the socket may accept connections to non-local addresses (TPROXY).
+    pub transparent: bool,
     pub filters: ListenerFilters,
     pub filters_timeout: Duration,
     pub continue_on_filters_timeout: bool,
@@ -112,6 +117,24 @@ impl Listener {
                 | "envoy.filters.listener.http_inspector" => filters.http_inspector = true,
                 "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
                 | "envoy.filters.listener.tls_inspector" => filters.tls_inspector = true,
+                "envoy.extensions.filters.listener.original_src.v3.OriginalSrc"
+                | "envoy.filters.listener.original_src" => {
+                    use envoy_types::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc;
+                    let mark = match &f.config_type {
+                        Some(lpb::listener_filter::ConfigType::TypedConfig(a)) => {
+                            <OriginalSrc as prost::Message>::decode(a.value.as_slice())
+                                .map_err(|e| {
+                                    err(
+                                        &format!("listener_filters[{i}].typed_config"),
+                                        format!("decoding OriginalSrc: {e}"),
+                                    )
+                                })?
+                                .mark
+                        }
+                        _ => 0,
+                    };
+                    filters.original_src = Some(mark);
+                }
                 "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol" => {
                     return Err(err(
                         &format!("listener_filters[{i}]"),
@@ -158,6 +181,7 @@ impl Listener {
             address,
             bind_to_port,
             use_original_dst,
+            transparent: l.transparent.as_ref().is_some_and(|v| v.value),
             filters,
             filters_timeout: duration(&l.listener_filters_timeout)
                 .unwrap_or(Duration::from_secs(15)),

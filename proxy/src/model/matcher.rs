@@ -210,7 +210,7 @@ impl Matcher {
                                 out.push((k.clone(), compile_on_match(v)?));
                             }
                             // Longest prefix first.
-                            out.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+                            out.sort_by_key(|b| std::cmp::Reverse(b.0.len()));
                             Kind::Prefix(input, out)
                         }
                         Some(TreeType::CustomMatch(ext)) => {
@@ -396,4 +396,75 @@ fn compile_string_matcher(sm: &xm::StringMatcher) -> Result<StrMatch, String> {
         Some(P::Custom(_)) => return Err("string matcher: custom is unsupported".into()),
         None => return Err("string matcher: empty".into()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::proto::{decode, Format};
+
+    /// The shape istiod emits for virtualInbound: destination IP (IPMatcher), then destination
+    /// port (exact map), then application protocol, with on_no_match fallbacks.
+    const TREE: &str = r#"
+matcher_tree:
+  input: {name: ip, typed_config: {"@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DestinationIPInput}}
+  custom_match:
+    name: ip
+    typed_config:
+      "@type": type.googleapis.com/xds.type.matcher.v3.IPMatcher
+      range_matchers:
+      - ranges: [{address_prefix: 198.18.0.10, prefix_len: 32}]
+        on_match:
+          matcher:
+            matcher_tree:
+              input: {name: port, typed_config: {"@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput}}
+              exact_match_map:
+                map:
+                  "8000": {action: {name: vip-8000, typed_config: {"@type": type.googleapis.com/google.protobuf.StringValue, value: vip-8000}}}
+      - ranges: [{address_prefix: 0.0.0.0, prefix_len: 0}]
+        on_match:
+          matcher:
+            matcher_tree:
+              input: {name: port, typed_config: {"@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput}}
+              exact_match_map:
+                map:
+                  "9080":
+                    matcher:
+                      matcher_tree:
+                        input: {name: application-protocol, typed_config: {"@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.ApplicationProtocolInput}}
+                        exact_match_map:
+                          map:
+                            "'h2c'": {action: {name: http, typed_config: {"@type": type.googleapis.com/google.protobuf.StringValue, value: http}}}
+                            "'http/1.1'": {action: {name: http, typed_config: {"@type": type.googleapis.com/google.protobuf.StringValue, value: http}}}
+                      on_no_match: {action: {name: tcp-9080, typed_config: {"@type": type.googleapis.com/google.protobuf.StringValue, value: tcp-9080}}}
+on_no_match: {action: {name: passthrough, typed_config: {"@type": type.googleapis.com/google.protobuf.StringValue, value: passthrough}}}
+"#;
+
+    fn ci(dst: &str, alpn: &[&str]) -> ConnInfo {
+        ConnInfo {
+            local: Some(dst.parse().unwrap()),
+            remote: Some("198.18.0.99:40000".parse().unwrap()),
+            transport: "raw_buffer",
+            server_name: None,
+            alpn: alpn.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn istiod_style_tree() {
+        let m: xm::Matcher = decode(TREE, Format::Yaml).unwrap();
+        let m = Matcher::compile(&m).unwrap();
+        assert_eq!(m.eval(&ci("198.18.0.10:8000", &[])), Some("vip-8000"));
+        assert_eq!(m.eval(&ci("198.18.0.20:9080", &["http/1.1"])), Some("http"));
+        assert_eq!(m.eval(&ci("198.18.0.20:9080", &["h2c"])), Some("http"));
+        assert_eq!(m.eval(&ci("198.18.0.20:9080", &[])), Some("tcp-9080"));
+        assert_eq!(m.eval(&ci("198.18.0.20:7777", &[])), Some("passthrough"));
+        // The /32 range is more specific, but port 9080 is not in it: the non-exclusive /0
+        // range is tried next.
+        assert_eq!(m.eval(&ci("198.18.0.10:9080", &["h2c"])), Some("http"));
+        let mut actions = m.actions();
+        actions.sort();
+        actions.dedup();
+        assert_eq!(actions, ["http", "passthrough", "tcp-9080", "vip-8000"]);
+    }
 }

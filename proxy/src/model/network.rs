@@ -91,6 +91,7 @@ pub struct HttpConnectionManager {
     pub max_request_headers_kb: u32,
     pub upgrades: Vec<String>,
     pub via: String,
+    pub path: crate::http::path::PathOptions,
 }
 
 fn tname(any: &prost_types::Any) -> &str {
@@ -324,5 +325,14 @@ fn http_connection_manager(
             .map(|u| u.upgrade_type.to_ascii_lowercase())
             .collect(),
         via: h.via.clone(),
+        path: crate::http::path::PathOptions {
+            normalize: h.normalize_path.as_ref().is_some_and(|v| v.value),
+            merge_slashes: h.merge_slashes,
+            escaped_slashes: match h.path_with_escaped_slashes_action {
+                2 => crate::http::path::EscapedSlashes::Reject,
+                3 | 4 => crate::http::path::EscapedSlashes::Unescape,
+                _ => crate::http::path::EscapedSlashes::Keep,
+            },
+        },
     })
 }

@@ -52,11 +52,18 @@ impl WeightedClusters {
     /// Picks the cluster for `random` (Envoy's `pickWeightedCluster`).
     pub fn pick(&self, random: u64, runtime: &dyn Runtime, req: &RequestView<'_>) -> Option<usize> {
         let random = match &self.header_name {
-            Some(h) => req
-                .headers
-                .get(h.as_str())
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                .unwrap_or(random),
+            // Only a single-valued header counts; anything else falls back to `random`.
+            Some(h) => {
+                let mut values = req.headers.get_all(h.as_str()).iter();
+                match (values.next(), values.next()) {
+                    (Some(v), None) => v
+                        .to_str()
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(random),
+                    _ => random,
+                }
+            }
             None => random,
         };
         let weight = |c: &WeightedCluster| match &self.runtime_key_prefix {
@@ -124,6 +131,46 @@ pub struct RouteEntry {
     pub retry_policy: Option<RetryPolicy>,
     pub hash_policy: Vec<HashPolicy>,
     pub priority_high: bool,
+    /// `upgrade_configs`: upgrade type (lower-case, e.g. `websocket`, `connect`) → enabled.
+    pub upgrades: Vec<(String, bool)>,
+    pub request_mirrors: Vec<RequestMirror>,
+    pub max_stream_duration: Option<StreamDuration>,
+}
+
+/// One `request_mirror_policies` entry: shadow a `fraction` of requests to `cluster`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestMirror {
+    pub cluster: String,
+    /// Take the cluster from this request header instead (lower-case).
+    pub cluster_header: Option<String>,
+    /// `(runtime key, default fraction)`; `None` mirrors every request.
+    pub fraction: Option<(String, super::Fraction)>,
+    pub trace_sampled: Option<bool>,
+}
+
+/// `max_stream_duration` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamDuration {
+    pub max_stream_duration: Option<Duration>,
+    pub grpc_timeout_header_max: Option<Duration>,
+    pub grpc_timeout_header_offset: Option<Duration>,
+}
+
+pub(crate) fn fraction(
+    f: Option<&envoy_types::pb::envoy::r#type::v3::FractionalPercent>,
+) -> Result<super::Fraction, FieldError> {
+    use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
+    let f = f.copied().unwrap_or_default();
+    let denominator = match D::try_from(f.denominator) {
+        Ok(D::Hundred) => 100,
+        Ok(D::TenThousand) => 10_000,
+        Ok(D::Million) => 1_000_000,
+        Err(_) => return Err(FieldError::new("denominator", "unknown value")),
+    };
+    Ok(super::Fraction {
+        numerator: u64::from(f.numerator),
+        denominator,
+    })
 }
 
 /// Retry policy (`envoy.config.route.v3.RetryPolicy`) as plain values.
@@ -317,10 +364,10 @@ pub(crate) fn compile_weighted(w: &rpb::WeightedCluster) -> Result<WeightedClust
         }
         let request_headers =
             HeaderMutations::compile(&c.request_headers_to_add, &c.request_headers_to_remove)
-                .map_err(|e| e.under(&at("request_headers_to_add")))?;
+                .map_err(|e| e.under(&at("request_headers")))?;
         let response_headers =
             HeaderMutations::compile(&c.response_headers_to_add, &c.response_headers_to_remove)
-                .map_err(|e| e.under(&at("response_headers_to_add")))?;
+                .map_err(|e| e.under(&at("response_headers")))?;
         clusters.push(WeightedCluster {
             name: c.name.clone(),
             cluster_header: (!c.cluster_header.is_empty())
@@ -465,6 +512,46 @@ pub(crate) fn compile_entry(ra: &rpb::RouteAction) -> Result<RouteEntry, FieldEr
         retry_policy,
         hash_policy,
         priority_high: ra.priority == 1,
+        upgrades: ra
+            .upgrade_configs
+            .iter()
+            .map(|u| {
+                (
+                    u.upgrade_type.to_ascii_lowercase(),
+                    u.enabled.is_none_or(|b| b.value),
+                )
+            })
+            .collect(),
+        request_mirrors: ra
+            .request_mirror_policies
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let fraction = match &m.runtime_fraction {
+                    None => None,
+                    Some(rf) => Some((
+                        rf.runtime_key.clone(),
+                        fraction(rf.default_value.as_ref()).map_err(|e| {
+                            e.under(&format!(
+                                "request_mirror_policies[{i}].runtime_fraction.default_value"
+                            ))
+                        })?,
+                    )),
+                };
+                Ok(RequestMirror {
+                    cluster: m.cluster.clone(),
+                    cluster_header: (!m.cluster_header.is_empty())
+                        .then(|| m.cluster_header.to_ascii_lowercase()),
+                    fraction,
+                    trace_sampled: m.trace_sampled.map(|b| b.value),
+                })
+            })
+            .collect::<Result<_, FieldError>>()?,
+        max_stream_duration: ra.max_stream_duration.as_ref().map(|m| StreamDuration {
+            max_stream_duration: m.max_stream_duration.as_ref().map(duration),
+            grpc_timeout_header_max: m.grpc_timeout_header_max.as_ref().map(duration),
+            grpc_timeout_header_offset: m.grpc_timeout_header_offset.as_ref().map(duration),
+        }),
     })
 }
 
@@ -619,170 +706,5 @@ pub fn strip_port(host: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::route::DefaultRuntime;
-
-    fn view<'a>(
-        h: &'a http::HeaderMap,
-        authority: &'a str,
-        path: &'a str,
-        scheme: &'a str,
-    ) -> RequestView<'a> {
-        RequestView {
-            authority,
-            path,
-            method: "GET",
-            headers: h,
-            scheme,
-            internal: false,
-            remote_addr: None,
-            tls: None,
-            dynamic_metadata: None,
-        }
-    }
-
-    fn wc(weights: &[u64]) -> WeightedClusters {
-        WeightedClusters {
-            clusters: weights
-                .iter()
-                .enumerate()
-                .map(|(i, w)| WeightedCluster {
-                    name: format!("c{i}"),
-                    cluster_header: None,
-                    weight: *w,
-                    request_headers: Default::default(),
-                    response_headers: Default::default(),
-                    host_rewrite_literal: None,
-                    typed_per_filter_config: Default::default(),
-                })
-                .collect(),
-            total_weight: None,
-            runtime_key_prefix: None,
-            header_name: None,
-        }
-    }
-
-    #[test]
-    fn weighted_pick_intervals() {
-        let h = http::HeaderMap::new();
-        let v = view(&h, "a", "/", "http");
-        let w = wc(&[30, 30, 40]);
-        for (r, want) in [
-            (115, 0),
-            (445, 1),
-            (560, 2),
-            (0, 0),
-            (29, 0),
-            (30, 1),
-            (59, 1),
-            (60, 2),
-            (99, 2),
-        ] {
-            assert_eq!(w.pick(r, &DefaultRuntime, &v), Some(want), "random {r}");
-        }
-    }
-
-    #[test]
-    fn weighted_pick_distribution_seeded() {
-        let h = http::HeaderMap::new();
-        let v = view(&h, "a", "/", "http");
-        let w = wc(&[10, 20, 70]);
-        let mut rng = fastrand::Rng::with_seed(42);
-        let mut counts = [0u32; 3];
-        for _ in 0..100_000 {
-            counts[w.pick(rng.u64(..), &DefaultRuntime, &v).unwrap()] += 1;
-        }
-        for (c, want) in counts.iter().zip([10_000f64, 20_000.0, 70_000.0]) {
-            assert!((f64::from(*c) - want).abs() < want * 0.05, "{counts:?}");
-        }
-    }
-
-    #[test]
-    fn weighted_pick_header_and_runtime() {
-        struct Rt;
-        impl Runtime for Rt {
-            fn feature_enabled(&self, _: &str, _: crate::route::Fraction, _: u64) -> bool {
-                false
-            }
-            fn get_integer(&self, key: &str, default: u64) -> u64 {
-                if key == "p.c0" {
-                    0
-                } else {
-                    default
-                }
-            }
-        }
-        let mut h = http::HeaderMap::new();
-        h.insert("x-rand", "45".parse().unwrap());
-        let v = view(&h, "a", "/", "http");
-        let mut w = wc(&[30, 30, 40]);
-        w.header_name = Some("x-rand".into());
-        assert_eq!(w.pick(0, &DefaultRuntime, &v), Some(1));
-        w.header_name = None;
-        w.runtime_key_prefix = Some("p".into());
-        // c0 weighs 0 now: total 70, 10 → c1.
-        assert_eq!(w.pick(10, &Rt, &v), Some(1));
-    }
-
-    #[test]
-    fn new_uri_forms() {
-        let h = http::HeaderMap::new();
-        let v = view(&h, "example.com:80", "/a/b?x=1", "http");
-        let r = |scheme: Option<&str>, host: Option<&str>, port, path, strip| RedirectAction {
-            scheme: scheme.map(String::from),
-            host: host.map(String::from),
-            port,
-            path,
-            strip_query: strip,
-            status: 301,
-        };
-        assert_eq!(new_uri(None, &v, v.path), "http://example.com:80/a/b?x=1");
-        assert_eq!(
-            new_uri(
-                Some(&r(Some("https"), None, None, RedirectPath::Keep, false)),
-                &v,
-                v.path
-            ),
-            "https://example.com/a/b?x=1"
-        );
-        assert_eq!(
-            new_uri(
-                Some(&r(
-                    None,
-                    Some("new.com"),
-                    Some(8080),
-                    RedirectPath::Path("/n".into()),
-                    false
-                )),
-                &v,
-                v.path
-            ),
-            "http://new.com:8080/n?x=1"
-        );
-        assert_eq!(
-            new_uri(
-                Some(&r(
-                    None,
-                    None,
-                    None,
-                    RedirectPath::Path("/n?y=2".into()),
-                    true
-                )),
-                &v,
-                v.path
-            ),
-            "http://example.com:80/n?y=2"
-        );
-        assert_eq!(
-            new_uri(
-                Some(&r(None, None, None, RedirectPath::Keep, true)),
-                &v,
-                v.path
-            ),
-            "http://example.com:80/a/b"
-        );
-        assert_eq!(port_start("[::1]"), None);
-        assert_eq!(strip_port("[::1]:80"), "[::1]");
-    }
-}
+#[path = "action_tests.rs"]
+mod tests;

@@ -61,6 +61,8 @@ impl TestResult {
 #[derive(Debug, Clone, Default)]
 pub struct CheckReport {
     pub tests: Vec<TestResult>,
+    /// The options given to [`run`]; [`CheckReport::output`] follows them.
+    pub options: CheckOptions,
 }
 
 impl CheckReport {
@@ -71,6 +73,16 @@ impl CheckReport {
 
     pub fn passed_count(&self) -> usize {
         self.tests.iter().filter(|t| t.passed()).count()
+    }
+
+    /// The tool's output under the options given to [`run`].
+    pub fn output(&self) -> String {
+        self.render(&self.options)
+    }
+
+    /// `passed/total` summary, e.g. `33/33 tests passed`.
+    pub fn summary(&self) -> String {
+        format!("{}/{} tests passed", self.passed_count(), self.tests.len())
     }
 
     /// The tool's output: test names and failure lines as `opts` asks.
@@ -98,18 +110,19 @@ pub fn run(
     tests_path: &Path,
     opts: &CheckOptions,
 ) -> Result<CheckReport, CheckError> {
-    let _ = opts;
     let read = |p: &Path| {
         std::fs::read_to_string(p).map_err(|source| CheckError::Read {
             path: p.to_path_buf(),
             source,
         })
     };
-    run_str(
+    let mut report = run_str(
         &read(routes_path)?,
         Format::from_path(routes_path),
         &read(tests_path)?,
-    )
+    )?;
+    report.options = *opts;
+    Ok(report)
 }
 
 /// Runs the tests in `tests` (JSON or YAML) against the route configuration `routes`.
@@ -137,7 +150,10 @@ pub fn run_str(routes: &str, format: Format, tests: &str) -> Result<CheckReport,
         .iter()
         .map(|t| run_one(&table, t, &file.runtime))
         .collect();
-    Ok(CheckReport { tests })
+    Ok(CheckReport {
+        tests,
+        options: CheckOptions::default(),
+    })
 }
 
 /// Envoy's loader accepts `google.protobuf.Duration` written as `{seconds, nanos}` (TestRoutes
@@ -803,67 +819,5 @@ fn header_failure(hm: &rpb::HeaderMatcher, src: &dyn HeaderSource, field: &str) 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const ROUTES: &str = r#"
-virtual_hosts:
-- name: vh
-  domains: ["*"]
-  routes:
-  - match: {prefix: /a}
-    route: {cluster: ca, timeout: 5s}
-  - match: {prefix: /}
-    direct_response: {status: 200, body: {inline_string: hi}}
-"#;
-
-    #[test]
-    fn pass_and_fail_lines() {
-        let tests = r#"{"tests": [
-          {"test_name": "ok", "input": {"authority": "x", "path": "/a", "method": "GET"},
-           "validate": {"cluster_name": "ca", "timeout": "5s", "virtual_host_name": "vh",}},
-          {"test_name": "bad", "input": {"authority": "x", "path": "/b", "method": "GET"},
-           "validate": {"cluster_name": "ca", "code_redirect": 200, "path_redirect": "http://x/b",
-             "response_header_matches": [{"name": "content-length", "string_match": {"exact": "3"}}]}}
-        ]}"#;
-        let r = run_str(ROUTES, Format::Yaml, tests).unwrap();
-        assert!(!r.passed());
-        assert!(r.tests[0].passed(), "{:?}", r.tests[0]);
-        assert_eq!(
-            r.tests[1].failures,
-            vec![
-                "expected: [ca], actual: [], test type: cluster_name".to_string(),
-                "expected: [content-length: 3], actual: [content-length: 2], test type: response_header_matches.string_match.exact".to_string(),
-            ]
-        );
-        let out = r.render(&CheckOptions {
-            details: false,
-            only_show_failures: true,
-        });
-        assert!(out.starts_with("bad\nexpected: [ca]"), "{out}");
-        assert!(!out.contains("ok\n"));
-    }
-
-    #[test]
-    fn schema_errors() {
-        let bad = |t: &str| run_str(ROUTES, Format::Yaml, t).unwrap_err().to_string();
-        assert!(bad(r#"{"tests": []}"#).contains("at least one test"));
-        assert!(
-            bad(r#"{"tests": [{"test_name": "", "input": {}, "validate": {}}]}"#)
-                .contains("test_name")
-        );
-        assert!(bad(r#"{"tests": [{"test_name": "a", "input": {"authority": "x", "path": "/", "method": "GET", "additional_headers": []}, "validate": {}}]}"#).contains("reserved"));
-        assert!(bad(r#"{"tests": [{"test_name": "a", "input": {"authority": "x", "path": "/", "method": "GET"}, "validate": {"bogus": 1}}]}"#).contains("bogus"));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration_ms(&Json::from("120s")), Some(120_000));
-        assert_eq!(parse_duration_ms(&Json::from("0.25s")), Some(250));
-        assert_eq!(
-            parse_duration_ms(&serde_json::json!({"seconds": 2})),
-            Some(2000)
-        );
-        assert_eq!(parse_duration_ms(&Json::from("5m")), None);
-    }
-}
+#[path = "check_tests.rs"]
+mod tests;

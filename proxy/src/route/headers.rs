@@ -279,14 +279,33 @@ impl HeaderMutations {
             add: Vec::with_capacity(add.len()),
             remove: remove.iter().map(|r| r.to_ascii_lowercase()).collect(),
         };
+        // Envoy refuses to let route config touch pseudo-headers or Host.
+        let modifiable = |n: &str| !n.starts_with(':') && !n.eq_ignore_ascii_case("host");
+        if let Some((i, r)) = out
+            .remove
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.is_empty() || !modifiable(r))
+        {
+            return Err(FieldError::new(
+                format!("_to_remove[{i}]"),
+                format!("header {r:?} may not be removed (empty, :-prefixed or host)"),
+            ));
+        }
         for (i, o) in add.iter().enumerate() {
-            let at = |f: &str| format!("[{i}].{f}");
+            let at = |f: &str| format!("_to_add[{i}].{f}");
             let h = o
                 .header
                 .as_ref()
                 .ok_or_else(|| FieldError::new(at("header"), "missing"))?;
-            if h.key.is_empty() {
-                return Err(FieldError::new(at("header.key"), "must not be empty"));
+            if h.key.is_empty() || !modifiable(&h.key) {
+                return Err(FieldError::new(
+                    at("header.key"),
+                    format!(
+                        "{:?} may not be modified (empty, :-prefixed or host)",
+                        h.key
+                    ),
+                ));
             }
             let raw;
             let value = if h.value.is_empty() && !h.raw_value.is_empty() {
@@ -295,6 +314,12 @@ impl HeaderMutations {
             } else {
                 &h.value
             };
+            if value.contains(['\r', '\n', '\0']) {
+                return Err(FieldError::new(
+                    at("header.value"),
+                    "contains CR, LF or NUL",
+                ));
+            }
             let value =
                 Formatter::parse(value).map_err(|m| FieldError::new(at("header.value"), m))?;
             use core::header_value_option::HeaderAppendAction as A;

@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3 as mpb;
 use envoy_types::pb::google::protobuf::value::Kind;
 use regex::Regex;
 
-use super::{DynamicMetadata, FieldError};
+use super::{DynamicMetadata, FieldError, Fraction, RequestView, Runtime};
 
 /// Largest compiled regex program accepted (bytes); generous, RE2's program-size checks differ.
 const REGEX_SIZE_LIMIT: usize = 32 << 20;
@@ -259,6 +259,8 @@ impl HeaderMatcher {
         let test = match &h.header_match_specifier {
             None => HeaderTest::Present(true),
             Some(S::PresentMatch(p)) => HeaderTest::Present(*p),
+            // The deprecated exact_match with an empty value matches any present value.
+            Some(S::ExactMatch(v)) if v.is_empty() => HeaderTest::Present(true),
             Some(S::ExactMatch(v)) => HeaderTest::String(s(v, P::Exact)?),
             Some(S::PrefixMatch(v)) => HeaderTest::String(s(v, P::Prefix)?),
             Some(S::SuffixMatch(v)) => HeaderTest::String(s(v, P::Suffix)?),
@@ -531,6 +533,192 @@ impl PathMatch {
             PathMatch::Prefix(p) | PathMatch::Exact(p) | PathMatch::Separated(p) => Some(p),
             PathMatch::Regex(_) | PathMatch::Connect => None,
         }
+    }
+}
+
+/// The match conditions of one route (all must hold).
+#[derive(Debug)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    pub case_sensitive: bool,
+    pub headers: Vec<HeaderMatcher>,
+    pub query: Vec<QueryParamMatcher>,
+    pub cookies: Vec<(String, StringMatch, bool)>,
+    pub grpc: bool,
+    pub runtime: Option<(String, Fraction)>,
+    /// `(presented, validated)` requirements.
+    pub tls: Option<(Option<bool>, Option<bool>)>,
+    pub dynamic_metadata: Vec<MetadataMatcher>,
+}
+
+impl RouteMatch {
+    pub fn matches(&self, req: &RequestView<'_>, random: u64, runtime: &dyn Runtime) -> bool {
+        if !self
+            .path
+            .matches(req.path_only(), req.method, self.case_sensitive)
+        {
+            return false;
+        }
+        if let Some((key, frac)) = &self.runtime {
+            if !runtime.feature_enabled(key, *frac, random) {
+                return false;
+            }
+        }
+        if let Some((presented, validated)) = self.tls {
+            let t = req.tls.unwrap_or_default();
+            if presented.is_some_and(|p| p != t.peer_certificate_presented)
+                || validated.is_some_and(|v| v != t.peer_certificate_validated)
+            {
+                return false;
+            }
+        }
+        if self.grpc && !is_grpc(req) {
+            return false;
+        }
+        all_headers_match(&self.headers, req)
+            && self.query.iter().all(|q| q.matches(req.path))
+            && self
+                .cookies
+                .iter()
+                .all(|(n, m, inv)| cookie(req.headers, n).is_some_and(|v| m.matches(v)) != *inv)
+            && self
+                .dynamic_metadata
+                .iter()
+                .all(|m| m.matches(req.dynamic_metadata))
+    }
+}
+
+fn is_grpc(req: &RequestView<'_>) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| ct.strip_prefix("application/grpc"))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('+') || rest.starts_with(';'))
+}
+
+fn cookie<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    h.get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then(|| v.trim_matches('"'))
+        })
+}
+
+impl RouteMatch {
+    /// Compiles a `RouteMatch`; field paths are relative to it.
+    pub(crate) fn compile(m: &rpb::RouteMatch) -> Result<RouteMatch, FieldError> {
+        use rpb::route_match::PathSpecifier as P;
+        let path = match &m.path_specifier {
+        Some(P::Prefix(p)) => PathMatch::Prefix(p.clone()),
+        Some(P::Path(p)) => PathMatch::Exact(p.clone()),
+        Some(P::PathSeparatedPrefix(p)) => {
+            if p.contains(['?', '#']) || (p.ends_with('/') && p.len() > 1) {
+                return Err(FieldError::new(
+                    "path_separated_prefix",
+                    "must not contain ?, # or end with /",
+                ));
+            }
+            PathMatch::Separated(p.clone())
+        }
+        Some(P::SafeRegex(r)) => {
+            PathMatch::Regex(full_regex(&r.regex).map_err(|e| e.under("safe_regex"))?)
+        }
+        Some(P::ConnectMatcher(_)) => PathMatch::Connect,
+        Some(P::PathMatchPolicy(p)) => {
+            return Err(FieldError::new(
+                "path_match_policy",
+                format!("extension {:?} is not supported", p.name),
+            ))
+        }
+        None => return Err(FieldError::new(
+            "path_specifier",
+            "one of prefix, path, safe_regex, path_separated_prefix or connect_matcher is required",
+        )),
+    };
+        let headers = m
+            .headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| HeaderMatcher::compile(h).map_err(|e| e.under(&format!("headers[{i}]"))))
+            .collect::<Result<_, _>>()?;
+        let query = m
+            .query_parameters
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                QueryParamMatcher::compile(q)
+                    .map_err(|e| e.under(&format!("query_parameters[{i}]")))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut cookies = Vec::new();
+        for (i, c) in m.cookies.iter().enumerate() {
+            let sm = c
+                .string_match
+                .as_ref()
+                .ok_or_else(|| FieldError::new(format!("cookies[{i}].string_match"), "missing"))?;
+            cookies.push((
+                c.name.clone(),
+                StringMatch::compile(sm)
+                    .map_err(|e| e.under(&format!("cookies[{i}].string_match")))?,
+                c.invert_match,
+            ));
+        }
+        if !m.filter_state.is_empty() {
+            return Err(FieldError::new(
+                "filter_state",
+                "filter state matchers are not supported",
+            ));
+        }
+        let runtime = match &m.runtime_fraction {
+            None => None,
+            Some(rf) => {
+                use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
+                let dv = rf.default_value.unwrap_or_default();
+                let denominator = match D::try_from(dv.denominator) {
+                    Ok(D::Hundred) => 100,
+                    Ok(D::TenThousand) => 10_000,
+                    Ok(D::Million) => 1_000_000,
+                    Err(_) => {
+                        return Err(FieldError::new(
+                            "runtime_fraction.default_value.denominator",
+                            "unknown value",
+                        ))
+                    }
+                };
+                Some((
+                    rf.runtime_key.clone(),
+                    Fraction {
+                        numerator: u64::from(dv.numerator),
+                        denominator,
+                    },
+                ))
+            }
+        };
+        let dynamic_metadata = m
+            .dynamic_metadata
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                MetadataMatcher::compile(d).map_err(|e| e.under(&format!("dynamic_metadata[{i}]")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(RouteMatch {
+            path,
+            case_sensitive: m.case_sensitive.is_none_or(|b| b.value),
+            headers,
+            query,
+            cookies,
+            grpc: m.grpc.is_some(),
+            runtime,
+            tls: m
+                .tls_context
+                .as_ref()
+                .map(|t| (t.presented.map(|b| b.value), t.validated.map(|b| b.value))),
+            dynamic_metadata,
+        })
     }
 }
 

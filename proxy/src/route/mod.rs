@@ -6,6 +6,24 @@
 //! clusters and `runtime_fraction` is passed in, so every decision is deterministic in tests.
 //! Nothing here does I/O on the request path.
 //!
+//! Use on the data path (sketch):
+//!
+//! ```text
+//! let table = RouteTable::from_proto(&route_configuration)?;       // once per RDS update
+//! let view = RequestView { remote_addr, tls, ..RequestView::from_parts(&parts) };
+//! match table.select(&view, random) {
+//!     Selected::Route { cluster, entry, .. } => {
+//!         table.finalize_request(&sel, &mut parts, &ctx);          // rewrites + headers
+//!         /* forward to `cluster` with entry.timeout, entry.retry_policy, ... */
+//!     }
+//!     Selected::Redirect { location, status, .. } => /* 3xx with Location */,
+//!     Selected::Direct { status, body, .. } => /* local reply */,
+//!     Selected::ClusterNotFound { status, .. } => /* local reply `status` */,
+//!     Selected::NonForwarding { .. } | Selected::NoRoute => /* filter decides / 404 */,
+//! }
+//! table.finalize_response_headers(&sel, &mut response_parts, &ctx);
+//! ```
+//!
 //! Modules: `table` (compiled config, selection, finalization), `vhost` (domain and route
 //! indexes), `matcher` (path/header/query/metadata matchers), `action` (forward, redirect, direct
 //! response, weighted pick, retry/hash policy models), `headers` (header mutations and
@@ -81,7 +99,7 @@ impl FieldError {
     pub(crate) fn under(mut self, prefix: &str) -> Self {
         self.field = if self.field.is_empty() {
             prefix.to_string()
-        } else if self.field.starts_with('[') {
+        } else if self.field.starts_with(['[', '_']) {
             format!("{prefix}{}", self.field)
         } else {
             format!("{prefix}.{}", self.field)

@@ -12,11 +12,10 @@ use envoy_types::pb::google::protobuf::Any;
 
 use super::action::{self, *};
 use super::headers::{self, FormatCtx, HeaderMutations};
+pub use super::matcher::RouteMatch;
 use super::matcher::*;
 use super::vhost::{DomainIndex, RouteIndex};
-use super::{
-    strip_query, DefaultRuntime, FieldError, Fraction, RequestView, RouteError, Runtime, TlsInfo,
-};
+use super::{strip_query, DefaultRuntime, FieldError, RequestView, RouteError, Runtime};
 
 /// A compiled `RouteConfiguration`.
 #[derive(Debug)]
@@ -33,6 +32,9 @@ pub struct RouteTable {
     /// Select the virtual host by this header instead of `:authority` (lower-case).
     pub vhost_header: Option<String>,
 }
+
+/// Envoy's default `max_direct_response_body_size_bytes`.
+pub const DEFAULT_MAX_DIRECT_RESPONSE_BODY: usize = 4096;
 
 /// `require_tls` on a virtual host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +55,9 @@ pub struct VirtualHost {
     pub response_headers: HeaderMutations,
     pub retry_policy: Option<RetryPolicy>,
     pub typed_per_filter_config: HashMap<String, Any>,
+    /// Add `x-envoy-attempt-count` to upstream requests / downstream responses.
+    pub include_request_attempt_count: bool,
+    pub include_attempt_count_in_response: bool,
     pub(crate) index: Option<RouteIndex>,
 }
 
@@ -79,83 +84,13 @@ pub struct Route {
 }
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per route, built once; boxing buys nothing
 pub enum Action {
     Forward(RouteEntry),
     Redirect(RedirectAction),
     Direct(DirectAction),
     /// `non_forwarding_action`: matched, but a filter produces the response.
     NonForwarding,
-}
-
-/// The match conditions of one route (all must hold).
-#[derive(Debug)]
-pub struct RouteMatch {
-    pub path: PathMatch,
-    pub case_sensitive: bool,
-    pub headers: Vec<HeaderMatcher>,
-    pub query: Vec<QueryParamMatcher>,
-    pub cookies: Vec<(String, StringMatch, bool)>,
-    pub grpc: bool,
-    pub runtime: Option<(String, Fraction)>,
-    /// `(presented, validated)` requirements.
-    pub tls: Option<(Option<bool>, Option<bool>)>,
-    pub dynamic_metadata: Vec<MetadataMatcher>,
-}
-
-impl RouteMatch {
-    pub fn matches(&self, req: &RequestView<'_>, random: u64, runtime: &dyn Runtime) -> bool {
-        if !self
-            .path
-            .matches(req.path_only(), req.method, self.case_sensitive)
-        {
-            return false;
-        }
-        if let Some((key, frac)) = &self.runtime {
-            if !runtime.feature_enabled(key, *frac, random) {
-                return false;
-            }
-        }
-        if let Some((presented, validated)) = self.tls {
-            let t = req.tls.unwrap_or(TlsInfo::default());
-            if presented.is_some_and(|p| p != t.peer_certificate_presented)
-                || validated.is_some_and(|v| v != t.peer_certificate_validated)
-            {
-                return false;
-            }
-        }
-        if self.grpc && !is_grpc(req) {
-            return false;
-        }
-        all_headers_match(&self.headers, req)
-            && self.query.iter().all(|q| q.matches(req.path))
-            && self
-                .cookies
-                .iter()
-                .all(|(n, m, inv)| cookie(req.headers, n).is_some_and(|v| m.matches(v)) != *inv)
-            && self
-                .dynamic_metadata
-                .iter()
-                .all(|m| m.matches(req.dynamic_metadata))
-    }
-}
-
-fn is_grpc(req: &RequestView<'_>) -> bool {
-    req.headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|ct| ct.strip_prefix("application/grpc"))
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('+') || rest.starts_with(';'))
-}
-
-fn cookie<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
-    h.get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| {
-            let (k, v) = kv.trim().split_once('=')?;
-            (k == name).then(|| v.trim_matches('"'))
-        })
 }
 
 /// The outcome of route selection.
@@ -276,6 +211,26 @@ impl RouteTable {
         for vh in &rc.virtual_hosts {
             virtual_hosts.push(compile_vhost(vh)?);
         }
+        let max_body = rc
+            .max_direct_response_body_size_bytes
+            .map_or(DEFAULT_MAX_DIRECT_RESPONSE_BODY, |v| v.value as usize);
+        for vh in &virtual_hosts {
+            for (i, r) in vh.routes.iter().enumerate() {
+                if let Action::Direct(DirectAction { body: Some(b), .. }) = &r.action {
+                    if b.len() > max_body {
+                        return Err(RouteError::Route {
+                            vhost: vh.name.clone(),
+                            route: route_label(i, &r.name),
+                            field: "direct_response.body".into(),
+                            message: format!(
+                                "{} bytes exceeds max_direct_response_body_size_bytes {max_body}",
+                                b.len()
+                            ),
+                        });
+                    }
+                }
+            }
+        }
         let domains = DomainIndex::build(&virtual_hosts)?;
         Ok(RouteTable {
             name: rc.name.clone(),
@@ -285,12 +240,12 @@ impl RouteTable {
                 &rc.request_headers_to_add,
                 &rc.request_headers_to_remove,
             )
-            .map_err(|e| cfg_err(e.under("request_headers_to_add")))?,
+            .map_err(|e| cfg_err(e.under("request_headers")))?,
             response_headers: HeaderMutations::compile(
                 &rc.response_headers_to_add,
                 &rc.response_headers_to_remove,
             )
-            .map_err(|e| cfg_err(e.under("response_headers_to_add")))?,
+            .map_err(|e| cfg_err(e.under("response_headers")))?,
             internal_only_headers: rc
                 .internal_only_headers
                 .iter()
@@ -314,9 +269,14 @@ impl RouteTable {
         } else {
             &host
         };
-        self.domains
-            .find(&host.to_ascii_lowercase())
-            .map(|i| &self.virtual_hosts[i])
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            host
+        };
+        self.domains.find(host).map(|i| &self.virtual_hosts[i])
     }
 
     /// Selects with the default runtime (configured fractions and weights).
@@ -423,10 +383,15 @@ impl RouteTable {
         }
         match &entry.host_rewrite {
             HostRewrite::Literal(h) => new_host = Some(h.clone()),
+            // An untrusted header: only its first value is used, and only when non-empty.
             HostRewrite::Header(name) => {
-                if let Some(v) = super::HeaderSource::header(parts, name) {
+                if let Some(v) = parts
+                    .headers
+                    .get(name.as_str())
+                    .and_then(|v| v.to_str().ok())
+                {
                     if !v.is_empty() {
-                        new_host = Some(v.split(',').next().unwrap_or("").to_string());
+                        new_host = Some(v.to_string());
                     }
                 }
             }
@@ -695,13 +660,15 @@ fn compile_vhost(vh: &rpb::VirtualHost) -> Result<VirtualHost, RouteError> {
             &vh.request_headers_to_add,
             &vh.request_headers_to_remove,
         )
-        .map_err(|e| err(e.under("request_headers_to_add")))?,
+        .map_err(|e| err(e.under("request_headers")))?,
         response_headers: HeaderMutations::compile(
             &vh.response_headers_to_add,
             &vh.response_headers_to_remove,
         )
-        .map_err(|e| err(e.under("response_headers_to_add")))?,
+        .map_err(|e| err(e.under("response_headers")))?,
         retry_policy: retry_policy.clone(),
+        include_request_attempt_count: vh.include_request_attempt_count,
+        include_attempt_count_in_response: vh.include_attempt_count_in_response,
         typed_per_filter_config: vh.typed_per_filter_config.clone(),
         index,
         routes: routes
@@ -718,122 +685,12 @@ fn compile_vhost(vh: &rpb::VirtualHost) -> Result<VirtualHost, RouteError> {
     })
 }
 
-fn compile_match(m: &rpb::RouteMatch) -> Result<RouteMatch, FieldError> {
-    use rpb::route_match::PathSpecifier as P;
-    let path = match &m.path_specifier {
-        Some(P::Prefix(p)) => PathMatch::Prefix(p.clone()),
-        Some(P::Path(p)) => PathMatch::Exact(p.clone()),
-        Some(P::PathSeparatedPrefix(p)) => {
-            if p.contains(['?', '#']) || (p.ends_with('/') && p.len() > 1) {
-                return Err(FieldError::new(
-                    "path_separated_prefix",
-                    "must not contain ?, # or end with /",
-                ));
-            }
-            PathMatch::Separated(p.clone())
-        }
-        Some(P::SafeRegex(r)) => {
-            PathMatch::Regex(full_regex(&r.regex).map_err(|e| e.under("safe_regex"))?)
-        }
-        Some(P::ConnectMatcher(_)) => PathMatch::Connect,
-        Some(P::PathMatchPolicy(p)) => {
-            return Err(FieldError::new(
-                "path_match_policy",
-                format!("extension {:?} is not supported", p.name),
-            ))
-        }
-        None => return Err(FieldError::new(
-            "path_specifier",
-            "one of prefix, path, safe_regex, path_separated_prefix or connect_matcher is required",
-        )),
-    };
-    let headers = m
-        .headers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| HeaderMatcher::compile(h).map_err(|e| e.under(&format!("headers[{i}]"))))
-        .collect::<Result<_, _>>()?;
-    let query = m
-        .query_parameters
-        .iter()
-        .enumerate()
-        .map(|(i, q)| {
-            QueryParamMatcher::compile(q).map_err(|e| e.under(&format!("query_parameters[{i}]")))
-        })
-        .collect::<Result<_, _>>()?;
-    let mut cookies = Vec::new();
-    for (i, c) in m.cookies.iter().enumerate() {
-        let sm = c
-            .string_match
-            .as_ref()
-            .ok_or_else(|| FieldError::new(format!("cookies[{i}].string_match"), "missing"))?;
-        cookies.push((
-            c.name.clone(),
-            StringMatch::compile(sm).map_err(|e| e.under(&format!("cookies[{i}].string_match")))?,
-            c.invert_match,
-        ));
-    }
-    if !m.filter_state.is_empty() {
-        return Err(FieldError::new(
-            "filter_state",
-            "filter state matchers are not supported",
-        ));
-    }
-    let runtime = match &m.runtime_fraction {
-        None => None,
-        Some(rf) => {
-            use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
-            let dv = rf.default_value.clone().unwrap_or_default();
-            let denominator = match D::try_from(dv.denominator) {
-                Ok(D::Hundred) => 100,
-                Ok(D::TenThousand) => 10_000,
-                Ok(D::Million) => 1_000_000,
-                Err(_) => {
-                    return Err(FieldError::new(
-                        "runtime_fraction.default_value.denominator",
-                        "unknown value",
-                    ))
-                }
-            };
-            Some((
-                rf.runtime_key.clone(),
-                Fraction {
-                    numerator: u64::from(dv.numerator),
-                    denominator,
-                },
-            ))
-        }
-    };
-    let dynamic_metadata = m
-        .dynamic_metadata
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            MetadataMatcher::compile(d).map_err(|e| e.under(&format!("dynamic_metadata[{i}]")))
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(RouteMatch {
-        path,
-        case_sensitive: m.case_sensitive.map_or(true, |b| b.value),
-        headers,
-        query,
-        cookies,
-        grpc: m.grpc.is_some(),
-        runtime,
-        tls: m
-            .tls_context
-            .as_ref()
-            .map(|t| (t.presented.map(|b| b.value), t.validated.map(|b| b.value))),
-        dynamic_metadata,
-    })
-}
-
 fn compile_route(r: &rpb::Route, _vh: &rpb::VirtualHost) -> Result<Route, FieldError> {
     let m = r
         .r#match
         .as_ref()
         .ok_or_else(|| FieldError::new("match", "missing"))?;
-    let matcher = compile_match(m).map_err(|e| e.under("match"))?;
+    let matcher = RouteMatch::compile(m).map_err(|e| e.under("match"))?;
     use rpb::route::Action as A;
     let action = match &r.action {
         Some(A::Route(ra)) => {
@@ -862,12 +719,12 @@ fn compile_route(r: &rpb::Route, _vh: &rpb::VirtualHost) -> Result<Route, FieldE
             &r.request_headers_to_add,
             &r.request_headers_to_remove,
         )
-        .map_err(|e| e.under("request_headers_to_add"))?,
+        .map_err(|e| e.under("request_headers"))?,
         response_headers: HeaderMutations::compile(
             &r.response_headers_to_add,
             &r.response_headers_to_remove,
         )
-        .map_err(|e| e.under("response_headers_to_add"))?,
+        .map_err(|e| e.under("response_headers"))?,
         metadata: r.metadata.clone(),
         typed_per_filter_config: r.typed_per_filter_config.clone(),
     })

@@ -145,7 +145,15 @@ impl RouteIndex {
                     };
                     m.entry(key(p)).or_default().push(i);
                 }
-                PathMatch::Regex(_) | PathMatch::Connect => ix.other.push(i),
+                PathMatch::Regex(re) => match regex_literal_prefix(re.as_str()) {
+                    // A full match must start with the regex's literal prefix.
+                    Some(p) if !p.is_empty() => {
+                        ix.max_prefix = ix.max_prefix.max(p.len());
+                        ix.prefix.entry(p).or_default().push(i);
+                    }
+                    _ => ix.other.push(i),
+                },
+                PathMatch::Connect => ix.other.push(i),
             }
         }
         Some(ix)
@@ -184,5 +192,205 @@ impl RouteIndex {
         out.sort_unstable();
         out.dedup();
         out
+    }
+}
+
+/// The literal text every full match of `anchored` (`^(?:re)$`, as compiled by the matcher)
+/// starts with; conservative: `None` when the pattern has alternation or starts with a group.
+fn regex_literal_prefix(anchored: &str) -> Option<String> {
+    let re = anchored.strip_prefix("^(?:")?.strip_suffix(")$")?;
+    if re.contains('|') {
+        return None;
+    }
+    let re = re.strip_prefix('^').unwrap_or(re);
+    let mut out = String::new();
+    let mut chars = re.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_alphanumeric() || "/-_~=&,;:@!'\"%<>#".contains(c) {
+            if matches!(chars.peek(), Some('*' | '?' | '{')) {
+                break;
+            }
+            out.push(c);
+        } else {
+            break;
+        }
+    }
+    Some(out)
+}
+
+/// A `RouteConfiguration` with one virtual host (`*`) and `n` routes, for benchmarks and
+/// scale tests. Route `i` is, by `i % 10`: an exact path `/svc/{i}`, a case-insensitive exact
+/// path `/CI/{i}`, a prefix `/svc/{i}/` (with a header condition every 20th), a separated
+/// prefix `/sep/{i}`, or (one in 10) a regex `/re/{i}/[0-9]+`; a catch-all `/` comes last.
+pub fn large_config(n: usize) -> envoy_types::pb::envoy::config::route::v3::RouteConfiguration {
+    use envoy_types::pb::envoy::config::route::v3 as rpb;
+    use envoy_types::pb::envoy::r#type::matcher::v3 as mpb;
+    use rpb::route_match::PathSpecifier as P;
+    let route = |i: usize, path: P, ci: bool, headers: Vec<rpb::HeaderMatcher>| rpb::Route {
+        name: format!("r{i}"),
+        r#match: Some(rpb::RouteMatch {
+            path_specifier: Some(path),
+            case_sensitive: ci
+                .then_some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+            headers,
+            ..Default::default()
+        }),
+        action: Some(rpb::route::Action::Route(rpb::RouteAction {
+            cluster_specifier: Some(rpb::route_action::ClusterSpecifier::Cluster(format!(
+                "c{i}"
+            ))),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let mut routes: Vec<rpb::Route> = (0..n)
+        .map(|i| match i % 10 {
+            0..=3 => route(i, P::Path(format!("/svc/{}", i / 2)), false, vec![]),
+            4 => route(i, P::Path(format!("/CI/{i}")), true, vec![]),
+            5..=7 => {
+                let headers = if i % 20 == 5 {
+                    vec![rpb::HeaderMatcher {
+                        name: "x-canary".into(),
+                        ..Default::default()
+                    }]
+                } else {
+                    vec![]
+                };
+                route(i, P::Prefix(format!("/svc/{}/", i / 3)), false, headers)
+            }
+            8 => route(
+                i,
+                P::PathSeparatedPrefix(format!("/sep/{}", i / 4)),
+                false,
+                vec![],
+            ),
+            _ => route(
+                i,
+                P::SafeRegex(mpb::RegexMatcher {
+                    regex: format!("/re/{}/[0-9]+", i / 5),
+                    engine_type: None,
+                }),
+                false,
+                vec![],
+            ),
+        })
+        .collect();
+    routes.push(route(n, P::Prefix("/".into()), false, vec![]));
+    rpb::RouteConfiguration {
+        name: "large".into(),
+        virtual_hosts: vec![rpb::VirtualHost {
+            name: "all".into(),
+            domains: vec!["*".into()],
+            routes,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::{DefaultRuntime, RequestView, RouteTable, Selected};
+
+    fn naive<'t>(t: &'t RouteTable, req: &RequestView<'_>) -> Option<&'t Route> {
+        let vh = t.find_vhost(req)?;
+        vh.routes
+            .iter()
+            .find(|r| r.matcher.matches(req, 0, &DefaultRuntime))
+    }
+
+    #[test]
+    fn indexed_selection_equals_linear_scan() {
+        let t = RouteTable::from_proto(&large_config(10_000)).unwrap();
+        assert!(t.virtual_hosts[0].index.is_some());
+        let mut rng = fastrand::Rng::with_seed(7);
+        let plain = http::HeaderMap::new();
+        let mut canary = http::HeaderMap::new();
+        canary.insert("x-canary", "1".parse().unwrap());
+        let mut checked = 0;
+        for _ in 0..250 {
+            let k = rng.usize(..6000);
+            let path = match rng.u8(..8) {
+                0 => format!("/svc/{k}"),
+                1 => format!("/svc/{k}/x?q=1"),
+                2 => format!("/ci/{k}"),
+                3 => format!("/sep/{k}"),
+                4 => format!("/sep/{k}/more"),
+                5 => format!("/sep/{k}x"),
+                6 => format!("/re/{k}/{}", rng.u16(..)),
+                _ => format!("/other/{k}"),
+            };
+            for h in [&plain, &canary] {
+                let req = RequestView {
+                    authority: "any",
+                    path: &path,
+                    method: "GET",
+                    headers: h,
+                    scheme: "http",
+                    internal: false,
+                    remote_addr: None,
+                    tls: None,
+                    dynamic_metadata: None,
+                };
+                let got = t.select(&req, 0);
+                let want = naive(&t, &req);
+                let got_route = got.route();
+                assert!(
+                    std::ptr::eq(got_route.unwrap(), want.unwrap()),
+                    "{path}: got {:?}, want {:?}",
+                    got_route.map(|r| &r.name),
+                    want.map(|r| &r.name)
+                );
+                assert!(matches!(got, Selected::Route { .. }));
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 500);
+    }
+
+    #[test]
+    fn regex_prefixes() {
+        let p = |re: &str| regex_literal_prefix(&format!("^(?:{re})$"));
+        assert_eq!(p("/re/12/[0-9]+").as_deref(), Some("/re/12/"));
+        assert_eq!(p("^/api/v[0-9]/.*").as_deref(), Some("/api/v"));
+        assert_eq!(p("/ab?c").as_deref(), Some("/a"));
+        assert_eq!(p("/a|/b"), None);
+        assert_eq!(p("(?i)/abc").as_deref(), Some(""));
+        assert_eq!(p("/a\\.b").as_deref(), Some("/a"));
+    }
+
+    #[test]
+    fn index_keeps_first_match_order() {
+        // A later exact route must not win over an earlier prefix route.
+        let mut rc = large_config(40);
+        let routes = &mut rc.virtual_hosts[0].routes;
+        let exact = routes[0].clone(); // exact /svc/0
+        let mut early_prefix = routes[5].clone(); // prefix /svc/1/
+        if let Some(m) = early_prefix.r#match.as_mut() {
+            m.path_specifier = Some(
+                envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier::Prefix(
+                    "/svc/".into(),
+                ),
+            );
+            m.headers.clear();
+        }
+        early_prefix.name = "early".into();
+        routes.insert(0, early_prefix);
+        routes.push(exact);
+        let t = RouteTable::from_proto(&rc).unwrap();
+        let h = http::HeaderMap::new();
+        let req = RequestView {
+            authority: "x",
+            path: "/svc/0",
+            method: "GET",
+            headers: &h,
+            scheme: "http",
+            internal: false,
+            remote_addr: None,
+            tls: None,
+            dynamic_metadata: None,
+        };
+        assert_eq!(t.select(&req, 0).route().unwrap().name, "early");
     }
 }

@@ -1,0 +1,674 @@
+//! VirtualService `http` routes → Envoy routes, and the sidecar's route configurations: one per
+//! port (named `9080`), a virtual host `HOST:PORT` per service with all its short-name domains,
+//! and `allow_any` to PassthroughCluster last.
+//!
+//! Matches (uri exact/prefix/regex, headers, withoutHeaders, queryParams, method, authority,
+//! scheme, ignoreUriCase, port, gateways, sourceLabels, sourceNamespace), actions (weighted
+//! destinations with subsets and ports, redirect, directResponse, delegate), rewrites, header
+//! operations, timeouts, retries and faults (`envoy.filters.http.fault` per-route config) are
+//! generated as istiod does. CORS is recorded as per-route config; mirroring is reported only.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use serde_json::{json, Value};
+
+use super::clusters::{dur, outbound_name, policy_for};
+use super::model::{
+    Destination, Headers, HttpMatch, HttpRoute, Kind, Object, StringMatch, VirtualServiceSpec,
+};
+use super::registry::{host_matches, visible, Registry, Service, DOMAIN};
+use super::validate::{parse_duration, Level, Message};
+use super::{pb, Node, Resources};
+
+/// Where routes are being generated: a port, and the gateway (`None` = the mesh, sidecars).
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'a> {
+    pub reg: &'a Registry,
+    pub node: &'a Node,
+    pub port: u32,
+    /// `ns/name` of the gateway, or `None` for sidecars (`mesh`).
+    pub gateway: Option<&'a str>,
+}
+
+fn string_match(m: &StringMatch, ignore_case: bool) -> Value {
+    if let Some(e) = &m.exact {
+        json!({"exact": e, "ignore_case": ignore_case})
+    } else if let Some(p) = &m.prefix {
+        json!({"prefix": p, "ignore_case": ignore_case})
+    } else if let Some(r) = &m.regex {
+        json!({"safe_regex": {"regex": r}})
+    } else {
+        json!({})
+    }
+}
+
+fn header_matcher(name: &str, m: &StringMatch, invert: bool) -> Value {
+    let mut h = if m.exact.is_none() && m.prefix.is_none() && m.regex.is_none() {
+        json!({"name": name, "present_match": true})
+    } else {
+        json!({"name": name, "string_match": string_match(m, false)})
+    };
+    if invert {
+        h["invert_match"] = json!(true);
+    }
+    h
+}
+
+fn envoy_match(m: &HttpMatch) -> Value {
+    let mut out = json!({});
+    match &m.uri {
+        Some(StringMatch { exact: Some(e), .. }) => out["path"] = json!(e),
+        Some(StringMatch {
+            prefix: Some(p), ..
+        }) => out["prefix"] = json!(p),
+        Some(StringMatch { regex: Some(r), .. }) => {
+            let r = if m.ignore_uri_case {
+                format!("(?i){r}")
+            } else {
+                r.clone()
+            };
+            out["safe_regex"] = json!({"regex": r});
+        }
+        _ => out["prefix"] = json!("/"),
+    }
+    if out.get("safe_regex").is_none() {
+        out["case_sensitive"] = json!(!m.ignore_uri_case);
+    }
+    let mut headers = Vec::new();
+    for (k, v) in &m.headers {
+        headers.push(header_matcher(&k.to_ascii_lowercase(), v, false));
+    }
+    for (k, v) in &m.without_headers {
+        headers.push(header_matcher(&k.to_ascii_lowercase(), v, true));
+    }
+    for (name, v) in [
+        (":method", &m.method),
+        (":authority", &m.authority),
+        (":scheme", &m.scheme),
+    ] {
+        if let Some(v) = v {
+            headers.push(header_matcher(name, v, false));
+        }
+    }
+    if !headers.is_empty() {
+        out["headers"] = json!(headers);
+    }
+    let q: Vec<Value> = m
+        .query_params
+        .iter()
+        .map(|(k, v)| {
+            if v.exact.is_none() && v.prefix.is_none() && v.regex.is_none() {
+                json!({"name": k, "present_match": true})
+            } else {
+                json!({"name": k, "string_match": string_match(v, false)})
+            }
+        })
+        .collect();
+    if !q.is_empty() {
+        out["query_parameters"] = json!(q);
+    }
+    out
+}
+
+fn header_ops(h: &Option<Headers>, target: &mut Value) {
+    let Some(h) = h else { return };
+    for (dir, ops) in [("request", &h.request), ("response", &h.response)] {
+        let Some(ops) = ops else { continue };
+        let mut add = Vec::new();
+        for (k, v) in &ops.set {
+            add.push(json!({"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}));
+        }
+        for (k, v) in &ops.add {
+            add.push(json!({"header": {"key": k, "value": v}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}));
+        }
+        if !add.is_empty() {
+            target[format!("{dir}_headers_to_add")] = json!(add);
+        }
+        if !ops.remove.is_empty() {
+            target[format!("{dir}_headers_to_remove")] = json!(ops.remove);
+        }
+    }
+}
+
+fn percent(p: &Option<super::model::Percent>, legacy: Option<i64>) -> Value {
+    match (p.as_ref().and_then(|p| p.value), legacy) {
+        (Some(v), _) => {
+            json!({"numerator": (v * 10000.0).round() as u64, "denominator": "MILLION"})
+        }
+        (None, Some(l)) => json!({"numerator": l.max(0), "denominator": "HUNDRED"}),
+        (None, None) => json!({"numerator": 100, "denominator": "HUNDRED"}),
+    }
+}
+
+fn default_retry() -> Value {
+    json!({
+        "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+        "num_retries": 2,
+        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+        "host_selection_retry_max_attempts": 5,
+        "retriable_status_codes": [503],
+    })
+}
+
+/// The cluster a destination names, from a VirtualService in `ns` routing on `port`.
+pub fn dest_cluster(ctx: &Ctx, d: &Destination, ns: &str) -> (String, Option<u32>) {
+    let host = ctx.reg.resolve(&d.host, ns);
+    let svc = ctx.reg.service(&host, &ctx.node.namespace);
+    let port = d
+        .port
+        .as_ref()
+        .and_then(|p| p.number)
+        .or_else(|| {
+            let s = svc?;
+            if s.ports.len() == 1 {
+                Some(s.ports[0].port)
+            } else if s.ports.iter().any(|p| p.port == ctx.port) {
+                Some(ctx.port)
+            } else {
+                s.ports.first().map(|p| p.port)
+            }
+        })
+        .unwrap_or(ctx.port);
+    let subset = d.subset.as_deref().unwrap_or("");
+    (outbound_name(port, subset, &host), Some(port))
+}
+
+fn hash_policy(ctx: &Ctx, d: &Destination, ns: &str, port: u32) -> Option<Value> {
+    let host = ctx.reg.resolve(&d.host, ns);
+    let p = policy_for(
+        ctx.reg,
+        &host,
+        port,
+        d.subset.as_deref().unwrap_or(""),
+        &ctx.node.namespace,
+    );
+    let ch = p.lb?.consistent_hash?;
+    let hp = if let Some(h) = ch.http_header_name {
+        json!({"header": {"header_name": h}})
+    } else if let Some(c) = ch.http_cookie {
+        let mut v = json!({"cookie": {"name": c.name}});
+        if let Some(path) = c.path {
+            v["cookie"]["path"] = json!(path);
+        }
+        if let Some(t) = c.ttl.as_deref().and_then(parse_duration) {
+            v["cookie"]["ttl"] = json!(dur(t));
+        }
+        v
+    } else if ch.use_source_ip == Some(true) {
+        json!({"connection_properties": {"source_ip": true}})
+    } else if let Some(q) = ch.http_query_parameter_name {
+        json!({"query_parameter": {"name": q}})
+    } else {
+        return None;
+    };
+    Some(json!([hp]))
+}
+
+/// Whether a match applies in this context (port, gateway, source labels and namespace).
+fn applies(ctx: &Ctx, m: &HttpMatch, vs_ns: &str) -> bool {
+    if m.port.is_some_and(|p| p != ctx.port) {
+        return false;
+    }
+    if !m.gateways.is_empty() && !gateway_listed(&m.gateways, ctx.gateway, vs_ns) {
+        return false;
+    }
+    if !m.source_labels.is_empty()
+        && !m
+            .source_labels
+            .iter()
+            .all(|(k, v)| ctx.node.labels.get(k) == Some(v))
+    {
+        return false;
+    }
+    if m.source_namespace
+        .as_ref()
+        .is_some_and(|n| n != &ctx.node.namespace)
+    {
+        return false;
+    }
+    true
+}
+
+/// Whether `gateways` (as written in a VirtualService of `vs_ns`) lists the context gateway.
+pub fn gateway_listed(gateways: &[String], gw: Option<&str>, vs_ns: &str) -> bool {
+    match gw {
+        None => gateways.is_empty() || gateways.iter().any(|g| g == "mesh"),
+        Some(full) => gateways.iter().any(|g| {
+            let (n, name) = super::registry::gateway_ref(g, vs_ns);
+            format!("{n}/{name}") == full
+        }),
+    }
+}
+
+/// Child match refined by the parent's (delegation): the child's fields win, headers merge.
+fn merge_match(parent: &HttpMatch, child: &HttpMatch) -> HttpMatch {
+    let mut m = child.clone();
+    m.uri = child.uri.clone().or_else(|| parent.uri.clone());
+    m.method = child.method.clone().or_else(|| parent.method.clone());
+    m.authority = child.authority.clone().or_else(|| parent.authority.clone());
+    m.scheme = child.scheme.clone().or_else(|| parent.scheme.clone());
+    m.port = child.port.or(parent.port);
+    for (k, v) in &parent.headers {
+        m.headers.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    for (k, v) in &parent.query_params {
+        m.query_params.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    for (k, v) in &parent.without_headers {
+        m.without_headers
+            .entry(k.clone())
+            .or_insert_with(|| v.clone());
+    }
+    if m.gateways.is_empty() {
+        m.gateways = parent.gateways.clone();
+    }
+    m.ignore_uri_case |= parent.ignore_uri_case;
+    m
+}
+
+/// Envoy routes for a VirtualService's `http` section in this context.
+pub fn http_routes(
+    ctx: &Ctx,
+    vs_obj: &Object,
+    vs: &VirtualServiceSpec,
+    msgs: &mut Vec<Message>,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    routes_inner(ctx, vs_obj, &vs.http, &[], 0, msgs, &mut out);
+    out
+}
+
+fn routes_inner(
+    ctx: &Ctx,
+    vs_obj: &Object,
+    http: &[HttpRoute],
+    parent: &[HttpMatch],
+    depth: usize,
+    msgs: &mut Vec<Message>,
+    out: &mut Vec<Value>,
+) {
+    let ns = vs_obj.namespace.as_str();
+    for (i, r) in http.iter().enumerate() {
+        let own: Vec<HttpMatch> = if r.matches.is_empty() {
+            vec![HttpMatch::default()]
+        } else {
+            r.matches.clone()
+        };
+        let matches: Vec<HttpMatch> = if parent.is_empty() {
+            own
+        } else {
+            parent
+                .iter()
+                .flat_map(|p| own.iter().map(move |c| merge_match(p, c)))
+                .collect()
+        };
+        if let Some(d) = &r.delegate {
+            let dns = d.namespace.clone().unwrap_or_else(|| ns.to_string());
+            let child = ctx.reg.objects.iter().find(|o| {
+                o.namespace == dns
+                    && o.meta.name == d.name
+                    && matches!(o.kind, Kind::VirtualService(_))
+            });
+            match (child, depth) {
+                (Some(c), 0) => {
+                    let Kind::VirtualService(cvs) = &c.kind else {
+                        continue;
+                    };
+                    if !cvs.hosts.is_empty() {
+                        msgs.push(Message::new(
+                            Level::Error,
+                            vs_obj,
+                            format!("spec.http[{i}].delegate"),
+                            format!("delegate {dns}/{} must not have hosts", d.name),
+                        ));
+                        continue;
+                    }
+                    routes_inner(ctx, c, &cvs.http, &matches, 1, msgs, out);
+                }
+                (Some(_), _) => msgs.push(Message::new(
+                    Level::Error,
+                    vs_obj,
+                    format!("spec.http[{i}].delegate"),
+                    "delegates cannot delegate again",
+                )),
+                (None, _) => msgs.push(Message::new(
+                    Level::Warning,
+                    vs_obj,
+                    format!("spec.http[{i}].delegate"),
+                    format!("VirtualService {dns}/{} does not exist", d.name),
+                )),
+            }
+            continue;
+        }
+        for m in matches.iter().filter(|m| applies(ctx, m, ns)) {
+            out.push(route(ctx, vs_obj, r, m));
+        }
+    }
+}
+
+fn route(ctx: &Ctx, vs_obj: &Object, r: &HttpRoute, m: &HttpMatch) -> Value {
+    let ns = vs_obj.namespace.as_str();
+    let mut rt = json!({
+        "match": envoy_match(m),
+        "metadata": {"filter_metadata": {"istio": {"config": format!("/apis/networking.istio.io/v1/namespaces/{ns}/virtual-service/{}", vs_obj.meta.name)}}},
+    });
+    if let Some(n) = r.name.as_ref().or(m.name.as_ref()) {
+        rt["name"] = json!(n);
+    }
+    if let Some(red) = &r.redirect {
+        let mut v = json!({});
+        if let Some(u) = &red.uri {
+            v["path_redirect"] = json!(u);
+        }
+        if let Some(a) = &red.authority {
+            v["host_redirect"] = json!(a);
+        }
+        if let Some(p) = red.port {
+            v["port_redirect"] = json!(p);
+        }
+        if let Some(s) = &red.scheme {
+            v["scheme_redirect"] = json!(s);
+        }
+        v["response_code"] = json!(match red.redirect_code.unwrap_or(301) {
+            302 => "FOUND",
+            303 => "SEE_OTHER",
+            307 => "TEMPORARY_REDIRECT",
+            308 => "PERMANENT_REDIRECT",
+            _ => "MOVED_PERMANENTLY",
+        });
+        rt["redirect"] = v;
+    } else if let Some(dr) = &r.direct_response {
+        let mut v = json!({"status": dr.status});
+        if let Some(b) = &dr.body {
+            if let Some(s) = &b.string {
+                v["body"] = json!({"inline_string": s});
+            } else if let Some(b) = &b.bytes {
+                v["body"] = json!({"inline_bytes": b});
+            }
+        }
+        rt["direct_response"] = v;
+    } else {
+        let mut action = json!({});
+        let dests: Vec<(String, i64, &HttpRouteDestinationRef)> = r
+            .route
+            .iter()
+            .map(|d| {
+                (
+                    dest_cluster(ctx, &d.destination, ns).0,
+                    d.weight.unwrap_or(if r.route.len() == 1 { 100 } else { 0 }),
+                    d,
+                )
+            })
+            .collect();
+        let total: i64 = dests.iter().map(|d| d.1.max(0)).sum();
+        let per_dest_headers = dests.iter().any(|d| d.2.headers.is_some());
+        if dests.len() == 1 && !per_dest_headers {
+            action["cluster"] = json!(dests[0].0);
+            if let Some(hp) = hash_policy(
+                ctx,
+                &r.route[0].destination,
+                ns,
+                dest_cluster(ctx, &r.route[0].destination, ns)
+                    .1
+                    .unwrap_or(ctx.port),
+            ) {
+                action["hash_policy"] = hp;
+            }
+        } else {
+            let cl: Vec<Value> = dests
+                .iter()
+                .map(|(c, w, d)| {
+                    let mut v =
+                        json!({"name": c, "weight": if total == 0 { 1 } else { (*w).max(0) }});
+                    header_ops(&d.headers, &mut v);
+                    v
+                })
+                .filter(|v| v["weight"].as_i64() != Some(0))
+                .collect();
+            action["weighted_clusters"] = json!({"clusters": cl});
+        }
+        let timeout = r
+            .timeout
+            .as_deref()
+            .and_then(parse_duration)
+            .map(dur)
+            .unwrap_or_else(|| "0s".into());
+        action["timeout"] = json!(timeout);
+        match &r.retries {
+            None => action["retry_policy"] = default_retry(),
+            Some(rt) if rt.attempts.unwrap_or(0) <= 0 => {}
+            Some(rt) => {
+                let mut p = default_retry();
+                p["num_retries"] = json!(rt.attempts);
+                if let Some(on) = &rt.retry_on {
+                    let (codes, names): (Vec<&str>, Vec<&str>) = on
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .partition(|s| s.parse::<u32>().is_ok());
+                    let mut names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+                    let codes: Vec<u32> = codes.iter().filter_map(|c| c.parse().ok()).collect();
+                    if !codes.is_empty() && !names.iter().any(|n| n == "retriable-status-codes") {
+                        names.push("retriable-status-codes".into());
+                    }
+                    p["retry_on"] = json!(names.join(","));
+                    p["retriable_status_codes"] = json!(codes);
+                }
+                if let Some(t) = rt.per_try_timeout.as_deref().and_then(parse_duration) {
+                    p["per_try_timeout"] = json!(dur(t));
+                }
+                action["retry_policy"] = p;
+            }
+        }
+        if let Some(rw) = &r.rewrite {
+            if let Some(u) = &rw.uri {
+                action["prefix_rewrite"] = json!(u);
+            }
+            if let Some(a) = &rw.authority {
+                action["host_rewrite_literal"] = json!(a);
+            }
+            if let Some(rr) = &rw.uri_regex_rewrite {
+                action["regex_rewrite"] =
+                    json!({"pattern": {"regex": rr.pattern}, "substitution": rr.rewrite});
+            }
+        }
+        rt["route"] = action;
+    }
+    header_ops(&r.headers, &mut rt);
+    let mut tpfc = serde_json::Map::new();
+    if let Some(f) = &r.fault {
+        let mut v = json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"});
+        if let Some(d) = &f.delay {
+            if let Some(t) = d.fixed_delay.as_deref().and_then(parse_duration) {
+                v["delay"] =
+                    json!({"fixed_delay": dur(t), "percentage": percent(&d.percentage, d.percent)});
+            }
+        }
+        if let Some(a) = &f.abort {
+            if let Some(s) = a.http_status {
+                v["abort"] = json!({"http_status": s, "percentage": percent(&a.percentage, None)});
+            }
+        }
+        tpfc.insert("envoy.filters.http.fault".into(), v);
+    }
+    if let Some(c) = &r.cors_policy {
+        let mut origins: Vec<Value> = c
+            .allow_origins
+            .iter()
+            .map(|m| string_match(m, false))
+            .collect();
+        origins.extend(c.allow_origin.iter().map(|o| json!({"exact": o})));
+        let mut v = json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+                           "allow_origin_string_match": origins});
+        if !c.allow_methods.is_empty() {
+            v["allow_methods"] = json!(c.allow_methods.join(","));
+        }
+        if !c.allow_headers.is_empty() {
+            v["allow_headers"] = json!(c.allow_headers.join(","));
+        }
+        if !c.expose_headers.is_empty() {
+            v["expose_headers"] = json!(c.expose_headers.join(","));
+        }
+        if let Some(t) = c.max_age.as_deref().and_then(parse_duration) {
+            v["max_age"] = json!(t.as_secs().to_string());
+        }
+        if let Some(b) = c.allow_credentials {
+            v["allow_credentials"] = json!(b);
+        }
+        tpfc.insert("envoy.filters.http.cors".into(), v);
+    }
+    if !tpfc.is_empty() {
+        rt["typed_per_filter_config"] = Value::Object(tpfc);
+    }
+    rt
+}
+
+type HttpRouteDestinationRef = super::model::HttpRouteDestination;
+
+/// The catch-all route to one cluster (no VirtualService).
+pub fn default_route(cluster: &str) -> Value {
+    json!({"name": "default", "match": {"prefix": "/"},
+           "route": {"cluster": cluster, "timeout": "0s", "retry_policy": default_retry()}})
+}
+
+/// All the names a service is reached by from namespace `ns` on `port`.
+pub fn domains(svc: &Service, port: u32, ns: &str) -> Vec<String> {
+    let mut names = vec![svc.hostname.clone()];
+    if !svc.k8s_name.is_empty() {
+        let base = format!("{}.{}", svc.k8s_name, svc.namespace);
+        if svc.namespace == ns {
+            names.push(svc.k8s_name.clone());
+        }
+        names.push(base.clone());
+        names.push(format!("{base}.svc"));
+        let _ = DOMAIN;
+    }
+    names.extend(svc.vips.iter().filter(|v| !v.contains('/')).cloned());
+    let mut out = Vec::new();
+    for n in names {
+        out.push(format!("{n}:{port}"));
+        out.push(n);
+    }
+    out
+}
+
+/// The mesh VirtualService for `host` as seen from the node (exact host before wildcard).
+pub fn mesh_vs_for<'a>(
+    reg: &'a Registry,
+    node: &Node,
+    host: &str,
+) -> Option<(&'a Object, &'a VirtualServiceSpec)> {
+    let cands: Vec<_> = reg
+        .virtual_services()
+        .filter(|(o, vs)| {
+            !vs.hosts.is_empty()
+                && visible(&vs.export_to, &o.namespace, &node.namespace)
+                && gateway_listed(&vs.gateways, None, &o.namespace)
+        })
+        .collect();
+    let exact = cands.iter().find(|(o, vs)| {
+        vs.hosts
+            .iter()
+            .any(|h| reg.resolve(h, &o.namespace) == host)
+    });
+    exact
+        .or_else(|| {
+            cands.iter().find(|(o, vs)| {
+                vs.hosts
+                    .iter()
+                    .any(|h| host_matches(&reg.resolve(h, &o.namespace), host))
+            })
+        })
+        .copied()
+}
+
+/// Route configurations for a sidecar: one per HTTP (or sniffed) port of visible services.
+pub fn build_sidecar(reg: &Registry, node: &Node, out: &mut Resources) {
+    let mut by_port: BTreeMap<u32, Vec<&Service>> = BTreeMap::new();
+    for s in reg
+        .services
+        .iter()
+        .filter(|s| s.visible_from(&node.namespace))
+    {
+        for p in &s.ports {
+            if p.protocol.is_http() || p.protocol == super::registry::Protocol::Unknown {
+                by_port.entry(p.port).or_default().push(s);
+            }
+        }
+    }
+    for (port, svcs) in by_port {
+        let ctx = Ctx {
+            reg,
+            node,
+            port,
+            gateway: None,
+        };
+        let mut used = BTreeSet::new();
+        let mut vhosts = Vec::new();
+        let mut vs_hosts_done = BTreeSet::new();
+        for svc in svcs {
+            let routes = match mesh_vs_for(reg, node, &svc.hostname) {
+                Some((o, vs)) => {
+                    vs_hosts_done.insert((o.namespace.clone(), o.meta.name.clone()));
+                    let r = http_routes(&ctx, o, vs, &mut out.messages);
+                    if r.is_empty() && vs.http.is_empty() {
+                        vec![default_route(&outbound_name(port, "", &svc.hostname))]
+                    } else {
+                        r
+                    }
+                }
+                None => vec![default_route(&outbound_name(port, "", &svc.hostname))],
+            };
+            let doms: Vec<String> = domains(svc, port, &node.namespace)
+                .into_iter()
+                .filter(|d| used.insert(d.clone()))
+                .collect();
+            if doms.is_empty() {
+                continue;
+            }
+            vhosts.push(json!({"name": format!("{}:{port}", svc.hostname), "domains": doms, "routes": routes, "include_request_attempt_count": true}));
+        }
+        // VirtualService hosts that are not services: reachable on the ports of their destinations.
+        for (o, vs) in reg.virtual_services() {
+            if !visible(&vs.export_to, &o.namespace, &node.namespace)
+                || !gateway_listed(&vs.gateways, None, &o.namespace)
+            {
+                continue;
+            }
+            let on_port = vs
+                .http
+                .iter()
+                .flat_map(|r| &r.route)
+                .any(|d| dest_cluster(&ctx, &d.destination, &o.namespace).1 == Some(port));
+            if !on_port {
+                continue;
+            }
+            for h in &vs.hosts {
+                let host = reg.resolve(h, &o.namespace);
+                if host.contains('*') || reg.service(&host, &node.namespace).is_some() {
+                    continue;
+                }
+                let doms: Vec<String> = [format!("{host}:{port}"), host.clone()]
+                    .into_iter()
+                    .filter(|d| used.insert(d.clone()))
+                    .collect();
+                if doms.is_empty() {
+                    continue;
+                }
+                let routes = http_routes(&ctx, o, vs, &mut out.messages);
+                vhosts.push(json!({"name": format!("{host}:{port}"), "domains": doms, "routes": routes, "include_request_attempt_count": true}));
+            }
+        }
+        vhosts.push(json!({"name": "allow_any", "domains": ["*"], "routes": [
+            {"name": "allow_any", "match": {"prefix": "/"}, "route": {"cluster": "PassthroughCluster", "timeout": "0s"}}
+        ], "include_request_attempt_count": true}));
+        let name = port.to_string();
+        let rc = json!({"name": name, "virtual_hosts": vhosts, "validate_clusters": false});
+        match pb::<RouteConfiguration>(&name, rc) {
+            Ok(rc) => out.routes.push(rc),
+            Err(e) => out.skipped.push(e),
+        }
+    }
+}

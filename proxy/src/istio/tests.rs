@@ -1,0 +1,425 @@
+//! Translation shape tests: what each Istio field becomes in the generated Envoy resources.
+
+use serde_json::Value;
+
+use super::*;
+use crate::config::proto::to_json;
+
+fn load(yaml: &str) -> Loaded {
+    let mut l = Loaded::default();
+    load::load_str("t.yaml", yaml, &mut l);
+    l
+}
+
+fn tr(yaml: &str, node: &Node) -> (Resources, Value) {
+    let r = translate(&load(yaml), node);
+    assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+    let j = r.to_json();
+    (r, j)
+}
+
+fn vhost<'a>(j: &'a Value, rc: &str, name: &str) -> &'a Value {
+    j["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == rc)
+        .unwrap_or_else(|| panic!("no route config {rc}"))["virtual_hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no vhost {name}"))
+}
+
+const SVC: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: ns1}
+spec:
+  clusterIP: 10.0.0.7
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+  - {name: tcp-db, port: 5432}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: web, namespace: ns1}
+subsets:
+- addresses: [{ip: 10.1.0.1, targetRef: {kind: Pod, name: web-a}}, {ip: 10.1.0.2}]
+  ports: [{name: http, port: 8080}, {name: tcp-db, port: 5432}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-a, namespace: ns1, labels: {app: web, version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: ns1}
+spec:
+  host: web
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 7, connectTimeout: 2s}, http: {http2MaxRequests: 9}}
+    outlierDetection: {consecutive5xxErrors: 3, interval: 8ms, baseEjectionTime: 1m}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+"#;
+
+#[test]
+fn clusters_endpoints_and_policies() {
+    let (r, _) = tr(SVC, &Node::sidecar("ns1"));
+    let c = to_json(r.cluster("outbound|80||web.ns1.svc.cluster.local").unwrap());
+    assert_eq!(c["type"], "EDS");
+    assert_eq!(c["connect_timeout"], "2s");
+    assert_eq!(c["circuit_breakers"]["thresholds"][0]["max_connections"], 7);
+    assert_eq!(c["circuit_breakers"]["thresholds"][0]["max_requests"], 9);
+    assert_eq!(c["outlier_detection"]["consecutive_5xx"], 3);
+    assert_eq!(c["outlier_detection"]["interval"], "0.008s");
+    let v1 = to_json(
+        r.cluster("outbound|80|v1|web.ns1.svc.cluster.local")
+            .unwrap(),
+    );
+    assert_eq!(v1["lb_policy"], "RING_HASH");
+    let eps = |n: &str| {
+        let la = r.endpoints.iter().find(|e| e.cluster_name == n).unwrap();
+        la.endpoints
+            .iter()
+            .map(|l| l.lb_endpoints.len())
+            .sum::<usize>()
+    };
+    assert_eq!(eps("outbound|80||web.ns1.svc.cluster.local"), 2);
+    assert_eq!(eps("outbound|80|v1|web.ns1.svc.cluster.local"), 1);
+    assert!(r.cluster("BlackHoleCluster").is_some());
+    assert!(r.cluster("PassthroughCluster").is_some());
+    // TCP port with a VIP: its own VIP_PORT listener.
+    assert!(r.listener("10.0.0.7_5432").is_some());
+    assert!(r.listener("0.0.0.0_80").is_some());
+    assert!(r.listener("virtualOutbound").is_some());
+}
+
+#[test]
+fn short_names_and_consistent_hash_route() {
+    let vs = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: ns1}
+spec:
+  hosts: [web]
+  http:
+  - route: [{destination: {host: web, subset: v1}}]
+"#;
+    let (_, j) = tr(&format!("{SVC}{vs}"), &Node::sidecar("ns1"));
+    let vh = vhost(&j, "80", "web.ns1.svc.cluster.local:80");
+    let d: Vec<&str> = vh["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    for want in [
+        "web",
+        "web:80",
+        "web.ns1",
+        "web.ns1.svc",
+        "web.ns1.svc.cluster.local",
+        "10.0.0.7",
+        "10.0.0.7:80",
+    ] {
+        assert!(d.contains(&want), "{want} in {d:?}");
+    }
+    let rt = &vh["routes"][0]["route"];
+    assert_eq!(rt["cluster"], "outbound|80|v1|web.ns1.svc.cluster.local");
+    assert_eq!(rt["hash_policy"][0]["header"]["header_name"], "x-user");
+    // From another namespace: no bare short name.
+    let (_, j) = tr(&format!("{SVC}{vs}"), &Node::sidecar("other"));
+    let vh = vhost(&j, "80", "web.ns1.svc.cluster.local:80");
+    assert!(!vh["domains"].as_array().unwrap().iter().any(|d| d == "web"));
+}
+
+#[test]
+fn http_route_features() {
+    let vs = r#"
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: web, namespace: ns1}
+spec:
+  hosts: [web]
+  http:
+  - name: redirect
+    match: [{uri: {exact: /old}, method: {exact: GET}}]
+    redirect: {uri: /new, authority: b.example, redirectCode: 302}
+  - match: [{uri: {regex: "/r/[0-9]+"}, ignoreUriCase: true, queryParams: {q: {exact: "1"}}, withoutHeaders: {x-no: {}}}]
+    directResponse: {status: 418, body: {string: teapot}}
+  - match: [{uri: {prefix: /api}, headers: {x-v: {prefix: "2"}}}]
+    rewrite: {uri: /v2, authority: api.internal}
+    timeout: 1.5s
+    retries: {attempts: 4, perTryTimeout: 200ms, retryOn: "5xx,503"}
+    headers:
+      request: {set: {x-a: "1"}, add: {x-b: "2"}, remove: [x-c]}
+      response: {remove: [server]}
+    route:
+    - destination: {host: web, subset: v1}
+      weight: 30
+      headers: {request: {set: {x-d: "1"}}}
+    - destination: {host: web, port: {number: 80}}
+      weight: 70
+  - match: [{sourceLabels: {app: nobody}}]
+    route: [{destination: {host: web}}]
+  - fault: {delay: {fixedDelay: 2s, percentage: {value: 12.5}}, abort: {httpStatus: 503, percentage: {value: 1}}}
+    route: [{destination: {host: web}}]
+    retries: {attempts: 0}
+"#;
+    let (r, j) = tr(&format!("{SVC}{vs}"), &Node::sidecar("ns1"));
+    let routes = &vhost(&j, "80", "web.ns1.svc.cluster.local:80")["routes"];
+    let r0 = &routes[0];
+    assert_eq!(r0["name"], "redirect");
+    assert_eq!(r0["match"]["path"], "/old");
+    assert_eq!(r0["match"]["headers"][0]["name"], ":method");
+    assert_eq!(r0["redirect"]["path_redirect"], "/new");
+    assert_eq!(r0["redirect"]["response_code"], "FOUND");
+    let r1 = &routes[1];
+    assert_eq!(r1["match"]["safe_regex"]["regex"], "(?i)/r/[0-9]+");
+    assert_eq!(
+        r1["match"]["query_parameters"][0]["string_match"]["exact"],
+        "1"
+    );
+    assert_eq!(r1["match"]["headers"][0]["invert_match"], true);
+    assert_eq!(r1["direct_response"]["status"], 418);
+    let r2 = &routes[2];
+    assert_eq!(r2["route"]["prefix_rewrite"], "/v2");
+    assert_eq!(r2["route"]["host_rewrite_literal"], "api.internal");
+    assert_eq!(r2["route"]["timeout"], "1.500s");
+    assert_eq!(r2["route"]["retry_policy"]["num_retries"], 4);
+    assert_eq!(
+        r2["route"]["retry_policy"]["retry_on"],
+        "5xx,retriable-status-codes"
+    );
+    assert_eq!(
+        r2["route"]["retry_policy"]["retriable_status_codes"][0],
+        503
+    );
+    assert_eq!(r2["route"]["retry_policy"]["per_try_timeout"], "0.200s");
+    let wc = &r2["route"]["weighted_clusters"]["clusters"];
+    assert_eq!(wc[0]["name"], "outbound|80|v1|web.ns1.svc.cluster.local");
+    assert_eq!(wc[0]["weight"], 30);
+    assert_eq!(wc[0]["request_headers_to_add"][0]["header"]["key"], "x-d");
+    assert_eq!(r2["request_headers_to_add"].as_array().unwrap().len(), 2);
+    assert_eq!(r2["request_headers_to_remove"][0], "x-c");
+    assert_eq!(r2["response_headers_to_remove"][0], "server");
+    // sourceLabels not matching this node: the route is left out.
+    let r3 = &routes[3];
+    let f = &r3["typed_per_filter_config"]["envoy.filters.http.fault"];
+    assert_eq!(f["delay"]["percentage"]["numerator"], 125000);
+    assert_eq!(f["abort"]["http_status"], 503);
+    assert!(r3["route"].get("retry_policy").is_none());
+    // The generated configuration is accepted by Sluice's route engine.
+    for rc in &r.routes {
+        crate::route::RouteTable::from_proto(rc).unwrap();
+    }
+}
+
+#[test]
+fn delegate_and_gateway_binding() {
+    let yaml = format!(
+        r#"{SVC}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: ["ns1/a.example.com", "other/x.example.com"]
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: root, namespace: ns1}}
+spec:
+  hosts: [a.example.com, x.example.com]
+  gateways: [istio-system/gw]
+  http:
+  - match: [{{uri: {{prefix: /web}}}}]
+    delegate: {{name: child}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: child, namespace: ns1}}
+spec:
+  http:
+  - match: [{{headers: {{x-canary: {{exact: "1"}}}}}}]
+    route: [{{destination: {{host: web, subset: v1}}}}]
+  - route: [{{destination: {{host: web}}}}]
+"#
+    );
+    let mut node = Node {
+        role: Role::Router,
+        namespace: "istio-system".into(),
+        ..Default::default()
+    };
+    node.labels.insert("istio".into(), "ingressgateway".into());
+    let (r, j) = tr(&yaml, &node);
+    assert!(r.listener("0.0.0.0_80").is_some());
+    assert!(
+        r.listener("0.0.0.0_443").is_none(),
+        "TLS servers are skipped"
+    );
+    let vh = vhost(&j, "http.80", "a.example.com:80");
+    let routes = vh["routes"].as_array().unwrap();
+    assert_eq!(routes.len(), 2);
+    assert_eq!(routes[0]["match"]["prefix"], "/web");
+    assert_eq!(routes[0]["match"]["headers"][0]["name"], "x-canary");
+    assert_eq!(
+        routes[1]["route"]["cluster"],
+        "outbound|80||web.ns1.svc.cluster.local"
+    );
+    // x.example.com is only exposed to namespace `other`.
+    let rc = j["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "http.80")
+        .unwrap();
+    assert_eq!(rc["virtual_hosts"].as_array().unwrap().len(), 1);
+    assert!(r.messages.iter().any(|m| m.field == "spec.servers[1]"));
+}
+
+#[test]
+fn service_entries_and_special_services() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: ns1}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}, {number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: any, namespace: ns1}
+spec:
+  hosts: ["*.wild.com"]
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vm, namespace: ns1}
+spec:
+  hosts: [vm.internal]
+  ports: [{number: 3306, name: mysql, protocol: TCP}]
+  addresses: [240.0.0.1]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector: {labels: {app: db}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: db1, namespace: ns1}
+spec: {address: 10.9.9.9, labels: {app: db}, ports: {mysql: 3307}, weight: 3}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: ns1}
+spec: {clusterIP: None, ports: [{name: tcp, port: 5432}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: out, namespace: ns1}
+spec: {type: ExternalName, externalName: db.example.org, ports: [{name: http, port: 80}]}
+"#;
+    let (r, _) = tr(yaml, &Node::sidecar("ns1"));
+    let t = |n: &str| to_json(r.cluster(n).unwrap_or_else(|| panic!("{n}")))["type"].clone();
+    assert_eq!(t("outbound|443||api.example.com"), "STRICT_DNS");
+    assert_eq!(t("outbound|8080||*.wild.com"), "ORIGINAL_DST");
+    assert_eq!(t("outbound|3306||vm.internal"), "EDS");
+    assert_eq!(t("outbound|5432||db.ns1.svc.cluster.local"), "ORIGINAL_DST");
+    assert_eq!(t("outbound|80||out.ns1.svc.cluster.local"), "STRICT_DNS");
+    let la = r
+        .endpoints
+        .iter()
+        .find(|e| e.cluster_name == "outbound|3306||vm.internal")
+        .unwrap();
+    let ep = to_json(la);
+    assert_eq!(
+        ep["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+            ["port_value"],
+        3307
+    );
+    assert_eq!(
+        ep["endpoints"][0]["lb_endpoints"][0]["load_balancing_weight"],
+        3
+    );
+    assert!(r.listener("240.0.0.1_3306").is_some());
+    let tls = to_json(r.listener("0.0.0.0_443").unwrap());
+    assert_eq!(
+        tls["filter_chains"][0]["filter_chain_match"]["server_names"][0],
+        "api.example.com"
+    );
+}
+
+#[test]
+fn inbound_for_selected_workload() {
+    let mut node = Node::sidecar("ns1");
+    node.labels.insert("app".into(), "web".into());
+    let (r, _) = tr(SVC, &node);
+    assert!(r.cluster("inbound|8080||").is_some());
+    assert!(r.cluster("inbound|5432||").is_some());
+    let l = to_json(r.listener("virtualInbound").unwrap());
+    assert_eq!(l["address"]["socket_address"]["port_value"], 15006);
+    assert_eq!(
+        l["filter_chains"][0]["filter_chain_match"]["destination_port"],
+        5432
+    );
+    assert!(r.cluster("inbound|8080||").is_some());
+    let (r, _) = tr(SVC, &Node::sidecar("ns1"));
+    assert!(r.cluster("inbound|8080||").is_none());
+}
+
+#[test]
+fn reference_checks() {
+    let yaml = format!(
+        r#"{SVC}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: bad, namespace: ns1}}
+spec:
+  hosts: [web]
+  gateways: [nope]
+  http:
+  - route:
+    - {{destination: {{host: web, subset: v9}}, weight: 60}}
+    - {{destination: {{host: ghost}}, weight: 30}}
+"#
+    );
+    let r = translate(&load(&yaml), &Node::sidecar("ns1"));
+    let find = |f: &str| {
+        r.messages
+            .iter()
+            .find(|m| m.field == f)
+            .unwrap_or_else(|| panic!("{f}: {:#?}", r.messages))
+    };
+    assert!(find("spec.gateways[0]").text.contains("does not exist"));
+    assert!(find("spec.http[0].route[0].destination.subset")
+        .text
+        .contains("v9"));
+    assert!(find("spec.http[0].route[1].destination.host")
+        .text
+        .contains("ghost.ns1.svc.cluster.local"));
+    assert!(find("spec.http[0].route").text.contains("sum to 90"));
+    let m = find("spec.gateways[0]").to_string();
+    assert!(
+        m.starts_with("Error [t.yaml#4] (VirtualService ns1/bad) spec.gateways[0]:"),
+        "{m}"
+    );
+}

@@ -1,0 +1,106 @@
+//! The `sluice` binary's command line: `route-check` exit statuses and output, and `run`
+//! refusing bad bootstraps with the file and field named.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn conformance() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/conformance/envoy-router-check");
+    assert!(p.is_dir(), "conformance data missing at {}", p.display());
+    p
+}
+
+fn sluice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+#[test]
+fn route_check_exit_status_follows_envoy() {
+    let c = conformance();
+    let ok = sluice()
+        .args(["route-check", "--config"])
+        .arg(c.join("Weighted.yaml"))
+        .arg("--tests")
+        .arg(c.join("Weighted.golden.proto.json"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let bad = sluice()
+        .args(["route-check", "--only-show-failures", "--config"])
+        .arg(c.join("TestRoutes.yaml"))
+        .arg("--tests")
+        .arg(c.join("Weighted.golden.proto.json"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert!(
+        out.contains("expected: [cluster1], actual: [instant-server], test type: cluster_name"),
+        "{out}"
+    );
+    let missing = sluice()
+        .args([
+            "route-check",
+            "--config",
+            "/nonexistent.yaml",
+            "--tests",
+            "/nonexistent.json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+}
+
+#[test]
+fn run_rejects_bad_bootstrap_naming_file_and_field() {
+    let dir = std::env::temp_dir().join(format!("sluice-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("bad.yaml");
+    std::fs::write(
+        &f,
+        "static_resources:\n  clusters:\n  - name: c\n    connect_timeout: 1s\n    lb_polcy: ROUND_ROBIN\n",
+    )
+    .unwrap();
+    let out = sluice()
+        .args(["run", "--admin-address", "127.0.0.1:0", "--bootstrap"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml"), "{err}");
+    assert!(err.contains("static_resources.clusters[0]"), "{err}");
+    assert!(err.contains("lb_polcy"), "{err}");
+    // A valid document with an unsupported filter names the resource and the filter.
+    std::fs::write(
+        &f,
+        r#"static_resources:
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.redis_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy
+          stat_prefix: r
+"#,
+    )
+    .unwrap();
+    let out = sluice()
+        .args(["run", "--admin-address", "127.0.0.1:0", "--bootstrap"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listener l"), "{err}");
+    assert!(err.contains("filter_chains[0].filters[0]"), "{err}");
+    assert!(err.contains("redis_proxy"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
