@@ -15,13 +15,15 @@ fn main() {
     let api = proto_root.join("data-plane-api");
     let mut rel: Vec<PathBuf> = Vec::new();
     // Envoy's API, plus the xds matcher types that istiod's filter_chain_matcher uses through
-    // Any (IPMatcher) and that envoy-types generates no struct for.
+    // Any (IPMatcher) and that envoy-types generates no struct for, and TypedStruct (udpa and
+    // xds), which Istio wraps its own filters in.
     let local = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("proto");
     println!("cargo:rerun-if-changed={}", local.display());
     for (root, sub) in [
         (api.clone(), "envoy"),
         (proto_root.join("xds"), "xds/type"),
         (local.clone(), "xds"),
+        (local.clone(), "udpa"),
     ] {
         let mut files = Vec::new();
         collect_protos(&root.join(sub), &mut files);

@@ -4,7 +4,7 @@
 //! in-flight requests finish within one drain period, then return.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
@@ -36,6 +36,9 @@ pub enum AppError {
     },
 }
 
+/// What `/ready` asks once xDS is on (see `xds.rs`); without it, the static snapshot's warmth.
+pub type ReadyFn = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// A started proxy.
 pub struct App {
     pub state: Arc<State>,
@@ -43,6 +46,7 @@ pub struct App {
     pub admin_address: SocketAddr,
     drain_time: Duration,
     shutdown: watch::Sender<bool>,
+    readiness: Arc<Mutex<Option<ReadyFn>>>,
 }
 
 fn first_rejection(kind: &'static str, r: Vec<Rejected>) -> Result<(), AppError> {
@@ -81,12 +85,21 @@ impl App {
         }
         crate::sys::trim_heap();
         let (shutdown, _) = watch::channel(false);
+        let readiness: Arc<Mutex<Option<ReadyFn>>> = Arc::default();
+        let (gate, st) = (readiness.clone(), state.clone());
+        let initialized = Arc::new(move || {
+            let f = gate.lock().unwrap().clone();
+            match f {
+                Some(f) => f(),
+                None => st.load().is_warm(),
+            }
+        });
         let admin = Arc::new(Admin {
             state: state.clone(),
             listeners: listeners.clone(),
             bootstrap: opts.bootstrap,
             boot_time: SystemTime::now(),
-            initialized: Arc::new(|| true),
+            initialized,
             set_log_level: opts.set_log_level,
             shutdown: shutdown.clone(),
         });
@@ -98,7 +111,16 @@ impl App {
             admin_address,
             drain_time: opts.drain_time,
             shutdown,
+            readiness,
         })
+    }
+
+    /// Takes configuration from an xDS control plane (on top of the static resources);
+    /// `/ready` then follows xDS warming. Dropping the returned handle stops the client.
+    pub fn start_xds(&self, opts: crate::xds::XdsOptions) -> crate::xds::Xds {
+        let xds = crate::xds::start(self.state.clone(), opts);
+        *self.readiness.lock().unwrap() = Some(xds.readiness());
+        xds
     }
 
     /// The address a listener is bound to.

@@ -17,3 +17,4 @@ pub mod state;
 pub mod stats;
 pub mod sys;
 pub mod tcp;
+pub mod xds;

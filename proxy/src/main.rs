@@ -21,6 +21,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once at startup; the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the proxy.
@@ -159,6 +161,95 @@ struct RunArgs {
     config_dir: Option<PathBuf>,
     #[command(flatten)]
     node: NodeArgs,
+    #[command(flatten)]
+    xds: XdsArgs,
+}
+
+/// Control plane and node identity. Without `--xds-address`, a bootstrap's
+/// `dynamic_resources.ads_config` (pointing at a static cluster) is used if present. The node
+/// sent to the control plane reads `POD_NAME`, `POD_NAMESPACE`, `INSTANCE_IP` and
+/// `ISTIO_META_*` as istio-agent does; `--role`, `--pod-ip`, `--labels`, `--interception` and a
+/// non-default `--namespace` (see NodeArgs) and the flags below win.
+#[derive(clap::Args)]
+struct XdsArgs {
+    /// ADS server, grpc://HOST:PORT (plaintext).
+    #[arg(long)]
+    xds_address: Option<String>,
+    /// Use incremental (delta) xDS instead of state of the world.
+    #[arg(long)]
+    xds_delta: bool,
+    /// How long warming waits for EDS/RDS before /ready turns true anyway.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    initial_fetch_timeout: Duration,
+    /// Node id; default sidecar~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Node cluster; default <app label>.<namespace>, else istio-proxy.
+    #[arg(long)]
+    node_cluster: Option<String>,
+    /// The pod's name (for the node id).
+    #[arg(long)]
+    pod_name: Option<String>,
+}
+
+/// Where to get dynamic configuration, if anywhere.
+fn xds_options(
+    a: &XdsArgs,
+    n: &NodeArgs,
+    bootstrap: Option<&envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap>,
+) -> anyhow::Result<Option<sluice::xds::XdsOptions>> {
+    let (address, delta) = match (&a.xds_address, bootstrap) {
+        (Some(addr), _) => (sluice::xds::normalize_address(addr)?, a.xds_delta),
+        (None, Some(b)) => match sluice::xds::ads_from_bootstrap(b)? {
+            Some((addr, delta)) => (addr, delta || a.xds_delta),
+            None => return Ok(None),
+        },
+        (None, None) => return Ok(None),
+    };
+    let mut s = xds_client::NodeSettings::from_env().context("node metadata from environment")?;
+    if n.role == "router" {
+        s.proxy_type = xds_client::ProxyType::Router;
+    }
+    if let Some(v) = &n.pod_ip {
+        s.ip = v.clone();
+    }
+    if let Some(v) = &a.pod_name {
+        s.pod_name = v.clone();
+    }
+    if n.namespace != "default" || s.namespace.is_empty() {
+        s.namespace = n.namespace.clone();
+    }
+    for kv in n.labels.split(',').filter(|kv| !kv.trim().is_empty()) {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--labels: {kv:?} is not k=v"))?;
+        s.labels.insert(k.trim().into(), v.trim().into());
+    }
+    if n.interception == "none" {
+        s.interception_mode = "NONE".into();
+    }
+    if let Some(v) = &a.node_cluster {
+        s.cluster = Some(v.clone());
+    }
+    let mut node = s.build();
+    if let Some(id) = &a.node_id {
+        node.id = id.clone();
+    } else if let Some(bn) = bootstrap.and_then(|b| b.node.as_ref()) {
+        // An Envoy bootstrap's node, when flags and environment name no pod.
+        if s.pod_name.is_empty() && !bn.id.is_empty() {
+            node.id = bn.id.clone();
+            if a.node_cluster.is_none() && !bn.cluster.is_empty() {
+                node.cluster = bn.cluster.clone();
+            }
+            if bn.metadata.is_some() {
+                node.metadata = bn.metadata.clone();
+            }
+        }
+    }
+    let mut o = sluice::xds::XdsOptions::new(address, node);
+    o.delta = delta;
+    o.initial_fetch_timeout = a.initial_fetch_timeout;
+    Ok(Some(o))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -279,6 +370,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(p) => Some(sluice::config::bootstrap::load(p)?),
         None => None,
     };
+    let xds = xds_options(&args.xds, &args.node, bootstrap.as_ref())?;
+    anyhow::ensure!(
+        xds.is_none() || args.config_dir.is_none(),
+        "--config-dir and an xDS control plane are exclusive"
+    );
     let istio = match &args.config_dir {
         Some(dir) => {
             anyhow::ensure!(
@@ -343,6 +439,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             set_log_level: Some(set_level),
         })
         .await?;
+        let _xds = xds.map(|o| app.start_xds(o));
         if let Some((dir, node)) = istio {
             tokio::spawn(sluice::istio::run::watch(
                 app.state.clone(),

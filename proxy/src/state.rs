@@ -109,6 +109,15 @@ pub struct Rejected {
     pub reason: String,
 }
 
+/// A resource type, for [`State::set_versions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Listener,
+    Route,
+    Cluster,
+    Endpoint,
+}
+
 /// What binds and unbinds listener sockets when the listener set changes.
 pub trait ListenerHost: Send + Sync {
     /// Starts serving `l` (binding its address). Errors reject the listener.
@@ -183,6 +192,43 @@ impl State {
     fn modify(&self, f: impl FnOnce(&Snapshot) -> Snapshot) {
         let cur = self.snap.load_full();
         self.snap.store(Arc::new(f(&cur)));
+    }
+
+    /// Records per-resource versions (delta xDS versions each resource on its own) for
+    /// `/config_dump`; resources themselves are untouched, unknown names are ignored.
+    pub fn set_versions(&self, kind: Kind, versions: &[(String, String)]) {
+        let _g = self.update.lock().unwrap();
+        let cur = self.snap.load_full();
+        let mut next = Snapshot {
+            listeners: cur.listeners.clone(),
+            routes: cur.routes.clone(),
+            clusters: cur.clusters.clone(),
+            endpoint_meta: cur.endpoint_meta.clone(),
+            by_address: cur.by_address.clone(),
+        };
+        for (name, version) in versions {
+            let m = match kind {
+                Kind::Listener => next.listeners.get_mut(name).map(|e| &mut e.1),
+                Kind::Cluster => next.clusters.get_mut(name).map(|e| &mut e.1),
+                Kind::Endpoint => next.endpoint_meta.get_mut(name),
+                Kind::Route => {
+                    if let Some(r) = next.routes.get_mut(name) {
+                        let mut meta = r.meta.clone();
+                        meta.version = version.clone();
+                        *r = Arc::new(Routes {
+                            proto: r.proto.clone(),
+                            table: r.table.clone(),
+                            meta,
+                        });
+                    }
+                    None
+                }
+            };
+            if let Some(m) = m {
+                m.version = version.clone();
+            }
+        }
+        self.snap.store(Arc::new(next));
     }
 
     /// Applies clusters. `full` (state of the world): clusters not listed are removed, except
@@ -262,6 +308,17 @@ impl State {
         let dups = dup_check(upserts.iter().map(|c| c.cluster_name.as_str()));
         let cur = self.snap.load_full();
         let mut em = cur.endpoint_meta.clone();
+        // EDS clusters by service name (one lookup per assignment, not a scan).
+        let mut by_service: std::collections::HashMap<&str, Vec<&Arc<ClusterRt>>> =
+            std::collections::HashMap::new();
+        for (c, _) in cur.clusters.values() {
+            if c.cfg.discovery == crate::model::cluster::Discovery::Eds {
+                by_service
+                    .entry(c.cfg.eds_service_name.as_str())
+                    .or_default()
+                    .push(c);
+            }
+        }
         for la in upserts {
             if dups.contains(&la.cluster_name) {
                 rejected.push(Rejected {
@@ -280,12 +337,12 @@ impl State {
                     continue;
                 }
             };
-            for (c, _) in cur.clusters.values() {
-                if c.cfg.discovery == crate::model::cluster::Discovery::Eds
-                    && c.cfg.eds_service_name == la.cluster_name
-                {
-                    c.set_endpoints(eps.clone());
-                }
+            for c in by_service
+                .get(la.cluster_name.as_str())
+                .into_iter()
+                .flatten()
+            {
+                c.set_endpoints(eps.clone());
             }
             em.insert(la.cluster_name.clone(), meta(version, false));
         }
@@ -412,8 +469,11 @@ impl State {
                     continue;
                 }
             };
-            // Another listener already on this address?
-            if let Some(addr) = model.address.filter(|_| model.bind_to_port) {
+            // Another listener already on this address? (Port 0 binds a fresh port each time.)
+            if let Some(addr) = model
+                .address
+                .filter(|a| model.bind_to_port && a.port() != 0)
+            {
                 if let Some((other, _)) = listeners.values().find(|(o, _)| {
                     o.name != model.name && o.bind_to_port && o.address == Some(addr)
                 }) {

@@ -34,7 +34,8 @@ pub struct Admin {
     pub listeners: Arc<Manager>,
     pub bootstrap: Option<Bootstrap>,
     pub boot_time: SystemTime,
-    /// Whether the initial configuration is complete (xDS warm).
+    /// Whether the initial configuration is complete (static: warm; xDS: initialized, see
+    /// `xds.rs`). Once xDS initialization is done, later cold clusters do not unready it.
     pub initialized: Arc<dyn Fn() -> bool + Send + Sync>,
     pub set_log_level: Option<LogLevelFn>,
     /// Asks the process to drain and exit.
@@ -94,7 +95,7 @@ impl Admin {
     }
 
     fn ready(&self) -> bool {
-        (self.initialized)() && self.state.load().is_warm() && !*self.shutdown.borrow()
+        (self.initialized)() && !*self.shutdown.borrow()
     }
 
     fn handle(&self, req: Request<Incoming>) -> Resp {

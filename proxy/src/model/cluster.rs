@@ -131,13 +131,29 @@ impl Cluster {
                 "ORIGINAL_DST clusters need lb_policy CLUSTER_PROVIDED".into(),
             ));
         }
-        if let Some(ts) = &c.transport_socket {
-            if ts.name != "envoy.transport_sockets.raw_buffer" && !ts.name.is_empty() {
+        if !c.transport_socket_matches.is_empty() {
+            // Istio's `tlsMode` matches: TLS to endpoints labelled `tlsMode: istio`, plaintext
+            // otherwise. Without TLS, Sluice uses the plaintext entry for every endpoint.
+            if !c
+                .transport_socket_matches
+                .iter()
+                .any(|m| is_plaintext(m.transport_socket.as_ref()))
+            {
                 return Err(err(
-                    "transport_socket",
-                    format!("transport socket {} is not supported yet", ts.name),
+                    "transport_socket_matches",
+                    "no plaintext (raw_buffer) entry, and TLS transport sockets are not supported yet"
+                        .into(),
                 ));
             }
+        } else if let Some(ts) = c
+            .transport_socket
+            .as_ref()
+            .filter(|t| !is_plaintext(Some(t)))
+        {
+            return Err(err(
+                "transport_socket",
+                format!("transport socket {} is not supported yet", ts.name),
+            ));
         }
         let protocol = protocol(c).map_err(|(f, r)| err(&f, r))?;
         let load_assignment = match &c.load_assignment {
@@ -203,6 +219,19 @@ impl Cluster {
             proto: c.clone(),
         })
     }
+}
+
+/// No transport socket, or `raw_buffer` (by name or by its typed config).
+fn is_plaintext(ts: Option<&core::TransportSocket>) -> bool {
+    use core::transport_socket::ConfigType;
+    let Some(ts) = ts else { return true };
+    let typed_raw = match &ts.config_type {
+        Some(ConfigType::TypedConfig(a)) => a
+            .type_url
+            .ends_with("envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"),
+        None => false,
+    };
+    ts.name.is_empty() || ts.name == "envoy.transport_sockets.raw_buffer" || typed_raw
 }
 
 fn lb_policy(c: &cpb::Cluster) -> Result<LbPolicy, (String, String)> {
@@ -493,5 +522,20 @@ load_assignment:
             cluster("name: t\ntype: EDS\ntransport_socket: {name: envoy.transport_sockets.tls}\n")
                 .unwrap_err();
         assert_eq!(e.field, "transport_socket");
+    }
+
+    #[test]
+    fn istio_tls_mode_matches_use_the_plaintext_entry() {
+        let tls = "transport_socket: {name: envoy.transport_sockets.tls}";
+        let raw = "transport_socket: {name: envoy.transport_sockets.raw_buffer, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer}}";
+        let istio = format!(
+            "name: t\ntype: EDS\ntransport_socket_matches:\n- name: tlsMode-istio\n  match: {{tlsMode: istio}}\n  {tls}\n- name: tlsMode-disabled\n  match: {{}}\n  {raw}\n"
+        );
+        assert!(cluster(&istio).is_ok());
+        let only_tls = format!(
+            "name: t\ntype: EDS\ntransport_socket_matches:\n- name: tlsMode-istio\n  match: {{tlsMode: istio}}\n  {tls}\n"
+        );
+        let e = cluster(&only_tls).unwrap_err();
+        assert_eq!(e.field, "transport_socket_matches");
     }
 }

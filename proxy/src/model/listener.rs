@@ -81,6 +81,14 @@ impl Listener {
         if l.name.is_empty() {
             return Err(err("name", "listener name is empty".into()));
         }
+        if l.listener_specifier.is_some() {
+            return Err(err(
+                "internal_listener",
+                "internal listeners (reached through envoy_internal_address, as Istio ambient \
+                 waypoints use them) are not supported"
+                    .into(),
+            ));
+        }
         let address = match &l.address {
             Some(a) => socket_address(a).map_err(|e| err("address", e))?,
             None => None,
