@@ -37,8 +37,9 @@ pub struct Routes {
     pub meta: Meta,
 }
 
-/// Everything the data path reads, at one version.
-#[derive(Debug, Default)]
+/// Everything the data path reads, at one version. Cloning copies the maps of `Arc`s, not the
+/// resources.
+#[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     pub listeners: BTreeMap<String, (Arc<Listener>, Meta)>,
     pub routes: BTreeMap<String, Arc<Routes>>,
@@ -189,23 +190,18 @@ impl State {
         *self.host.lock().unwrap() = Some(h);
     }
 
-    fn modify(&self, f: impl FnOnce(&Snapshot) -> Snapshot) {
-        let cur = self.snap.load_full();
-        self.snap.store(Arc::new(f(&cur)));
+    /// Publishes a copy of the current snapshot changed by `f` (callers hold `update`).
+    fn modify(&self, f: impl FnOnce(&mut Snapshot)) {
+        let mut next = Snapshot::clone(&self.snap.load());
+        f(&mut next);
+        self.snap.store(Arc::new(next));
     }
 
     /// Records per-resource versions (delta xDS versions each resource on its own) for
     /// `/config_dump`; resources themselves are untouched, unknown names are ignored.
     pub fn set_versions(&self, kind: Kind, versions: &[(String, String)]) {
         let _g = self.update.lock().unwrap();
-        let cur = self.snap.load_full();
-        let mut next = Snapshot {
-            listeners: cur.listeners.clone(),
-            routes: cur.routes.clone(),
-            clusters: cur.clusters.clone(),
-            endpoint_meta: cur.endpoint_meta.clone(),
-            by_address: cur.by_address.clone(),
-        };
+        let mut next = Snapshot::clone(&self.snap.load());
         for (name, version) in versions {
             let m = match kind {
                 Kind::Listener => next.listeners.get_mut(name).map(|e| &mut e.1),
@@ -286,13 +282,7 @@ impl State {
                 }),
             }
         }
-        self.modify(|s| Snapshot {
-            listeners: s.listeners.clone(),
-            routes: s.routes.clone(),
-            clusters,
-            endpoint_meta: s.endpoint_meta.clone(),
-            by_address: s.by_address.clone(),
-        });
+        self.modify(|s| s.clusters = clusters);
         rejected
     }
 
@@ -346,13 +336,7 @@ impl State {
             }
             em.insert(la.cluster_name.clone(), meta(version, false));
         }
-        self.modify(|s| Snapshot {
-            listeners: s.listeners.clone(),
-            routes: s.routes.clone(),
-            clusters: s.clusters.clone(),
-            endpoint_meta: em,
-            by_address: s.by_address.clone(),
-        });
+        self.modify(|s| s.endpoint_meta = em);
         rejected
     }
 
@@ -397,13 +381,7 @@ impl State {
                 }),
             }
         }
-        self.modify(|s| Snapshot {
-            listeners: s.listeners.clone(),
-            routes,
-            clusters: s.clusters.clone(),
-            endpoint_meta: s.endpoint_meta.clone(),
-            by_address: s.by_address.clone(),
-        });
+        self.modify(|s| s.routes = routes);
         rejected
     }
 
@@ -520,12 +498,9 @@ impl State {
             .values()
             .filter_map(|(l, _)| l.address.map(|a| (a, l.name.clone())))
             .collect();
-        self.modify(|s| Snapshot {
-            listeners,
-            routes: s.routes.clone(),
-            clusters: s.clusters.clone(),
-            endpoint_meta: s.endpoint_meta.clone(),
-            by_address,
+        self.modify(|s| {
+            s.listeners = listeners;
+            s.by_address = by_address;
         });
         rejected
     }
