@@ -73,9 +73,13 @@ struct RunArgs {
     /// Repetitions (targets are interleaved within each repetition).
     #[arg(long, default_value_t = 3)]
     reps: usize,
-    /// Client connections.
+    /// Client connections for the open-loop (fixed-rate) scenarios.
     #[arg(long, default_value_t = 16)]
     conns: usize,
+    /// Requests in flight for the closed-loop (max) scenarios: HTTP/1.1 connections, or
+    /// HTTP/2 connections × 4 streams.
+    #[arg(long, default_value_t = 64)]
+    max_conns: usize,
     /// Open-loop rates, requests/s in total.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
     rates: Vec<u64>,
@@ -191,7 +195,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             notes.push(msg);
         }
     }
-    let scenarios: Vec<load::Scenario> = load::scenarios(a.conns, &a.rates)
+    let scenarios: Vec<load::Scenario> = load::scenarios(a.conns, a.max_conns, &a.rates)
         .into_iter()
         .filter(|s| a.scenarios.is_empty() || a.scenarios.iter().any(|f| s.name.contains(f)))
         .collect();
@@ -211,11 +215,12 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         date: date(),
         machine: machine(),
         settings: format!(
-            "{} s per scenario run, {} repetitions, {} connections, open-loop rates {:?} req/s; {}.",
+            "{} s per scenario run, {} repetitions; open-loop rates {:?} req/s over {} connections; closed-loop (max) with {} requests in flight; {}.",
             a.duration,
             a.reps,
-            a.conns,
             a.rates,
+            a.conns,
+            a.max_conns,
             match proxy_cpu {
                 Some(_) => "proxy pinned to CPU 0, client and upstream to CPU 1",
                 None => "no CPU pinning",
@@ -272,7 +277,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     }
     if !a.no_crosscheck {
-        crosscheck(&kinds, &bins, &up, &dir, proxy_cpu, client_cpu, dur, &mut rep);
+        crosscheck(&kinds, &bins, &up, &dir, proxy_cpu, client_cpu, dur, a.max_conns, &mut rep);
     }
     if kinds.contains(&Kind::Sluice) {
         for n in a.scale.iter().filter(|n| **n > 0) {
@@ -322,7 +327,12 @@ fn one(running: &targets::Running, sc: &load::Scenario, r: usize, dur: Duration)
         elapsed_s: secs,
         rps: out.requests as f64 / secs,
         gbps: (sc.proto == load::Proto::TcpBulk).then(|| out.bytes as f64 / secs / 1e9),
-        latency: hist::summarize(&out.hist),
+        // Bulk transfers stream without a round trip per MiB, so there is no latency to report.
+        latency: if sc.proto == load::Proto::TcpBulk {
+            hist::Latency::default()
+        } else {
+            hist::summarize(&out.hist)
+        },
         proxy_cpu_s: cpu,
         cpu_s_per_1k: per1k,
     })
@@ -338,6 +348,7 @@ fn crosscheck(
     proxy_cpu: Option<usize>,
     client_cpu: Option<usize>,
     dur: Duration,
+    max_conns: usize,
     rep: &mut Report,
 ) {
     let wrk = Path::new("/usr/bin/wrk");
@@ -349,18 +360,18 @@ fn crosscheck(
     let secs = dur.as_secs().max(1).to_string();
     for k in kinds {
         let Ok(running) = targets::start(*k, bins, up, dir, proxy_cpu) else { continue };
-        let mut tools: Vec<(&str, String, Command)> = Vec::new();
+        let mut tools: Vec<(String, String, Command)> = Vec::new();
         if wrk.exists() {
             let mut c = Command::new(wrk);
-            c.args(["-t1", "-c16", &format!("-d{secs}s")])
+            c.args(["-t1", &format!("-c{max_conns}"), &format!("-d{secs}s")])
                 .arg(format!("http://{}/small", running.h1));
-            tools.push(("wrk -t1 -c16", "h1-small-max".into(), c));
+            tools.push((format!("wrk -t1 -c{max_conns}"), "h1-small-max".into(), c));
         }
         if h2load.exists() {
             let mut c = Command::new(h2load);
-            c.args(["-c16", "-m4", "-t1", "-D", &secs])
+            c.args(["-c", &(max_conns / 4).max(1).to_string(), "-m4", "-t1", "-D", &secs])
                 .arg(format!("http://{}/small", running.h2));
-            tools.push(("h2load -c16 -m4", "h2-small-max".into(), c));
+            tools.push((format!("h2load -c{} -m4", (max_conns / 4).max(1)), "h2-small-max".into(), c));
         }
         for (tool, sc, mut c) in tools {
             if let Some(cpu) = client_cpu {
@@ -378,7 +389,7 @@ fn crosscheck(
                 eprintln!("crosscheck {tool} {} {sc}: {rps:.0} req/s", k.name());
                 rep.crosschecks.push(Crosscheck {
                     target: *k,
-                    tool: tool.into(),
+                    tool: tool.clone(),
                     scenario: sc,
                     rps,
                 });
