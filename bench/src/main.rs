@@ -209,6 +209,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let dur = Duration::from_secs_f64(a.duration);
+    let load_before = sys::loadavg();
 
     let mut rep = Report {
         command: command_line(),
@@ -254,7 +255,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 t.idle.push(m);
             }
             for sc in &scenarios {
-                let rec = one(&running, sc, r, dur)?;
+                let rec = one(&running, sc, r, dur, proxy_cpu)?;
                 eprintln!(
                     "[{}/{}] {:8} {:16} {:>9} req/s  p50 {:>7} µs  p99 {:>7} µs  cpu/1k {}{}{}",
                     r + 1,
@@ -295,6 +296,12 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             }
         }
     }
+    notes.push(format!(
+        "1-minute load average {load_before} before the run and {} after, on {} CPUs: other work shared the machine when it is near or above the CPU count (see the last column of the scenario table).",
+        sys::loadavg(),
+        // SAFETY: sysconf has no preconditions.
+        unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }
+    ));
     notes.push("CPU is the proxy process's CPU-time clock (user+system, all threads; clock_getcpuclockid, the precise form of /proc/PID/stat utime+stime) over the timed window, divided by completed requests. Client and upstream share the other CPU, so the direct path caps max req/s.".into());
     notes.push("Open-loop latency counts from each request's scheduled send time when the connection was still busy (no coordinated omission), from the timer firing otherwise (tokio's 1 ms timer granularity is not charged to the target).".into());
     notes.push("nginx proxies h2c and gRPC to the h2c upstream with grpc_pass (its proxy_pass speaks HTTP/1.1 only); haproxy and Sluice use h2 to the upstream.".into());
@@ -303,21 +310,32 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     write_outputs(&rep, &a.common.out)
 }
 
-fn one(running: &targets::Running, sc: &load::Scenario, r: usize, dur: Duration) -> anyhow::Result<RunRecord> {
+fn one(
+    running: &targets::Running,
+    sc: &load::Scenario,
+    r: usize,
+    dur: Duration,
+    core: Option<usize>,
+) -> anyhow::Result<RunRecord> {
     let pid = running.pid();
     let (mut c0, mut c1) = (None, None);
+    let (mut k0, mut k1) = (None, None);
     let out = load::run(running.addr(sc.proto), sc, dur, &mut |start| {
         let t = pid.and_then(sys::cpu_time);
+        let k = core.and_then(sys::cpu_ticks);
         if start {
-            c0 = t
+            (c0, k0) = (t, k)
         } else {
-            c1 = t
+            (c1, k1) = (t, k)
         }
     })
     .with_context(|| format!("{} {}", running.kind.name(), sc.name))?;
     let secs = out.elapsed.as_secs_f64().max(1e-9);
     let cpu = c0.zip(c1).map(|(a, b)| b.saturating_sub(a).as_secs_f64());
     let per1k = cpu.filter(|_| out.requests > 0).map(|c| c / out.requests as f64 * 1000.0);
+    let core_busy_pct = k0.zip(k1).and_then(|((b0, t0), (b1, t1))| {
+        (t1 > t0).then(|| (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0)
+    });
     Ok(RunRecord {
         target: running.kind,
         scenario: sc.name.clone(),
@@ -335,6 +353,8 @@ fn one(running: &targets::Running, sc: &load::Scenario, r: usize, dur: Duration)
         },
         proxy_cpu_s: cpu,
         cpu_s_per_1k: per1k,
+        proxy_cpu_pct: cpu.map(|c| c / secs * 100.0),
+        core_busy_pct,
     })
 }
 

@@ -25,6 +25,12 @@ pub struct RunRecord {
     /// CPU time the proxy process used during the timed window.
     pub proxy_cpu_s: Option<f64>,
     pub cpu_s_per_1k: Option<f64>,
+    /// The proxy's CPU time as a share of the window, in percent (100 = one core).
+    #[serde(default)]
+    pub proxy_cpu_pct: Option<f64>,
+    /// How busy the proxy's core was in total (the proxy plus anything else), in percent.
+    #[serde(default)]
+    pub core_busy_pct: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -79,6 +85,8 @@ pub enum Metric {
     P999,
     Cpu1k,
     Gbps,
+    ProxyPct,
+    CorePct,
 }
 
 impl Metric {
@@ -91,6 +99,8 @@ impl Metric {
             Metric::P999 => (r.latency.count > 0).then_some(r.latency.p999_us),
             Metric::Cpu1k => r.cpu_s_per_1k,
             Metric::Gbps => r.gbps,
+            Metric::ProxyPct => r.proxy_cpu_pct,
+            Metric::CorePct => r.core_busy_pct,
         }
     }
 
@@ -100,6 +110,7 @@ impl Metric {
             Metric::P50 | Metric::P90 | Metric::P99 | Metric::P999 => "µs",
             Metric::Cpu1k => "CPU s / 1k req",
             Metric::Gbps => "GB/s",
+            Metric::ProxyPct | Metric::CorePct => "%",
         }
     }
 }
@@ -340,7 +351,8 @@ pub fn markdown(rep: &Report) -> String {
     }
 
     s.push_str("\n![latency percentiles](latency.svg)\n\n## Every scenario\n\n");
-    s.push_str("| scenario | target | req/s | errors | p50 µs | p90 µs | p99 µs | p99.9 µs | CPU s / 1k | GB/s | req/s ÷ direct |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("The last column is how busy the proxy's core was: the proxy's own share / the core's total. A total well above the proxy's share means other work on the machine took that core too.\n\n");
+    s.push_str("| scenario | target | req/s | errors | p50 µs | p90 µs | p99 µs | p99.9 µs | CPU s / 1k | GB/s | req/s ÷ direct | proxy core % (proxy / all) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for sc in rep.scenarios() {
         for k in &kinds {
             let errors: u64 = rep
@@ -354,7 +366,7 @@ pub fn markdown(rep: &Report) -> String {
             }
             let _ = writeln!(
                 s,
-                "| {sc} | {} | {} | {errors} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {sc} | {} | {} | {errors} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 k.name(),
                 cell(rep.spread(*k, &sc, Metric::Rps)),
                 cell(rep.spread(*k, &sc, Metric::P50)),
@@ -367,6 +379,11 @@ pub fn markdown(rep: &Report) -> String {
                     rep.median(*k, &sc, Metric::Rps),
                     rep.median(Kind::Direct, &sc, Metric::Rps)
                 )),
+                match (rep.median(*k, &sc, Metric::ProxyPct), rep.median(*k, &sc, Metric::CorePct)) {
+                    (Some(p), Some(c)) => format!("{p:.0} / {c:.0}"),
+                    (None, Some(c)) => format!("- / {c:.0}"),
+                    _ => "-".into(),
+                },
             );
         }
     }
@@ -526,6 +543,8 @@ mod tests {
             },
             proxy_cpu_s: cpu,
             cpu_s_per_1k: cpu,
+            proxy_cpu_pct: cpu.map(|c| c * 100.0),
+            core_busy_pct: Some(90.0),
         }
     }
 

@@ -75,6 +75,34 @@ pub fn parse_stat_times(stat: &str) -> Option<(u64, u64)> {
     Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
 }
 
+/// (busy, total) clock ticks of one CPU since boot, from `/proc/stat` (busy = everything
+/// but idle and iowait). Sampled around a run, it shows whether other work shared the core.
+pub fn cpu_ticks(cpu: usize) -> Option<(u64, u64)> {
+    parse_cpu_line(&std::fs::read_to_string("/proc/stat").ok()?, cpu)
+}
+
+pub fn parse_cpu_line(stat: &str, cpu: usize) -> Option<(u64, u64)> {
+    let tag = format!("cpu{cpu} ");
+    let line = stat.lines().find(|l| l.starts_with(&tag))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// The 1-minute load average.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 /// Memory of a process in KiB.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct Mem {
@@ -130,6 +158,14 @@ mod tests {
         let s = "1234 (a b) c)) S 1 1 1 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 100 1000 10 18446744073709551615";
         assert_eq!(parse_stat_times(s), Some((250, 75)));
         assert_eq!(parse_stat_times("garbage"), None);
+    }
+
+    #[test]
+    fn cpu_lines() {
+        let s = "cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 100 0 50 800 20 5 5 20 0 0\ncpu1 1 1 1 1 1 1 1 1 0 0\n";
+        assert_eq!(parse_cpu_line(s, 0), Some((180, 1000)));
+        assert_eq!(parse_cpu_line(s, 1), Some((6, 8)));
+        assert_eq!(parse_cpu_line(s, 2), None);
     }
 
     #[test]
