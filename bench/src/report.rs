@@ -283,6 +283,9 @@ pub fn markdown(rep: &Report) -> String {
     s.push_str(&v.join(", "));
     s.push_str(".\n\nCells are medians over the repetitions with ±half the range in percent. Ratios are Sluice's median divided by the other's; for req/s and GB/s higher is better, for latency, CPU and memory lower is better. The direct connection has no proxy, so its CPU column is empty.\n\n");
 
+    if let Some(w) = contention_warning(rep) {
+        let _ = writeln!(s, "**{w}**\n");
+    }
     let peers: Vec<Kind> = kinds.iter().copied().filter(|k| *k != Kind::Sluice).collect();
     let _ = write!(s, "## Sluice against the direct connection and the peers\n\n| figure |");
     for k in &kinds {
@@ -416,6 +419,23 @@ pub fn markdown(rep: &Report) -> String {
         }
     }
     s
+}
+
+/// A warning when, during the closed-loop runs, the proxies' core was mostly busy with other
+/// work: then throughput and latency say more about the machine than about the proxies.
+pub fn contention_warning(rep: &Report) -> Option<String> {
+    let others: Vec<f64> = rep
+        .runs
+        .iter()
+        .filter(|r| r.target != Kind::Direct && r.scenario.ends_with("-max"))
+        .filter_map(|r| Some(r.core_busy_pct? - r.proxy_cpu_pct?))
+        .collect();
+    let med = Spread::of(&others)?.median;
+    (med > 25.0).then(|| {
+        format!(
+            "Other processes used about {med:.0}% of the proxies' core during the max-throughput runs, so req/s and latency here reflect a shared machine; CPU seconds per request (measured per process) and memory are the comparable figures. Re-run on an idle machine for throughput."
+        )
+    })
 }
 
 const COLORS: [(&str, &str); 4] = [
@@ -589,6 +609,17 @@ mod tests {
         assert!(row.contains("| 40.0 |") && row.contains("0.50x"), "{row}");
         let row = md.lines().find(|l| l.starts_with("| idle RSS MiB")).unwrap();
         assert!(row.contains("| - |") && row.contains("1.00x"), "{row}");
+    }
+
+    #[test]
+    fn warns_when_the_proxy_core_was_shared() {
+        let mut rep = sample();
+        assert!(contention_warning(&rep).is_some()); // sample: core 90%, proxy ≤ 5%
+        for r in &mut rep.runs {
+            r.core_busy_pct = r.proxy_cpu_pct.map(|p| p + 5.0);
+        }
+        assert!(contention_warning(&rep).is_none());
+        assert!(!markdown(&rep).contains("Other processes used"));
     }
 
     #[test]
