@@ -117,7 +117,7 @@ pub fn scenarios(conns: usize, max_conns: usize, rates: &[u64]) -> Vec<Scenario>
 
 /// `1000` → `1k`, `2500` → `2500rps`.
 pub fn rate_label(r: u64) -> String {
-    if r % 1000 == 0 {
+    if r.is_multiple_of(1000) {
         format!("{}k", r / 1000)
     } else {
         format!("{r}rps")
@@ -244,7 +244,11 @@ async fn open(addr: SocketAddr, sc: &Scenario) -> anyhow::Result<Vec<Conn>> {
             }
             Proto::TcpEcho | Proto::TcpBulk => {
                 let mut s = s;
-                let mode = if sc.proto == Proto::TcpEcho { b"E" } else { b"S" };
+                let mode = if sc.proto == Proto::TcpEcho {
+                    b"E"
+                } else {
+                    b"S"
+                };
                 s.write_all(mode).await?;
                 Conn::Tcp(s)
             }
@@ -275,7 +279,9 @@ fn request(path: &str, h1: bool) -> Request<Full<Bytes>> {
         b.method("POST")
             .header("content-type", "application/grpc")
             .header("te", "trailers")
-            .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 5, 1, 2, 3, 4, 5])))
+            .body(Full::new(Bytes::from_static(&[
+                0, 0, 0, 0, 5, 1, 2, 3, 4, 5,
+            ])))
             .unwrap()
     } else {
         b.body(Full::new(Bytes::new())).unwrap()
@@ -343,7 +349,11 @@ fn spawn_worker(
     let sc = sc.clone();
     match sc.mode {
         Mode::Max => {
-            let workers = if matches!(c, Conn::H2(_)) { sc.depth.max(1) } else { 1 };
+            let workers = if matches!(c, Conn::H2(_)) {
+                sc.depth.max(1)
+            } else {
+                1
+            };
             for _ in 1..workers {
                 if let Conn::H2(tx) = &c {
                     let c2 = Conn::H2(tx.clone());
@@ -456,7 +466,10 @@ mod tests {
     fn default_scenarios_are_named_uniquely() {
         let v = scenarios(16, 64, &[1000, 5000]);
         assert_eq!(v[0].conns, 64);
-        assert!(v.iter().filter(|s| s.name.ends_with("-5k")).all(|s| s.conns == 16));
+        assert!(v
+            .iter()
+            .filter(|s| s.name.ends_with("-5k"))
+            .all(|s| s.conns == 16));
         let mut names: Vec<&str> = v.iter().map(|s| s.name.as_str()).collect();
         assert!(names.contains(&"h1-small-1k") && names.contains(&"h1-small-5k"));
         assert!(names.contains(&"tcp-bulk-1mib"));

@@ -21,7 +21,10 @@ use report::{Crosscheck, Report, RunRecord, TargetRecord};
 use targets::{Bins, Kind};
 
 #[derive(Parser)]
-#[command(name = "bench", about = "Sluice vs direct vs nginx vs haproxy, on loopback")]
+#[command(
+    name = "bench",
+    about = "Sluice vs direct vs nginx vs haproxy, on loopback"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -62,7 +65,11 @@ struct RunArgs {
     #[arg(long, default_value = "/usr/sbin/haproxy")]
     haproxy: PathBuf,
     /// Targets, comma-separated (missing peer binaries are skipped with a note).
-    #[arg(long, value_delimiter = ',', default_value = "direct,sluice,nginx,haproxy")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,sluice,nginx,haproxy"
+    )]
     targets: Vec<String>,
     /// Only scenarios whose name contains one of these (comma-separated).
     #[arg(long, value_delimiter = ',')]
@@ -133,9 +140,9 @@ fn cpus(no_pin: bool) -> (Option<usize>, Option<usize>) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let cmd = cli.cmd.unwrap_or_else(|| {
-        Cmd::Run(RunArgs::parse_from(["run"]).clone())
-    });
+    let cmd = cli
+        .cmd
+        .unwrap_or_else(|| Cmd::Run(RunArgs::parse_from(["run"]).clone()));
     match cmd {
         Cmd::Run(a) => run(a),
         Cmd::ConfigScale(a) => {
@@ -199,7 +206,11 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         .into_iter()
         .filter(|s| a.scenarios.is_empty() || a.scenarios.iter().any(|f| s.name.contains(f)))
         .collect();
-    anyhow::ensure!(!scenarios.is_empty(), "no scenario matches {:?}", a.scenarios);
+    anyhow::ensure!(
+        !scenarios.is_empty(),
+        "no scenario matches {:?}",
+        a.scenarios
+    );
 
     // Upstream first (its thread pins itself), then the client (this thread).
     let up = upstream::start(client_cpu)?;
@@ -242,7 +253,11 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             let running = match targets::start(*k, &bins, &up, &dir, proxy_cpu) {
                 Ok(x) => x,
                 Err(e) => {
-                    let msg = format!("{} failed to start in repetition {}: {e:#}", k.name(), r + 1);
+                    let msg = format!(
+                        "{} failed to start in repetition {}: {e:#}",
+                        k.name(),
+                        r + 1
+                    );
                     eprintln!("bench: {msg}");
                     notes.push(msg);
                     continue;
@@ -265,9 +280,17 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     report::fmt_num(rec.rps),
                     report::fmt_num(rec.latency.p50_us),
                     report::fmt_num(rec.latency.p99_us),
-                    rec.cpu_s_per_1k.map(report::fmt_num).unwrap_or_else(|| "-".into()),
-                    rec.gbps.map(|g| format!("  {g:.2} GB/s")).unwrap_or_default(),
-                    if rec.errors > 0 { format!("  ERRORS {}", rec.errors) } else { String::new() },
+                    rec.cpu_s_per_1k
+                        .map(report::fmt_num)
+                        .unwrap_or_else(|| "-".into()),
+                    rec.gbps
+                        .map(|g| format!("  {g:.2} GB/s"))
+                        .unwrap_or_default(),
+                    if rec.errors > 0 {
+                        format!("  ERRORS {}", rec.errors)
+                    } else {
+                        String::new()
+                    },
                 );
                 rep.runs.push(rec);
             }
@@ -278,7 +301,17 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     }
     if !a.no_crosscheck {
-        crosscheck(&kinds, &bins, &up, &dir, proxy_cpu, client_cpu, dur, a.max_conns, &mut rep);
+        crosscheck(
+            &kinds,
+            &bins,
+            &up,
+            &dir,
+            proxy_cpu,
+            client_cpu,
+            dur,
+            a.max_conns,
+            &mut rep,
+        );
     }
     if kinds.contains(&Kind::Sluice) {
         for n in a.scale.iter().filter(|n| **n > 0) {
@@ -332,7 +365,9 @@ fn one(
     .with_context(|| format!("{} {}", running.kind.name(), sc.name))?;
     let secs = out.elapsed.as_secs_f64().max(1e-9);
     let cpu = c0.zip(c1).map(|(a, b)| b.saturating_sub(a).as_secs_f64());
-    let per1k = cpu.filter(|_| out.requests > 0).map(|c| c / out.requests as f64 * 1000.0);
+    let per1k = cpu
+        .filter(|_| out.requests > 0)
+        .map(|c| c / out.requests as f64 * 1000.0);
     let core_busy_pct = k0.zip(k1).and_then(|((b0, t0), (b1, t1))| {
         (t1 > t0).then(|| (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0)
     });
@@ -374,12 +409,15 @@ fn crosscheck(
     let wrk = Path::new("/usr/bin/wrk");
     let h2load = Path::new("/usr/bin/h2load");
     if !wrk.exists() && !h2load.exists() {
-        rep.notes.push("wrk and h2load not installed: no cross-check".into());
+        rep.notes
+            .push("wrk and h2load not installed: no cross-check".into());
         return;
     }
     let secs = dur.as_secs().max(1).to_string();
     for k in kinds {
-        let Ok(running) = targets::start(*k, bins, up, dir, proxy_cpu) else { continue };
+        let Ok(running) = targets::start(*k, bins, up, dir, proxy_cpu) else {
+            continue;
+        };
         let mut tools: Vec<(String, String, Command)> = Vec::new();
         if wrk.exists() {
             let mut c = Command::new(wrk);
@@ -389,9 +427,20 @@ fn crosscheck(
         }
         if h2load.exists() {
             let mut c = Command::new(h2load);
-            c.args(["-c", &(max_conns / 4).max(1).to_string(), "-m4", "-t1", "-D", &secs])
-                .arg(format!("http://{}/small", running.h2));
-            tools.push((format!("h2load -c{} -m4", (max_conns / 4).max(1)), "h2-small-max".into(), c));
+            c.args([
+                "-c",
+                &(max_conns / 4).max(1).to_string(),
+                "-m4",
+                "-t1",
+                "-D",
+                &secs,
+            ])
+            .arg(format!("http://{}/small", running.h2));
+            tools.push((
+                format!("h2load -c{} -m4", (max_conns / 4).max(1)),
+                "h2-small-max".into(),
+                c,
+            ));
         }
         for (tool, sc, mut c) in tools {
             if let Some(cpu) = client_cpu {
@@ -462,7 +511,10 @@ fn write_outputs(rep: &Report, out: &Path) -> anyhow::Result<()> {
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(rep)?)?;
     std::fs::write(out.join("report.md"), report::markdown(rep))?;
     std::fs::write(out.join("latency.svg"), report::svg(rep))?;
-    eprintln!("wrote {}/{{results.json,report.md,latency.svg}}", out.display());
+    eprintln!(
+        "wrote {}/{{results.json,report.md,latency.svg}}",
+        out.display()
+    );
     Ok(())
 }
 
@@ -498,7 +550,10 @@ mod tests {
 
     #[test]
     fn parses_tool_outputs() {
-        assert_eq!(parse_rps("  Latency 1ms\nRequests/sec:  48512.34\nTransfer/sec: 5MB\n"), Some(48512.34));
+        assert_eq!(
+            parse_rps("  Latency 1ms\nRequests/sec:  48512.34\nTransfer/sec: 5MB\n"),
+            Some(48512.34)
+        );
         assert_eq!(
             parse_rps("finished in 3.00s, 51234.50 req/s, 2.1MB/s\nrequests: 1"),
             Some(51234.5)

@@ -156,11 +156,15 @@ impl Report {
     }
 
     pub fn idle_rss_mib(&self, k: Kind) -> Option<Spread> {
-        self.mem_spread(k, |t| t.idle.iter().map(|m| m.rss_kib as f64 / 1024.0).collect())
+        self.mem_spread(k, |t| {
+            t.idle.iter().map(|m| m.rss_kib as f64 / 1024.0).collect()
+        })
     }
 
     pub fn peak_rss_mib(&self, k: Kind) -> Option<Spread> {
-        self.mem_spread(k, |t| t.after.iter().map(|m| m.hwm_kib as f64 / 1024.0).collect())
+        self.mem_spread(k, |t| {
+            t.after.iter().map(|m| m.hwm_kib as f64 / 1024.0).collect()
+        })
     }
 
     /// Median latency curve (percentile, µs) of (target, scenario), point by point.
@@ -238,7 +242,13 @@ fn headline_rows(rep: &Report) -> Vec<(String, String, Metric)> {
         } else if sc.starts_with("tcp-bulk") {
             &[Metric::Gbps, Metric::Cpu1k]
         } else {
-            &[Metric::P50, Metric::P90, Metric::P99, Metric::P999, Metric::Cpu1k]
+            &[
+                Metric::P50,
+                Metric::P90,
+                Metric::P99,
+                Metric::P999,
+                Metric::Cpu1k,
+            ]
         };
         for &m in metrics {
             let label = match m {
@@ -286,8 +296,15 @@ pub fn markdown(rep: &Report) -> String {
     if let Some(w) = contention_warning(rep) {
         let _ = writeln!(s, "**{w}**\n");
     }
-    let peers: Vec<Kind> = kinds.iter().copied().filter(|k| *k != Kind::Sluice).collect();
-    let _ = write!(s, "## Sluice against the direct connection and the peers\n\n| figure |");
+    let peers: Vec<Kind> = kinds
+        .iter()
+        .copied()
+        .filter(|k| *k != Kind::Sluice)
+        .collect();
+    let _ = write!(
+        s,
+        "## Sluice against the direct connection and the peers\n\n| figure |"
+    );
     for k in &kinds {
         let _ = write!(s, " {} |", k.name());
     }
@@ -319,26 +336,46 @@ pub fn markdown(rep: &Report) -> String {
         s.push('\n');
     }
     // Added latency over the direct connection.
-    for sc in rep.scenarios().iter().filter(|sc| !sc.ends_with("-max") && !sc.starts_with("tcp-bulk")) {
+    for sc in rep
+        .scenarios()
+        .iter()
+        .filter(|sc| !sc.ends_with("-max") && !sc.starts_with("tcp-bulk"))
+    {
         let direct = rep.median(Kind::Direct, sc, Metric::P50);
         if direct.is_none() {
             continue;
         }
         let _ = write!(s, "| {sc}: added p50 µs (minus direct) |");
         for k in &kinds {
-            let v = rep.median(*k, sc, Metric::P50).zip(direct).map(|(a, b)| a - b);
+            let v = rep
+                .median(*k, sc, Metric::P50)
+                .zip(direct)
+                .map(|(a, b)| a - b);
             let _ = write!(s, " {} |", v.map(fmt_num).unwrap_or_else(|| "-".into()));
         }
         for p in &peers {
-            let ours = rep.median(Kind::Sluice, sc, Metric::P50).zip(direct).map(|(a, b)| a - b);
-            let theirs = rep.median(*p, sc, Metric::P50).zip(direct).map(|(a, b)| a - b);
-            let r = if *p == Kind::Direct { None } else { ratio(ours, theirs) };
+            let ours = rep
+                .median(Kind::Sluice, sc, Metric::P50)
+                .zip(direct)
+                .map(|(a, b)| a - b);
+            let theirs = rep
+                .median(*p, sc, Metric::P50)
+                .zip(direct)
+                .map(|(a, b)| a - b);
+            let r = if *p == Kind::Direct {
+                None
+            } else {
+                ratio(ours, theirs)
+            };
             let _ = write!(s, " {} |", ratio_cell(r));
         }
         s.push('\n');
     }
     for (label, f) in [
-        ("idle RSS MiB", Report::idle_rss_mib as fn(&Report, Kind) -> Option<Spread>),
+        (
+            "idle RSS MiB",
+            Report::idle_rss_mib as fn(&Report, Kind) -> Option<Spread>,
+        ),
         ("peak RSS MiB (VmHWM)", Report::peak_rss_mib),
     ] {
         let _ = write!(s, "| {label} |");
@@ -347,8 +384,15 @@ pub fn markdown(rep: &Report) -> String {
             let _ = write!(s, " {} |", cell(v));
         }
         for p in &peers {
-            let r = ratio(f(rep, Kind::Sluice).map(|x| x.median), f(rep, *p).map(|x| x.median));
-            let _ = write!(s, " {} |", ratio_cell(if *p == Kind::Direct { None } else { r }));
+            let r = ratio(
+                f(rep, Kind::Sluice).map(|x| x.median),
+                f(rep, *p).map(|x| x.median),
+            );
+            let _ = write!(
+                s,
+                " {} |",
+                ratio_cell(if *p == Kind::Direct { None } else { r })
+            );
         }
         s.push('\n');
     }
@@ -382,7 +426,10 @@ pub fn markdown(rep: &Report) -> String {
                     rep.median(*k, &sc, Metric::Rps),
                     rep.median(Kind::Direct, &sc, Metric::Rps)
                 )),
-                match (rep.median(*k, &sc, Metric::ProxyPct), rep.median(*k, &sc, Metric::CorePct)) {
+                match (
+                    rep.median(*k, &sc, Metric::ProxyPct),
+                    rep.median(*k, &sc, Metric::CorePct)
+                ) {
                     (Some(p), Some(c)) => format!("{p:.0} / {c:.0}"),
                     (None, Some(c)) => format!("- / {c:.0}"),
                     _ => "-".into(),
@@ -394,7 +441,14 @@ pub fn markdown(rep: &Report) -> String {
     if !rep.crosschecks.is_empty() {
         s.push_str("\n## Cross-check with external load generators (one run each)\n\n| tool | scenario | target | req/s |\n|---|---|---|---:|\n");
         for c in &rep.crosschecks {
-            let _ = writeln!(s, "| {} | {} | {} | {} |", c.tool, c.scenario, c.target.name(), fmt_num(c.rps));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                c.tool,
+                c.scenario,
+                c.target.name(),
+                fmt_num(c.rps)
+            );
         }
     }
     if !rep.scale.is_empty() {
@@ -458,7 +512,13 @@ pub fn svg(rep: &Report) -> String {
     let scen: Vec<String> = rep
         .scenarios()
         .into_iter()
-        .filter(|sc| rep.runs.iter().any(|r| &r.scenario == sc && r.latency.count > 0) && !sc.ends_with("-max") && !sc.starts_with("tcp-bulk"))
+        .filter(|sc| {
+            rep.runs
+                .iter()
+                .any(|r| &r.scenario == sc && r.latency.count > 0)
+                && !sc.ends_with("-max")
+                && !sc.starts_with("tcp-bulk")
+        })
         .collect();
     let (pw, ph) = (480.0, 320.0);
     let cols = 2usize;
@@ -482,20 +542,40 @@ pub fn svg(rep: &Report) -> String {
         );
         lx += 90.0;
     }
-    let _ = writeln!(s, r#"<text x="{}" y="18">latency by percentile (median of runs), open-loop</text>"#, lx + 10.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="18">latency by percentile (median of runs), open-loop</text>"#,
+        lx + 10.0
+    );
     for (i, sc) in scen.iter().enumerate() {
         let (ox, oy) = ((i % cols) as f64 * pw, (i / cols) as f64 * ph + 40.0);
         let (l, r, t, b) = (ox + 60.0, ox + pw - 20.0, oy + 24.0, oy + ph - 40.0);
-        let curves: Vec<(Kind, Vec<(f64, f64)>)> =
-            rep.kinds().into_iter().map(|k| (k, rep.curve(k, sc))).collect();
-        let all: Vec<f64> = curves.iter().flat_map(|c| c.1.iter().map(|p| p.1)).collect();
+        let curves: Vec<(Kind, Vec<(f64, f64)>)> = rep
+            .kinds()
+            .into_iter()
+            .map(|k| (k, rep.curve(k, sc)))
+            .collect();
+        let all: Vec<f64> = curves
+            .iter()
+            .flat_map(|c| c.1.iter().map(|p| p.1))
+            .collect();
         let lo = all.iter().cloned().fold(f64::INFINITY, f64::min).max(1.0);
         let hi = all.iter().cloned().fold(0.0, f64::max).max(lo * 10.0);
         let (dlo, dhi) = (lo.log10().floor(), hi.log10().ceil());
         let y = |us: f64| b - (us.max(1.0).log10() - dlo) / (dhi - dlo) * (b - t);
         let x = |idx: usize| l + idx as f64 / (CURVE.len() - 1) as f64 * (r - l);
-        let _ = writeln!(s, r#"<text x="{}" y="{}" font-weight="bold">{sc}</text>"#, l, oy + 14.0);
-        let _ = writeln!(s, r##"<rect x="{l}" y="{t}" width="{}" height="{}" fill="none" stroke="#999"/>"##, r - l, b - t);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" font-weight="bold">{sc}</text>"#,
+            l,
+            oy + 14.0
+        );
+        let _ = writeln!(
+            s,
+            r##"<rect x="{l}" y="{t}" width="{}" height="{}" fill="none" stroke="#999"/>"##,
+            r - l,
+            b - t
+        );
         let mut d = dlo as i32;
         while d as f64 <= dhi {
             let yy = y(10f64.powi(d));
@@ -509,12 +589,26 @@ pub fn svg(rep: &Report) -> String {
                 6 => "1s".into(),
                 _ => format!("1e{d}µs"),
             };
-            let _ = writeln!(s, r##"<line x1="{l}" x2="{r}" y1="{yy}" y2="{yy}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{label}</text>"##, l - 4.0, yy + 4.0);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{l}" x2="{r}" y1="{yy}" y2="{yy}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{label}</text>"##,
+                l - 4.0,
+                yy + 4.0
+            );
             d += 1;
         }
         for (idx, p) in CURVE.iter().enumerate() {
-            let label = if *p >= 100.0 { "max".to_string() } else { format!("p{p}") };
-            let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{label}</text>"#, x(idx), b + 14.0);
+            let label = if *p >= 100.0 {
+                "max".to_string()
+            } else {
+                format!("p{p}")
+            };
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="middle">{label}</text>"#,
+                x(idx),
+                b + 14.0
+            );
         }
         for (k, c) in &curves {
             if c.is_empty() {
@@ -559,7 +653,10 @@ mod tests {
                 p999_us: p50 * 8.0,
                 max_us: p50 * 9.0,
                 mean_us: p50,
-                curve: CURVE.iter().map(|&p| (p, p50 * (1.0 + p / 100.0))).collect(),
+                curve: CURVE
+                    .iter()
+                    .map(|&p| (p, p50 * (1.0 + p / 100.0)))
+                    .collect(),
             },
             proxy_cpu_s: cpu,
             cpu_s_per_1k: cpu,
@@ -577,18 +674,62 @@ mod tests {
             rep.targets.push(TargetRecord {
                 target: k,
                 version: "v".into(),
-                idle: vec![Mem { rss_kib: 10240, hwm_kib: 10240, pss_kib: 0 }],
-                after: vec![Mem { rss_kib: 20480, hwm_kib: 20480, pss_kib: 0 }],
+                idle: vec![Mem {
+                    rss_kib: 10240,
+                    hwm_kib: 10240,
+                    pss_kib: 0,
+                }],
+                after: vec![Mem {
+                    rss_kib: 20480,
+                    hwm_kib: 20480,
+                    pss_kib: 0,
+                }],
             });
         }
         for rep_i in 0..3 {
             let f = 1.0 + rep_i as f64 * 0.1;
-            rep.runs.push(run(Kind::Direct, "h1-small-max", rep_i, 50_000.0 * f, 100.0, None));
-            rep.runs.push(run(Kind::Sluice, "h1-small-max", rep_i, 40_000.0 * f, 200.0, Some(0.02 * f)));
-            rep.runs.push(run(Kind::Nginx, "h1-small-max", rep_i, 20_000.0 * f, 400.0, Some(0.04 * f)));
-            rep.runs.push(run(Kind::Direct, "h1-small-1k", rep_i, 1000.0, 50.0, None));
-            rep.runs.push(run(Kind::Sluice, "h1-small-1k", rep_i, 1000.0, 90.0, Some(0.03)));
-            rep.runs.push(run(Kind::Nginx, "h1-small-1k", rep_i, 1000.0, 130.0, Some(0.03)));
+            rep.runs.push(run(
+                Kind::Direct,
+                "h1-small-max",
+                rep_i,
+                50_000.0 * f,
+                100.0,
+                None,
+            ));
+            rep.runs.push(run(
+                Kind::Sluice,
+                "h1-small-max",
+                rep_i,
+                40_000.0 * f,
+                200.0,
+                Some(0.02 * f),
+            ));
+            rep.runs.push(run(
+                Kind::Nginx,
+                "h1-small-max",
+                rep_i,
+                20_000.0 * f,
+                400.0,
+                Some(0.04 * f),
+            ));
+            rep.runs
+                .push(run(Kind::Direct, "h1-small-1k", rep_i, 1000.0, 50.0, None));
+            rep.runs.push(run(
+                Kind::Sluice,
+                "h1-small-1k",
+                rep_i,
+                1000.0,
+                90.0,
+                Some(0.03),
+            ));
+            rep.runs.push(run(
+                Kind::Nginx,
+                "h1-small-1k",
+                rep_i,
+                1000.0,
+                130.0,
+                Some(0.03),
+            ));
         }
         rep
     }
@@ -596,18 +737,30 @@ mod tests {
     #[test]
     fn medians_and_ratios_in_the_markdown() {
         let rep = sample();
-        assert_eq!(rep.median(Kind::Sluice, "h1-small-max", Metric::Rps), Some(44_000.0));
+        assert_eq!(
+            rep.median(Kind::Sluice, "h1-small-max", Metric::Rps),
+            Some(44_000.0)
+        );
         let md = markdown(&rep);
         assert!(md.starts_with("`cargo run -p bench --release -- run`\n"));
         // Sluice 44k vs nginx 22k → 2.00x; vs direct 55k → 0.80x.
-        let row = md.lines().find(|l| l.starts_with("| h1-small-max: req/s")).unwrap();
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| h1-small-max: req/s"))
+            .unwrap();
         assert!(row.contains("2.00x"), "{row}");
         assert!(row.contains("0.80x"), "{row}");
         assert!(row.contains("44,000 ±9%"), "{row}");
         // Added p50: sluice 40 µs, nginx 80 µs → 0.50x.
-        let row = md.lines().find(|l| l.contains("h1-small-1k: added p50")).unwrap();
+        let row = md
+            .lines()
+            .find(|l| l.contains("h1-small-1k: added p50"))
+            .unwrap();
         assert!(row.contains("| 40.0 |") && row.contains("0.50x"), "{row}");
-        let row = md.lines().find(|l| l.starts_with("| idle RSS MiB")).unwrap();
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| idle RSS MiB"))
+            .unwrap();
         assert!(row.contains("| - |") && row.contains("1.00x"), "{row}");
     }
 

@@ -100,7 +100,9 @@ pub fn measure(
         }
     }
     let t0 = Instant::now();
-    let mut child = cmd.spawn().with_context(|| format!("starting {}", sluice.display()))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", sluice.display()))?;
     let ready = wait_ready(
         SocketAddr::from(([127, 0, 0, 1], admin_port)),
         Duration::from_secs(120),
@@ -130,10 +132,19 @@ pub fn measure(
 fn get_host(addr: SocketAddr, host: &str) -> Option<u16> {
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(s, "GET /small HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET /small HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf).ok()?;
-    std::str::from_utf8(&buf[..n]).ok()?.split_whitespace().nth(1)?.parse().ok()
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

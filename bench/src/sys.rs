@@ -162,7 +162,8 @@ mod tests {
 
     #[test]
     fn cpu_lines() {
-        let s = "cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 100 0 50 800 20 5 5 20 0 0\ncpu1 1 1 1 1 1 1 1 1 0 0\n";
+        let s =
+            "cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 100 0 50 800 20 5 5 20 0 0\ncpu1 1 1 1 1 1 1 1 1 0 0\n";
         assert_eq!(parse_cpu_line(s, 0), Some((180, 1000)));
         assert_eq!(parse_cpu_line(s, 1), Some((6, 8)));
         assert_eq!(parse_cpu_line(s, 2), None);

@@ -64,7 +64,9 @@ pub fn start(cpu: Option<usize>) -> anyhow::Result<Upstream> {
 async fn serve_http(l: TcpListener) {
     let large = Bytes::from(vec![b'x'; LARGE_LEN]);
     loop {
-        let Ok((s, _)) = l.accept().await else { continue };
+        let Ok((s, _)) = l.accept().await else {
+            continue;
+        };
         let _ = s.set_nodelay(true);
         let large = large.clone();
         tokio::spawn(async move {
@@ -143,7 +145,9 @@ impl Body for UpBody {
 
 async fn serve_tcp(l: TcpListener) {
     loop {
-        let Ok((mut s, _)) = l.accept().await else { continue };
+        let Ok((mut s, _)) = l.accept().await else {
+            continue;
+        };
         let _ = s.set_nodelay(true);
         tokio::spawn(async move {
             let mut mode = [0u8; 1];
