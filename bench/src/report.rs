@@ -281,6 +281,10 @@ pub fn markdown(rep: &Report) -> String {
     let _ = writeln!(s, "# Sluice benchmark report\n");
     let _ = writeln!(
         s,
+        "The command above reproduces this report once `cargo build --release -p proxy -p bench` has built `target/release/sluice` and the peers are installed (see [bench/README.md](../../bench/README.md)). What the profiler showed: [profile.md](profile.md).\n"
+    );
+    let _ = writeln!(
+        s,
         "Generated {} on {}. {}\n",
         rep.date, rep.machine, rep.settings
     );
