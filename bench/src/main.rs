@@ -1,1 +1,571 @@
-fn main() {}
+//! `bench`: Sluice against a direct connection, nginx and haproxy, in one run on loopback.
+//! See bench/README.md.
+
+mod hist;
+mod load;
+mod report;
+mod scale;
+mod stats;
+mod sys;
+mod targets;
+mod upstream;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use report::{Crosscheck, Report, RunRecord, TargetRecord};
+use targets::{Bins, Kind};
+
+#[derive(Parser)]
+#[command(
+    name = "bench",
+    about = "Sluice vs direct vs nginx vs haproxy, on loopback"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every scenario against every target and write the report (the default).
+    Run(RunArgs),
+    /// Only the configuration-scale measurement.
+    ConfigScale(ScaleArgs),
+    /// Rewrite report.md and latency.svg from an existing results.json.
+    Report {
+        #[arg(long, default_value_os_t = default_out())]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// The Sluice binary (default: `sluice` next to this binary, i.e. the same target dir).
+    #[arg(long)]
+    sluice: Option<PathBuf>,
+    /// Output directory for results.json, report.md, latency.svg.
+    #[arg(long, default_value_os_t = default_out())]
+    out: PathBuf,
+    /// Do not pin processes to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value = "/usr/sbin/nginx")]
+    nginx: PathBuf,
+    #[arg(long, default_value = "/usr/sbin/haproxy")]
+    haproxy: PathBuf,
+    /// Targets, comma-separated (missing peer binaries are skipped with a note).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,sluice,nginx,haproxy"
+    )]
+    targets: Vec<String>,
+    /// Only scenarios whose name contains one of these (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// Seconds per scenario run.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Repetitions (targets are interleaved within each repetition).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Client connections for the open-loop (fixed-rate) scenarios.
+    #[arg(long, default_value_t = 16)]
+    conns: usize,
+    /// Requests in flight for the closed-loop (max) scenarios: HTTP/1.1 connections, or
+    /// HTTP/2 connections × 4 streams.
+    #[arg(long, default_value_t = 64)]
+    max_conns: usize,
+    /// Open-loop rates, requests/s in total.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+    rates: Vec<u64>,
+    /// Config-scale service counts (0 to skip).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    scale: Vec<usize>,
+    /// Skip the wrk/h2load cross-check.
+    #[arg(long)]
+    no_crosscheck: bool,
+}
+
+#[derive(Args, Clone)]
+struct ScaleArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    services: Vec<usize>,
+}
+
+fn default_out() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/bench")
+}
+
+fn default_sluice() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("sluice")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("target/release/sluice"))
+}
+
+/// The command that reproduces this run.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut s = "cargo run -p bench --release --".to_string();
+    for a in args {
+        s.push(' ');
+        s.push_str(&a);
+    }
+    s
+}
+
+/// (proxy CPU, client+upstream CPU) or None when pinning is off or impossible.
+fn cpus(no_pin: bool) -> (Option<usize>, Option<usize>) {
+    if no_pin || sys::cpus() < 2 {
+        (None, None)
+    } else {
+        (Some(0), Some(1))
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cmd = cli
+        .cmd
+        .unwrap_or_else(|| Cmd::Run(RunArgs::parse_from(["run"]).clone()));
+    match cmd {
+        Cmd::Run(a) => run(a),
+        Cmd::ConfigScale(a) => {
+            let (proxy_cpu, client_cpu) = cpus(a.common.no_pin);
+            if let Some(c) = client_cpu {
+                sys::pin_current(c)?;
+            }
+            let up = upstream::start(client_cpu)?;
+            let sluice = a.common.sluice.clone().unwrap_or_else(default_sluice);
+            let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+            for n in &a.services {
+                let r = scale::measure(&sluice, *n, up.http, &dir, proxy_cpu)?;
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(())
+        }
+        Cmd::Report { out } => {
+            let rep: Report =
+                serde_json::from_str(&std::fs::read_to_string(out.join("results.json"))?)?;
+            write_outputs(&rep, &out)
+        }
+    }
+}
+
+impl RunArgs {
+    fn parse_from<I: IntoIterator<Item = &'static str>>(it: I) -> RunArgs {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            a: RunArgs,
+        }
+        Only::parse_from(it).a
+    }
+}
+
+fn run(a: RunArgs) -> anyhow::Result<()> {
+    let (proxy_cpu, client_cpu) = cpus(a.common.no_pin);
+    let bins = Bins {
+        sluice: a.common.sluice.clone().unwrap_or_else(default_sluice),
+        nginx: a.nginx.clone(),
+        haproxy: a.haproxy.clone(),
+    };
+    let mut notes = Vec::new();
+    let mut kinds = Vec::new();
+    for t in &a.targets {
+        let k = Kind::parse(t).with_context(|| format!("unknown target {t}"))?;
+        if bins.available(k) {
+            kinds.push(k);
+        } else {
+            let msg = format!(
+                "{} skipped: {} not found (see bench/README.md to install it)",
+                k.name(),
+                bins.path(k).unwrap().display()
+            );
+            eprintln!("bench: {msg}");
+            notes.push(msg);
+        }
+    }
+    let scenarios: Vec<load::Scenario> = load::scenarios(a.conns, a.max_conns, &a.rates)
+        .into_iter()
+        .filter(|s| a.scenarios.is_empty() || a.scenarios.iter().any(|f| s.name.contains(f)))
+        .collect();
+    anyhow::ensure!(
+        !scenarios.is_empty(),
+        "no scenario matches {:?}",
+        a.scenarios
+    );
+
+    // Upstream first (its thread pins itself), then the client (this thread).
+    let up = upstream::start(client_cpu)?;
+    if let Some(c) = client_cpu {
+        sys::pin_current(c)?;
+    }
+    let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let dur = Duration::from_secs_f64(a.duration);
+    let load_before = sys::loadavg();
+
+    let mut rep = Report {
+        command: command_line(),
+        date: date(),
+        machine: machine(),
+        settings: format!(
+            "{} s per scenario run, {} repetitions; open-loop rates {:?} req/s over {} connections; closed-loop (max) with {} requests in flight; {}.",
+            a.duration,
+            a.reps,
+            a.rates,
+            a.conns,
+            a.max_conns,
+            match proxy_cpu {
+                Some(_) => "proxy pinned to CPU 0, client and upstream to CPU 1",
+                None => "no CPU pinning",
+            }
+        ),
+        ..Default::default()
+    };
+    for k in &kinds {
+        rep.targets.push(TargetRecord {
+            target: *k,
+            version: bins.version(*k),
+            idle: vec![],
+            after: vec![],
+        });
+    }
+    for r in 0..a.reps {
+        for k in &kinds {
+            let running = match targets::start(*k, &bins, &up, &dir, proxy_cpu) {
+                Ok(x) => x,
+                Err(e) => {
+                    let msg = format!(
+                        "{} failed to start in repetition {}: {e:#}",
+                        k.name(),
+                        r + 1
+                    );
+                    eprintln!("bench: {msg}");
+                    notes.push(msg);
+                    continue;
+                }
+            };
+            let pid = running.pid();
+            std::thread::sleep(Duration::from_millis(300));
+            let t = rep.targets.iter_mut().find(|t| t.target == *k).unwrap();
+            if let Some(m) = pid.and_then(sys::mem) {
+                t.idle.push(m);
+            }
+            for sc in &scenarios {
+                let rec = one(&running, sc, r, dur, proxy_cpu)?;
+                eprintln!(
+                    "[{}/{}] {:8} {:16} {:>9} req/s  p50 {:>7} µs  p99 {:>7} µs  cpu/1k {}{}{}",
+                    r + 1,
+                    a.reps,
+                    k.name(),
+                    sc.name,
+                    report::fmt_num(rec.rps),
+                    report::fmt_num(rec.latency.p50_us),
+                    report::fmt_num(rec.latency.p99_us),
+                    rec.cpu_s_per_1k
+                        .map(report::fmt_num)
+                        .unwrap_or_else(|| "-".into()),
+                    rec.gbps
+                        .map(|g| format!("  {g:.2} GB/s"))
+                        .unwrap_or_default(),
+                    if rec.errors > 0 {
+                        format!("  ERRORS {}", rec.errors)
+                    } else {
+                        String::new()
+                    },
+                );
+                rep.runs.push(rec);
+            }
+            let t = rep.targets.iter_mut().find(|t| t.target == *k).unwrap();
+            if let Some(m) = pid.and_then(sys::mem) {
+                t.after.push(m);
+            }
+        }
+    }
+    if !a.no_crosscheck {
+        crosscheck(
+            &kinds,
+            &bins,
+            &up,
+            &dir,
+            proxy_cpu,
+            client_cpu,
+            dur,
+            a.max_conns,
+            &mut rep,
+        );
+    }
+    if kinds.contains(&Kind::Sluice) {
+        for n in a.scale.iter().filter(|n| **n > 0) {
+            match scale::measure(&bins.sluice, *n, up.http, &dir, proxy_cpu) {
+                Ok(s) => {
+                    eprintln!(
+                        "scale {n}: ready in {:.3} s, RSS {:.1} MiB, routed {}",
+                        s.ready_s,
+                        s.rss_kib as f64 / 1024.0,
+                        s.routed
+                    );
+                    rep.scale.push(s)
+                }
+                Err(e) => notes.push(format!("config scale {n} failed: {e:#}")),
+            }
+        }
+    }
+    notes.push(format!(
+        "1-minute load average {load_before} before the run and {} after, on {} CPUs: other work shared the machine when it is near or above the CPU count (see the last column of the scenario table).",
+        sys::loadavg(),
+        // SAFETY: sysconf has no preconditions.
+        unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }
+    ));
+    notes.push("CPU is the proxy process's CPU-time clock (user+system, all threads; clock_getcpuclockid, the precise form of /proc/PID/stat utime+stime) over the timed window, divided by completed requests. Client and upstream share the other CPU, so the direct path caps max req/s.".into());
+    notes.push("Open-loop latency counts from each request's scheduled send time when the connection was still busy (no coordinated omission), from the timer firing otherwise (tokio's 1 ms timer granularity is not charged to the target).".into());
+    notes.push("nginx proxies h2c and gRPC to the h2c upstream with grpc_pass (its proxy_pass speaks HTTP/1.1 only); haproxy and Sluice use h2 to the upstream.".into());
+    rep.notes = notes;
+    let _ = std::fs::remove_dir_all(&dir);
+    write_outputs(&rep, &a.common.out)
+}
+
+fn one(
+    running: &targets::Running,
+    sc: &load::Scenario,
+    r: usize,
+    dur: Duration,
+    core: Option<usize>,
+) -> anyhow::Result<RunRecord> {
+    let pid = running.pid();
+    let (mut c0, mut c1) = (None, None);
+    let (mut k0, mut k1) = (None, None);
+    let out = load::run(running.addr(sc.proto), sc, dur, &mut |start| {
+        let t = pid.and_then(sys::cpu_time);
+        let k = core.and_then(sys::cpu_ticks);
+        if start {
+            (c0, k0) = (t, k)
+        } else {
+            (c1, k1) = (t, k)
+        }
+    })
+    .with_context(|| format!("{} {}", running.kind.name(), sc.name))?;
+    let secs = out.elapsed.as_secs_f64().max(1e-9);
+    let cpu = c0.zip(c1).map(|(a, b)| b.saturating_sub(a).as_secs_f64());
+    let per1k = cpu
+        .filter(|_| out.requests > 0)
+        .map(|c| c / out.requests as f64 * 1000.0);
+    let core_busy_pct = k0.zip(k1).and_then(|((b0, t0), (b1, t1))| {
+        (t1 > t0).then(|| (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0)
+    });
+    Ok(RunRecord {
+        target: running.kind,
+        scenario: sc.name.clone(),
+        rep: r,
+        requests: out.requests,
+        errors: out.errors,
+        elapsed_s: secs,
+        rps: out.requests as f64 / secs,
+        gbps: (sc.proto == load::Proto::TcpBulk).then(|| out.bytes as f64 / secs / 1e9),
+        // Bulk transfers stream without a round trip per MiB, so there is no latency to report.
+        latency: if sc.proto == load::Proto::TcpBulk {
+            hist::Latency::default()
+        } else {
+            hist::summarize(&out.hist)
+        },
+        proxy_cpu_s: cpu,
+        cpu_s_per_1k: per1k,
+        proxy_cpu_pct: cpu.map(|c| c / secs * 100.0),
+        core_busy_pct,
+    })
+}
+
+/// wrk (HTTP/1.1) and h2load (h2c) against each target, once, pinned like our client.
+#[allow(clippy::too_many_arguments)]
+fn crosscheck(
+    kinds: &[Kind],
+    bins: &Bins,
+    up: &upstream::Upstream,
+    dir: &Path,
+    proxy_cpu: Option<usize>,
+    client_cpu: Option<usize>,
+    dur: Duration,
+    max_conns: usize,
+    rep: &mut Report,
+) {
+    let wrk = Path::new("/usr/bin/wrk");
+    let h2load = Path::new("/usr/bin/h2load");
+    if !wrk.exists() && !h2load.exists() {
+        rep.notes
+            .push("wrk and h2load not installed: no cross-check".into());
+        return;
+    }
+    let secs = dur.as_secs().max(1).to_string();
+    for k in kinds {
+        let Ok(running) = targets::start(*k, bins, up, dir, proxy_cpu) else {
+            continue;
+        };
+        let mut tools: Vec<(String, String, Command)> = Vec::new();
+        if wrk.exists() {
+            let mut c = Command::new(wrk);
+            c.args(["-t1", &format!("-c{max_conns}"), &format!("-d{secs}s")])
+                .arg(format!("http://{}/small", running.h1));
+            tools.push((format!("wrk -t1 -c{max_conns}"), "h1-small-max".into(), c));
+        }
+        if h2load.exists() {
+            let mut c = Command::new(h2load);
+            c.args([
+                "-c",
+                &(max_conns / 4).max(1).to_string(),
+                "-m4",
+                "-t1",
+                "-D",
+                &secs,
+            ])
+            .arg(format!("http://{}/small", running.h2));
+            tools.push((
+                format!("h2load -c{} -m4", (max_conns / 4).max(1)),
+                "h2-small-max".into(),
+                c,
+            ));
+        }
+        for (tool, sc, mut c) in tools {
+            if let Some(cpu) = client_cpu {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: only sched_setaffinity runs between fork and exec.
+                unsafe {
+                    c.pre_exec(move || sys::pin_current(cpu));
+                }
+            }
+            let out = match bounded_output(c, dur + Duration::from_secs(15)) {
+                Some(o) => o,
+                None => continue,
+            };
+            if let Some(rps) = parse_rps(&out) {
+                eprintln!("crosscheck {tool} {} {sc}: {rps:.0} req/s", k.name());
+                rep.crosschecks.push(Crosscheck {
+                    target: *k,
+                    tool: tool.clone(),
+                    scenario: sc,
+                    rps,
+                });
+            }
+        }
+    }
+}
+
+/// Runs `c` and kills it if it outlives `limit`; returns stdout.
+fn bounded_output(mut c: Command, limit: Duration) -> Option<String> {
+    use std::io::Read;
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let t0 = std::time::Instant::now();
+    loop {
+        if child.try_wait().ok()?.is_some() {
+            break;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut s = String::new();
+    child.stdout.take()?.read_to_string(&mut s).ok()?;
+    Some(s)
+}
+
+/// `Requests/sec: 12345.67` (wrk) or `finished in 3.00s, 12345.67 req/s, ...` (h2load).
+fn parse_rps(out: &str) -> Option<f64> {
+    for l in out.lines() {
+        if let Some(v) = l.trim().strip_prefix("Requests/sec:") {
+            return v.trim().parse().ok();
+        }
+        if l.starts_with("finished in") {
+            let part = l.split(',').nth(1)?;
+            return part.trim().strip_suffix("req/s")?.trim().parse().ok();
+        }
+    }
+    None
+}
+
+fn write_outputs(rep: &Report, out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(rep)?)?;
+    std::fs::write(out.join("report.md"), report::markdown(rep))?;
+    std::fs::write(out.join("latency.svg"), report::svg(rep))?;
+    eprintln!(
+        "wrote {}/{{results.json,report.md,latency.svg}}",
+        out.display()
+    );
+    Ok(())
+}
+
+fn date() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    // SAFETY: sysconf has no preconditions. (available_parallelism would see our pinning.)
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    format!("{online} × {model}, Linux {kernel}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tool_outputs() {
+        assert_eq!(
+            parse_rps("  Latency 1ms\nRequests/sec:  48512.34\nTransfer/sec: 5MB\n"),
+            Some(48512.34)
+        );
+        assert_eq!(
+            parse_rps("finished in 3.00s, 51234.50 req/s, 2.1MB/s\nrequests: 1"),
+            Some(51234.5)
+        );
+        assert_eq!(parse_rps("nothing"), None);
+    }
+
+    #[test]
+    fn cli_defaults() {
+        let a = RunArgs::parse_from(["run"]);
+        assert_eq!(a.rates, vec![1000, 5000]);
+        assert_eq!(a.reps, 3);
+        assert_eq!(a.targets.len(), 4);
+    }
+}
