@@ -386,9 +386,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    // One worker (pinned sidecars, `--concurrency 1`): a single-threaded runtime, no
-    // cross-thread wake-ups. More: a work-stealing runtime with that many workers.
-    let mut rt = match args.concurrency {
+    // One worker (`--concurrency 1`, or a process pinned to one CPU as sidecars often are): a
+    // single-threaded runtime, no cross-thread wake-ups. More: a work-stealing runtime.
+    let workers = args.concurrency.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let mut rt = match Some(workers) {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
