@@ -4,6 +4,7 @@
 mod hist;
 mod load;
 mod report;
+mod routes;
 mod scale;
 mod stats;
 mod sys;
@@ -36,6 +37,11 @@ enum Cmd {
     Run(RunArgs),
     /// Only the configuration-scale measurement.
     ConfigScale(ScaleArgs),
+    /// Route-selection time on a 10-route table against a 10,000-route table (no network).
+    RouteSelect {
+        #[arg(long, default_value_os_t = default_out())]
+        out: PathBuf,
+    },
     /// Rewrite report.md and latency.svg from an existing results.json.
     Report {
         #[arg(long, default_value_os_t = default_out())]
@@ -158,6 +164,20 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
             }
             let _ = std::fs::remove_dir_all(&dir);
+            Ok(())
+        }
+        Cmd::RouteSelect { out } => {
+            let per = std::time::Duration::from_millis(500);
+            let small = routes::measure(10, 5, per);
+            let large = routes::measure(10_000, 5, per);
+            let md = routes::markdown(
+                &small,
+                &large,
+                "cargo run -p bench --release -- route-select",
+            );
+            print!("{md}");
+            std::fs::create_dir_all(&out)?;
+            std::fs::write(out.join("route-select.md"), md)?;
             Ok(())
         }
         Cmd::Report { out } => {

@@ -104,3 +104,62 @@ fn run_rejects_bad_bootstrap_naming_file_and_field() {
     assert!(err.contains("redis_proxy"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    let dir = std::env::temp_dir().join(format!("sluice-cli-term-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("b.yaml");
+    std::fs::write(
+        &f,
+        r#"static_resources:
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: t
+          cluster: c
+  clusters:
+  - name: c
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: c
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 9}}}
+"#,
+    )
+    .unwrap();
+    let child = sluice()
+        .args([
+            "run",
+            "--admin-address",
+            "127.0.0.1:0",
+            "--drain-time",
+            "1s",
+            "--bootstrap",
+        ])
+        .arg(&f)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SIGTERM, as Kubernetes sends it.
+    let rc = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(rc.success());
+    let out = child.wait_with_output().unwrap();
+    let log =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {log}", out.status);
+    assert!(log.contains("SIGTERM: draining"), "{log}");
+    assert!(log.contains("drain finished"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

