@@ -653,3 +653,67 @@ async fn hash_policy_pins_users_to_hosts_with_ring_hash_and_maglev() {
         );
     }
 }
+
+#[tokio::test]
+async fn auto_host_rewrite_uses_the_endpoint_hostname() {
+    let a = upstream("a", Behaviour::Echo).await;
+    let vh = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: auto_up, auto_host_rewrite: true}\n";
+    let dns = format!(
+        "  - name: auto_up\n    type: STRICT_DNS\n    connect_timeout: 1s\n    dns_lookup_family: V4_ONLY\n    load_assignment:\n      cluster_name: auto_up\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{socket_address: {{address: localhost, port_value: {}}}}}}}\n",
+        a.addr.port()
+    );
+    let app = sluice(&bootstrap(&http_listener("autohost", vh, ""), &dns)).await;
+    let mut c = H1::connect(app.listener_address("autohost").unwrap()).await;
+    let mut host = None;
+    for _ in 0..50 {
+        let r = c.get("original.example", "/").await;
+        if r.status == 200 {
+            host = r.field("host").map(str::to_string);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(host.as_deref(), Some("localhost"));
+}
+
+#[tokio::test]
+async fn route_idle_timeout_ends_a_silent_stream() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
+                        "late",
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /idle}
+                route: {cluster: idle_up, idle_timeout: 0.15s}
+              - match: {prefix: /}
+                route: {cluster: idle_up}
+"#;
+    let app = sluice(&bootstrap(
+        &http_listener("idle", vh, ""),
+        &cluster("idle_up", &[slow], ""),
+    ))
+    .await;
+    let mut c = H1::connect(app.listener_address("idle").unwrap()).await;
+    let t = std::time::Instant::now();
+    let r = c.get("h", "/idle").await;
+    assert_eq!((r.status, r.body.as_str()), (504, "stream timeout"));
+    assert!(t.elapsed() < std::time::Duration::from_millis(550));
+    let mut c = H1::connect(app.listener_address("idle").unwrap()).await;
+    let r = c.get("h", "/other").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "late"));
+}

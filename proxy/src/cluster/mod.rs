@@ -25,6 +25,8 @@ pub struct Host {
     pub healthy: bool,
     pub metadata: BTreeMap<String, String>,
     pub locality: String,
+    /// For `auto_host_rewrite`: the endpoint's hostname (empty when it has none).
+    pub hostname: String,
     /// Requests in flight (least-request balancing, admin).
     pub active: AtomicUsize,
     pub pool: Arc<Pool>,
@@ -44,6 +46,7 @@ impl Host {
             healthy,
             metadata,
             locality,
+            hostname: String::new(),
             active: AtomicUsize::new(0),
             pool: Arc::new(Pool::default()),
         }
@@ -298,6 +301,7 @@ fn reuse_or_new(old: &[Arc<Host>], addr: SocketAddr, e: &EndpointSpec) -> Arc<Ho
             && h.healthy == e.healthy
             && h.metadata == e.metadata
             && h.locality == e.locality
+            && h.hostname == e.hostname
     }) {
         return h.clone();
     }
@@ -308,6 +312,7 @@ fn reuse_or_new(old: &[Arc<Host>], addr: SocketAddr, e: &EndpointSpec) -> Arc<Ho
         e.metadata.clone(),
         e.locality.clone(),
     );
+    h.hostname = e.hostname.clone();
     // A host whose attributes changed keeps its connections.
     if let Some(prev) = old.iter().find(|h| h.addr == addr) {
         h.pool = prev.pool.clone();

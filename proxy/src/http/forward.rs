@@ -205,6 +205,14 @@ pub async fn forward(
                 Some(host) => {
                     tried.push(host.addr);
                     let per_try = policy.as_ref().and_then(|p| p.per_try_timeout);
+                    // auto_host_rewrite: Host becomes the chosen endpoint's hostname.
+                    if matches!(entry.host_rewrite, crate::route::HostRewrite::Auto)
+                        && !host.hostname.is_empty()
+                    {
+                        let (mut p, b) = req.into_parts();
+                        crate::route::headers::set_authority(&mut p, &host.hostname);
+                        req = Request::from_parts(p, b);
+                    }
                     let send = send_once(conn, cluster, &host, req);
                     match per_try {
                         Some(t) => match tokio::time::timeout(t, send).await {

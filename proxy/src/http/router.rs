@@ -203,12 +203,28 @@ async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>, start: Instant)
                 req = forward::mirror(conn, &entry.request_mirrors, req, random).await;
             }
             let sent = Instant::now();
-            match forward::forward(conn, &cluster_rt, req, entry, hash, conn.info.local).await {
+            let fwd = forward::forward(conn, &cluster_rt, req, entry, hash, conn.info.local);
+            // The route's idle_timeout: no activity while waiting for the response head...
+            let result = match entry.idle_timeout.filter(|d| !d.is_zero()) {
+                Some(idle) => match tokio::time::timeout(idle, fwd).await {
+                    Ok(r) => r,
+                    Err(_) => Err(LocalReply {
+                        status: 504,
+                        body: "stream timeout",
+                    }),
+                },
+                None => fwd.await,
+            };
+            match result {
                 Ok(mut r) => {
                     r.headers_mut().insert(
                         headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
                         HeaderValue::from(sent.elapsed().as_millis() as u64),
                     );
+                    // ...nor between frames of the response body.
+                    if let Some(idle) = entry.idle_timeout.filter(|d| !d.is_zero()) {
+                        r = r.map(|b| crate::body::boxed(crate::body::IdleTimeout::new(b, idle)));
+                    }
                     if r.status() == StatusCode::SWITCHING_PROTOCOLS {
                         if let Some(down) = down_upgrade {
                             let up = hyper::upgrade::on(&mut r);

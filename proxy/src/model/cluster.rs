@@ -94,6 +94,9 @@ pub struct EndpointSpec {
     /// Flattened `filter_metadata` string values, `namespace.key` → value, used for subsets
     /// (`envoy.lb.version` → `v1`) and Istio labels.
     pub metadata: BTreeMap<String, String>,
+    /// The endpoint's hostname (`Endpoint.hostname`, or the DNS name it was resolved from):
+    /// what `auto_host_rewrite` puts in `Host`.
+    pub hostname: String,
 }
 
 impl Cluster {
@@ -470,6 +473,10 @@ pub fn endpoints(
             };
             // UNHEALTHY (2), DRAINING (3), TIMEOUT (4) are not used for new requests.
             let healthy = !matches!(le.health_status, 2..=4);
+            let hostname = match &target {
+                Target::Dns(h, _) if ep.hostname.is_empty() => h.clone(),
+                _ => ep.hostname.clone(),
+            };
             out.push(EndpointSpec {
                 target,
                 weight: le
@@ -487,6 +494,7 @@ pub fn endpoints(
                 healthy,
                 locality: locality.clone(),
                 metadata: flatten_metadata(le.metadata.as_ref()),
+                hostname,
             });
         }
     }
