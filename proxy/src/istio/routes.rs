@@ -6,7 +6,7 @@
 //! scheme, ignoreUriCase, port, gateways, sourceLabels, sourceNamespace), actions (weighted
 //! destinations with subsets and ports, redirect, directResponse, delegate), rewrites, header
 //! operations, timeouts, retries and faults (`envoy.filters.http.fault` per-route config) are
-//! generated as istiod does. CORS is recorded as per-route config; mirroring is reported only.
+//! generated as istiod does. CORS is recorded as per-route config; mirrors become `request_mirror_policies`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -153,6 +153,38 @@ fn default_retry() -> Value {
 }
 
 /// The cluster a destination names, from a VirtualService in `ns` routing on `port`.
+/// `mirror` / `mirrorPercentage` (or the deprecated `mirrorPercent`) and `mirrors` as Envoy
+/// `request_mirror_policies`, as istiod emits them: the fraction in parts per million.
+fn mirror_policies(ctx: &Ctx, r: &super::model::HttpRoute, ns: &str) -> Vec<Value> {
+    let policy = |d: &Destination, pct: Option<f64>| {
+        let mut v = json!({"cluster": dest_cluster(ctx, d, ns).0});
+        let pct = pct.unwrap_or(100.0).clamp(0.0, 100.0);
+        if pct < 100.0 {
+            v["runtime_fraction"] = json!({"default_value": {
+                "numerator": (pct * 10_000.0).round() as u64,
+                "denominator": "MILLION"
+            }});
+        }
+        v
+    };
+    let mut out = Vec::new();
+    if let Some(d) = &r.mirror {
+        let pct = r
+            .mirror_percentage
+            .as_ref()
+            .and_then(|p| p.value)
+            .or(r.mirror_percent.map(f64::from));
+        out.push(policy(d, pct));
+    }
+    for m in &r.mirrors {
+        out.push(policy(
+            &m.destination,
+            m.percentage.as_ref().and_then(|p| p.value),
+        ));
+    }
+    out
+}
+
 pub fn dest_cluster(ctx: &Ctx, d: &Destination, ns: &str) -> (String, Option<u32>) {
     let host = ctx.reg.resolve(&d.host, ns);
     let svc = ctx.reg.service(&host, &ctx.node.namespace);
@@ -473,6 +505,10 @@ fn route(ctx: &Ctx, vs_obj: &Object, r: &HttpRoute, m: &HttpMatch) -> Value {
                 action["regex_rewrite"] =
                     json!({"pattern": {"regex": rr.pattern}, "substitution": rr.rewrite});
             }
+        }
+        let mirrors = mirror_policies(ctx, r, ns);
+        if !mirrors.is_empty() {
+            action["request_mirror_policies"] = json!(mirrors);
         }
         rt["route"] = action;
     }

@@ -445,3 +445,46 @@ spec:
         "no listener on the auto-allocated VIP {vip}"
     );
 }
+
+#[test]
+fn mirror_becomes_request_mirror_policies() {
+    let yaml = format!(
+        r#"{SVC}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: shadow, namespace: ns1}}
+spec:
+  clusterIP: 10.0.0.9
+  ports: [{{name: http, port: 80}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web-mirror, namespace: ns1}}
+spec:
+  hosts: [web]
+  http:
+  - route: [{{destination: {{host: web}}}}]
+    mirror: {{host: shadow}}
+    mirrorPercentage: {{value: 25.0}}
+"#
+    );
+    let (r, _) = tr(&yaml, &Node::sidecar("ns1"));
+    let rc = to_json(r.route("80").unwrap());
+    let vh = rc["virtual_hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"].as_str().unwrap().starts_with("web.ns1"))
+        .unwrap();
+    let m = &vh["routes"][0]["route"]["request_mirror_policies"][0];
+    assert!(m.is_object(), "{}", vh["routes"][0]);
+    assert_eq!(m["cluster"], "outbound|80||shadow.ns1.svc.cluster.local");
+    assert_eq!(m["runtime_fraction"]["default_value"]["numerator"], 250000);
+    assert_eq!(
+        m["runtime_fraction"]["default_value"]["denominator"],
+        "MILLION"
+    );
+    // The route table compiles in Sluice's engine with the mirror.
+    crate::route::RouteTable::from_proto(r.route("80").unwrap()).unwrap();
+}

@@ -271,14 +271,6 @@ pub fn check_object(o: &Object) -> Vec<Message> {
                         }
                     }
                 }
-                if r.mirror.is_some() || !r.mirrors.is_empty() {
-                    out.push(Message::new(
-                        Level::Info,
-                        o,
-                        format!("{p}.mirror"),
-                        "traffic mirroring is not supported by Sluice yet; ignored",
-                    ));
-                }
                 if r.cors_policy.is_some() {
                     out.push(Message::new(Level::Info, o, format!("{p}.corsPolicy"), "CORS is recorded in the route (cors policy) but Sluice does not enforce it yet"));
                 }
