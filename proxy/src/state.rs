@@ -119,6 +119,15 @@ pub enum Kind {
     Endpoint,
 }
 
+impl Rejected {
+    pub fn new(name: &str, reason: impl std::fmt::Display) -> Rejected {
+        Rejected {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// What binds and unbinds listener sockets when the listener set changes.
 pub trait ListenerHost: Send + Sync {
     /// Starts serving `l` (binding its address). Errors reject the listener.
@@ -253,10 +262,10 @@ impl State {
         }
         for c in upserts {
             if dups.contains(&c.name) {
-                rejected.push(Rejected {
-                    name: c.name.clone(),
-                    reason: "duplicate cluster name in one update".into(),
-                });
+                rejected.push(Rejected::new(
+                    &c.name,
+                    "duplicate cluster name in one update",
+                ));
                 continue;
             }
             match Cluster::from_proto(c) {
@@ -276,10 +285,7 @@ impl State {
                     let rt = ClusterRt::new(Arc::new(model), prev.map(|p| &*p.0));
                     clusters.insert(c.name.clone(), (rt, meta(version, is_static)));
                 }
-                Err(e) => rejected.push(Rejected {
-                    name: c.name.clone(),
-                    reason: e.to_string(),
-                }),
+                Err(e) => rejected.push(Rejected::new(&c.name, e)),
             }
         }
         self.modify(|s| s.clusters = clusters);
@@ -311,19 +317,16 @@ impl State {
         }
         for la in upserts {
             if dups.contains(&la.cluster_name) {
-                rejected.push(Rejected {
-                    name: la.cluster_name.clone(),
-                    reason: "duplicate cluster_name in one update".into(),
-                });
+                rejected.push(Rejected::new(
+                    &la.cluster_name,
+                    "duplicate cluster_name in one update",
+                ));
                 continue;
             }
             let eps = match endpoints(la, crate::model::cluster::Discovery::Eds) {
                 Ok(e) => e,
                 Err((f, r)) => {
-                    rejected.push(Rejected {
-                        name: la.cluster_name.clone(),
-                        reason: format!("{f}: {r}"),
-                    });
+                    rejected.push(Rejected::new(&la.cluster_name, format!("{f}: {r}")));
                     continue;
                 }
             };
@@ -358,10 +361,10 @@ impl State {
         }
         for rc in upserts {
             if dups.contains(&rc.name) {
-                rejected.push(Rejected {
-                    name: rc.name.clone(),
-                    reason: "duplicate route configuration name in one update".into(),
-                });
+                rejected.push(Rejected::new(
+                    &rc.name,
+                    "duplicate route configuration name in one update",
+                ));
                 continue;
             }
             match RouteTable::from_proto(rc) {
@@ -375,10 +378,7 @@ impl State {
                         }),
                     );
                 }
-                Err(e) => rejected.push(Rejected {
-                    name: rc.name.clone(),
-                    reason: e.to_string(),
-                }),
+                Err(e) => rejected.push(Rejected::new(&rc.name, e)),
             }
         }
         self.modify(|s| s.routes = routes);
@@ -420,10 +420,10 @@ impl State {
         }
         for l in upserts {
             if dups.contains(&l.name) {
-                rejected.push(Rejected {
-                    name: l.name.clone(),
-                    reason: "duplicate listener name in one update".into(),
-                });
+                rejected.push(Rejected::new(
+                    &l.name,
+                    "duplicate listener name in one update",
+                ));
                 continue;
             }
             if let Some((old, m)) = listeners.get(&l.name) {
@@ -440,10 +440,7 @@ impl State {
             let model = match Listener::from_proto(l) {
                 Ok(m) => Arc::new(m),
                 Err(e) => {
-                    rejected.push(Rejected {
-                        name: l.name.clone(),
-                        reason: e.to_string(),
-                    });
+                    rejected.push(Rejected::new(&l.name, e));
                     continue;
                 }
             };
@@ -455,13 +452,10 @@ impl State {
                 if let Some((other, _)) = listeners.values().find(|(o, _)| {
                     o.name != model.name && o.bind_to_port && o.address == Some(addr)
                 }) {
-                    rejected.push(Rejected {
-                        name: l.name.clone(),
-                        reason: format!(
-                            "address {addr} is already used by listener {}",
-                            other.name
-                        ),
-                    });
+                    rejected.push(Rejected::new(
+                        &l.name,
+                        format!("address {addr} is already used by listener {}", other.name),
+                    ));
                     continue;
                 }
             }
@@ -475,10 +469,7 @@ impl State {
                         h.stop(&l.name);
                     }
                     if let Err(e) = h.start(&model) {
-                        rejected.push(Rejected {
-                            name: l.name.clone(),
-                            reason: e,
-                        });
+                        rejected.push(Rejected::new(&l.name, e));
                         if let Some(o) = &old {
                             // Keep the old listener serving.
                             let _ = h.start(o);

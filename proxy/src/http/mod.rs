@@ -22,63 +22,8 @@ use crate::detect::{self, Detected};
 use crate::model::network::{Codec, HttpConnectionManager};
 use crate::model::ConnInfo;
 use crate::state::State;
-use crate::stats::{registry, Counter, Gauge};
 
-/// `http.<stat_prefix>.*` counters of one connection manager.
-#[derive(Debug)]
-pub struct HcmStats {
-    pub downstream_cx_total: Arc<Counter>,
-    pub downstream_cx_active: Arc<Gauge>,
-    pub downstream_cx_http1_total: Arc<Counter>,
-    pub downstream_cx_http2_total: Arc<Counter>,
-    pub downstream_rq_total: Arc<Counter>,
-    pub downstream_rq_active: Arc<Gauge>,
-    pub rq_1xx: Arc<Counter>,
-    pub rq_2xx: Arc<Counter>,
-    pub rq_3xx: Arc<Counter>,
-    pub rq_4xx: Arc<Counter>,
-    pub rq_5xx: Arc<Counter>,
-    pub no_route: Arc<Counter>,
-    pub no_cluster: Arc<Counter>,
-    pub rq_timeout: Arc<Counter>,
-    pub fault_delays: Arc<Counter>,
-    pub fault_aborts: Arc<Counter>,
-}
-
-impl HcmStats {
-    pub fn new(prefix: &str) -> HcmStats {
-        let r = registry();
-        let c = |s: &str| r.counter(&format!("http.{prefix}.{s}"));
-        HcmStats {
-            downstream_cx_total: c("downstream_cx_total"),
-            downstream_cx_active: r.gauge(&format!("http.{prefix}.downstream_cx_active")),
-            downstream_cx_http1_total: c("downstream_cx_http1_total"),
-            downstream_cx_http2_total: c("downstream_cx_http2_total"),
-            downstream_rq_total: c("downstream_rq_total"),
-            downstream_rq_active: r.gauge(&format!("http.{prefix}.downstream_rq_active")),
-            rq_1xx: c("downstream_rq_1xx"),
-            rq_2xx: c("downstream_rq_2xx"),
-            rq_3xx: c("downstream_rq_3xx"),
-            rq_4xx: c("downstream_rq_4xx"),
-            rq_5xx: c("downstream_rq_5xx"),
-            no_route: c("no_route"),
-            no_cluster: c("no_cluster"),
-            rq_timeout: c("downstream_rq_timeout"),
-            fault_delays: c("fault.delays_injected"),
-            fault_aborts: c("fault.aborts_injected"),
-        }
-    }
-
-    pub fn status(&self, code: u16) {
-        match code / 100 {
-            1 => self.rq_1xx.inc(),
-            2 => self.rq_2xx.inc(),
-            3 => self.rq_3xx.inc(),
-            4 => self.rq_4xx.inc(),
-            _ => self.rq_5xx.inc(),
-        }
-    }
-}
+pub use crate::model::network::HcmStats;
 
 /// What every request on one downstream connection shares.
 #[derive(Debug)]
@@ -114,7 +59,7 @@ pub async fn serve(
             }
         }
     };
-    let stats = hcm_stats(&hcm.stat_prefix);
+    let stats = hcm.stats.clone();
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
     if http2 {
@@ -179,16 +124,4 @@ async fn wait_drain(rx: &mut watch::Receiver<bool>) {
             std::future::pending::<()>().await;
         }
     }
-}
-
-fn hcm_stats(prefix: &str) -> Arc<HcmStats> {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    static CACHE: OnceLock<Mutex<HashMap<String, Arc<HcmStats>>>> = OnceLock::new();
-    let m = CACHE.get_or_init(Default::default);
-    m.lock()
-        .unwrap()
-        .entry(prefix.to_string())
-        .or_insert_with(|| Arc::new(HcmStats::new(prefix)))
-        .clone()
 }

@@ -17,10 +17,9 @@ use crate::route::{self, FormatCtx, RequestView, RouteTable, Selected};
 
 /// Handles one downstream request; never fails (errors are local replies).
 pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
-    let start = Instant::now();
     conn.stats.downstream_rq_total.inc();
     conn.stats.downstream_rq_active.inc();
-    let resp = route_request(&conn, req, start).await;
+    let resp = route_request(&conn, req).await;
     conn.stats.downstream_rq_active.dec();
     conn.stats.status(resp.status().as_u16());
     resp
@@ -54,7 +53,7 @@ fn is_upgrade(req: &http::request::Parts) -> Option<String> {
         .map(|v| v.to_ascii_lowercase())
 }
 
-async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>, start: Instant) -> Response<Body> {
+async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     // Envoy's `max_request_headers_kb` covers the whole header section.
     let header_bytes: usize = parts
@@ -177,7 +176,6 @@ async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>, start: Instant)
                     local_reply(entry.cluster_not_found_response_code, ""),
                     conn,
                     protocol,
-                    None,
                 );
             };
             drop(snap);
@@ -239,11 +237,10 @@ async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>, start: Instant)
             }
         }
     };
-    let _ = start;
     if let Some(id) = request_id.filter(|_| conn.hcm.always_set_request_id_in_response) {
         resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), id);
     }
-    finalize(&table, &sel, resp, conn, protocol, None)
+    finalize(&table, &sel, resp, conn, protocol)
 }
 
 fn finalize(
@@ -252,7 +249,6 @@ fn finalize(
     resp: Response<Body>,
     conn: &Conn,
     protocol: &str,
-    _req: Option<&http::request::Parts>,
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     let ctx = FormatCtx {

@@ -289,16 +289,13 @@ fn unhonoured_fields(c: &cpb::Cluster) -> Result<(), (&'static str, &'static str
 /// Logs once per message type and field that a configured field is accepted but not acted on,
 /// and counts it in `server.config_fields_ignored`.
 pub fn warn_ignored_once(kind: &str, field: &str) {
-    use std::collections::HashSet;
-    use std::sync::Mutex;
-    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
-    let key = format!("{kind}.{field}");
-    let mut g = SEEN.lock().unwrap();
-    if g.get_or_insert_with(HashSet::new).insert(key) {
+    if super::warn_once(
+        &format!("{kind}.{field}"),
+        "configured field is accepted but not acted on",
+    ) {
         crate::stats::registry()
             .counter("server.config_fields_ignored")
             .inc();
-        tracing::warn!(kind, field, "configured field is accepted but not acted on");
     }
 }
 

@@ -30,6 +30,23 @@ impl ModelError {
     }
 }
 
+/// Logs `message` once per `key` for the life of the process (skipped filters, ignored fields),
+/// so a config pushed repeatedly does not flood the log. Returns whether it logged.
+pub fn warn_once(key: &str, message: &str) -> bool {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let first = SEEN
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashSet::new)
+        .insert(key.to_string());
+    if first {
+        tracing::warn!(key, "{message}");
+    }
+    first
+}
+
 /// A socket address from an Envoy `Address` (pipes and internal addresses are `None`).
 pub fn socket_address(addr: &core::Address) -> Result<Option<SocketAddr>, String> {
     use core::address::Address as A;

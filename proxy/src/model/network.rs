@@ -46,6 +46,85 @@ pub struct TcpProxy {
     pub clusters: Vec<(String, u32)>,
     pub idle_timeout: Option<Duration>,
     pub max_connect_attempts: u32,
+    /// `tcp.<stat_prefix>.*`, registered when the filter is built.
+    pub stats: TcpStats,
+}
+
+/// `http.<stat_prefix>.*` counters of one connection manager.
+#[derive(Debug)]
+pub struct HcmStats {
+    pub downstream_cx_total: Arc<crate::stats::Counter>,
+    pub downstream_cx_active: Arc<crate::stats::Gauge>,
+    pub downstream_cx_http1_total: Arc<crate::stats::Counter>,
+    pub downstream_cx_http2_total: Arc<crate::stats::Counter>,
+    pub downstream_rq_total: Arc<crate::stats::Counter>,
+    pub downstream_rq_active: Arc<crate::stats::Gauge>,
+    pub rq_1xx: Arc<crate::stats::Counter>,
+    pub rq_2xx: Arc<crate::stats::Counter>,
+    pub rq_3xx: Arc<crate::stats::Counter>,
+    pub rq_4xx: Arc<crate::stats::Counter>,
+    pub rq_5xx: Arc<crate::stats::Counter>,
+    pub no_route: Arc<crate::stats::Counter>,
+    pub no_cluster: Arc<crate::stats::Counter>,
+    pub rq_timeout: Arc<crate::stats::Counter>,
+    pub fault_delays: Arc<crate::stats::Counter>,
+    pub fault_aborts: Arc<crate::stats::Counter>,
+}
+
+impl HcmStats {
+    pub fn new(prefix: &str) -> HcmStats {
+        let r = crate::stats::registry();
+        let c = |s: &str| r.counter(&format!("http.{prefix}.{s}"));
+        HcmStats {
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_active: r.gauge(&format!("http.{prefix}.downstream_cx_active")),
+            downstream_cx_http1_total: c("downstream_cx_http1_total"),
+            downstream_cx_http2_total: c("downstream_cx_http2_total"),
+            downstream_rq_total: c("downstream_rq_total"),
+            downstream_rq_active: r.gauge(&format!("http.{prefix}.downstream_rq_active")),
+            rq_1xx: c("downstream_rq_1xx"),
+            rq_2xx: c("downstream_rq_2xx"),
+            rq_3xx: c("downstream_rq_3xx"),
+            rq_4xx: c("downstream_rq_4xx"),
+            rq_5xx: c("downstream_rq_5xx"),
+            no_route: c("no_route"),
+            no_cluster: c("no_cluster"),
+            rq_timeout: c("downstream_rq_timeout"),
+            fault_delays: c("fault.delays_injected"),
+            fault_aborts: c("fault.aborts_injected"),
+        }
+    }
+
+    pub fn status(&self, code: u16) {
+        match code / 100 {
+            1 => self.rq_1xx.inc(),
+            2 => self.rq_2xx.inc(),
+            3 => self.rq_3xx.inc(),
+            4 => self.rq_4xx.inc(),
+            _ => self.rq_5xx.inc(),
+        }
+    }
+}
+
+/// Envoy's `tcp.<stat_prefix>.*` counters.
+#[derive(Debug, Clone)]
+pub struct TcpStats {
+    pub downstream_cx_total: Arc<crate::stats::Counter>,
+    pub downstream_cx_no_route: Arc<crate::stats::Counter>,
+    pub downstream_cx_rx_bytes_total: Arc<crate::stats::Counter>,
+    pub downstream_cx_tx_bytes_total: Arc<crate::stats::Counter>,
+}
+
+impl TcpStats {
+    fn new(prefix: &str) -> TcpStats {
+        let c = |s: &str| crate::stats::registry().counter(&format!("tcp.{prefix}.{s}"));
+        TcpStats {
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_no_route: c("downstream_cx_no_route"),
+            downstream_cx_rx_bytes_total: c("downstream_cx_rx_bytes_total"),
+            downstream_cx_tx_bytes_total: c("downstream_cx_tx_bytes_total"),
+        }
+    }
 }
 
 /// Where the HTTP connection manager gets its routes.
@@ -94,6 +173,8 @@ pub struct HttpConnectionManager {
     pub upgrades: Vec<String>,
     pub via: String,
     pub path: crate::http::path::PathOptions,
+    /// `http.<stat_prefix>.*`, registered when the filter is built.
+    pub stats: Arc<HcmStats>,
 }
 
 fn tname(any: &prost_types::Any) -> &str {
@@ -161,13 +242,7 @@ pub fn network_filter(
 }
 
 fn skip_once(name: &str) {
-    use std::collections::HashSet;
-    use std::sync::Mutex;
-    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
-    let mut g = SEEN.lock().unwrap();
-    if g.get_or_insert_with(HashSet::new).insert(name.to_string()) {
-        tracing::warn!(filter = name, "skipping telemetry-only filter");
-    }
+    super::warn_once(name, "skipping telemetry-only filter");
 }
 
 /// envoy-types' `google.protobuf.Any` is its own struct; the proto helpers use prost-types'.
@@ -205,6 +280,7 @@ fn tcp_proxy(t: &tcp::TcpProxy) -> Result<TcpProxy, (String, String)> {
         ));
     }
     Ok(TcpProxy {
+        stats: TcpStats::new(&t.stat_prefix),
         stat_prefix: t.stat_prefix.clone(),
         clusters,
         // Envoy's default idle timeout is 1 hour; an explicit 0 disables it.
@@ -299,6 +375,7 @@ fn http_connection_manager(
         ));
     }
     Ok(HttpConnectionManager {
+        stats: Arc::new(HcmStats::new(&h.stat_prefix)),
         stat_prefix: h.stat_prefix.clone(),
         codec,
         route,

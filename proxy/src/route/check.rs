@@ -127,20 +127,8 @@ pub fn run(
 
 /// Runs the tests in `tests` (JSON or YAML) against the route configuration `routes`.
 pub fn run_str(routes: &str, format: Format, tests: &str) -> Result<CheckReport, CheckError> {
-    let mut value: Json = match format {
-        Format::Json => {
-            serde_json::from_str(routes).map_err(|e| DecodeError::Syntax(e.to_string()))?
-        }
-        Format::Yaml => {
-            serde_yaml_ng::from_str(routes).map_err(|e| DecodeError::Syntax(e.to_string()))?
-        }
-    };
-    if let Some(desc) =
-        proto::pool().get_message_by_name("envoy.config.route.v3.RouteConfiguration")
-    {
-        durations_as_strings(&mut value, &desc);
-    }
-    let mut rc: rpb::RouteConfiguration = proto::decode_json_value(value)?;
+    // `proto::decode` also takes Durations written as `{seconds, nanos}`, as TestRoutes has.
+    let mut rc: rpb::RouteConfiguration = proto::decode(routes, format)?;
     raise_zero_fractions(&mut rc);
     let table = RouteTable::from_proto(&rc)?;
     let doc: Json = serde_yaml_ng::from_str(tests).map_err(|e| CheckError::Tests(e.to_string()))?;
@@ -154,61 +142,6 @@ pub fn run_str(routes: &str, format: Format, tests: &str) -> Result<CheckReport,
         tests,
         options: CheckOptions::default(),
     })
-}
-
-/// Envoy's loader accepts `google.protobuf.Duration` written as `{seconds, nanos}` (TestRoutes
-/// does); the proto3 JSON mapping only has the `"1.5s"` form, so rewrite objects to strings.
-/// (Belongs in `config::proto`; kept here until that module adopts it.)
-fn durations_as_strings(v: &mut Json, desc: &prost_reflect::MessageDescriptor) {
-    use prost_reflect::Kind;
-    let Some(obj) = v.as_object_mut() else { return };
-    for (k, val) in obj.iter_mut() {
-        let Some(f) = desc
-            .get_field_by_name(k)
-            .or_else(|| desc.get_field_by_json_name(k))
-        else {
-            continue;
-        };
-        let Kind::Message(m) = f.kind() else { continue };
-        let (m, items): (prost_reflect::MessageDescriptor, Vec<&mut Json>) = if f.is_map() {
-            let Kind::Message(vm) = m.map_entry_value_field().kind() else {
-                continue;
-            };
-            (
-                vm,
-                val.as_object_mut()
-                    .map(|o| o.values_mut().collect())
-                    .unwrap_or_default(),
-            )
-        } else if f.is_list() {
-            (
-                m,
-                val.as_array_mut()
-                    .map(|a| a.iter_mut().collect())
-                    .unwrap_or_default(),
-            )
-        } else {
-            (m, vec![val])
-        };
-        for item in items {
-            if m.full_name() == "google.protobuf.Duration" {
-                if let Some(o) = item.as_object() {
-                    let secs = o
-                        .get("seconds")
-                        .map(expected_str)
-                        .unwrap_or_else(|| "0".into());
-                    let nanos = o.get("nanos").and_then(Json::as_u64).unwrap_or(0);
-                    *item = Json::String(if nanos == 0 {
-                        format!("{secs}s")
-                    } else {
-                        format!("{secs}.{nanos:09}s")
-                    });
-                }
-            } else {
-                durations_as_strings(item, &m);
-            }
-        }
-    }
 }
 
 /// The tool turns every `runtime_fraction` default of 0 into 1 before loading.

@@ -15,7 +15,6 @@ use tokio::net::TcpStream;
 use crate::cluster::pool::{connect_from, Source};
 use crate::model::network::TcpProxy;
 use crate::state::Snapshot;
-use crate::stats::registry;
 
 /// Picks a cluster from `(name, weight)` pairs.
 pub fn pick_weighted(clusters: &[(String, u32)], random: u64) -> &str {
@@ -43,27 +42,17 @@ pub async fn proxy(
     snap: Arc<Snapshot>,
     src: Option<Source>,
 ) {
-    let prefix = format!("tcp.{}", cfg.stat_prefix);
-    registry()
-        .counter(&format!("{prefix}.downstream_cx_total"))
-        .inc();
+    cfg.stats.downstream_cx_total.inc();
     let cluster_name = pick_weighted(&cfg.clusters, fastrand::u64(..));
     let Some(cluster) = snap.cluster(cluster_name).cloned() else {
-        registry()
-            .counter(&format!("{prefix}.downstream_cx_no_route"))
-            .inc();
+        cfg.stats.downstream_cx_no_route.inc();
         tracing::debug!(cluster = cluster_name, "tcp_proxy: unknown cluster");
         return;
     };
     drop(snap);
     // Circuit breaker: `max_connections` caps open upstream connections of the cluster.
     if cluster.stats.upstream_cx_active.get() >= cluster.cfg.max_connections as i64 {
-        registry()
-            .counter(&format!(
-                "cluster.{}.upstream_cx_overflow",
-                cluster.cfg.name
-            ))
-            .inc();
+        cluster.stats.upstream_cx_overflow.inc();
         return;
     }
     let src = src.unwrap_or_else(|| cluster.settings.src());
@@ -97,12 +86,8 @@ pub async fn proxy(
     let result = forward::bidirectional(&down, &up, cfg.idle_timeout, copy_mode()).await;
     cluster.stats.upstream_cx_active.dec();
     if let Ok((a, b)) = result {
-        registry()
-            .counter(&format!("{prefix}.downstream_cx_rx_bytes_total"))
-            .add(a);
-        registry()
-            .counter(&format!("{prefix}.downstream_cx_tx_bytes_total"))
-            .add(b);
+        cfg.stats.downstream_cx_rx_bytes_total.add(a);
+        cfg.stats.downstream_cx_tx_bytes_total.add(b);
     }
 }
 
