@@ -35,7 +35,8 @@ pin_project_lite::pin_project! {
     pub struct IdleTimeout<B> {
         #[pin]
         inner: B,
-        idle: std::time::Duration,
+        // `None`: a fixed deadline (the stream's max duration), not pushed back by frames.
+        idle: Option<std::time::Duration>,
         #[pin]
         sleep: tokio::time::Sleep,
     }
@@ -45,8 +46,17 @@ impl<B> IdleTimeout<B> {
     pub fn new(inner: B, idle: std::time::Duration) -> Self {
         IdleTimeout {
             inner,
-            idle,
+            idle: Some(idle),
             sleep: tokio::time::sleep(idle),
+        }
+    }
+
+    /// A body that fails at `deadline` whatever its activity (Envoy's max stream duration).
+    pub fn deadline(inner: B, deadline: tokio::time::Instant) -> Self {
+        IdleTimeout {
+            inner,
+            idle: None,
+            sleep: tokio::time::sleep_until(deadline),
         }
     }
 }
@@ -71,8 +81,10 @@ where
         let mut this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(f) => {
-                let deadline = tokio::time::Instant::now() + *this.idle;
-                this.sleep.as_mut().reset(deadline);
+                if let Some(idle) = this.idle {
+                    let deadline = tokio::time::Instant::now() + *idle;
+                    this.sleep.as_mut().reset(deadline);
+                }
                 Poll::Ready(f)
             }
             Poll::Pending => match std::future::Future::poll(this.sleep, cx) {

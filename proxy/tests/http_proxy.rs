@@ -717,3 +717,146 @@ async fn route_idle_timeout_ends_a_silent_stream() {
     let r = c.get("h", "/other").await;
     assert_eq!((r.status, r.body.as_str()), (200, "late"));
 }
+
+/// gRPC requests: Envoy's timeout rules (`max_grpc_timeout` takes the deadline from
+/// `grpc-timeout`, `max_stream_duration` bounds the stream, `x-envoy-upstream-rq-timeout-ms`
+/// overrides the route) and local replies in gRPC form.
+#[tokio::test]
+async fn grpc_timeouts_and_grpc_local_replies() {
+    let slow = upstream("slow", Behaviour::Delay(1500)).await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /grpc-max/}
+                route: {cluster: slow, timeout: 0s, max_grpc_timeout: 0s}
+              - match: {prefix: /duration/}
+                route: {cluster: slow, max_stream_duration: {max_stream_duration: 0.3s, grpc_timeout_header_max: 0s}}
+              - match: {prefix: /plain/}
+                route: {cluster: slow, timeout: 10s}
+              - match: {prefix: /missing/}
+                route: {cluster: nowhere}
+"#;
+    let cfg = bootstrap(
+        &http_listener("grpc_to", vh, ""),
+        &cluster("slow", &[slow.addr], H2_OPTS),
+    );
+    let app = sluice(&cfg).await;
+    let addr = app.listener_address("grpc_to").unwrap();
+    let mut h2 = H2::connect(addr).await;
+    let grpc = |path: &str, timeout: Option<&str>| {
+        let mut b = Request::post(format!("http://svc{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if let Some(t) = timeout {
+            b = b.header("grpc-timeout", t);
+        }
+        b.body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap()
+    };
+    let timed = |r: &Got| {
+        (
+            r.status,
+            r.headers
+                .get("grpc-status")
+                .map(|v| v.to_str().unwrap().to_string()),
+            r.headers
+                .get("grpc-message")
+                .map(|v| v.to_str().unwrap().to_string()),
+        )
+    };
+
+    // The client's grpc-timeout becomes the route timeout: the router gives up after 200 ms
+    // with Envoy's upstream timeout, in gRPC form (UNAVAILABLE).
+    let t0 = std::time::Instant::now();
+    let r = h2.send(grpc("/grpc-max/a", Some("200m"))).await;
+    assert!(
+        t0.elapsed() < std::time::Duration::from_millis(1400),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        timed(&r),
+        (
+            200,
+            Some("14".into()),
+            Some("upstream request timeout".into())
+        )
+    );
+    assert_eq!(r.headers["content-type"], "application/grpc");
+    // Enough time: the upstream answers, and saw the deadline it was given.
+    let r = h2.send(grpc("/grpc-max/b", Some("5S"))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.seen_header("grpc-timeout"), Some("5000m"));
+    // No grpc-timeout: no limit at all (the route's 0s), so the slow upstream is waited for.
+    let r = h2.send(grpc("/grpc-max/c", None)).await;
+    assert_eq!(r.status, 200);
+
+    // max_stream_duration: the stream ends after 300 ms with DEADLINE_EXCEEDED...
+    let t0 = std::time::Instant::now();
+    let r = h2.send(grpc("/duration/a", None)).await;
+    assert!(t0.elapsed() < std::time::Duration::from_millis(1400));
+    assert_eq!(
+        timed(&r),
+        (
+            200,
+            Some("4".into()),
+            Some("downstream duration timeout".into())
+        )
+    );
+    // ...and grpc_timeout_header_max 0s lets the client's own grpc-timeout decide.
+    let r = h2.send(grpc("/duration/b", Some("4S"))).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.seen_header("grpc-timeout"), Some("4000m"));
+    // Plain HTTP gets the same limit as a 504.
+    let r = H1::connect(addr).await.get("svc", "/duration/c").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (504, "downstream duration timeout")
+    );
+
+    // x-envoy-upstream-rq-timeout-ms overrides the route's 10 s and is not forwarded.
+    let mut c = H1::connect(addr).await;
+    let t0 = std::time::Instant::now();
+    let r = c
+        .send(
+            Request::get("/plain/x")
+                .header("host", "svc")
+                .header("x-envoy-upstream-rq-timeout-ms", "200")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (504, "upstream request timeout")
+    );
+    assert!(t0.elapsed() < std::time::Duration::from_millis(1400));
+    let r = c
+        .send(
+            Request::get("/plain/y")
+                .header("host", "svc")
+                .header("x-envoy-upstream-rq-timeout-ms", "5000")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.seen_header("x-envoy-upstream-rq-timeout-ms"), None);
+
+    // Other local replies for gRPC requests: no route → UNIMPLEMENTED, missing cluster →
+    // UNAVAILABLE, both as HTTP 200 trailers-only responses.
+    let r = h2.send(grpc("/missing/x", None)).await;
+    assert_eq!(timed(&r).0, 200);
+    assert_eq!(timed(&r).1.as_deref(), Some("14"));
+    let req = Request::post("http://other/none")
+        .header("content-type", "application/grpc+proto")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = h2.send(req).await;
+    assert_eq!((r.status, timed(&r).1.as_deref()), (200, Some("12")));
+    let stats = admin_get(&app, "/stats").await.body;
+    assert!(
+        stats.contains("http.grpc_to.downstream_rq_max_duration_reached: 2"),
+        "{stats}"
+    );
+}

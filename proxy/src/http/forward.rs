@@ -181,9 +181,11 @@ pub async fn forward(
     cluster: &Arc<ClusterRt>,
     req: Request<Body>,
     entry: &RouteEntry,
+    timeouts: &super::timeout::Timeouts,
     hash: Option<u64>,
     orig_dst: Option<SocketAddr>,
 ) -> Result<Response<Body>, LocalReply> {
+    let per_try = Some(timeouts.per_try).filter(|t| !t.is_zero());
     let policy = entry.retry_policy.clone().filter(|p| p.num_retries > 0);
     let max_retries = policy
         .as_ref()
@@ -204,7 +206,6 @@ pub async fn forward(
                 None => Outcome::NoHost,
                 Some(host) => {
                     tried.push(host.addr);
-                    let per_try = policy.as_ref().and_then(|p| p.per_try_timeout);
                     // auto_host_rewrite: Host becomes the chosen endpoint's hostname.
                     if matches!(entry.host_rewrite, crate::route::HostRewrite::Auto)
                         && !host.hostname.is_empty()
@@ -271,10 +272,10 @@ pub async fn forward(
             copy = Some((p, b));
         }
     };
-    if entry.timeout.is_zero() {
+    if timeouts.global.is_zero() {
         overall.await
     } else {
-        match tokio::time::timeout(entry.timeout, overall).await {
+        match tokio::time::timeout(timeouts.global, overall).await {
             Ok(r) => r,
             Err(_) => {
                 cluster.stats.upstream_rq_timeout.inc();

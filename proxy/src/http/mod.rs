@@ -7,6 +7,7 @@ pub mod forward;
 pub mod headers;
 pub mod path;
 pub mod router;
+pub mod timeout;
 
 use std::convert::Infallible;
 use std::sync::Arc;

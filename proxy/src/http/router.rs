@@ -19,7 +19,11 @@ use crate::route::{self, FormatCtx, RequestView, RouteTable, Selected};
 pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     conn.stats.downstream_rq_total.inc();
     conn.stats.downstream_rq_active.inc();
-    let resp = route_request(&conn, req).await;
+    let grpc = super::timeout::is_grpc(req.headers());
+    let mut resp = route_request(&conn, req, grpc).await;
+    if grpc {
+        resp = grpc_local_reply(resp);
+    }
     conn.stats.downstream_rq_active.dec();
     conn.stats.status(resp.status().as_u16());
     resp
@@ -27,8 +31,51 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
 
 /// A local reply: status and plain-text body, as Envoy sends them.
 pub fn local_reply(status: u16, text: &str) -> Response<Body> {
+    local_reply_with(status, text, None)
+}
+
+/// Marks a response the proxy made itself, so that a gRPC request gets it as a gRPC error.
+#[derive(Clone)]
+struct Local {
+    message: String,
+    grpc_status: Option<u32>,
+}
+
+fn local_reply_with(status: u16, text: &str, grpc_status: Option<u32>) -> Response<Body> {
     let parts = route::table::local_reply_head(status, Some(text).filter(|t| !t.is_empty()));
-    Response::from_parts(parts, body::full(text.to_string()))
+    let mut r = Response::from_parts(parts, body::full(text.to_string()));
+    r.extensions_mut().insert(Local {
+        message: text.to_string(),
+        grpc_status,
+    });
+    r
+}
+
+/// Envoy answers a gRPC request's local reply in gRPC form: HTTP 200, trailers-only, with
+/// `grpc-status` from the HTTP status (or the reply's own) and the text as `grpc-message`.
+fn grpc_local_reply(mut r: Response<Body>) -> Response<Body> {
+    let Some(l) = r.extensions_mut().remove::<Local>() else {
+        return r;
+    };
+    let status = l
+        .grpc_status
+        .unwrap_or_else(|| super::timeout::grpc_status_of(r.status().as_u16()));
+    let (mut parts, _) = r.into_parts();
+    parts.status = StatusCode::OK;
+    let h = &mut parts.headers;
+    h.remove(http::header::CONTENT_LENGTH);
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(status));
+    if !l.message.is_empty() {
+        let msg = l.message.replace('%', "%25");
+        if let Ok(v) = HeaderValue::from_str(&msg) {
+            h.insert("grpc-message", v);
+        }
+    }
+    Response::from_parts(parts, body::empty())
 }
 
 fn is_upgrade(req: &http::request::Parts) -> Option<String> {
@@ -53,7 +100,7 @@ fn is_upgrade(req: &http::request::Parts) -> Option<String> {
         .map(|v| v.to_ascii_lowercase())
 }
 
-async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
+async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>, grpc: bool) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     // Envoy's `max_request_headers_kb` covers the whole header section.
     let header_bytes: usize = parts
@@ -189,6 +236,8 @@ async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Bod
                 ..Default::default()
             };
             table.finalize_request(&sel, &mut parts, &ctx);
+            let timeouts = super::timeout::resolve(entry, &mut parts.headers, grpc);
+            let deadline = timeouts.stream.map(|d| tokio::time::Instant::now() + d);
             let hash = forward::request_hash(&entry.hash_policy, &parts, conn.info.remote);
             if parts.method == http::Method::CONNECT {
                 return match forward::connect_tunnel(&cluster_rt, hash, down_upgrade).await {
@@ -201,15 +250,37 @@ async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Bod
                 req = forward::mirror(conn, &entry.request_mirrors, req, random).await;
             }
             let sent = Instant::now();
-            let fwd = forward::forward(conn, &cluster_rt, req, entry, hash, conn.info.local);
+            let fwd = forward::forward(
+                conn,
+                &cluster_rt,
+                req,
+                entry,
+                &timeouts,
+                hash,
+                conn.info.local,
+            );
             // The route's idle_timeout: no activity while waiting for the response head...
-            let result = match entry.idle_timeout.filter(|d| !d.is_zero()) {
-                Some(idle) => match tokio::time::timeout(idle, fwd).await {
+            let fwd = async {
+                match entry.idle_timeout.filter(|d| !d.is_zero()) {
+                    Some(idle) => match tokio::time::timeout(idle, fwd).await {
+                        Ok(r) => r,
+                        Err(_) => Err(LocalReply {
+                            status: 504,
+                            body: "stream timeout",
+                        }),
+                    },
+                    None => fwd.await,
+                }
+            };
+            // ...and the stream's maximum duration (gRPC: DEADLINE_EXCEEDED).
+            let result = match deadline {
+                Some(at) => match tokio::time::timeout_at(at, fwd).await {
                     Ok(r) => r,
-                    Err(_) => Err(LocalReply {
-                        status: 504,
-                        body: "stream timeout",
-                    }),
+                    Err(_) => {
+                        conn.stats.downstream_rq_max_duration_reached.inc();
+                        let r = local_reply_with(504, "downstream duration timeout", Some(4));
+                        return finalize(&table, &sel, r, conn, protocol);
+                    }
                 },
                 None => fwd.await,
             };
@@ -222,6 +293,10 @@ async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Bod
                     // ...nor between frames of the response body.
                     if let Some(idle) = entry.idle_timeout.filter(|d| !d.is_zero()) {
                         r = r.map(|b| crate::body::boxed(crate::body::IdleTimeout::new(b, idle)));
+                    }
+                    if let Some(at) = deadline {
+                        r = r
+                            .map(|b| crate::body::boxed(crate::body::IdleTimeout::deadline(b, at)));
                     }
                     if r.status() == StatusCode::SWITCHING_PROTOCOLS {
                         if let Some(down) = down_upgrade {

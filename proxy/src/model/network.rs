@@ -69,6 +69,7 @@ pub struct HcmStats {
     pub rq_timeout: Arc<crate::stats::Counter>,
     pub fault_delays: Arc<crate::stats::Counter>,
     pub fault_aborts: Arc<crate::stats::Counter>,
+    pub downstream_rq_max_duration_reached: Arc<crate::stats::Counter>,
 }
 
 impl HcmStats {
@@ -92,6 +93,7 @@ impl HcmStats {
             rq_timeout: c("downstream_rq_timeout"),
             fault_delays: c("fault.delays_injected"),
             fault_aborts: c("fault.aborts_injected"),
+            downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
         }
     }
 

@@ -135,6 +135,11 @@ pub struct RouteEntry {
     pub upgrades: Vec<(String, bool)>,
     pub request_mirrors: Vec<RequestMirror>,
     pub max_stream_duration: Option<StreamDuration>,
+    /// Deprecated `max_grpc_timeout` (Istio still sets it): gRPC requests take their timeout
+    /// from `grpc-timeout`, capped by this value unless it is zero.
+    pub max_grpc_timeout: Option<Duration>,
+    /// Deprecated `grpc_timeout_offset`, subtracted from `grpc-timeout`.
+    pub grpc_timeout_offset: Option<Duration>,
 }
 
 /// One `request_mirror_policies` entry: shadow a `fraction` of requests to `cluster`.
@@ -552,6 +557,10 @@ pub(crate) fn compile_entry(ra: &rpb::RouteAction) -> Result<RouteEntry, FieldEr
             grpc_timeout_header_max: m.grpc_timeout_header_max.as_ref().map(duration),
             grpc_timeout_header_offset: m.grpc_timeout_header_offset.as_ref().map(duration),
         }),
+        #[allow(deprecated)]
+        max_grpc_timeout: ra.max_grpc_timeout.as_ref().map(duration),
+        #[allow(deprecated)]
+        grpc_timeout_offset: ra.grpc_timeout_offset.as_ref().map(duration),
     })
 }
 

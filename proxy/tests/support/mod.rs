@@ -35,6 +35,8 @@ pub enum Behaviour {
     /// Close the connection after each response (without `connection: close`), the way an
     /// upstream with a short keep-alive timeout does.
     CloseAfterResponse,
+    /// 200 with the description after waiting this many milliseconds.
+    Delay(u64),
 }
 
 pub async fn upstream(name: &'static str, behaviour: Behaviour) -> Upstream {
@@ -102,6 +104,9 @@ async fn answer(
             .header("upgrade", "websocket")
             .body(Full::new(Bytes::new()))
             .unwrap();
+    }
+    if let Behaviour::Delay(ms) = behaviour {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
     let mut desc = format!(
         "name={name} method={} path={} host={} version={:?}\n",
@@ -303,6 +308,10 @@ impl H2 {
         let req = Request::get(format!("http://{authority}{path}"))
             .body(Full::new(Bytes::new()))
             .unwrap();
+        self.send(req).await
+    }
+
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Got {
         self.tx.ready().await.unwrap();
         let r = self.tx.send_request(req).await.unwrap();
         let status = r.status().as_u16();
