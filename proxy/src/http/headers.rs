@@ -16,6 +16,22 @@ pub static X_ENVOY_EXTERNAL_ADDRESS: HeaderName =
 pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
 
+/// Control headers removed from external requests at an edge (`use_remote_address`).
+const EXTERNAL_STRIPPED: [&str; 12] = [
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-external-address",
+    "x-envoy-force-trace",
+    "x-envoy-internal",
+    "x-envoy-max-retries",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-retry-on",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-ms",
+];
+
 /// Hop-by-hop headers, as `HeaderName` constants so removal does not re-parse names.
 const HOP_BY_HOP: [HeaderName; 4] = [
     http::header::CONNECTION,
@@ -107,6 +123,11 @@ pub fn on_request(
                 }
             }
             if !r.ip().is_loopback() {
+                // An external client does not get to steer the proxy: Envoy drops its
+                // x-envoy-* control headers (timeouts, retries, ...).
+                for n in EXTERNAL_STRIPPED {
+                    h.remove(n);
+                }
                 if let Ok(v) = HeaderValue::from_str(&ip) {
                     h.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
                 }
@@ -163,5 +184,52 @@ mod tests {
         assert!([8, 13, 18, 23].iter().all(|i| &u[*i..*i + 1] == "-"), "{u}");
         assert!(u.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
         assert_ne!(uuid4(), u);
+    }
+}
+
+#[cfg(test)]
+mod edge_tests {
+    use super::*;
+
+    #[test]
+    fn an_edge_drops_external_control_headers() {
+        use crate::config::proto::{decode, Format};
+        let h: envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager =
+            decode(
+                "stat_prefix: e\nuse_remote_address: true\nrds: {route_config_name: r}\nhttp_filters: [{name: envoy.filters.http.router, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]",
+                Format::Yaml,
+            )
+                .unwrap();
+        let hcm = crate::model::network::http_connection_manager(&h).unwrap();
+        let control = |h: &mut HeaderMap| {
+            h.insert(
+                "x-envoy-upstream-rq-timeout-ms",
+                HeaderValue::from_static("1"),
+            );
+            h.insert("x-envoy-retry-on", HeaderValue::from_static("5xx"));
+            h.insert("x-envoy-max-retries", HeaderValue::from_static("9"));
+        };
+        let mut ext = HeaderMap::new();
+        control(&mut ext);
+        on_request(
+            &mut ext,
+            &hcm,
+            Some("198.18.0.9:4000".parse().unwrap()),
+            "http",
+        );
+        assert!(ext.get("x-envoy-upstream-rq-timeout-ms").is_none());
+        assert!(ext.get("x-envoy-retry-on").is_none());
+        assert!(ext.get("x-envoy-max-retries").is_none());
+        assert_eq!(ext["x-envoy-external-address"], "198.18.0.9");
+        // A local client keeps them.
+        let mut local = HeaderMap::new();
+        control(&mut local);
+        on_request(
+            &mut local,
+            &hcm,
+            Some("127.0.0.1:4000".parse().unwrap()),
+            "http",
+        );
+        assert_eq!(local["x-envoy-upstream-rq-timeout-ms"], "1");
     }
 }

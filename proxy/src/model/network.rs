@@ -300,7 +300,7 @@ fn tcp_proxy(t: &tcp::TcpProxy) -> Result<TcpProxy, (String, String)> {
     })
 }
 
-fn http_connection_manager(
+pub(crate) fn http_connection_manager(
     h: &hcm::HttpConnectionManager,
 ) -> Result<HttpConnectionManager, (String, String)> {
     use hcm::http_connection_manager::{CodecType, RouteSpecifier};
