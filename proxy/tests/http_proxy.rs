@@ -860,3 +860,65 @@ async fn grpc_timeouts_and_grpc_local_replies() {
         "{stats}"
     );
 }
+
+/// Outlier detection: a host answering 503 is ejected after `consecutive_5xx` in a row, gets
+/// no traffic for `base_ejection_time`, comes back on the interval, and is ejected again.
+#[tokio::test]
+async fn outlier_detection_ejects_a_failing_host_and_brings_it_back() {
+    let good = upstream("good", Behaviour::Echo).await;
+    let bad = upstream("bad", Behaviour::Status(503)).await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /}
+                route: {cluster: pair}
+"#;
+    let od = "    outlier_detection: {consecutive_5xx: 3, interval: 0.1s, base_ejection_time: 2s, max_ejection_percent: 100}\n";
+    let cfg = bootstrap(
+        &http_listener("od", vh, ""),
+        &cluster("pair", &[good.addr, bad.addr], od),
+    );
+    let app = sluice(&cfg).await;
+    let mut c = H1::connect(app.listener_address("od").unwrap()).await;
+    let mut failed = 0;
+    for i in 0..30 {
+        let r = c.get("svc", &format!("/{i}")).await;
+        if r.status == 503 {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 3, "only the three 503s before the ejection");
+    assert_eq!(bad.requests.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let stats = admin_get(&app, "/stats?filter=outlier").await.body;
+    assert!(
+        stats.contains("cluster.pair.outlier_detection.ejections_active: 1"),
+        "{stats}"
+    );
+    assert!(stats.contains("cluster.pair.outlier_detection.ejections_enforced_consecutive_5xx: 1"));
+    let clusters = admin_get(&app, "/clusters").await.body;
+    assert!(
+        clusters.contains(&format!(
+            "pair::{}::health_flags::/failed_outlier_check",
+            bad.addr
+        )),
+        "{clusters}"
+    );
+
+    // After base_ejection_time the host is back (on an interval tick), fails three more times,
+    // and is ejected again.
+    tokio::time::sleep(std::time::Duration::from_millis(2400)).await;
+    let stats = admin_get(&app, "/stats?filter=outlier").await.body;
+    assert!(
+        stats.contains("cluster.pair.outlier_detection.ejections_active: 0"),
+        "{stats}"
+    );
+    let mut failed = 0;
+    for i in 0..12 {
+        if c.get("svc", &format!("/again/{i}")).await.status == 503 {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 3);
+    let stats = admin_get(&app, "/stats?filter=outlier").await.body;
+    assert!(stats.contains("cluster.pair.outlier_detection.ejections_enforced_total: 2"));
+}

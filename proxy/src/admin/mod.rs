@@ -218,10 +218,11 @@ impl Admin {
             out.push_str(&format!("{n}::observability_name::{n}\n"));
             for h in &c.endpoints.load().hosts {
                 let a = h.addr;
-                let health = if h.healthy {
-                    "healthy"
-                } else {
-                    "/failed_eds_health"
+                let health = match (h.healthy, h.outlier.is_ejected()) {
+                    (true, false) => "healthy",
+                    (false, false) => "/failed_eds_health",
+                    (true, true) => "/failed_outlier_check",
+                    (false, true) => "/failed_outlier_check/failed_eds_health",
                 };
                 out.push_str(&format!(
                     "{n}::{a}::rq_active::{}\n{n}::{a}::idle_connections::{}\n{n}::{a}::weight::{}\n{n}::{a}::health_flags::{health}\n{n}::{a}::region::{}\n",

@@ -54,9 +54,25 @@ pub fn request_hash(parts: &[&[u8]]) -> u64 {
 }
 
 impl Balancer {
+    /// A balancer that uses every host when none is healthy.
     pub fn new(policy: LbPolicy, hosts: &[Arc<Host>]) -> Balancer {
-        let mut healthy: Vec<usize> = (0..hosts.len()).filter(|i| hosts[*i].healthy).collect();
-        if healthy.is_empty() {
+        Balancer::with_panic_threshold(policy, hosts, 100.0)
+    }
+
+    /// A balancer over the healthy, non-ejected hosts; when they are fewer than `panic`
+    /// percent of all hosts, Envoy's panic mode balances over all of them (`panic` 0: never;
+    /// with no usable host the cluster then has none).
+    pub fn with_panic_threshold(policy: LbPolicy, hosts: &[Arc<Host>], panic: f64) -> Balancer {
+        let mut healthy: Vec<usize> = (0..hosts.len())
+            .filter(|i| hosts[*i].healthy && !hosts[*i].outlier.is_ejected())
+            .collect();
+        let all = hosts.len();
+        let in_panic = if panic >= 100.0 {
+            healthy.is_empty()
+        } else {
+            (healthy.len() as f64) * 100.0 < panic * all as f64
+        };
+        if in_panic {
             healthy = (0..hosts.len()).collect();
         }
         let mut b = Balancer {
@@ -313,6 +329,28 @@ mod tests {
         Arc::get_mut(&mut hs[0]).unwrap().healthy = false;
         let b = Balancer::new(LbPolicy::RoundRobin, &hs);
         assert_eq!(counts(&b, &hs, 10, |_| None)["127.0.0.2:80"], 10);
+    }
+
+    #[test]
+    fn panic_threshold_and_ejected_hosts() {
+        let mut hs = hosts(&[1, 1, 1]);
+        Arc::get_mut(&mut hs[0]).unwrap().healthy = false;
+        hs[1]
+            .outlier
+            .ejected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // 1 of 3 usable (33%) is under Envoy's default 50%: panic, all hosts are used.
+        let b = Balancer::with_panic_threshold(LbPolicy::RoundRobin, &hs, 50.0);
+        assert_eq!(counts(&b, &hs, 30, |_| None).len(), 3);
+        // Istio's DestinationRule default (minHealthPercent 0): no panic, only the good host.
+        let b = Balancer::with_panic_threshold(LbPolicy::RoundRobin, &hs, 0.0);
+        assert_eq!(counts(&b, &hs, 30, |_| None)["127.0.0.3:80"], 30);
+        hs[2]
+            .outlier
+            .ejected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let b = Balancer::with_panic_threshold(LbPolicy::RoundRobin, &hs, 0.0);
+        assert!(b.pick(&hs, None, &|_| false).is_none());
     }
 
     #[test]

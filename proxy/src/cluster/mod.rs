@@ -3,6 +3,7 @@
 //! immutable `EndpointSet` swapped atomically; hosts that survive an update keep their pools.
 
 pub mod lb;
+pub mod outlier;
 pub mod pool;
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +31,8 @@ pub struct Host {
     /// Requests in flight (least-request balancing, admin).
     pub active: AtomicUsize,
     pub pool: Arc<Pool>,
+    /// Outlier detection state (counters, ejection).
+    pub outlier: outlier::HostOutlier,
 }
 
 impl Host {
@@ -49,6 +52,7 @@ impl Host {
             hostname: String::new(),
             active: AtomicUsize::new(0),
             pool: Arc::new(Pool::default()),
+            outlier: outlier::HostOutlier::default(),
         }
     }
 }
@@ -135,11 +139,19 @@ pub struct ClusterRt {
     dns_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Whether endpoints have arrived (EDS warming); static and DNS clusters start warm.
     pub warm: std::sync::atomic::AtomicBool,
+    /// Outlier detection, when configured, with its interval task.
+    pub outlier: Option<outlier::Detector>,
+    outlier_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Serialises endpoint-set rebuilds (EDS/DNS updates, ejections).
+    rebuild: Mutex<()>,
 }
 
 impl Drop for ClusterRt {
     fn drop(&mut self) {
         if let Some(t) = self.dns_task.lock().unwrap().take() {
+            t.abort();
+        }
+        if let Some(t) = self.outlier_task.lock().unwrap().take() {
             t.abort();
         }
     }
@@ -175,9 +187,24 @@ impl ClusterRt {
             orig_dst_hosts: Mutex::new(HashMap::new()),
             dns_task: Mutex::new(None),
             warm: std::sync::atomic::AtomicBool::new(warm),
+            outlier: cfg
+                .outlier
+                .as_ref()
+                .map(|o| outlier::Detector::new(&cfg.name, (**o).clone())),
+            outlier_task: Mutex::new(None),
+            rebuild: Mutex::new(()),
             cfg,
         });
         rt.update_membership_stats();
+        if let Some(d) = &rt.outlier {
+            // Hosts carried over from the previous version may be ejected already.
+            let set = rt.endpoints.load();
+            let n = set.hosts.iter().filter(|h| h.outlier.is_ejected()).count();
+            d.stats.ejections_active.set(n as i64);
+            let weak = Arc::downgrade(&rt);
+            let task = tokio::spawn(outlier_interval(weak, d.cfg.interval));
+            *rt.outlier_task.lock().unwrap() = Some(task);
+        }
         if matches!(
             rt.cfg.discovery,
             Discovery::StrictDns | Discovery::LogicalDns
@@ -235,11 +262,19 @@ impl ClusterRt {
 
     /// Replaces the endpoints (EDS update or DNS answer).
     pub fn set_endpoints(&self, spec: Endpoints) {
+        let _g = self.rebuild.lock().unwrap();
         let current = self.endpoints.load();
         if current.spec == spec && self.is_warm() {
             return;
         }
         let set = build_set(&self.cfg, spec, &current.hosts);
+        if let Some(d) = &self.outlier {
+            for h in current.hosts.iter() {
+                if !set.hosts.iter().any(|n| Arc::ptr_eq(n, h)) {
+                    d.forget(&h.outlier);
+                }
+            }
+        }
         self.endpoints.store(Arc::new(set));
         self.warm.store(true, std::sync::atomic::Ordering::Release);
         self.update_membership_stats();
@@ -248,9 +283,43 @@ impl ClusterRt {
     fn update_membership_stats(&self) {
         let set = self.endpoints.load();
         self.stats.membership_total.set(set.hosts.len() as i64);
-        self.stats
-            .membership_healthy
-            .set(set.hosts.iter().filter(|h| h.healthy).count() as i64);
+        self.stats.membership_healthy.set(
+            set.hosts
+                .iter()
+                .filter(|h| h.healthy && !h.outlier.is_ejected())
+                .count() as i64,
+        );
+    }
+
+    /// Tells outlier detection how a request to `host` went; an ejection rebuilds the balancer.
+    pub fn report(&self, host: &Host, outcome: outlier::Outcome) {
+        let Some(d) = &self.outlier else { return };
+        let Some(fired) = d.record(&host.outlier, outcome) else {
+            return;
+        };
+        let _g = self.rebuild.lock().unwrap();
+        let set = self.endpoints.load();
+        if !set.hosts.iter().any(|h| std::ptr::eq(&**h, host)) {
+            return;
+        }
+        let ejected = set.hosts.iter().filter(|h| h.outlier.is_ejected()).count();
+        if d.try_eject(&host.outlier, fired, ejected, set.hosts.len()) {
+            tracing::info!(cluster = %self.cfg.name, host = %host.addr, kind = ?fired, "outlier ejected");
+            self.rebalance(&set);
+        }
+    }
+
+    /// Rebuilds the balancer over the same hosts (their health or ejection changed).
+    fn rebalance(&self, set: &EndpointSet) {
+        let hosts = set.hosts.clone();
+        let balancer =
+            Balancer::with_panic_threshold(self.cfg.lb, &hosts, self.cfg.panic_threshold);
+        self.endpoints.store(Arc::new(EndpointSet {
+            hosts,
+            balancer,
+            spec: set.spec.clone(),
+        }));
+        self.update_membership_stats();
     }
 
     /// Picks a host for a request. For ORIGINAL_DST clusters `orig_dst` is the host.
@@ -290,7 +359,7 @@ fn build_set(cfg: &Cluster, spec: Endpoints, old: &[Arc<Host>]) -> EndpointSet {
         hosts.push(reuse_or_new(old, addr, e));
     }
     EndpointSet {
-        balancer: Balancer::new(cfg.lb, &hosts),
+        balancer: Balancer::with_panic_threshold(cfg.lb, &hosts, cfg.panic_threshold),
         hosts,
         spec,
     }
@@ -320,6 +389,29 @@ fn reuse_or_new(old: &[Arc<Host>], addr: SocketAddr, e: &EndpointSpec) -> Arc<Ho
         h.pool = prev.pool.clone();
     }
     Arc::new(h)
+}
+
+/// Outlier detection's interval: ejected hosts whose time is served come back.
+async fn outlier_interval(weak: std::sync::Weak<ClusterRt>, interval: std::time::Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(rt) = weak.upgrade() else { return };
+        let Some(d) = &rt.outlier else { return };
+        let _g = rt.rebuild.lock().unwrap();
+        let set = rt.endpoints.load_full();
+        let mut back = false;
+        for h in &set.hosts {
+            if d.tick(&h.outlier) {
+                tracing::info!(cluster = %rt.cfg.name, host = %h.addr, "outlier ejection ended");
+                back = true;
+            }
+        }
+        if back {
+            rt.rebalance(&set);
+        }
+    }
 }
 
 /// STRICT_DNS: every address of every hostname is a host. LOGICAL_DNS: the first address.

@@ -215,7 +215,7 @@ pub async fn forward(
                         req = Request::from_parts(p, b);
                     }
                     let send = send_once(conn, cluster, &host, req);
-                    match per_try {
+                    let outcome = match per_try {
                         Some(t) => match tokio::time::timeout(t, send).await {
                             Ok(Ok(r)) => Outcome::Response(r),
                             Ok(Err(e)) => Outcome::Failed(e),
@@ -225,7 +225,22 @@ pub async fn forward(
                             Ok(r) => Outcome::Response(r),
                             Err(e) => Outcome::Failed(e),
                         },
+                    };
+                    if cluster.outlier.is_some() {
+                        use crate::cluster::outlier::Outcome as O;
+                        let seen = match &outcome {
+                            Outcome::Response(r) => Some(O::Status(r.status().as_u16())),
+                            Outcome::TimedOut => Some(O::Timeout),
+                            Outcome::Failed(UpstreamError::Overflow(_)) => None,
+                            Outcome::Failed(e) if e.is_connect_failure() => Some(O::ConnectFailed),
+                            Outcome::Failed(_) => Some(O::Reset),
+                            Outcome::NoHost => None,
+                        };
+                        if let Some(o) = seen {
+                            cluster.report(&host, o);
+                        }
                     }
+                    outcome
                 }
             };
             let retry = match (&policy, &outcome) {

@@ -192,9 +192,9 @@ fn apply_policy(c: &mut Value, p: &Policy, proto: Protocol) {
         }
         o["enforcing_success_rate"] = json!(0);
         c["outlier_detection"] = o;
-        if let Some(v) = od.min_health_percent {
-            c["common_lb_config"]["healthy_panic_threshold"] = json!({"value": v});
-        }
+        // istiod always sets it: minHealthPercent defaults to 0, which turns panic mode off.
+        c["common_lb_config"]["healthy_panic_threshold"] =
+            json!({"value": od.min_health_percent.unwrap_or(0)});
     }
 }
 

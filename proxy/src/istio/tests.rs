@@ -79,6 +79,10 @@ fn clusters_endpoints_and_policies() {
     assert_eq!(c["circuit_breakers"]["thresholds"][0]["max_requests"], 9);
     assert_eq!(c["outlier_detection"]["consecutive_5xx"], 3);
     assert_eq!(c["outlier_detection"]["interval"], "0.008s");
+    // minHealthPercent defaults to 0: no panic mode, as istiod sets it.
+    // (proto3 JSON leaves the zero value out: the field is present and empty.)
+    assert!(c["common_lb_config"]["healthy_panic_threshold"].is_object());
+    assert!(c["common_lb_config"]["healthy_panic_threshold"]["value"].is_null());
     let v1 = to_json(
         r.cluster("outbound|80|v1|web.ns1.svc.cluster.local")
             .unwrap(),

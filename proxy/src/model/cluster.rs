@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3 as cpb;
@@ -67,6 +68,11 @@ pub struct Cluster {
     pub load_assignment: Option<Endpoints>,
     /// `upstream_bind_config.source_address`: the local address upstream connections bind.
     pub upstream_bind: Option<std::net::IpAddr>,
+    /// `outlier_detection`, when configured.
+    pub outlier: Option<Arc<crate::cluster::outlier::OutlierConfig>>,
+    /// `common_lb_config.healthy_panic_threshold` in percent (Envoy's default 50): below it,
+    /// load balancing ignores host health.
+    pub panic_threshold: f64,
     pub proto: cpb::Cluster,
 }
 
@@ -195,6 +201,24 @@ impl Cluster {
             ),
             None => None,
         };
+        let outlier = match &c.outlier_detection {
+            Some(o) => Some(Arc::new(
+                crate::cluster::outlier::OutlierConfig::from_proto(o)
+                    .map_err(|(f, r)| err(&format!("outlier_detection.{f}"), r))?,
+            )),
+            None => None,
+        };
+        let panic_threshold = c
+            .common_lb_config
+            .as_ref()
+            .and_then(|l| l.healthy_panic_threshold.as_ref())
+            .map_or(50.0, |p| p.value);
+        if !(0.0..=100.0).contains(&panic_threshold) {
+            return Err(err(
+                "common_lb_config.healthy_panic_threshold",
+                format!("{panic_threshold} is not a percentage"),
+            ));
+        }
         Ok(Cluster {
             name: c.name.clone(),
             discovery,
@@ -220,6 +244,8 @@ impl Cluster {
             max_retries: th(|t| t.max_retries.as_ref().map(|v| v.value), 3),
             load_assignment,
             upstream_bind,
+            outlier,
+            panic_threshold,
             proto: c.clone(),
         })
     }
@@ -261,9 +287,6 @@ fn unhonoured_fields(c: &cpb::Cluster) -> Result<(), (&'static str, &'static str
         ));
     }
     let mut ignored: Vec<&'static str> = Vec::new();
-    if c.outlier_detection.is_some() {
-        ignored.push("outlier_detection");
-    }
     if c.common_lb_config
         .as_ref()
         .is_some_and(|l| l.locality_config_specifier.is_some())
@@ -597,7 +620,14 @@ load_assignment:
         .unwrap_err();
         assert_eq!(e.field, "lb_subset_config");
         // Tuning-only fields are accepted (and logged once).
-        cluster("name: o\ntype: EDS\noutlier_detection: {consecutive_5xx: 5}\n").unwrap();
+        cluster(
+            "name: o\ntype: EDS\ncircuit_breakers: {thresholds: [{max_pending_requests: 5}]}\n",
+        )
+        .unwrap();
+        let c = cluster("name: o\ntype: EDS\noutlier_detection: {consecutive_5xx: 7}\n").unwrap();
+        assert_eq!(c.outlier.unwrap().consecutive_5xx, 7);
+        let e = cluster("name: o\ntype: EDS\noutlier_detection: {interval: 0s}\n").unwrap_err();
+        assert_eq!(e.field, "outlier_detection.interval");
     }
 
     #[test]

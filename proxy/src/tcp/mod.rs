@@ -66,10 +66,13 @@ pub async fn proxy(
         cluster.stats.upstream_cx_total.inc();
         match connect_from(host.addr, cluster.cfg.connect_timeout, src).await {
             Ok(s) => {
+                // For TCP a connection is the whole result (Envoy: connect success final).
+                cluster.report(&host, crate::cluster::outlier::Outcome::Status(200));
                 up = Some(s);
                 break;
             }
             Err(e) => {
+                cluster.report(&host, crate::cluster::outlier::Outcome::ConnectFailed);
                 if matches!(e, crate::cluster::pool::UpstreamError::ConnectTimeout) {
                     cluster.stats.upstream_cx_connect_timeout.inc();
                 }
