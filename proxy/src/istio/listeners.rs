@@ -336,7 +336,8 @@ fn virtual_inbound(inbound: &[(u32, Protocol)]) -> Value {
         let cluster = format!("inbound|{port}||");
         let rc = json!({"name": cluster, "validate_clusters": false, "virtual_hosts": [{
             "name": format!("inbound|http|{port}"), "domains": ["*"],
-            "routes": [{"name": "default", "match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}]}]});
+            "routes": [{"name": "default", "match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s",
+                "max_stream_duration": {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"}}}]}]});
         let http = hcm(&format!("inbound_0.0.0.0_{port}"), None, Some(rc));
         let tcp = tcp_proxy(&[(cluster.clone(), 1)]);
         match proto {

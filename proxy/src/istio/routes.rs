@@ -467,6 +467,8 @@ fn route(ctx: &Ctx, vs_obj: &Object, r: &HttpRoute, m: &HttpMatch) -> Value {
             .and_then(parse_duration)
             .map(dur)
             .unwrap_or_else(|| "0s".into());
+        // istiod: gRPC requests take their deadline from grpc-timeout, capped by the route's.
+        action["max_grpc_timeout"] = json!(timeout);
         action["timeout"] = json!(timeout);
         match &r.retries {
             None => action["retry_policy"] = default_retry(),
@@ -566,7 +568,7 @@ type HttpRouteDestinationRef = super::model::HttpRouteDestination;
 /// The catch-all route to one cluster (no VirtualService).
 pub fn default_route(cluster: &str) -> Value {
     json!({"name": "default", "match": {"prefix": "/"},
-           "route": {"cluster": cluster, "timeout": "0s", "retry_policy": default_retry()}})
+           "route": {"cluster": cluster, "timeout": "0s", "max_grpc_timeout": "0s", "retry_policy": default_retry()}})
 }
 
 /// All the names a service is reached by from namespace `ns` on `port`.
@@ -698,7 +700,7 @@ pub fn build_sidecar(reg: &Registry, node: &Node, out: &mut Resources) {
             }
         }
         vhosts.push(json!({"name": "allow_any", "domains": ["*"], "routes": [
-            {"name": "allow_any", "match": {"prefix": "/"}, "route": {"cluster": "PassthroughCluster", "timeout": "0s"}}
+            {"name": "allow_any", "match": {"prefix": "/"}, "route": {"cluster": "PassthroughCluster", "timeout": "0s", "max_grpc_timeout": "0s"}}
         ], "include_request_attempt_count": true}));
         let name = port.to_string();
         let rc = json!({"name": name, "virtual_hosts": vhosts, "validate_clusters": false});

@@ -199,6 +199,7 @@ spec:
     assert_eq!(r2["route"]["prefix_rewrite"], "/v2");
     assert_eq!(r2["route"]["host_rewrite_literal"], "api.internal");
     assert_eq!(r2["route"]["timeout"], "1.500s");
+    assert_eq!(r2["route"]["max_grpc_timeout"], "1.500s");
     assert_eq!(r2["route"]["retry_policy"]["num_retries"], 4);
     assert_eq!(
         r2["route"]["retry_policy"]["retry_on"],
