@@ -1,6 +1,7 @@
 //! Sluice, the proxy library behind the `sluice` binary.
 #![deny(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod body;

@@ -215,7 +215,7 @@ pub async fn forward(
                         req = Request::from_parts(p, b);
                     }
                     let send = send_once(conn, cluster, &host, req);
-                    let outcome = match per_try {
+                    let mut outcome = match per_try {
                         Some(t) => match tokio::time::timeout(t, send).await {
                             Ok(Ok(r)) => Outcome::Response(r),
                             Ok(Err(e)) => Outcome::Failed(e),
@@ -226,6 +226,12 @@ pub async fn forward(
                             Err(e) => Outcome::Failed(e),
                         },
                     };
+                    if !conn.hcm.access_logs.is_empty() {
+                        if let Outcome::Response(r) = &mut outcome {
+                            r.extensions_mut()
+                                .insert(super::access::UpstreamHost(host.addr));
+                        }
+                    }
                     if cluster.outlier.is_some() {
                         use crate::cluster::outlier::Outcome as O;
                         let seen = match &outcome {

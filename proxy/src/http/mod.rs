@@ -2,6 +2,7 @@
 //! hyper and runs each request through the HTTP filters and the router (`router.rs`), which
 //! forwards upstream (`forward.rs`). On drain, connections finish in-flight requests and close.
 
+pub mod access;
 pub mod fault;
 pub mod forward;
 pub mod headers;

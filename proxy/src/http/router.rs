@@ -20,7 +20,15 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     conn.stats.downstream_rq_total.inc();
     conn.stats.downstream_rq_active.inc();
     let grpc = super::timeout::is_grpc(req.headers());
-    let mut resp = route_request(&conn, req, grpc).await;
+    let mut resp = if conn.hcm.access_logs.is_empty() {
+        route_request(&conn, req.map(body::boxed), grpc, None).await
+    } else {
+        let log = super::access::Pending::start(&req);
+        let counted = log.count_request(req);
+        let mut head = crate::access_log::ReqHead::of_request(&counted);
+        let resp = route_request(&conn, counted, grpc, Some(&mut head)).await;
+        log.finish(&conn, head, resp)
+    };
     if grpc {
         resp = grpc_local_reply(resp);
     }
@@ -36,9 +44,28 @@ pub fn local_reply(status: u16, text: &str) -> Response<Body> {
 
 /// Marks a response the proxy made itself, so that a gRPC request gets it as a gRPC error.
 #[derive(Clone)]
-struct Local {
-    message: String,
+pub(crate) struct Local {
+    pub(crate) message: String,
     grpc_status: Option<u32>,
+}
+
+impl Local {
+    /// Envoy's response flag for this reply (empty for none).
+    pub(crate) fn flags(&self, status: u16) -> &'static str {
+        match self.message.as_str() {
+            "no healthy upstream" => "UH",
+            "upstream request timeout" => "UT",
+            "stream timeout" => "SI",
+            "downstream duration timeout" => "UMSDR",
+            "fault filter abort" => "FI",
+            m if m.ends_with("connection failure") => "UF",
+            m if m.ends_with("connection termination") => "UC",
+            m if m.ends_with("overflow") => "UO",
+            "" if status == 404 => "NR",
+            "" if status == 503 => "NC",
+            _ => "",
+        }
+    }
 }
 
 fn local_reply_with(status: u16, text: &str, grpc_status: Option<u32>) -> Response<Body> {
@@ -100,7 +127,12 @@ fn is_upgrade(req: &http::request::Parts) -> Option<String> {
         .map(|v| v.to_ascii_lowercase())
 }
 
-async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>, grpc: bool) -> Response<Body> {
+async fn route_request(
+    conn: &Arc<Conn>,
+    req: Request<Body>,
+    grpc: bool,
+    log_head: Option<&mut crate::access_log::ReqHead>,
+) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     // Envoy's `max_request_headers_kb` covers the whole header section.
     let header_bytes: usize = parts
@@ -136,6 +168,10 @@ async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>, grpc: bool) -> 
     // HTTP/1 requests name the host in `Host`; give the URI no authority so that views agree.
     headers::on_request(&mut parts.headers, &conn.hcm, conn.info.remote, scheme);
     let request_id = parts.headers.get(&headers::X_REQUEST_ID).cloned();
+    if let Some(h) = log_head {
+        // The access log sees the request as the connection manager passed it on.
+        *h = crate::access_log::ReqHead::of(&parts);
+    }
     headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
 
     // Route table: inline, or the current RDS version.
@@ -245,7 +281,7 @@ async fn route_request(conn: &Arc<Conn>, req: Request<Incoming>, grpc: bool) -> 
                     Err(LocalReply { status, body }) => local_reply(status, body),
                 };
             }
-            let mut req = Request::from_parts(parts, body::boxed(body));
+            let mut req = Request::from_parts(parts, body);
             if !entry.request_mirrors.is_empty() {
                 req = forward::mirror(conn, &entry.request_mirrors, req, random).await;
             }
@@ -333,6 +369,15 @@ fn finalize(
         ..Default::default()
     };
     table.finalize_response_headers(sel, &mut parts, &ctx);
+    if !conn.hcm.access_logs.is_empty() {
+        parts.extensions.insert(super::access::RouteMeta {
+            route: sel.route().map(|r| r.name.clone()).unwrap_or_default(),
+            cluster: match sel {
+                Selected::Route { cluster, .. } => Some(cluster.to_string()),
+                _ => None,
+            },
+        });
+    }
     if let Some(v) = &conn.hcm.server_header {
         parts.headers.insert(http::header::SERVER, v.clone());
     }

@@ -46,6 +46,7 @@ pub struct TcpProxy {
     pub clusters: Vec<(String, u32)>,
     pub idle_timeout: Option<Duration>,
     pub max_connect_attempts: u32,
+    pub access_logs: Vec<Arc<crate::access_log::AccessLog>>,
     /// `tcp.<stat_prefix>.*`, registered when the filter is built.
     pub stats: TcpStats,
 }
@@ -175,6 +176,7 @@ pub struct HttpConnectionManager {
     pub upgrades: Vec<String>,
     pub via: String,
     pub path: crate::http::path::PathOptions,
+    pub access_logs: Vec<Arc<crate::access_log::AccessLog>>,
     /// `http.<stat_prefix>.*`, registered when the filter is built.
     pub stats: Arc<HcmStats>,
 }
@@ -281,7 +283,9 @@ fn tcp_proxy(t: &tcp::TcpProxy) -> Result<TcpProxy, (String, String)> {
             "TCP tunneling over HTTP is not supported".into(),
         ));
     }
+    let access_logs = crate::access_log::AccessLog::from_protos(&t.access_log)?;
     Ok(TcpProxy {
+        access_logs,
         stats: TcpStats::new(&t.stat_prefix),
         stat_prefix: t.stat_prefix.clone(),
         clusters,
@@ -376,7 +380,9 @@ pub(crate) fn http_connection_manager(
             "the last HTTP filter must be envoy.filters.http.router".into(),
         ));
     }
+    let access_logs = crate::access_log::AccessLog::from_protos(&h.access_log)?;
     Ok(HttpConnectionManager {
+        access_logs,
         stats: Arc::new(HcmStats::new(&h.stat_prefix)),
         stat_prefix: h.stat_prefix.clone(),
         codec,

@@ -142,7 +142,7 @@ impl Formatter {
 }
 
 /// Index of the `%` closing a command starting at `s` (after the opening `%`).
-fn command_end(s: &str) -> Option<usize> {
+pub(crate) fn command_end(s: &str) -> Option<usize> {
     let mut depth = 0usize;
     for (i, c) in s.char_indices() {
         match c {
@@ -221,7 +221,7 @@ fn push_addr(out: &mut String, a: Option<SocketAddr>, port: bool) {
 }
 
 /// `2024-01-02T03:04:05.678Z` (Envoy's default `%START_TIME%` format).
-fn rfc3339_millis(t: SystemTime) -> String {
+pub(crate) fn rfc3339_millis(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);

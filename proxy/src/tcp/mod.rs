@@ -42,17 +42,67 @@ pub async fn proxy(
     snap: Arc<Snapshot>,
     src: Option<Source>,
 ) {
+    if cfg.access_logs.is_empty() {
+        let mut done = Done::default();
+        proxy_inner(down, orig_dst, &cfg, snap, src, &mut done).await;
+        return;
+    }
+    let start = std::time::SystemTime::now();
+    let t0 = std::time::Instant::now();
+    let remote = down.peer_addr().ok();
+    let mut done = Done::default();
+    proxy_inner(down, orig_dst, &cfg, snap, src, &mut done).await;
+    let e = crate::access_log::Entry {
+        start: Some(start),
+        duration: t0.elapsed(),
+        bytes_received: done.rx,
+        bytes_sent: done.tx,
+        upstream_host: done.host,
+        upstream_cluster: done.cluster.as_deref(),
+        downstream_local: Some(orig_dst),
+        downstream_remote: remote,
+        flags: done.flags,
+        ..Default::default()
+    };
+    for l in &cfg.access_logs {
+        l.log(&e);
+    }
+}
+
+/// What a proxied connection did, for the access log.
+#[derive(Default)]
+struct Done {
+    cluster: Option<String>,
+    host: Option<SocketAddr>,
+    flags: &'static str,
+    rx: u64,
+    tx: u64,
+}
+
+async fn proxy_inner(
+    down: TcpStream,
+    orig_dst: SocketAddr,
+    cfg: &TcpProxy,
+    snap: Arc<Snapshot>,
+    src: Option<Source>,
+    done: &mut Done,
+) {
     cfg.stats.downstream_cx_total.inc();
     let cluster_name = pick_weighted(&cfg.clusters, fastrand::u64(..));
     let Some(cluster) = snap.cluster(cluster_name).cloned() else {
         cfg.stats.downstream_cx_no_route.inc();
+        done.flags = "NC";
         tracing::debug!(cluster = cluster_name, "tcp_proxy: unknown cluster");
         return;
     };
     drop(snap);
+    if !cfg.access_logs.is_empty() {
+        done.cluster = Some(cluster_name.to_string());
+    }
     // Circuit breaker: `max_connections` caps open upstream connections of the cluster.
     if cluster.stats.upstream_cx_active.get() >= cluster.cfg.max_connections as i64 {
         cluster.stats.upstream_cx_overflow.inc();
+        done.flags = "UO";
         return;
     }
     let src = src.unwrap_or_else(|| cluster.settings.src());
@@ -60,6 +110,9 @@ pub async fn proxy(
     let mut tried: Vec<SocketAddr> = Vec::new();
     for _ in 0..cfg.max_connect_attempts {
         let Some(host) = cluster.pick(None, Some(orig_dst), &|h| tried.contains(&h.addr)) else {
+            if tried.is_empty() {
+                done.flags = "UH";
+            }
             break;
         };
         tried.push(host.addr);
@@ -68,6 +121,7 @@ pub async fn proxy(
             Ok(s) => {
                 // For TCP a connection is the whole result (Envoy: connect success final).
                 cluster.report(&host, crate::cluster::outlier::Outcome::Status(200));
+                done.host = Some(host.addr);
                 up = Some(s);
                 break;
             }
@@ -82,6 +136,9 @@ pub async fn proxy(
         }
     }
     let Some(up) = up else {
+        if done.flags.is_empty() {
+            done.flags = "UF";
+        }
         return;
     };
     let _ = down.set_nodelay(true);
@@ -91,6 +148,8 @@ pub async fn proxy(
     if let Ok((a, b)) = result {
         cfg.stats.downstream_cx_rx_bytes_total.add(a);
         cfg.stats.downstream_cx_tx_bytes_total.add(b);
+        done.rx = a;
+        done.tx = b;
     }
 }
 
