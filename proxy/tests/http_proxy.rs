@@ -922,3 +922,60 @@ async fn outlier_detection_ejects_a_failing_host_and_brings_it_back() {
     let stats = admin_get(&app, "/stats?filter=outlier").await.body;
     assert!(stats.contains("cluster.pair.outlier_detection.ejections_enforced_total: 2"));
 }
+
+/// Istio's circuit-breaking task: `maxConnections: 1`, `http1MaxPendingRequests: 1`. With a
+/// slow upstream and five concurrent requests, one is served, one waits for the connection and
+/// is served after it, and three fail at once with an overflow.
+#[tokio::test]
+async fn connection_circuit_breaker_queues_one_and_rejects_the_rest() {
+    let slow = upstream("slow", Behaviour::Delay(300)).await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /}
+                route: {cluster: cb}
+"#;
+    let cb =
+        "    circuit_breakers: {thresholds: [{max_connections: 1, max_pending_requests: 1}]}\n";
+    let cfg = bootstrap(
+        &http_listener("cb", vh, ""),
+        &cluster("cb", &[slow.addr], cb),
+    );
+    let app = sluice(&cfg).await;
+    let addr = app.listener_address("cb").unwrap();
+    let t0 = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        tasks.push(tokio::spawn(async move {
+            let r = H1::connect(addr).await.get("svc", &format!("/{i}")).await;
+            (r.status, r.body, t0.elapsed())
+        }));
+    }
+    let mut ok = Vec::new();
+    let mut overflow = 0;
+    for t in tasks {
+        let (status, body, took) = t.await.unwrap();
+        match status {
+            200 => ok.push(took),
+            503 => {
+                assert!(body.ends_with("overflow"), "{body}");
+                assert!(took < std::time::Duration::from_millis(250), "{took:?}");
+                overflow += 1;
+            }
+            s => panic!("unexpected {s}: {body}"),
+        }
+    }
+    assert_eq!((ok.len(), overflow), (2, 3), "{ok:?}");
+    ok.sort();
+    // The queued request went out on the same connection after the first finished.
+    assert!(ok[1] >= std::time::Duration::from_millis(550), "{ok:?}");
+    assert_eq!(
+        slow.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    let stats = admin_get(&app, "/stats?filter=cluster.cb.").await.body;
+    assert!(
+        stats.contains("cluster.cb.upstream_rq_pending_overflow: 3"),
+        "{stats}"
+    );
+}

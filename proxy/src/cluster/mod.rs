@@ -144,6 +144,8 @@ pub struct ClusterRt {
     outlier_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Serialises endpoint-set rebuilds (EDS/DNS updates, ejections).
     rebuild: Mutex<()>,
+    /// Connection circuit breakers, shared by the hosts' pools and the TCP proxy.
+    pub limits: Arc<pool::ConnLimits>,
 }
 
 impl Drop for ClusterRt {
@@ -193,6 +195,10 @@ impl ClusterRt {
                 .map(|o| outlier::Detector::new(&cfg.name, (**o).clone())),
             outlier_task: Mutex::new(None),
             rebuild: Mutex::new(()),
+            limits: Arc::new(pool::ConnLimits::new(
+                cfg.max_connections,
+                cfg.max_pending_requests,
+            )),
             cfg,
         });
         rt.update_membership_stats();

@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -65,6 +66,77 @@ pub struct Source {
     pub transparent: bool,
     /// `SO_MARK` for the upstream socket (`original_src`'s `mark`); needs `CAP_NET_ADMIN`.
     pub mark: Option<u32>,
+}
+
+/// A cluster's connection circuit breakers (Envoy's `max_connections` and
+/// `max_pending_requests`, shared by every host's pool and the TCP proxy). A request that
+/// needs a new connection when the cluster is at `max_connections` waits as a pending request
+/// for a pooled connection or a free slot; past `max_pending_requests` it fails at once.
+#[derive(Debug)]
+pub struct ConnLimits {
+    pub max_connections: u32,
+    pub max_pending: u32,
+    active: AtomicU32,
+    pending: AtomicU32,
+    freed: tokio::sync::Notify,
+}
+
+impl ConnLimits {
+    pub fn new(max_connections: u32, max_pending: u32) -> ConnLimits {
+        ConnLimits {
+            max_connections,
+            max_pending,
+            active: AtomicU32::new(0),
+            pending: AtomicU32::new(0),
+            freed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Takes a connection slot if the cluster is under `max_connections`.
+    pub fn try_acquire(&self) -> bool {
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_connections).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a slot back (a connection closed).
+    pub fn release(&self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_one();
+    }
+
+    /// Open connections counted against the limit.
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Acquire)
+    }
+
+    fn enter_pending(self: &Arc<Self>) -> Option<PendingGuard> {
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_pending).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| PendingGuard(self.clone()))
+    }
+}
+
+struct PendingGuard(Arc<ConnLimits>);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection slot, released when the connection's task ends.
+struct Slot(Arc<ConnLimits>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.release();
+    }
 }
 
 struct Idle {
@@ -155,26 +227,46 @@ impl Pool {
         self: &Arc<Self>,
         addr: SocketAddr,
         settings: PoolSettings,
+        limits: &Arc<ConnLimits>,
         mut req: Request<Body>,
         on_new_connection: impl Fn(),
     ) -> Result<Response<Body>, UpstreamError> {
-        loop {
-            let Some(mut idle) = self.checkout(settings) else {
-                break;
-            };
-            // Waits for the connection to finish its previous exchange; fails if it closed.
-            if idle.tx.ready().await.is_err() {
-                continue;
+        let mut pending: Option<PendingGuard> = None;
+        let slot = loop {
+            while let Some(mut idle) = self.checkout(settings) {
+                // Waits for the connection to finish its previous exchange; fails if closed.
+                if idle.tx.ready().await.is_err() {
+                    continue;
+                }
+                match idle.tx.try_send_request(req).await {
+                    Ok(resp) => {
+                        return Ok(self.wrap_http1(resp, idle.tx, idle.used + 1, settings, limits))
+                    }
+                    Err(mut e) => match e.take_message() {
+                        // Never written: the connection was closing. Try the next one.
+                        Some(r) => req = r,
+                        None => return Err(UpstreamError::Reset(e.into_error())),
+                    },
+                }
             }
-            match idle.tx.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap_http1(resp, idle.tx, idle.used + 1, settings)),
-                Err(mut e) => match e.take_message() {
-                    // Never written: the connection was closing. Try the next one.
-                    Some(r) => req = r,
-                    None => return Err(UpstreamError::Reset(e.into_error())),
-                },
+            if limits.try_acquire() {
+                break Slot(limits.clone());
             }
-        }
+            if pending.is_none() {
+                pending = Some(
+                    limits
+                        .enter_pending()
+                        .ok_or(UpstreamError::Overflow("max_pending_requests"))?,
+                );
+            }
+            let freed = limits.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.idle_count() == 0 && limits.active() >= limits.max_connections {
+                freed.await;
+            }
+        };
+        drop(pending);
         let stream = connect_from(addr, settings.connect_timeout, settings.src()).await?;
         on_new_connection();
         let (mut tx, conn) = http1::Builder::new()
@@ -184,12 +276,13 @@ impl Pool {
             .map_err(UpstreamError::Handshake)?;
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
+            drop(slot);
         });
         let resp = tx
             .try_send_request(req)
             .await
             .map_err(|e| UpstreamError::Reset(e.into_error()))?;
-        Ok(self.wrap_http1(resp, tx, 1, settings))
+        Ok(self.wrap_http1(resp, tx, 1, settings, limits))
     }
 
     fn checkout(&self, settings: PoolSettings) -> Option<Idle> {
@@ -211,6 +304,7 @@ impl Pool {
         tx: http1::SendRequest<Body>,
         used: u32,
         settings: PoolSettings,
+        limits: &Arc<ConnLimits>,
     ) -> Response<Body> {
         let upgrade = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
         let reusable = !upgrade
@@ -222,7 +316,7 @@ impl Pool {
                 .get(http::header::CONNECTION)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         let (parts, body) = resp.into_parts();
-        let mut ret = reusable.then(|| (self.clone(), tx, used));
+        let mut ret = reusable.then(|| (self.clone(), tx, used, limits.clone()));
         if body.is_end_stream() {
             give_back(&mut ret);
         }
@@ -234,6 +328,7 @@ impl Pool {
         &self,
         addr: SocketAddr,
         settings: PoolSettings,
+        limits: &Arc<ConnLimits>,
         mut req: Request<Body>,
         on_new_connection: impl Fn(),
     ) -> Result<Response<Body>, UpstreamError> {
@@ -270,6 +365,27 @@ impl Pool {
             let mut tx = match existing {
                 Some(tx) => tx,
                 None => {
+                    // One multiplexed connection per host; it needs a slot like any other.
+                    let mut pending: Option<PendingGuard> = None;
+                    let slot = loop {
+                        if limits.try_acquire() {
+                            break Slot(limits.clone());
+                        }
+                        if pending.is_none() {
+                            pending = Some(
+                                limits
+                                    .enter_pending()
+                                    .ok_or(UpstreamError::Overflow("max_pending_requests"))?,
+                            );
+                        }
+                        let freed = limits.freed.notified();
+                        tokio::pin!(freed);
+                        freed.as_mut().enable();
+                        if limits.active() >= limits.max_connections {
+                            freed.await;
+                        }
+                    };
+                    drop(pending);
                     let stream =
                         connect_from(addr, settings.connect_timeout, settings.src()).await?;
                     on_new_connection();
@@ -281,6 +397,7 @@ impl Pool {
                         .map_err(UpstreamError::Handshake)?;
                     tokio::spawn(async move {
                         let _ = conn.await;
+                        drop(slot);
                     });
                     *self.h2.lock().unwrap() = Some(tx.clone());
                     tx
@@ -301,15 +418,17 @@ impl Pool {
     }
 }
 
-type Return = Option<(Arc<Pool>, http1::SendRequest<Body>, u32)>;
+type Return = Option<(Arc<Pool>, http1::SendRequest<Body>, u32, Arc<ConnLimits>)>;
 
 fn give_back(ret: &mut Return) {
-    if let Some((pool, tx, used)) = ret.take() {
+    if let Some((pool, tx, used, limits)) = ret.take() {
         pool.idle.lock().unwrap().push(Idle {
             tx,
             since: Instant::now(),
             used,
         });
+        // A pending request may take it.
+        limits.freed.notify_one();
     }
 }
 

@@ -331,12 +331,12 @@ async fn send_once(
     let new_cx = || stats.upstream_cx_total.inc();
     let r = if h2 {
         host.pool
-            .send_http2(host.addr, cluster.settings, req, new_cx)
+            .send_http2(host.addr, cluster.settings, &cluster.limits, req, new_cx)
             .await
     } else {
         to_http1(&mut req);
         host.pool
-            .send_http1(host.addr, cluster.settings, req, new_cx)
+            .send_http1(host.addr, cluster.settings, &cluster.limits, req, new_cx)
             .await
     };
     host.active.fetch_sub(1, Ordering::Relaxed);
@@ -344,6 +344,10 @@ async fn send_once(
     match &r {
         Ok(resp) => stats.status(resp.status().as_u16()),
         Err(e) => {
+            if matches!(e, UpstreamError::Overflow("max_pending_requests")) {
+                stats.upstream_rq_pending_overflow.inc();
+                stats.upstream_cx_overflow.inc();
+            }
             if e.is_connect_failure() {
                 stats.upstream_cx_connect_fail.inc();
             }

@@ -293,13 +293,6 @@ fn unhonoured_fields(c: &cpb::Cluster) -> Result<(), (&'static str, &'static str
     {
         ignored.push("common_lb_config.locality_config_specifier");
     }
-    if c.circuit_breakers.as_ref().is_some_and(|cb| {
-        cb.thresholds
-            .iter()
-            .any(|t| t.max_pending_requests.is_some())
-    }) {
-        ignored.push("circuit_breakers.thresholds.max_pending_requests");
-    }
     if c.upstream_connection_options.is_some() {
         ignored.push("upstream_connection_options");
     }
