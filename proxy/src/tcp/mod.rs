@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use crate::cluster::pool::{connect_from, Source};
+use crate::listener::{reached, Phase};
 use crate::model::network::TcpProxy;
 use crate::state::Snapshot;
 
@@ -41,6 +42,7 @@ pub async fn proxy(
     cfg: Arc<TcpProxy>,
     snap: Arc<Snapshot>,
     src: Option<Source>,
+    mut phase: tokio::sync::watch::Receiver<Phase>,
 ) {
     cfg.stats.downstream_cx_total.inc();
     let cluster_name = pick_weighted(&cfg.clusters, fastrand::u64(..));
@@ -83,9 +85,16 @@ pub async fn proxy(
     };
     let _ = down.set_nodelay(true);
     cluster.stats.upstream_cx_active.inc();
-    let result = forward::bidirectional(&down, &up, cfg.idle_timeout, copy_mode()).await;
+    // A draining listener's TCP connections keep flowing until the drain time is over.
+    let result = tokio::select! {
+        r = forward::bidirectional(&down, &up, cfg.idle_timeout, copy_mode()) => r.ok(),
+        _ = reached(&mut phase, Phase::Close) => {
+            tracing::debug!(cluster = %cluster.cfg.name, "tcp_proxy: closed after drain");
+            None
+        }
+    };
     cluster.stats.upstream_cx_active.dec();
-    if let Ok((a, b)) = result {
+    if let Some((a, b)) = result {
         cfg.stats.downstream_cx_rx_bytes_total.add(a);
         cfg.stats.downstream_cx_tx_bytes_total.add(b);
     }
