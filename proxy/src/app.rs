@@ -67,7 +67,7 @@ impl App {
             .map_err(|e| AppError::Admin(opts.admin_address, e))?;
         let admin_address = admin_sock.local_addr().unwrap_or(opts.admin_address);
         let state = State::new();
-        let listeners = Manager::new(&state);
+        let listeners = Manager::new(&state, opts.drain_time);
         state.set_listener_host(listeners.clone());
         if let Some(sr) = opts
             .bootstrap

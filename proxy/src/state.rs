@@ -103,6 +103,15 @@ impl Snapshot {
     }
 }
 
+/// Per-cluster stats of the clusters in this snapshot (for `/stats`).
+impl crate::stats::StatSource for Snapshot {
+    fn visit(&self, f: &mut dyn FnMut(String, crate::stats::StatValue)) {
+        for (name, (rt, _)) in &self.clusters {
+            rt.stats.visit(name, f);
+        }
+    }
+}
+
 /// A rejected resource: its name and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
@@ -273,7 +282,7 @@ impl State {
                     let prev = clusters.get(&c.name);
                     // An identical resource keeps its runtime (pools, counters, warm state).
                     if let Some((rt, m)) = prev {
-                        if rt.cfg.proto == *c {
+                        if rt.cfg.same_proto(&model) {
                             let m = Meta {
                                 version: version.to_string(),
                                 ..m.clone()

@@ -1,7 +1,9 @@
 //! Envoy-style counters and gauges. Components register their metrics once, when their
 //! configuration is built, and keep `Arc` handles, so the per-request cost is one relaxed atomic
 //! add and no lookup. The registry renders `/stats` (Envoy's `name: value` text) and
-//! `/stats/prometheus`.
+//! `/stats/prometheus`. Stats that come and go with a resource (Envoy's per-cluster stats) are
+//! not registered: their owner keeps them as plain atomics and hands them to the renderer as a
+//! [`StatSource`], so a cluster costs no named entries.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -64,6 +66,29 @@ enum Metric {
     Counter(Arc<Counter>),
     Gauge(Arc<Gauge>),
     Text(Arc<TextStat>),
+}
+
+/// A metric's value, as a [`StatSource`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatValue {
+    Counter(u64),
+    Gauge(i64),
+}
+
+/// Metrics not in the registry (per-cluster stats owned by the cluster runtimes), rendered
+/// with it: `visit` calls `f` with each full stat name and its value.
+pub trait StatSource {
+    fn visit(&self, f: &mut dyn FnMut(String, StatValue));
+}
+
+/// No extra metrics.
+impl StatSource for () {
+    fn visit(&self, _: &mut dyn FnMut(String, StatValue)) {}
+}
+
+enum Rendered {
+    Num(i64, &'static str),
+    Text(String),
 }
 
 /// The process-wide registry of named metrics.
@@ -129,20 +154,23 @@ impl Registry {
 
     /// Envoy's `/stats` text: `name: value` lines, sorted; `filter` keeps names containing it.
     pub fn render_text(&self, filter: Option<&str>) -> String {
-        let m = self.metrics.lock().unwrap();
+        self.render_text_with(filter, &())
+    }
+
+    /// `/stats` text including `extra`'s metrics, all sorted by name.
+    pub fn render_text_with(&self, filter: Option<&str>, extra: &dyn StatSource) -> String {
         let mut out = String::new();
-        for (name, metric) in m.iter() {
-            if filter.is_some_and(|f| !name.contains(f)) {
-                continue;
-            }
-            let v = match metric {
-                Metric::Counter(c) => c.get().to_string(),
-                Metric::Gauge(g) => g.get().to_string(),
-                Metric::Text(t) => format!("\"{}\"", t.get()),
-            };
-            out.push_str(name);
+        for (name, v) in self.collect(extra, |n| filter.is_none_or(|f| n.contains(f))) {
+            out.push_str(&name);
             out.push_str(": ");
-            out.push_str(&v);
+            match v {
+                Rendered::Num(n, _) => out.push_str(&n.to_string()),
+                Rendered::Text(t) => {
+                    out.push('"');
+                    out.push_str(&t);
+                    out.push('"');
+                }
+            }
             out.push('\n');
         }
         out
@@ -151,18 +179,51 @@ impl Registry {
     /// Prometheus exposition: `envoy_` prefix, dots to underscores, as Envoy does (without tag
     /// extraction: names stay whole).
     pub fn render_prometheus(&self) -> String {
-        let m = self.metrics.lock().unwrap();
+        self.render_prometheus_with(&())
+    }
+
+    /// Prometheus exposition including `extra`'s metrics.
+    pub fn render_prometheus_with(&self, extra: &dyn StatSource) -> String {
         let mut out = String::new();
-        for (name, metric) in m.iter() {
-            let (kind, v) = match metric {
-                Metric::Counter(c) => ("counter", c.get() as i64),
-                Metric::Gauge(g) => ("gauge", g.get()),
-                Metric::Text(_) => continue,
-            };
-            let pname = prometheus_name(name);
+        for (name, v) in self.collect(extra, |_| true) {
+            let Rendered::Num(v, kind) = v else { continue };
+            let pname = prometheus_name(&name);
             out.push_str(&format!("# TYPE {pname} {kind}\n{pname} {v}\n"));
         }
         out
+    }
+
+    /// The registry's metrics and `extra`'s whose name passes `keep`, sorted by name.
+    fn collect(
+        &self,
+        extra: &dyn StatSource,
+        keep: impl Fn(&str) -> bool,
+    ) -> Vec<(String, Rendered)> {
+        let mut all: Vec<(String, Rendered)> = {
+            let m = self.metrics.lock().unwrap();
+            m.iter()
+                .filter(|(n, _)| keep(n))
+                .map(|(n, metric)| {
+                    let v = match metric {
+                        Metric::Counter(c) => Rendered::Num(c.get() as i64, "counter"),
+                        Metric::Gauge(g) => Rendered::Num(g.get(), "gauge"),
+                        Metric::Text(t) => Rendered::Text(t.get()),
+                    };
+                    (n.clone(), v)
+                })
+                .collect()
+        };
+        extra.visit(&mut |n, v| {
+            if keep(&n) {
+                let v = match v {
+                    StatValue::Counter(c) => Rendered::Num(c as i64, "counter"),
+                    StatValue::Gauge(g) => Rendered::Num(g, "gauge"),
+                };
+                all.push((n, v));
+            }
+        });
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 }
 
@@ -195,5 +256,35 @@ mod tests {
         assert!(p.contains("envoy_cluster_a_upstream_rq_total 3\n"), "{p}");
         assert!(!p.contains("version_text"));
         assert_eq!(r.value("server.live"), Some(1));
+    }
+
+    struct Two;
+    impl StatSource for Two {
+        fn visit(&self, f: &mut dyn FnMut(String, StatValue)) {
+            f("cluster.b.upstream_rq_total".into(), StatValue::Counter(2));
+            f("cluster.a.membership_total".into(), StatValue::Gauge(1));
+        }
+    }
+
+    #[test]
+    fn sources_render_sorted_with_the_registry() {
+        let r = Registry::default();
+        r.counter("cluster.a.upstream_rq_total").add(3);
+        r.counter("server.x").inc();
+        let t = r.render_text_with(None, &Two);
+        assert_eq!(
+            t,
+            "cluster.a.membership_total: 1\ncluster.a.upstream_rq_total: 3\ncluster.b.upstream_rq_total: 2\nserver.x: 1\n"
+        );
+        assert_eq!(
+            r.render_text_with(Some("b."), &Two),
+            "cluster.b.upstream_rq_total: 2\n"
+        );
+        let p = r.render_prometheus_with(&Two);
+        assert!(
+            p.starts_with("# TYPE envoy_cluster_a_membership_total gauge\nenvoy_cluster_a_membership_total 1\n"),
+            "{p}"
+        );
+        assert!(p.contains("# TYPE envoy_cluster_b_upstream_rq_total counter\nenvoy_cluster_b_upstream_rq_total 2\n"));
     }
 }

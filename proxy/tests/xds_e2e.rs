@@ -1,6 +1,6 @@
 //! End-to-end xDS: Sluice in-process on the scripted fake ADS server (a real tonic server),
 //! traffic through real sockets. Versions and nonces, warming and `/ready`, following RDS/EDS
-//! references, delta add/remove, listener removal, a control-plane restart under load, and a
+//! references, delta add/remove, listener removal (its connections drained), a control-plane restart under load, and a
 //! route table swapped 20 times a second under load.
 
 mod support;
@@ -134,18 +134,89 @@ async fn readiness_waits_for_warming_or_initial_fetch_timeout() {
     assert_eq!(admin_get(&env.app, "/ready").await.status, 200);
 }
 
+/// A TCP proxy listener on 127.0.0.1 (any port) to `cluster`.
+fn tcp_listener(
+    name: &str,
+    cluster: &str,
+) -> envoy_types::pb::envoy::config::listener::v3::Listener {
+    yaml(&format!(
+        r#"name: {name}
+address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.tcp_proxy
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+      stat_prefix: {name}
+      cluster: {cluster}
+"#
+    ))
+}
+
+/// Reads until EOF (or 5 s); the bytes read and whether EOF came.
+async fn read_to_eof(s: &mut tokio::net::TcpStream) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let eof = matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await,
+        Ok(Ok(_))
+    );
+    (String::from_utf8_lossy(&buf).into_owned(), eof)
+}
+
 #[tokio::test]
-async fn listener_removed_stops_accepting_and_open_connections_finish() {
+async fn listener_removed_stops_accepting_and_drains_its_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = upstream("a", Behaviour::Echo).await;
+    let echo = support::tcp_echo().await;
     let env = start(false, NO_TIMEOUT).await;
     let addr = bring_up(&env, up.addr).await;
-    let mut open = Client::new(addr);
-    assert_eq!(open.get("/before").await.unwrap().status, 200);
+    let ack = respond(
+        &env.ads,
+        CDS,
+        "c2",
+        "x0",
+        anys([eds_cluster("a"), static_cluster("echo", echo)]),
+    )
+    .await;
+    assert_eq!((ack.version_info.as_str(), ack.error_detail), ("c2", None));
+    let ack = respond(
+        &env.ads,
+        LDS,
+        "l2",
+        "x1",
+        anys([rds_listener("web", 0, "r1"), tcp_listener("tcp", "echo")]),
+    )
+    .await;
+    assert_eq!((ack.version_info.as_str(), ack.error_detail), ("l2", None));
+    assert_eq!(env.app.listener_address("web"), Some(addr));
+    let tcp_addr = env.app.listener_address("tcp").expect("tcp listener bound");
 
-    let ack = respond(&env.ads, LDS, "l2", "x1", vec![]).await;
-    assert_eq!(ack.version_info, "l2");
-    eventually("listener gone", || {
-        env.app.listener_address("web").is_none()
+    // A TCP proxy connection, an idle keep-alive HTTP/1.1 connection, and one with a request
+    // in flight (headers and half the body sent).
+    let mut tcp = tokio::net::TcpStream::connect(tcp_addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    tcp.write_all(b"ping").await.unwrap();
+    tcp.read_exact(&mut buf[..4]).await.unwrap();
+    assert_eq!(&buf[..4], b"ping");
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /idle HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 4096];
+    let n = idle.read(&mut head).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+    let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+    busy.write_all(b"POST /busy HTTP/1.1\r\nhost: test\r\ncontent-length: 10\r\n\r\n12345")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let removed = std::time::Instant::now();
+    let ack = respond(&env.ads, LDS, "l3", "x2", vec![]).await;
+    assert_eq!(ack.version_info, "l3");
+    eventually("listeners gone", || {
+        env.app.listener_address("web").is_none() && env.app.listener_address("tcp").is_none()
     })
     .await;
     // New connections are refused...
@@ -158,9 +229,39 @@ async fn listener_removed_stops_accepting_and_open_connections_finish() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(refused, "removed listener still accepts");
-    // ...while the connection opened before keeps working on its configuration.
-    let got = open.get("/after").await.unwrap();
-    assert_eq!((got.status, got.upstream.as_str()), (200, "a"));
+
+    // ...the idle HTTP connection is closed...
+    let (rest, eof) = read_to_eof(&mut idle).await;
+    assert!(
+        eof && rest.is_empty(),
+        "idle connection not closed: {rest:?}"
+    );
+    // ...the request in flight completes, marked `connection: close`, then the connection
+    // closes...
+    busy.write_all(b"67890").await.unwrap();
+    let (resp, eof) = read_to_eof(&mut busy).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("connection: close"),
+        "{resp}"
+    );
+    assert!(
+        resp.contains("path=/busy") && resp.contains("body-len=10"),
+        "{resp}"
+    );
+    assert!(eof, "draining connection not closed after its response");
+    // ...and the TCP proxy connection keeps flowing until the drain time (2 s) is over, then
+    // is closed.
+    tcp.write_all(b"still").await.unwrap();
+    tcp.read_exact(&mut buf[..5]).await.unwrap();
+    assert_eq!(&buf[..5], b"still");
+    let (_, eof) = read_to_eof(&mut tcp).await;
+    let after = removed.elapsed();
+    assert!(eof, "tcp connection not closed after the drain time");
+    assert!(
+        after >= Duration::from_millis(1900) && after < Duration::from_secs(4),
+        "tcp connection closed {after:?} after removal (drain time 2 s)"
+    );
 }
 
 #[tokio::test]

@@ -79,7 +79,7 @@ pub fn dump(
     for (c, m) in snap.clusters.values() {
         let v = entry(
             "cluster",
-            to_json(&c.cfg.proto),
+            to_json(&c.cfg.proto()),
             "type.googleapis.com/envoy.config.cluster.v3.Cluster",
             m,
         );

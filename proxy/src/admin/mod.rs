@@ -129,15 +129,24 @@ impl Admin {
             "/listeners" => self.listeners(q.get("format").map(String::as_str) == Some("json")),
             "/stats" => {
                 if q.get("format").map(String::as_str) == Some("prometheus") {
-                    text(StatusCode::OK, registry().render_prometheus())
+                    text(
+                        StatusCode::OK,
+                        registry().render_prometheus_with(&**self.state.load()),
+                    )
                 } else {
                     text(
                         StatusCode::OK,
-                        registry().render_text(q.get("filter").map(String::as_str)),
+                        registry().render_text_with(
+                            q.get("filter").map(String::as_str),
+                            &**self.state.load(),
+                        ),
                     )
                 }
             }
-            "/stats/prometheus" => text(StatusCode::OK, registry().render_prometheus()),
+            "/stats/prometheus" => text(
+                StatusCode::OK,
+                registry().render_prometheus_with(&**self.state.load()),
+            ),
             "/ready" => {
                 if self.ready() {
                     text(StatusCode::OK, "LIVE\n")
@@ -205,7 +214,7 @@ impl Admin {
                             "address": {"socket_address": {"address": h.addr.ip().to_string(), "port_value": h.addr.port()}},
                             "health_status": {"eds_health_status": if h.healthy {"HEALTHY"} else {"UNHEALTHY"}},
                             "weight": h.weight,
-                            "locality": h.locality,
+                            "locality": &*h.locality,
                         })).collect::<Vec<_>>(),
                     })
                 })

@@ -290,8 +290,7 @@ mod tests {
                     format!("127.0.0.{}:80", i + 1).parse().unwrap(),
                     *w,
                     true,
-                    Default::default(),
-                    String::new(),
+                    Arc::from(""),
                 ))
             })
             .collect()

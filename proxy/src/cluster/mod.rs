@@ -6,7 +6,7 @@ pub mod lb;
 pub mod outlier;
 pub mod pool;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::model::cluster::{Cluster, Discovery, EndpointSpec, Endpoints, Target};
-use crate::stats::{registry, Counter, Gauge};
+use crate::stats::{Counter, Gauge, StatValue};
 use lb::Balancer;
 use pool::{Pool, PoolSettings};
 
@@ -24,8 +24,7 @@ pub struct Host {
     pub addr: SocketAddr,
     pub weight: u32,
     pub healthy: bool,
-    pub metadata: BTreeMap<String, String>,
-    pub locality: String,
+    pub locality: Arc<str>,
     /// For `auto_host_rewrite`: the endpoint's hostname (empty when it has none).
     pub hostname: String,
     /// Requests in flight (least-request balancing, admin).
@@ -36,18 +35,11 @@ pub struct Host {
 }
 
 impl Host {
-    pub fn new(
-        addr: SocketAddr,
-        weight: u32,
-        healthy: bool,
-        metadata: BTreeMap<String, String>,
-        locality: String,
-    ) -> Host {
+    pub fn new(addr: SocketAddr, weight: u32, healthy: bool, locality: Arc<str>) -> Host {
         Host {
             addr,
             weight: weight.max(1),
             healthy,
-            metadata,
             locality,
             hostname: String::new(),
             active: AtomicUsize::new(0),
@@ -66,51 +58,68 @@ pub struct EndpointSet {
     pub spec: Endpoints,
 }
 
-/// Envoy's per-cluster stats.
-#[derive(Debug)]
+/// Envoy's per-cluster stats: plain atomics owned by the cluster (shared by the runtimes a
+/// cluster goes through as its config changes), rendered as `cluster.NAME.STAT` by
+/// [`ClusterStats::visit`] rather than registered by name.
+#[derive(Debug, Default)]
 pub struct ClusterStats {
-    pub upstream_cx_total: Arc<Counter>,
-    pub upstream_cx_connect_fail: Arc<Counter>,
-    pub upstream_cx_connect_timeout: Arc<Counter>,
-    pub upstream_cx_active: Arc<Gauge>,
-    pub upstream_rq_total: Arc<Counter>,
-    pub upstream_rq_active: Arc<Gauge>,
-    pub upstream_rq_retry: Arc<Counter>,
-    pub upstream_rq_timeout: Arc<Counter>,
-    pub upstream_rq_pending_overflow: Arc<Counter>,
-    pub upstream_cx_none_healthy: Arc<Counter>,
-    pub upstream_cx_overflow: Arc<Counter>,
-    pub rq_2xx: Arc<Counter>,
-    pub rq_3xx: Arc<Counter>,
-    pub rq_4xx: Arc<Counter>,
-    pub rq_5xx: Arc<Counter>,
-    pub membership_total: Arc<Gauge>,
-    pub membership_healthy: Arc<Gauge>,
+    pub upstream_cx_total: Counter,
+    pub upstream_cx_connect_fail: Counter,
+    pub upstream_cx_connect_timeout: Counter,
+    pub upstream_cx_active: Gauge,
+    pub upstream_rq_total: Counter,
+    pub upstream_rq_active: Gauge,
+    pub upstream_rq_retry: Counter,
+    pub upstream_rq_timeout: Counter,
+    pub upstream_rq_pending_overflow: Counter,
+    pub upstream_cx_none_healthy: Counter,
+    pub upstream_cx_overflow: Counter,
+    pub rq_2xx: Counter,
+    pub rq_3xx: Counter,
+    pub rq_4xx: Counter,
+    pub rq_5xx: Counter,
+    pub membership_total: Gauge,
+    pub membership_healthy: Gauge,
 }
 
 impl ClusterStats {
-    fn new(name: &str) -> ClusterStats {
-        let r = registry();
-        let c = |s: &str| r.counter(&format!("cluster.{name}.{s}"));
-        let g = |s: &str| r.gauge(&format!("cluster.{name}.{s}"));
-        ClusterStats {
-            upstream_cx_total: c("upstream_cx_total"),
-            upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
-            upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
-            upstream_cx_active: g("upstream_cx_active"),
-            upstream_rq_total: c("upstream_rq_total"),
-            upstream_rq_active: g("upstream_rq_active"),
-            upstream_rq_retry: c("upstream_rq_retry"),
-            upstream_rq_timeout: c("upstream_rq_timeout"),
-            upstream_rq_pending_overflow: c("upstream_rq_pending_overflow"),
-            upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
-            upstream_cx_overflow: c("upstream_cx_overflow"),
-            rq_2xx: c("upstream_rq_2xx"),
-            rq_3xx: c("upstream_rq_3xx"),
-            rq_4xx: c("upstream_rq_4xx"),
-            rq_5xx: c("upstream_rq_5xx"),
-            membership_total: g("membership_total"),
-            membership_healthy: g("membership_healthy"),
+    /// Calls `f` with each stat's full name (`cluster.NAME.STAT`) and value.
+    pub fn visit(&self, cluster: &str, f: &mut dyn FnMut(String, StatValue)) {
+        let counters: [(&str, &Counter); 13] = [
+            ("upstream_cx_total", &self.upstream_cx_total),
+            ("upstream_cx_connect_fail", &self.upstream_cx_connect_fail),
+            (
+                "upstream_cx_connect_timeout",
+                &self.upstream_cx_connect_timeout,
+            ),
+            ("upstream_rq_total", &self.upstream_rq_total),
+            ("upstream_rq_retry", &self.upstream_rq_retry),
+            ("upstream_rq_timeout", &self.upstream_rq_timeout),
+            (
+                "upstream_rq_pending_overflow",
+                &self.upstream_rq_pending_overflow,
+            ),
+            ("upstream_cx_none_healthy", &self.upstream_cx_none_healthy),
+            ("upstream_cx_overflow", &self.upstream_cx_overflow),
+            ("upstream_rq_2xx", &self.rq_2xx),
+            ("upstream_rq_3xx", &self.rq_3xx),
+            ("upstream_rq_4xx", &self.rq_4xx),
+            ("upstream_rq_5xx", &self.rq_5xx),
+        ];
+        for (n, c) in counters {
+            f(
+                format!("cluster.{cluster}.{n}"),
+                StatValue::Counter(c.get()),
+            );
+        }
+        let gauges: [(&str, &Gauge); 4] = [
+            ("upstream_cx_active", &self.upstream_cx_active),
+            ("upstream_rq_active", &self.upstream_rq_active),
+            ("membership_total", &self.membership_total),
+            ("membership_healthy", &self.membership_healthy),
+        ];
+        for (n, g) in gauges {
+            f(format!("cluster.{cluster}.{n}"), StatValue::Gauge(g.get()));
         }
     }
 
@@ -131,7 +140,7 @@ impl ClusterStats {
 pub struct ClusterRt {
     pub cfg: Arc<Cluster>,
     pub endpoints: ArcSwap<EndpointSet>,
-    pub stats: ClusterStats,
+    pub stats: Arc<ClusterStats>,
     pub settings: PoolSettings,
     /// ORIGINAL_DST hosts, created per destination on demand.
     orig_dst_hosts: Mutex<HashMap<SocketAddr, Arc<Host>>>,
@@ -140,7 +149,7 @@ pub struct ClusterRt {
     /// Whether endpoints have arrived (EDS warming); static and DNS clusters start warm.
     pub warm: std::sync::atomic::AtomicBool,
     /// Outlier detection, when configured, with its interval task.
-    pub outlier: Option<outlier::Detector>,
+    pub outlier: Option<Box<outlier::Detector>>,
     outlier_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Serialises endpoint-set rebuilds (EDS/DNS updates, ejections).
     rebuild: Mutex<()>,
@@ -178,7 +187,7 @@ impl ClusterRt {
             _ => true,
         };
         let rt = Arc::new(ClusterRt {
-            stats: ClusterStats::new(&cfg.name),
+            stats: previous.map(|p| p.stats.clone()).unwrap_or_default(),
             settings: PoolSettings {
                 connect_timeout: cfg.connect_timeout,
                 idle_timeout: cfg.idle_timeout,
@@ -192,7 +201,7 @@ impl ClusterRt {
             outlier: cfg
                 .outlier
                 .as_ref()
-                .map(|o| outlier::Detector::new(&cfg.name, (**o).clone())),
+                .map(|o| Box::new(outlier::Detector::new(&cfg.name, (**o).clone()))),
             outlier_task: Mutex::new(None),
             rebuild: Mutex::new(()),
             limits: Arc::new(pool::ConnLimits::new(
@@ -343,9 +352,7 @@ impl ClusterRt {
             }
             return Some(
                 m.entry(addr)
-                    .or_insert_with(|| {
-                        Arc::new(Host::new(addr, 1, true, BTreeMap::new(), String::new()))
-                    })
+                    .or_insert_with(|| Arc::new(Host::new(addr, 1, true, Arc::from(""))))
                     .clone(),
             );
         }
@@ -376,19 +383,12 @@ fn reuse_or_new(old: &[Arc<Host>], addr: SocketAddr, e: &EndpointSpec) -> Arc<Ho
         h.addr == addr
             && h.weight == e.weight.max(1)
             && h.healthy == e.healthy
-            && h.metadata == e.metadata
             && h.locality == e.locality
             && h.hostname == e.hostname
     }) {
         return h.clone();
     }
-    let mut h = Host::new(
-        addr,
-        e.weight,
-        e.healthy,
-        e.metadata.clone(),
-        e.locality.clone(),
-    );
+    let mut h = Host::new(addr, e.weight, e.healthy, e.locality.clone());
     h.hostname = e.hostname.clone();
     // A host whose attributes changed keeps its connections.
     if let Some(prev) = old.iter().find(|h| h.addr == addr) {

@@ -1,6 +1,8 @@
 //! The HTTP connection manager: serves HTTP/1.1 and HTTP/2 (h2c) downstream connections with
 //! hyper and runs each request through the HTTP filters and the router (`router.rs`), which
-//! forwards upstream (`forward.rs`). On drain, connections finish in-flight requests and close.
+//! forwards upstream (`forward.rs`). On drain (server drain or the listener removed),
+//! connections finish in-flight requests and close (HTTP/1.1: `connection: close` on the
+//! response in flight, close when idle; HTTP/2: GOAWAY); after the drain time they are closed.
 
 pub mod access;
 pub mod fault;
@@ -21,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::detect::{self, Detected};
+use crate::listener::{reached, Phase};
 use crate::model::network::{Codec, HttpConnectionManager};
 use crate::model::ConnInfo;
 use crate::state::State;
@@ -43,7 +46,7 @@ pub async fn serve(
     stream: TcpStream,
     info: ConnInfo,
     hcm: Arc<HttpConnectionManager>,
-    mut drain: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
 ) {
     let http2 = match hcm.codec {
         Codec::Http2 => true,
@@ -92,9 +95,12 @@ pub async fn serve(
         tokio::pin!(c);
         tokio::select! {
             _ = c.as_mut() => {}
-            _ = wait_drain(&mut drain) => {
+            _ = reached(&mut phase, Phase::Drain) => {
                 c.as_mut().graceful_shutdown();
-                let _ = c.await;
+                tokio::select! {
+                    _ = c.as_mut() => {}
+                    _ = reached(&mut phase, Phase::Close) => {}
+                }
             }
         }
     } else {
@@ -110,20 +116,14 @@ pub async fn serve(
         tokio::pin!(c);
         tokio::select! {
             _ = c.as_mut() => {}
-            _ = wait_drain(&mut drain) => {
+            _ = reached(&mut phase, Phase::Drain) => {
                 c.as_mut().graceful_shutdown();
-                let _ = c.await;
+                tokio::select! {
+                    _ = c.as_mut() => {}
+                    _ = reached(&mut phase, Phase::Close) => {}
+                }
             }
         }
     }
     stats.downstream_cx_active.dec();
-}
-
-async fn wait_drain(rx: &mut watch::Receiver<bool>) {
-    while !*rx.borrow() {
-        if rx.changed().await.is_err() {
-            // The manager is gone: never drain.
-            std::future::pending::<()>().await;
-        }
-    }
 }

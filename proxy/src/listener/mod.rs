@@ -7,7 +7,9 @@ pub mod orig_dst;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
@@ -71,25 +73,57 @@ impl Drop for ConnGuard {
     }
 }
 
+/// What a listener's open connections are asked to do. A removed listener's connections go
+/// `Serve` → `Drain` (HTTP: `connection: close` on the response in flight and close when idle,
+/// HTTP/2 GOAWAY; TCP keeps flowing) → `Close` after the drain time (everything still open is
+/// closed, TCP proxy connections included). Server drain (SIGTERM) moves every listener to
+/// `Drain`; the process exits after the drain time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Serve,
+    Drain,
+    Close,
+}
+
+/// Waits until `rx` reaches `at` (or later). Never returns once the sender is gone without
+/// getting there.
+pub async fn reached(rx: &mut watch::Receiver<Phase>, at: Phase) {
+    while *rx.borrow_and_update() < at {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 struct Active {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
+    phase: watch::Sender<Phase>,
 }
+
+/// The phase of every listener still bound, by name: a connection handed to another listener
+/// (`use_original_dst`) follows that listener's phase.
+type Phases = Arc<Mutex<HashMap<String, watch::Receiver<Phase>>>>;
 
 /// Owns the bound listeners; started and stopped by `State` as the listener set changes.
 pub struct Manager {
     state: Weak<State>,
     active: Mutex<HashMap<String, Active>>,
-    /// Flipped on server drain: every connection finishes what it is doing and closes.
-    drain: watch::Sender<bool>,
+    phases: Phases,
+    /// How long a removed listener's connections may drain before they are closed.
+    drain_time: Duration,
+    /// Set on server drain: listeners started afterwards start draining.
+    draining: AtomicBool,
 }
 
 impl Manager {
-    pub fn new(state: &Arc<State>) -> Arc<Manager> {
+    pub fn new(state: &Arc<State>, drain_time: Duration) -> Arc<Manager> {
         Arc::new(Manager {
             state: Arc::downgrade(state),
             active: Mutex::new(HashMap::new()),
-            drain: watch::channel(false).0,
+            phases: Arc::default(),
+            drain_time,
+            draining: AtomicBool::new(false),
         })
     }
 
@@ -100,14 +134,15 @@ impl Manager {
 
     /// Stops accepting everywhere and asks open connections to finish (server drain).
     pub fn drain(&self) {
-        let _ = self.drain.send(true);
+        self.draining.store(true, Ordering::Relaxed);
         for a in self.active.lock().unwrap().values() {
             let _ = a.stop.send(true);
+            a.phase.send_if_modified(|p| {
+                let was = *p;
+                *p = was.max(Phase::Drain);
+                *p != was
+            });
         }
-    }
-
-    pub fn drain_signal(&self) -> watch::Receiver<bool> {
-        self.drain.subscribe()
     }
 }
 
@@ -118,30 +153,68 @@ impl ListenerHost for Manager {
             bind_with(addr, l.transparent).map_err(|e| format!("cannot bind {addr}: {e}"))?;
         let bound = sock.local_addr().unwrap_or(addr);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let initial = if self.draining.load(Ordering::Relaxed) {
+            Phase::Drain
+        } else {
+            Phase::Serve
+        };
+        let (phase_tx, phase_rx) = watch::channel(initial);
         let name = l.name.clone();
         tracing::info!(listener = %name, address = %bound, "listener started");
+        self.phases
+            .lock()
+            .unwrap()
+            .insert(name.clone(), phase_rx.clone());
         tokio::spawn(accept_loop(
             self.state.clone(),
             name.clone(),
             sock,
             stop_rx,
-            self.drain.subscribe(),
+            phase_rx,
+            self.phases.clone(),
         ));
         self.active.lock().unwrap().insert(
             name,
             Active {
                 addr: bound,
                 stop: stop_tx,
+                phase: phase_tx,
             },
         );
         Ok(())
     }
 
+    /// Stops accepting; open connections drain, and whatever is still open after the drain
+    /// time is closed.
     fn stop(&self, name: &str) {
-        if let Some(a) = self.active.lock().unwrap().remove(name) {
-            tracing::info!(listener = name, "listener stopped");
-            let _ = a.stop.send(true);
+        let Some(a) = self.active.lock().unwrap().remove(name) else {
+            return;
+        };
+        {
+            let mut phases = self.phases.lock().unwrap();
+            if phases
+                .get(name)
+                .is_some_and(|p| p.same_channel(&a.phase.subscribe()))
+            {
+                phases.remove(name);
+            }
         }
+        let _ = a.stop.send(true);
+        let open = a.phase.receiver_count();
+        tracing::info!(
+            listener = name,
+            open,
+            "listener stopped; draining its connections"
+        );
+        let _ = a.phase.send(Phase::Drain);
+        let (phase, drain_time, name) = (a.phase, self.drain_time, name.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(drain_time).await;
+            if phase.receiver_count() > 0 {
+                tracing::info!(listener = %name, "drain time over; closing its connections");
+            }
+            let _ = phase.send(Phase::Close);
+        });
     }
 }
 
@@ -150,7 +223,8 @@ async fn accept_loop(
     name: String,
     sock: TcpListener,
     mut stop: watch::Receiver<bool>,
-    drain: watch::Receiver<bool>,
+    phase: watch::Receiver<Phase>,
+    phases: Phases,
 ) {
     let local_addr = sock.local_addr().ok();
     let cx_total = registry().counter(&format!(
@@ -164,7 +238,7 @@ async fn accept_loop(
                     let Some(state) = state.upgrade() else { return };
                     cx_total.inc();
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(handle(state, name.clone(), stream, peer, drain.clone()));
+                    tokio::spawn(handle(state, name.clone(), stream, peer, phase.clone(), phases.clone()));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
@@ -188,7 +262,8 @@ async fn handle(
     listener: String,
     stream: TcpStream,
     peer: SocketAddr,
-    drain: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
+    phases: Phases,
 ) {
     let _guard = ConnGuard::new();
     let snap = state.load_full();
@@ -202,10 +277,16 @@ async fn handle(
     }
     if l.use_original_dst && dst != local {
         match snap.listener_for(dst) {
-            Some(target) if target.name != l.name => l = target.clone(),
+            Some(target) if target.name != l.name => {
+                l = target.clone();
+                if let Some(p) = phases.lock().unwrap().get(&l.name) {
+                    phase = p.clone();
+                }
+            }
             _ => {}
         }
     }
+    drop(phases);
     let mut ci = ConnInfo {
         local: Some(dst),
         remote: Some(peer),
@@ -256,11 +337,11 @@ async fn handle(
                 transparent: true,
                 mark: Some(mark),
             });
-            crate::tcp::proxy(stream, dst, t.clone(), snap, src).await
+            crate::tcp::proxy(stream, dst, t.clone(), snap, src, phase).await
         }
         NetworkFilter::Http(h) => {
             drop(snap);
-            crate::http::serve(state, stream, ci, h.clone(), drain).await
+            crate::http::serve(state, stream, ci, h.clone(), phase).await
         }
     }
 }

@@ -73,13 +73,41 @@ pub struct Cluster {
     /// `common_lb_config.healthy_panic_threshold` in percent (Envoy's default 50): below it,
     /// load balancing ignores host health.
     pub panic_threshold: f64,
-    pub proto: cpb::Cluster,
+    /// The resource as received, protobuf-encoded: `/config_dump` decodes it on demand
+    /// ([`Cluster::proto`]), so the data path does not carry the 3 KB proto struct.
+    proto: Box<[u8]>,
 }
 
 /// A cluster's endpoints, across localities and priorities.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Endpoints {
     pub endpoints: Vec<EndpointSpec>,
+}
+
+/// Flattened endpoint metadata (`namespace.key` → value), sorted by key: a boxed slice, as
+/// most endpoints carry one or two entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels(Box<[(Box<str>, Box<str>)]>);
+
+impl Labels {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.0[i].1)
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<BTreeMap<String, String>> for Labels {
+    fn from(m: BTreeMap<String, String>) -> Labels {
+        Labels(m.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    }
 }
 
 /// Where an endpoint is: an IP address, or a hostname to resolve (DNS clusters).
@@ -96,10 +124,11 @@ pub struct EndpointSpec {
     pub weight: u32,
     pub priority: u32,
     pub healthy: bool,
-    pub locality: String,
+    /// `region/zone/sub_zone`, shared by the endpoints of one locality and their hosts.
+    pub locality: Arc<str>,
     /// Flattened `filter_metadata` string values, `namespace.key` → value, used for subsets
     /// (`envoy.lb.version` → `v1`) and Istio labels.
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: Labels,
     /// The endpoint's hostname (`Endpoint.hostname`, or the DNS name it was resolved from):
     /// what `auto_host_rewrite` puts in `Host`.
     pub hostname: String,
@@ -246,8 +275,23 @@ impl Cluster {
             upstream_bind,
             outlier,
             panic_threshold,
-            proto: c.clone(),
+            proto: c.encode_to_vec().into_boxed_slice(),
         })
+    }
+
+    /// The resource as received (decoded from its stored encoding).
+    pub fn proto(&self) -> cpb::Cluster {
+        cpb::Cluster::decode(&*self.proto).expect("a cluster's own encoding decodes")
+    }
+
+    /// Whether `other` is the same resource this one was built from. Encodings of equal
+    /// messages have equal lengths; equal bytes mean equal messages. Same length and
+    /// different bytes can still be equal (map fields encode in hash order): then decode.
+    pub fn same_proto(&self, other: &Cluster) -> bool {
+        if self.proto.len() != other.proto.len() {
+            return false;
+        }
+        self.proto == other.proto || self.proto() == other.proto()
     }
 }
 
@@ -449,6 +493,7 @@ pub fn endpoints(
             .as_ref()
             .map(|l| format!("{}/{}/{}", l.region, l.zone, l.sub_zone))
             .unwrap_or_default();
+        let locality: Arc<str> = locality.into();
         for (j, le) in lle.lb_endpoints.iter().enumerate() {
             let path = format!("endpoints[{i}].lb_endpoints[{j}]");
             let ep = match &le.host_identifier {
@@ -506,7 +551,7 @@ pub fn endpoints(
                 priority: lle.priority,
                 healthy,
                 locality: locality.clone(),
-                metadata: flatten_metadata(le.metadata.as_ref()),
+                metadata: flatten_metadata(le.metadata.as_ref()).into(),
                 hostname,
             });
         }
@@ -570,7 +615,7 @@ load_assignment:
         assert_eq!(c.lb, LbPolicy::LeastRequest { choices: 2 });
         let eps = c.load_assignment.unwrap().endpoints;
         assert_eq!(eps.len(), 2);
-        assert_eq!(eps[0].metadata["envoy.lb.version"], "v1");
+        assert_eq!(eps[0].metadata.get("envoy.lb.version"), Some("v1"));
         assert!(!eps[1].healthy);
         assert_eq!(c.upstream_bind, None);
     }

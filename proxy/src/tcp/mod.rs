@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use crate::cluster::pool::{connect_from, Source};
+use crate::listener::{reached, Phase};
 use crate::model::network::TcpProxy;
 use crate::state::Snapshot;
 
@@ -41,17 +42,18 @@ pub async fn proxy(
     cfg: Arc<TcpProxy>,
     snap: Arc<Snapshot>,
     src: Option<Source>,
+    phase: tokio::sync::watch::Receiver<Phase>,
 ) {
     if cfg.access_logs.is_empty() {
         let mut done = Done::default();
-        proxy_inner(down, orig_dst, &cfg, snap, src, &mut done).await;
+        proxy_inner(down, orig_dst, &cfg, snap, src, phase, &mut done).await;
         return;
     }
     let start = std::time::SystemTime::now();
     let t0 = std::time::Instant::now();
     let remote = down.peer_addr().ok();
     let mut done = Done::default();
-    proxy_inner(down, orig_dst, &cfg, snap, src, &mut done).await;
+    proxy_inner(down, orig_dst, &cfg, snap, src, phase, &mut done).await;
     let e = crate::access_log::Entry {
         start: Some(start),
         duration: t0.elapsed(),
@@ -85,6 +87,7 @@ async fn proxy_inner(
     cfg: &TcpProxy,
     snap: Arc<Snapshot>,
     src: Option<Source>,
+    mut phase: tokio::sync::watch::Receiver<Phase>,
     done: &mut Done,
 ) {
     cfg.stats.downstream_cx_total.inc();
@@ -151,9 +154,16 @@ async fn proxy_inner(
     };
     let _ = down.set_nodelay(true);
     cluster.stats.upstream_cx_active.inc();
-    let result = forward::bidirectional(&down, &up, cfg.idle_timeout, copy_mode()).await;
+    // A draining listener's TCP connections keep flowing until the drain time is over.
+    let result = tokio::select! {
+        r = forward::bidirectional(&down, &up, cfg.idle_timeout, copy_mode()) => r.ok(),
+        _ = reached(&mut phase, Phase::Close) => {
+            tracing::debug!(cluster = %cluster.cfg.name, "tcp_proxy: closed after drain");
+            None
+        }
+    };
     cluster.stats.upstream_cx_active.dec();
-    if let Ok((a, b)) = result {
+    if let Some((a, b)) = result {
         cfg.stats.downstream_cx_rx_bytes_total.add(a);
         cfg.stats.downstream_cx_tx_bytes_total.add(b);
         done.rx = a;
