@@ -979,3 +979,171 @@ async fn connection_circuit_breaker_queues_one_and_rejects_the_rest() {
         "{stats}"
     );
 }
+
+fn cors_request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "h");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::new())).unwrap()
+}
+
+#[tokio::test]
+async fn cors_preflights_are_answered_and_responses_get_cors_headers() {
+    let a = upstream("a", Behaviour::Echo).await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              typed_per_filter_config:
+                envoy.filters.http.cors:
+                  "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+                  allow_origin_string_match: [{exact: "https://app.example"}, {suffix: ".trusted.example"}]
+                  allow_methods: "GET,POST"
+                  allow_headers: "content-type"
+                  expose_headers: "x-upstream"
+                  max_age: "300"
+                  allow_credentials: true
+              routes:
+              - match: {prefix: /strict}
+                route: {cluster: cors_up}
+                typed_per_filter_config:
+                  envoy.filters.http.cors:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+                    forward_not_matching_preflights: false
+              - match: {prefix: /off}
+                route: {cluster: cors_up}
+                typed_per_filter_config:
+                  envoy.filters.http.cors:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+                    filter_enabled: {default_value: {numerator: 0}}
+              - match: {prefix: /missing}
+                route: {cluster: no_such_cluster}
+              - match: {prefix: /}
+                route: {cluster: cors_up}
+"#;
+    let filters = r#"          - name: envoy.filters.http.cors
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
+"#;
+    let app = sluice(&bootstrap(
+        &http_listener("cors", vh, filters),
+        &cluster("cors_up", &[a.addr], ""),
+    ))
+    .await;
+    let mut c = H1::connect(app.listener_address("cors").unwrap()).await;
+    let served = || a.requests.load(std::sync::atomic::Ordering::SeqCst);
+
+    // A preflight from an allowed origin is answered by the proxy.
+    let before = served();
+    let r = c
+        .send(cors_request(
+            "OPTIONS",
+            "/api",
+            &[
+                ("origin", "https://app.example"),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "content-type"),
+            ],
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(served(), before, "preflight must not reach the upstream");
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(r.headers["access-control-allow-methods"], "GET,POST");
+    assert_eq!(r.headers["access-control-allow-headers"], "content-type");
+    assert_eq!(r.headers["access-control-max-age"], "300");
+    assert_eq!(r.headers["access-control-allow-credentials"], "true");
+    assert_eq!(r.headers["server"], "envoy");
+    assert!(r.body.is_empty());
+
+    // An actual request from an allowed origin: forwarded, CORS headers on the response.
+    let r = c
+        .send(cors_request(
+            "GET",
+            "/api",
+            &[("origin", "https://x.trusted.example")],
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.field("name"), Some("a"));
+    assert_eq!(r.seen_header("origin"), Some("https://x.trusted.example"));
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://x.trusted.example"
+    );
+    assert_eq!(r.headers["access-control-allow-credentials"], "true");
+    assert_eq!(r.headers["access-control-expose-headers"], "x-upstream");
+
+    // A non-matching origin gets no CORS headers; its preflight goes upstream.
+    let r = c
+        .send(cors_request(
+            "GET",
+            "/api",
+            &[("origin", "https://evil.example")],
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+    assert!(!r.headers.contains_key("access-control-allow-credentials"));
+    let evil_preflight = [
+        ("origin", "https://evil.example"),
+        ("access-control-request-method", "POST"),
+    ];
+    let r = c
+        .send(cors_request("OPTIONS", "/api", &evil_preflight))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.field("method"), Some("OPTIONS"), "forwarded upstream");
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+
+    // forward_not_matching_preflights: false on the route: answered, without allow-origin.
+    let before = served();
+    let r = c
+        .send(cors_request("OPTIONS", "/strict", &evil_preflight))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(served(), before);
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+    assert_eq!(r.headers["access-control-allow-methods"], "GET,POST");
+
+    // Disabled on the route: everything passes through untouched.
+    let r = c
+        .send(cors_request(
+            "OPTIONS",
+            "/off",
+            &[
+                ("origin", "https://app.example"),
+                ("access-control-request-method", "GET"),
+            ],
+        ))
+        .await;
+    assert_eq!(r.field("method"), Some("OPTIONS"));
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+
+    // Local replies after the filter (cluster not found) carry the headers too, as in Envoy.
+    let r = c
+        .send(cors_request(
+            "GET",
+            "/missing",
+            &[("origin", "https://app.example")],
+        ))
+        .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+
+    // Without an Origin header nothing changes.
+    let r = c.send(cors_request("GET", "/api", &[])).await;
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+
+    let stats = sluice::stats::registry();
+    assert!(stats.counter("http.cors.cors.origin_valid").get() >= 3);
+    assert!(stats.counter("http.cors.cors.origin_invalid").get() >= 3);
+}

@@ -307,3 +307,113 @@ async fn gateway_exposes_only_documented_paths() {
         assert_eq!(g.status, 404, "{path}: {}", g.body);
     }
 }
+
+const CORS_VS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /strict}}]
+    corsPolicy:
+      allowOrigins: [{exact: "https://bookinfo.example"}]
+      allowMethods: [GET]
+      unmatchedPreflights: IGNORE
+    route: [{destination: {host: reviews, subset: v1}}]
+  - corsPolicy:
+      allowOrigins: [{exact: "https://bookinfo.example"}, {regex: "https://[a-z]+\\.shop\\.example"}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-token]
+      exposeHeaders: [x-upstream]
+      maxAge: 1h
+      allowCredentials: true
+    route: [{destination: {host: reviews, subset: v2}}]
+"#;
+
+/// VirtualService `corsPolicy` through a live sidecar: preflights answered by the proxy, actual
+/// requests get the CORS response headers, other origins get none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_policy_is_enforced() {
+    let mut cfg = config(&[]).await;
+    istio::load::load_str("cors.yaml", CORS_VS, &mut cfg);
+    assert!(
+        cfg.messages.iter().all(|m| m.level != istio::Level::Error),
+        "{:?}",
+        cfg.messages
+    );
+    let node = Node {
+        interception: Interception::None,
+        ..Node::sidecar("default")
+    };
+    let (_app, addr) = run(&cfg, &node, "127.0.0.1_9080").await;
+    let mut c = H1::connect(addr).await;
+    let send = |method: &str, path: &str, h: &[(&str, &str)]| {
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "reviews:9080");
+        for (k, v) in h {
+            b = b.header(*k, *v);
+        }
+        b.body(Default::default()).unwrap()
+    };
+    let r = c
+        .send(send(
+            "OPTIONS",
+            "/reviews/1",
+            &[
+                ("origin", "https://web.shop.example"),
+                ("access-control-request-method", "POST"),
+            ],
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty(), "answered by the sidecar: {}", r.body);
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://web.shop.example"
+    );
+    assert_eq!(r.headers["access-control-allow-methods"], "GET,POST");
+    assert_eq!(r.headers["access-control-allow-headers"], "x-token");
+    assert_eq!(r.headers["access-control-max-age"], "3600");
+    assert_eq!(r.headers["access-control-allow-credentials"], "true");
+
+    let r = c
+        .send(send(
+            "GET",
+            "/reviews/1",
+            &[("origin", "https://bookinfo.example")],
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.field("name"), Some("reviews-v2"));
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://bookinfo.example"
+    );
+    assert_eq!(r.headers["access-control-expose-headers"], "x-upstream");
+
+    let r = c
+        .send(send(
+            "GET",
+            "/reviews/1",
+            &[("origin", "https://evil.example")],
+        ))
+        .await;
+    assert_eq!(r.field("name"), Some("reviews-v2"));
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+    // FORWARD (the default): a preflight from another origin reaches the app.
+    let evil = [
+        ("origin", "https://evil.example"),
+        ("access-control-request-method", "POST"),
+    ];
+    let r = c.send(send("OPTIONS", "/reviews/1", &evil)).await;
+    assert_eq!(r.field("method"), Some("OPTIONS"));
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+    // IGNORE: answered by the sidecar without CORS permission.
+    let r = c.send(send("OPTIONS", "/strict", &evil)).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+}

@@ -117,3 +117,65 @@ fn whole_corpus_at_once() {
         assert!(rej.is_empty(), "{node:?}: {rej:#?}");
     }
 }
+
+/// Istio's CORS corpus file: the policy lands in the route as the cors filter's per-route config,
+/// the listener runs the cors filter, and the compiled route answers a preflight as Envoy would.
+#[test]
+fn cors_corpus_file_translates_and_answers_preflights() {
+    use sluice::http::cors::Decision;
+    let cfg = istio::load_path(
+        &conformance("istio-config-corpus").join("rule-default-route-cors-policy.yaml"),
+    )
+    .unwrap();
+    assert!(
+        cfg.messages.iter().all(|m| m.level != Level::Error),
+        "{:?}",
+        cfg.messages
+    );
+    let r = istio::translate(&cfg, &Node::sidecar("testns"));
+    assert!(apply(&r).is_empty());
+    let l = sluice::config::proto::to_json(r.listener("0.0.0.0_80").unwrap());
+    assert!(l
+        .to_string()
+        .contains("envoy.extensions.filters.http.cors.v3.Cors"));
+    let rc = r.routes.iter().find(|rc| rc.name == "80").unwrap();
+    let table = sluice::route::RouteTable::from_proto(rc).unwrap();
+    let req = |origin: &str| {
+        http::Request::options("/")
+            .header("host", "cors.test.istio.io")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    };
+    let parts = req("http://foo.example");
+    let sel = table.select(&sluice::route::RequestView::from_parts(&parts), 0);
+    let Decision::Preflight(h) = sel.cors_policies("envoy.filters.http.cors").decide(
+        &parts.method,
+        &parts.headers,
+        0,
+        0,
+        None,
+    ) else {
+        panic!("preflight from http://foo.example must be answered");
+    };
+    assert_eq!(h["access-control-allow-origin"], "http://foo.example");
+    assert_eq!(h["access-control-allow-methods"], "POST,GET,OPTIONS");
+    assert_eq!(h["access-control-allow-headers"], "content-type");
+    assert_eq!(h["access-control-max-age"], "300");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    let parts = req("http://bar.example");
+    let sel = table.select(&sluice::route::RequestView::from_parts(&parts), 0);
+    assert!(matches!(
+        sel.cors_policies("envoy.filters.http.cors").decide(
+            &parts.method,
+            &parts.headers,
+            0,
+            0,
+            None
+        ),
+        Decision::Pass
+    ));
+}

@@ -5,6 +5,7 @@
 //! response in flight, close when idle; HTTP/2: GOAWAY); after the drain time they are closed.
 
 pub mod access;
+pub mod cors;
 pub mod fault;
 pub mod forward;
 pub mod headers;

@@ -1,5 +1,5 @@
 //! One request through the connection manager: Envoy's header handling, route selection, the
-//! fault filter, then the router filter (redirects, direct responses, forwarding with
+//! fault and CORS filters, then the router filter (redirects, direct responses, forwarding with
 //! rewrites, response header changes). Every failure becomes a local reply with Envoy's status.
 
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use prost::Message;
 
 use super::forward::{self, LocalReply};
-use super::{fault, headers, Conn};
+use super::{cors, fault, headers, Conn};
 use crate::body::{self, Body};
 use crate::model::network::{HttpFilter, RouteSource};
 use crate::route::{self, FormatCtx, RequestView, RouteTable, Selected};
@@ -133,6 +133,22 @@ async fn route_request(
     grpc: bool,
     log_head: Option<&mut crate::access_log::ReqHead>,
 ) -> Response<Body> {
+    let mut cors_latched = None;
+    let mut resp = route_inner(conn, req, grpc, log_head, &mut cors_latched).await;
+    // The CORS filter's response side: whatever answered (upstream or a later local reply).
+    if let Some(l) = cors_latched {
+        l.apply(resp.headers_mut());
+    }
+    resp
+}
+
+async fn route_inner(
+    conn: &Arc<Conn>,
+    req: Request<Body>,
+    grpc: bool,
+    log_head: Option<&mut crate::access_log::ReqHead>,
+    cors_latched: &mut Option<cors::Latched>,
+) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     // Envoy's `max_request_headers_kb` covers the whole header section.
     let header_bytes: usize = parts
@@ -192,42 +208,24 @@ async fn route_request(
         table.select(&view, random)
     };
     let protocol = if conn.http2 { "HTTP/2" } else { "HTTP/1.1" };
-    let mut resp = match &sel {
-        Selected::NoRoute | Selected::NonForwarding { .. } => {
-            conn.stats.no_route.inc();
-            return local_reply(404, "");
-        }
-        Selected::ClusterNotFound { status, .. } => {
-            conn.stats.no_cluster.inc();
-            local_reply(*status, "")
-        }
-        Selected::Redirect {
-            location, status, ..
-        } => {
-            let mut r = local_reply(*status, "");
-            if let Ok(v) = HeaderValue::from_str(location) {
-                r.headers_mut().insert(http::header::LOCATION, v);
+    if let Some(entry) = sel.entry() {
+        // Upgrades (WebSocket, CONNECT) must be enabled: the route's setting for that
+        // type wins over the connection manager's, as in Envoy.
+        if let Some(u) = &upgrade {
+            let allowed = entry
+                .upgrades
+                .iter()
+                .find(|(t, _)| t == u)
+                .map(|(_, on)| *on)
+                .unwrap_or_else(|| conn.hcm.upgrades.iter().any(|c| c == u));
+            if !allowed {
+                return local_reply(403, "");
             }
-            r
         }
-        Selected::Direct { status, body, .. } => local_reply(*status, body.unwrap_or("")),
-        Selected::Route { entry, cluster, .. } => {
-            // Upgrades (WebSocket, CONNECT) must be enabled: the route's setting for that
-            // type wins over the connection manager's, as in Envoy.
-            if let Some(u) = &upgrade {
-                let allowed = entry
-                    .upgrades
-                    .iter()
-                    .find(|(t, _)| t == u)
-                    .map(|(_, on)| *on)
-                    .unwrap_or_else(|| conn.hcm.upgrades.iter().any(|c| c == u));
-                if !allowed {
-                    return local_reply(403, "");
-                }
-            }
-            // HTTP filters before the router: the fault filter.
-            for f in &conn.hcm.filters {
-                if let HttpFilter::Fault(name, cfg) = f {
+        // HTTP filters before the router, in configured order.
+        for f in &conn.hcm.filters {
+            match f {
+                HttpFilter::Fault(name, cfg) => {
                     let route_cfg = sel.per_filter_config(name).and_then(|any| {
                         envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault::decode(
                             any.value.as_slice(),
@@ -249,7 +247,51 @@ async fn route_request(
                         };
                     }
                 }
+                HttpFilter::Cors(name) => {
+                    match sel.cors_policies(name).decide(
+                        &parts.method,
+                        &parts.headers,
+                        fastrand::u64(..),
+                        fastrand::u64(..),
+                        Some(&conn.stats.cors),
+                    ) {
+                        cors::Decision::Pass => {}
+                        cors::Decision::Respond(l) => *cors_latched = Some(l),
+                        cors::Decision::Preflight(h) => {
+                            // Answered by the filter: no route header changes, as in Envoy.
+                            let mut r = Response::new(body::empty());
+                            *r.headers_mut() = h;
+                            if let Some(v) = &conn.hcm.server_header {
+                                r.headers_mut().insert(http::header::SERVER, v.clone());
+                            }
+                            return r;
+                        }
+                    }
+                }
+                HttpFilter::Router => {}
             }
+        }
+    }
+    let mut resp = match &sel {
+        Selected::NoRoute | Selected::NonForwarding { .. } => {
+            conn.stats.no_route.inc();
+            return local_reply(404, "");
+        }
+        Selected::ClusterNotFound { status, .. } => {
+            conn.stats.no_cluster.inc();
+            local_reply(*status, "")
+        }
+        Selected::Redirect {
+            location, status, ..
+        } => {
+            let mut r = local_reply(*status, "");
+            if let Ok(v) = HeaderValue::from_str(location) {
+                r.headers_mut().insert(http::header::LOCATION, v);
+            }
+            r
+        }
+        Selected::Direct { status, body, .. } => local_reply(*status, body.unwrap_or("")),
+        Selected::Route { entry, cluster, .. } => {
             let snap = conn.state.load_full();
             let Some(cluster_rt) = snap.cluster(cluster).cloned() else {
                 conn.stats.no_cluster.inc();

@@ -19,13 +19,14 @@ use super::routes::{dest_cluster, gateway_listed, mesh_vs_for, Ctx};
 use super::validate::{Level, Message};
 use super::{pb, Interception, Node, Resources};
 
-/// The HTTP connection manager filter with Sluice's HTTP filters (fault, router).
+/// The HTTP connection manager filter with istiod's routing HTTP filters (fault, cors, router).
 pub fn hcm(stat_prefix: &str, rds: Option<&str>, inline: Option<Value>) -> Value {
     let mut t = json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": stat_prefix,
         "http_filters": [
             {"name": "envoy.filters.http.fault", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}},
+            {"name": "envoy.filters.http.cors", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
             {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
         ],
         "upgrade_configs": [{"upgrade_type": "websocket"}],

@@ -6,7 +6,8 @@
 //! scheme, ignoreUriCase, port, gateways, sourceLabels, sourceNamespace), actions (weighted
 //! destinations with subsets and ports, redirect, directResponse, delegate), rewrites, header
 //! operations, timeouts, retries and faults (`envoy.filters.http.fault` per-route config) are
-//! generated as istiod does. CORS is recorded as per-route config; mirrors become `request_mirror_policies`.
+//! generated as istiod does. CORS becomes the cors filter's per-route `CorsPolicy` (as istiod);
+//! mirrors become `request_mirror_policies`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -532,35 +533,60 @@ fn route(ctx: &Ctx, vs_obj: &Object, r: &HttpRoute, m: &HttpMatch) -> Value {
         tpfc.insert("envoy.filters.http.fault".into(), v);
     }
     if let Some(c) = &r.cors_policy {
-        let mut origins: Vec<Value> = c
-            .allow_origins
-            .iter()
-            .map(|m| string_match(m, false))
-            .collect();
-        origins.extend(c.allow_origin.iter().map(|o| json!({"exact": o})));
-        let mut v = json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
-                           "allow_origin_string_match": origins});
-        if !c.allow_methods.is_empty() {
-            v["allow_methods"] = json!(c.allow_methods.join(","));
-        }
-        if !c.allow_headers.is_empty() {
-            v["allow_headers"] = json!(c.allow_headers.join(","));
-        }
-        if !c.expose_headers.is_empty() {
-            v["expose_headers"] = json!(c.expose_headers.join(","));
-        }
-        if let Some(t) = c.max_age.as_deref().and_then(parse_duration) {
-            v["max_age"] = json!(t.as_secs().to_string());
-        }
-        if let Some(b) = c.allow_credentials {
-            v["allow_credentials"] = json!(b);
-        }
-        tpfc.insert("envoy.filters.http.cors".into(), v);
+        tpfc.insert("envoy.filters.http.cors".into(), cors_policy(c));
     }
     if !tpfc.is_empty() {
         rt["typed_per_filter_config"] = Value::Object(tpfc);
     }
     rt
+}
+
+/// istiod's `TranslateCORSPolicy`: the filter's per-route `CorsPolicy`, enabled for 100% of
+/// requests, `allowOrigins` (or, only without them, the deprecated exact `allowOrigin`), lists
+/// joined by commas, `maxAge` in whole seconds, and `unmatchedPreflights: IGNORE` as
+/// `forward_not_matching_preflights: false` (else true).
+pub fn cors_policy(c: &super::model::CorsPolicy) -> Value {
+    let origins: Vec<Value> = if !c.allow_origins.is_empty() {
+        c.allow_origins
+            .iter()
+            .filter(|m| m.exact.is_some() || m.prefix.is_some() || m.regex.is_some())
+            .map(|m| {
+                if let Some(e) = &m.exact {
+                    json!({"exact": e})
+                } else if let Some(p) = &m.prefix {
+                    json!({"prefix": p})
+                } else {
+                    json!({"safe_regex": {"regex": m.regex}})
+                }
+            })
+            .collect()
+    } else {
+        c.allow_origin.iter().map(|o| json!({"exact": o})).collect()
+    };
+    let mut v = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "forward_not_matching_preflights": c.unmatched_preflights.as_deref() != Some("IGNORE"),
+        "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+    });
+    if !origins.is_empty() {
+        v["allow_origin_string_match"] = json!(origins);
+    }
+    if !c.allow_methods.is_empty() {
+        v["allow_methods"] = json!(c.allow_methods.join(","));
+    }
+    if !c.allow_headers.is_empty() {
+        v["allow_headers"] = json!(c.allow_headers.join(","));
+    }
+    if !c.expose_headers.is_empty() {
+        v["expose_headers"] = json!(c.expose_headers.join(","));
+    }
+    if let Some(t) = c.max_age.as_deref().and_then(parse_duration) {
+        v["max_age"] = json!(t.as_secs().to_string());
+    }
+    if let Some(b) = c.allow_credentials {
+        v["allow_credentials"] = json!(b);
+    }
+    v
 }
 
 type HttpRouteDestinationRef = super::model::HttpRouteDestination;

@@ -493,3 +493,116 @@ spec:
     // The route table compiles in Sluice's engine with the mirror.
     crate::route::RouteTable::from_proto(r.route("80").unwrap()).unwrap();
 }
+
+#[test]
+fn cors_policy_as_istiod_translates_it() {
+    let vs = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: ns1}
+spec:
+  hosts: [web]
+  http:
+  - match: [{uri: {prefix: /new}}]
+    corsPolicy:
+      allowOrigins: [{exact: "https://a.example"}, {prefix: "https://b"}, {regex: "https://.*\\.c\\.example"}]
+      allowOrigin: ["https://ignored.example"]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-a, x-b]
+      exposeHeaders: [x-e]
+      maxAge: 1h
+      allowCredentials: false
+      unmatchedPreflights: IGNORE
+    route: [{destination: {host: web}}]
+  - corsPolicy: {allowOrigin: ["https://old.example"]}
+    route: [{destination: {host: web}}]
+"#;
+    let (r, j) = tr(&format!("{SVC}{vs}"), &Node::sidecar("ns1"));
+    let routes = &vhost(&j, "80", "web.ns1.svc.cluster.local:80")["routes"];
+    let c = &routes[0]["typed_per_filter_config"]["envoy.filters.http.cors"];
+    assert_eq!(
+        c["@type"],
+        "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+    );
+    let origins = c["allow_origin_string_match"].as_array().unwrap();
+    assert_eq!(
+        origins.len(),
+        3,
+        "allowOrigin is ignored next to allowOrigins"
+    );
+    assert_eq!(origins[0]["exact"], "https://a.example");
+    assert_eq!(origins[1]["prefix"], "https://b");
+    assert_eq!(
+        origins[2]["safe_regex"]["regex"],
+        "https://.*\\.c\\.example"
+    );
+    assert_eq!(c["allow_methods"], "GET,POST");
+    assert_eq!(c["allow_headers"], "x-a,x-b");
+    assert_eq!(c["expose_headers"], "x-e");
+    assert_eq!(c["max_age"], "3600");
+    assert_eq!(c["allow_credentials"], false);
+    assert_eq!(c["forward_not_matching_preflights"], false);
+    assert_eq!(c["filter_enabled"]["default_value"]["numerator"], 100);
+    let c = &routes[1]["typed_per_filter_config"]["envoy.filters.http.cors"];
+    assert_eq!(
+        c["allow_origin_string_match"][0]["exact"],
+        "https://old.example"
+    );
+    assert_eq!(c["forward_not_matching_preflights"], true);
+    // The connection managers run istiod's filters in istiod's order.
+    let l = to_json(r.listener("0.0.0.0_80").unwrap());
+    let names: Vec<&str> = l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.http.fault",
+            "envoy.filters.http.cors",
+            "envoy.filters.http.router"
+        ]
+    );
+    for rc in &r.routes {
+        crate::route::RouteTable::from_proto(rc).unwrap();
+    }
+}
+
+#[test]
+fn cors_policy_validation() {
+    let vs = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bad, namespace: ns1}
+spec:
+  hosts: [web]
+  http:
+  - corsPolicy:
+      allowOrigins: [{exact: ""}, {regex: "("}]
+      allowMethods: [FETCH]
+      allowHeaders: ["x y"]
+      maxAge: 1.5s
+      unmatchedPreflights: DROP
+    route: [{destination: {host: web}}]
+"#;
+    let l = load(vs);
+    let fields: Vec<String> = l
+        .messages
+        .iter()
+        .filter(|m| m.level == Level::Error)
+        .map(|m| m.field.clone())
+        .collect();
+    for want in [
+        "spec.http[0].corsPolicy.allowOrigins[0]",
+        "spec.http[0].corsPolicy.allowOrigins[1].regex",
+        "spec.http[0].corsPolicy.allowMethods[0]",
+        "spec.http[0].corsPolicy.allowHeaders[0]",
+        "spec.http[0].corsPolicy.maxAge",
+        "spec.http[0].corsPolicy.unmatchedPreflights",
+    ] {
+        assert!(fields.iter().any(|f| f == want), "{want} in {fields:?}");
+    }
+}

@@ -67,6 +67,87 @@ impl fmt::Display for Message {
 }
 
 /// Parses a Go/protobuf duration (`7s`, `0.5s`, `1m`, `8ms`, `1h30m`).
+/// istiod's `validateCORSPolicy`.
+fn check_cors(out: &mut Vec<Message>, o: &Object, p: &str, c: &super::model::CorsPolicy) {
+    let mut err = |field: String, msg: String| out.push(Message::new(Level::Error, o, field, msg));
+    for (i, m) in c.allow_origins.iter().enumerate() {
+        let v = m.exact.as_ref().or(m.prefix.as_ref()).or(m.regex.as_ref());
+        match v {
+            None => err(
+                format!("{p}.allowOrigins[{i}]"),
+                "an exact, prefix or regex match is required".into(),
+            ),
+            Some(v) if v.is_empty() => err(
+                format!("{p}.allowOrigins[{i}]"),
+                "'' is not a valid match for CORS allow origins".into(),
+            ),
+            Some(_) => {}
+        }
+        if let Some(r) = &m.regex {
+            if let Err(e) = regex::Regex::new(r) {
+                let e = e.to_string();
+                err(
+                    format!("{p}.allowOrigins[{i}].regex"),
+                    format!("bad regex: {}", e.lines().last().unwrap_or("")),
+                );
+            }
+        }
+    }
+    const METHODS: &[&str] = &[
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE", "*",
+    ];
+    for (i, m) in c.allow_methods.iter().enumerate() {
+        if !METHODS.contains(&m.as_str()) {
+            err(
+                format!("{p}.allowMethods[{i}]"),
+                format!("{m:?} is not a supported HTTP method"),
+            );
+        }
+    }
+    for (field, names) in [
+        ("allowHeaders", &c.allow_headers),
+        ("exposeHeaders", &c.expose_headers),
+    ] {
+        for (i, h) in names.iter().enumerate() {
+            let ok = h == "*"
+                || (!h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            if !ok {
+                err(
+                    format!("{p}.{field}[{i}]"),
+                    format!("{h:?} is not a valid header name"),
+                );
+            }
+        }
+    }
+    if let Some(m) = &c.max_age {
+        match parse_duration(m) {
+            None => err(format!("{p}.maxAge"), format!("invalid duration {m:?}")),
+            Some(d) if d.subsec_nanos() > 0 => err(
+                format!("{p}.maxAge"),
+                "max_age duration is accurate only to seconds precision".into(),
+            ),
+            Some(d) if d < std::time::Duration::from_millis(1) => err(
+                format!("{p}.maxAge"),
+                "duration must be at least 1ms".into(),
+            ),
+            Some(_) => {}
+        }
+    }
+    if let Some(u) = &c.unmatched_preflights {
+        if !matches!(
+            u.as_str(),
+            "UNSPECIFIED_UNMATCHED_PREFLIGHTS" | "FORWARD" | "IGNORE"
+        ) {
+            err(
+                format!("{p}.unmatchedPreflights"),
+                format!("unknown value {u:?} (FORWARD or IGNORE)"),
+            );
+        }
+    }
+}
+
 pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     let s = s.trim();
     if s.is_empty() {
@@ -271,8 +352,8 @@ pub fn check_object(o: &Object) -> Vec<Message> {
                         }
                     }
                 }
-                if r.cors_policy.is_some() {
-                    out.push(Message::new(Level::Info, o, format!("{p}.corsPolicy"), "CORS is recorded in the route (cors policy) but Sluice does not enforce it yet"));
+                if let Some(c) = &r.cors_policy {
+                    check_cors(&mut out, o, &format!("{p}.corsPolicy"), c);
                 }
             }
             for (i, r) in vs.tcp.iter().enumerate() {

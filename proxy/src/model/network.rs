@@ -1,5 +1,5 @@
 //! Network filters of a filter chain: the TCP proxy and the HTTP connection manager, with the
-//! HTTP filters Sluice runs (router, fault) and the telemetry-only ones it skips.
+//! HTTP filters Sluice runs (router, fault, cors) and the telemetry-only ones it skips.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,6 @@ const TELEMETRY_ONLY: &[&str] = &[
     "istio.alpn",
     "envoy.filters.network.metadata_exchange",
     "envoy.filters.http.grpc_stats",
-    "envoy.filters.http.cors",
     "envoy.filters.network.connection_limit",
 ];
 
@@ -71,6 +70,7 @@ pub struct HcmStats {
     pub fault_delays: Arc<crate::stats::Counter>,
     pub fault_aborts: Arc<crate::stats::Counter>,
     pub downstream_rq_max_duration_reached: Arc<crate::stats::Counter>,
+    pub cors: crate::http::cors::CorsStats,
 }
 
 impl HcmStats {
@@ -95,6 +95,10 @@ impl HcmStats {
             fault_delays: c("fault.delays_injected"),
             fault_aborts: c("fault.aborts_injected"),
             downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
+            cors: crate::http::cors::CorsStats {
+                origin_valid: c("cors.origin_valid"),
+                origin_invalid: c("cors.origin_invalid"),
+            },
         }
     }
 
@@ -143,6 +147,8 @@ pub enum RouteSource {
 pub enum HttpFilter {
     /// The fault filter: its configured name (the key for per-route overrides) and config.
     Fault(String, Arc<HttpFault>),
+    /// The CORS filter: its configured name (the key for per-route policies).
+    Cors(String),
     Router,
 }
 
@@ -348,6 +354,10 @@ pub(crate) fn http_connection_manager(
                 let fault: HttpFault =
                     decode(any.as_ref().unwrap()).map_err(|e| (format!("http_filters[{i}]"), e))?;
                 filters.push(HttpFilter::Fault(f.name.clone(), Arc::new(fault)));
+            }
+            crate::http::cors::FILTER_TYPE => filters.push(HttpFilter::Cors(f.name.clone())),
+            _ if f.name == "envoy.filters.http.cors" && any.is_none() => {
+                filters.push(HttpFilter::Cors(f.name.clone()))
             }
             _ if f.name == "envoy.filters.http.router" && any.is_none() => {
                 has_router = true;

@@ -46,6 +46,8 @@ pub struct WeightedCluster {
     pub response_headers: HeaderMutations,
     pub host_rewrite_literal: Option<String>,
     pub typed_per_filter_config: HashMap<String, Any>,
+    /// CORS policies in `typed_per_filter_config`, compiled.
+    pub cors_per_filter: crate::http::cors::PerFilterCors,
 }
 
 impl WeightedClusters {
@@ -140,6 +142,8 @@ pub struct RouteEntry {
     pub max_grpc_timeout: Option<Duration>,
     /// Deprecated `grpc_timeout_offset`, subtracted from `grpc-timeout`.
     pub grpc_timeout_offset: Option<Duration>,
+    /// The legacy `cors` field, compiled.
+    pub cors: Option<std::sync::Arc<crate::http::cors::CorsPolicy>>,
 }
 
 /// One `request_mirror_policies` entry: shadow a `fraction` of requests to `cluster`.
@@ -386,6 +390,8 @@ pub(crate) fn compile_weighted(w: &rpb::WeightedCluster) -> Result<WeightedClust
                 ) => s.clone(),
             }),
             typed_per_filter_config: c.typed_per_filter_config.clone(),
+            cors_per_filter: crate::http::cors::PerFilterCors::compile(&c.typed_per_filter_config)
+                .map_err(|e| e.under(&format!("clusters[{i}]")))?,
         });
     }
     let sum: u64 = clusters.iter().map(|c| c.weight).sum();
@@ -561,6 +567,15 @@ pub(crate) fn compile_entry(ra: &rpb::RouteAction) -> Result<RouteEntry, FieldEr
         max_grpc_timeout: ra.max_grpc_timeout.as_ref().map(duration),
         #[allow(deprecated)]
         grpc_timeout_offset: ra.grpc_timeout_offset.as_ref().map(duration),
+        cors: {
+            #[allow(deprecated)]
+            let legacy = &ra.cors;
+            legacy
+        }
+        .as_ref()
+        .map(|c| crate::http::cors::CorsPolicy::compile_legacy(c).map(std::sync::Arc::new))
+        .transpose()
+        .map_err(|e| e.under("cors"))?,
     })
 }
 

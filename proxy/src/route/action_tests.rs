@@ -33,6 +33,7 @@ fn wc(weights: &[u64]) -> WeightedClusters {
                 response_headers: Default::default(),
                 host_rewrite_literal: None,
                 typed_per_filter_config: Default::default(),
+                cors_per_filter: Default::default(),
             })
             .collect(),
         total_weight: None,

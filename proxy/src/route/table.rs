@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::route::v3 as rpb;
 use envoy_types::pb::google::protobuf::Any;
@@ -16,6 +17,7 @@ pub use super::matcher::RouteMatch;
 use super::matcher::*;
 use super::vhost::{DomainIndex, RouteIndex};
 use super::{strip_query, DefaultRuntime, FieldError, RequestView, RouteError, Runtime};
+use crate::http::cors::{CorsPolicy, PerFilterCors, Policies};
 
 /// A compiled `RouteConfiguration`.
 #[derive(Debug)]
@@ -55,6 +57,10 @@ pub struct VirtualHost {
     pub response_headers: HeaderMutations,
     pub retry_policy: Option<RetryPolicy>,
     pub typed_per_filter_config: HashMap<String, Any>,
+    /// CORS policies in `typed_per_filter_config`, compiled.
+    pub cors_per_filter: PerFilterCors,
+    /// The legacy `cors` field, compiled.
+    pub cors: Option<Arc<CorsPolicy>>,
     /// Add `x-envoy-attempt-count` to upstream requests / downstream responses.
     pub include_request_attempt_count: bool,
     pub include_attempt_count_in_response: bool,
@@ -81,6 +87,8 @@ pub struct Route {
     pub response_headers: HeaderMutations,
     pub metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
     pub typed_per_filter_config: HashMap<String, Any>,
+    /// CORS policies in `typed_per_filter_config`, compiled.
+    pub cors_per_filter: PerFilterCors,
 }
 
 #[derive(Debug)]
@@ -182,6 +190,32 @@ impl<'t> Selected<'t> {
         self.route()
             .and_then(|r| r.typed_per_filter_config.get(filter))
             .or_else(|| self.vhost()?.typed_per_filter_config.get(filter))
+    }
+}
+
+impl<'t> Selected<'t> {
+    /// The CORS policies for the filter named `filter`, most specific first (Envoy's order):
+    /// per-filter policies of the weighted cluster, route and virtual host; when there are none,
+    /// the legacy `cors` of the route action and the virtual host. Only forwarding routes have
+    /// any.
+    pub fn cors_policies(&self, filter: &str) -> Policies<'t> {
+        let Some(entry) = self.entry() else {
+            return Policies::default();
+        };
+        let mut out = Vec::new();
+        if let Selected::Route {
+            weighted: Some(w), ..
+        } = self
+        {
+            out.extend(w.cors_per_filter.get(filter));
+        }
+        out.extend(self.route().and_then(|r| r.cors_per_filter.get(filter)));
+        out.extend(self.vhost().and_then(|v| v.cors_per_filter.get(filter)));
+        if out.is_empty() {
+            out.extend(entry.cors.as_deref());
+            out.extend(self.vhost().and_then(|v| v.cors.as_deref()));
+        }
+        Policies(out)
     }
 }
 
@@ -670,6 +704,16 @@ fn compile_vhost(vh: &rpb::VirtualHost) -> Result<VirtualHost, RouteError> {
         include_request_attempt_count: vh.include_request_attempt_count,
         include_attempt_count_in_response: vh.include_attempt_count_in_response,
         typed_per_filter_config: vh.typed_per_filter_config.clone(),
+        cors_per_filter: PerFilterCors::compile(&vh.typed_per_filter_config).map_err(&err)?,
+        cors: {
+            #[allow(deprecated)]
+            let legacy = &vh.cors;
+            legacy
+        }
+        .as_ref()
+        .map(|c| CorsPolicy::compile_legacy(c).map(Arc::new))
+        .transpose()
+        .map_err(|e| err(e.under("cors")))?,
         index,
         routes: routes
             .into_iter()
@@ -727,6 +771,7 @@ fn compile_route(r: &rpb::Route, _vh: &rpb::VirtualHost) -> Result<Route, FieldE
         .map_err(|e| e.under("response_headers"))?,
         metadata: r.metadata.clone(),
         typed_per_filter_config: r.typed_per_filter_config.clone(),
+        cors_per_filter: PerFilterCors::compile(&r.typed_per_filter_config)?,
     })
 }
 
