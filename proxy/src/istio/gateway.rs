@@ -127,11 +127,9 @@ fn tcp_for(
             };
             for r in &vs.tcp {
                 let ok = r.matches.is_empty()
-                    || r.matches.iter().any(|m| {
-                        m.port.is_none_or(|p| p == port)
-                            && (m.gateways.is_empty()
-                                || gateway_listed(&m.gateways, Some(&gref), &o.namespace))
-                    });
+                    || r.matches
+                        .iter()
+                        .any(|m| super::listeners::l4_applies(&ctx, m, &o.namespace));
                 if ok && !r.route.is_empty() {
                     return Some(
                         r.route
@@ -207,6 +205,8 @@ fn build_http(
         .map(|h| {
             let (routes, redirect) = &vhosts[h];
             let domains = if h == "*" { vec![h.clone()] } else { vec![h.clone(), format!("{h}:*")] };
+            // Several VirtualServices merge into one host: catch-alls last, as istiod sorts them.
+            let routes = super::routes::catch_all_last(routes.clone());
             let mut v = json!({"name": format!("{h}:{port}"), "domains": domains, "routes": routes, "include_request_attempt_count": true});
             if *redirect {
                 v["require_tls"] = json!("ALL");

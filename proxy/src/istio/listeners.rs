@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use serde_json::{json, Value};
 
 use super::clusters::outbound_name;
-use super::model::{Object, RouteDestination, VirtualServiceSpec};
+use super::model::{L4Match, Object, RouteDestination, VirtualServiceSpec};
 use super::registry::{Protocol, Registry, Resolution, Service};
 use super::routes::{dest_cluster, gateway_listed, mesh_vs_for, Ctx};
 use super::validate::{Level, Message};
@@ -69,20 +69,70 @@ fn weighted(ctx: &Ctx, ns: &str, r: &[RouteDestination]) -> Vec<(String, u32)> {
         .collect()
 }
 
-/// The first mesh `tcp` route of `vs` that applies on `port` for this node.
-fn tcp_route(ctx: &Ctx, o: &Object, vs: &VirtualServiceSpec) -> Option<Vec<(String, u32)>> {
-    vs.tcp.iter().find_map(|r| {
-        let ok = r.matches.is_empty()
-            || r.matches.iter().any(|m| {
-                m.port.is_none_or(|p| p == ctx.port)
-                    && (m.gateways.is_empty() || gateway_listed(&m.gateways, None, &o.namespace))
-                    && m.source_labels
-                        .iter()
-                        .all(|(k, v)| ctx.node.labels.get(k) == Some(v))
-                    && m.destination_subnets.is_empty()
-            });
-        ok.then(|| weighted(ctx, &o.namespace, &r.route))
-    })
+/// istiod's `matchTCP`: port, gateways (`mesh` on sidecars), source labels and namespace.
+pub fn l4_applies(ctx: &Ctx, m: &L4Match, vs_ns: &str) -> bool {
+    m.port.is_none_or(|p| p == 0 || p == ctx.port)
+        && (m.gateways.is_empty() || gateway_listed(&m.gateways, ctx.gateway, vs_ns))
+        && m.source_labels
+            .iter()
+            .all(|(k, v)| ctx.node.labels.get(k) == Some(v))
+        && m.source_namespace
+            .as_ref()
+            .is_none_or(|n| n.is_empty() || *n == ctx.node.namespace)
+}
+
+/// What a VirtualService's `tcp` section routes on one port for this node, as istiod walks it:
+/// routes whose applying matches all carry `destinationSubnets` give a chain for those
+/// subnets each; the first route without a match, or with an applying match without subnets,
+/// is the terminal (default) route.
+#[derive(Debug, Default)]
+struct TcpRoutes {
+    /// `(subnets, weighted clusters)` per route.
+    subnets: Vec<(Vec<String>, Clusters)>,
+    default: Option<Clusters>,
+}
+
+/// Weighted clusters of a tcp_proxy.
+type Clusters = Vec<(String, u32)>;
+
+fn tcp_routes(ctx: &Ctx, o: &Object, vs: &VirtualServiceSpec) -> TcpRoutes {
+    let mut out = TcpRoutes::default();
+    for r in vs.tcp.iter().filter(|r| !r.route.is_empty()) {
+        let clusters = weighted(ctx, &o.namespace, &r.route);
+        if r.matches.is_empty() {
+            out.default = Some(clusters);
+            return out;
+        }
+        let mut subnets = Vec::new();
+        for m in r
+            .matches
+            .iter()
+            .filter(|m| l4_applies(ctx, m, &o.namespace))
+        {
+            if m.destination_subnets.is_empty() {
+                out.default = Some(clusters);
+                return out;
+            }
+            subnets.extend(m.destination_subnets.iter().cloned());
+        }
+        if !subnets.is_empty() {
+            out.subnets.push((subnets, clusters));
+        }
+    }
+    out
+}
+
+fn prefix_ranges<S: AsRef<str>>(cidrs: &[S]) -> Vec<Value> {
+    cidrs
+        .iter()
+        .map(|c| {
+            let c = c.as_ref();
+            let (a, l) = c
+                .split_once('/')
+                .unwrap_or((c, if c.contains(':') { "128" } else { "32" }));
+            json!({"address_prefix": a, "prefix_len": l.parse::<u32>().unwrap_or(32)})
+        })
+        .collect()
 }
 
 #[derive(Default)]
@@ -185,11 +235,11 @@ pub fn build_sidecar(
             };
             let vs = mesh_vs_for(reg, node, &svc.hostname);
             let mut clusters = vec![(outbound_name(port, "", &svc.hostname), 1)];
+            let mut tcp = TcpRoutes::default();
             if let Some((o, v)) = vs {
-                if let Some(c) = tcp_route(&ctx, o, v) {
-                    if !c.is_empty() {
-                        clusters = c;
-                    }
+                tcp = tcp_routes(&ctx, o, v);
+                if let Some(c) = tcp.default.clone().filter(|c| !c.is_empty()) {
+                    clusters = c;
                 }
             }
             let tls = matches!(sp.protocol, Protocol::Tls | Protocol::Https);
@@ -226,12 +276,31 @@ pub fn build_sidecar(
                 continue;
             }
             if !cidrs.is_empty() {
-                let ranges: Vec<Value> = cidrs
-                    .iter()
-                    .filter_map(|c| c.split_once('/'))
-                    .map(|(a, l)| json!({"address_prefix": a, "prefix_len": l.parse::<u32>().unwrap_or(32)}))
-                    .collect();
-                p.chains.push(json!({"name": svc.hostname, "filter_chain_match": {"prefix_ranges": ranges}, "filters": [tcp_proxy(&clusters)]}));
+                // `destinationSubnets` routes get their own chains; one with exactly the
+                // service's ranges replaces the service's chain (istiod).
+                let mut own = true;
+                for (subnets, cl) in &tcp.subnets {
+                    let mut a: Vec<&str> = subnets.iter().map(String::as_str).collect();
+                    let mut b: Vec<&str> = cidrs.iter().map(|c| c.as_str()).collect();
+                    a.sort();
+                    b.sort();
+                    own &= a != b;
+                    if cl.is_empty() {
+                        continue;
+                    }
+                    let ranges = prefix_ranges(subnets);
+                    if p.chains
+                        .iter()
+                        .any(|c| c["filter_chain_match"]["prefix_ranges"] == json!(ranges))
+                    {
+                        continue;
+                    }
+                    p.chains.push(json!({"name": format!("{}|{}", svc.hostname, subnets.join(",")), "filter_chain_match": {"prefix_ranges": ranges}, "filters": [tcp_proxy(cl)]}));
+                }
+                if own {
+                    let ranges = prefix_ranges(&cidrs);
+                    p.chains.push(json!({"name": svc.hostname, "filter_chain_match": {"prefix_ranges": ranges}, "filters": [tcp_proxy(&clusters)]}));
+                }
             } else if tls {
                 p.tls_inspector = true;
                 let mut names = vec![svc.hostname.clone()];

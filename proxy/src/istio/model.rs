@@ -19,6 +19,9 @@ pub struct Meta {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// RFC 3339; istiod orders VirtualServices by it (absent = oldest), then name, namespace.
+    #[serde(default)]
+    pub creation_timestamp: Option<String>,
 }
 
 /// An integer or a name (Kubernetes `IntOrString`, e.g. `targetPort`).

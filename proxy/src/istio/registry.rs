@@ -167,6 +167,23 @@ impl Registry {
             })
             .map(|(_, o)| o.clone())
             .collect();
+        let mut kept = kept;
+        // istiod's order for VirtualServices (which one wins a host, how gateway routes merge):
+        // creation time, then name, then namespace. Other kinds keep their places.
+        let slots: Vec<usize> = (0..kept.len())
+            .filter(|&i| matches!(kept[i].kind, Kind::VirtualService(_)))
+            .collect();
+        let mut vss: Vec<Object> = slots.iter().map(|&i| kept[i].clone()).collect();
+        vss.sort_by(|a, b| {
+            let ts = |o: &Object| o.meta.creation_timestamp.clone().unwrap_or_default();
+            ts(a)
+                .cmp(&ts(b))
+                .then_with(|| a.meta.name.cmp(&b.meta.name))
+                .then_with(|| a.namespace.cmp(&b.namespace))
+        });
+        for (slot, vs) in slots.into_iter().zip(vss) {
+            kept[slot] = vs;
+        }
         let objects = &kept[..];
         let mut r = Registry {
             objects: objects.to_vec(),

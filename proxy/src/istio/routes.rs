@@ -44,18 +44,30 @@ fn string_match(m: &StringMatch, ignore_case: bool) -> Value {
     }
 }
 
+/// istiod's `canBeConvertedToPresentMatch`: no match type, or the regex `*`.
+fn present_only(m: &StringMatch) -> bool {
+    (m.exact.is_none() && m.prefix.is_none() && m.regex.is_none())
+        || m.regex.as_deref() == Some("*")
+}
+
 fn header_matcher(name: &str, m: &StringMatch, invert: bool) -> Value {
-    let mut h = if m.exact.is_none() && m.prefix.is_none() && m.regex.is_none() {
+    let mut h = if present_only(m) {
         json!({"name": name, "present_match": true})
     } else {
         json!({"name": name, "string_match": string_match(m, false)})
     };
     if invert {
         h["invert_match"] = json!(true);
+        // `withoutHeaders` also matches requests without the header (istiod).
+        if !present_only(m) {
+            h["treat_missing_header_as_empty"] = json!(true);
+        }
     }
     h
 }
 
+/// istiod's `TranslateRouteMatch`. `ignoreUriCase` is `case_sensitive: false`, which Envoy
+/// ignores for `safe_regex` paths (so does istiod; validation warns).
 fn envoy_match(m: &HttpMatch) -> Value {
     let mut out = json!({});
     match &m.uri {
@@ -63,19 +75,10 @@ fn envoy_match(m: &HttpMatch) -> Value {
         Some(StringMatch {
             prefix: Some(p), ..
         }) => out["prefix"] = json!(p),
-        Some(StringMatch { regex: Some(r), .. }) => {
-            let r = if m.ignore_uri_case {
-                format!("(?i){r}")
-            } else {
-                r.clone()
-            };
-            out["safe_regex"] = json!({"regex": r});
-        }
+        Some(StringMatch { regex: Some(r), .. }) => out["safe_regex"] = json!({"regex": r}),
         _ => out["prefix"] = json!("/"),
     }
-    if out.get("safe_regex").is_none() {
-        out["case_sensitive"] = json!(!m.ignore_uri_case);
-    }
+    out["case_sensitive"] = json!(!m.ignore_uri_case);
     let mut headers = Vec::new();
     for (k, v) in &m.headers {
         headers.push(header_matcher(&k.to_ascii_lowercase(), v, false));
@@ -83,6 +86,8 @@ fn envoy_match(m: &HttpMatch) -> Value {
     for (k, v) in &m.without_headers {
         headers.push(header_matcher(&k.to_ascii_lowercase(), v, true));
     }
+    // istiod sorts the header matchers by name, then adds method, authority and scheme.
+    headers.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     for (name, v) in [
         (":method", &m.method),
         (":authority", &m.authority),
@@ -99,7 +104,7 @@ fn envoy_match(m: &HttpMatch) -> Value {
         .query_params
         .iter()
         .map(|(k, v)| {
-            if v.exact.is_none() && v.prefix.is_none() && v.regex.is_none() {
+            if present_only(v) {
                 json!({"name": k, "present_match": true})
             } else {
                 json!({"name": k, "string_match": string_match(v, false)})
@@ -112,24 +117,72 @@ fn envoy_match(m: &HttpMatch) -> Value {
     out
 }
 
-fn header_ops(h: &Option<Headers>, target: &mut Value) {
-    let Some(h) = h else { return };
+/// istiod's `IsCatchAllRoute`: path `/` (prefix) or `.*` (regex) and nothing else to match.
+pub fn is_catch_all(r: &Value) -> bool {
+    let m = &r["match"];
+    let path =
+        m["prefix"] == "/" || m["path_separated_prefix"] == "/" || m["safe_regex"]["regex"] == ".*";
+    path && m.get("headers").is_none()
+        && m.get("query_parameters").is_none()
+        && m.get("dynamic_metadata").is_none()
+}
+
+/// istiod's `SortVHostRoutes`: catch-all routes last, the others in their order.
+pub fn catch_all_last(routes: Vec<Value>) -> Vec<Value> {
+    let (all, rest): (Vec<Value>, Vec<Value>) = routes.into_iter().partition(is_catch_all);
+    rest.into_iter().chain(all).collect()
+}
+
+/// istiod's `TranslateHeadersOperations` for one direction: `set` overwrites, `add` appends;
+/// pseudo-headers and `host` are never added or removed, and `:authority`/`host` in `set` (else
+/// `add`) of the request becomes the host rewrite. Returns that authority.
+fn header_ops(h: &Option<Headers>, target: &mut Value) -> Option<String> {
+    let h = h.as_ref()?;
+    let internal = |k: &str| k.starts_with(':') || k.eq_ignore_ascii_case("host");
+    let is_authority =
+        |k: &str| k.eq_ignore_ascii_case(":authority") || k.eq_ignore_ascii_case("host");
+    let mut authority = None;
     for (dir, ops) in [("request", &h.request), ("response", &h.response)] {
         let Some(ops) = ops else { continue };
         let mut add = Vec::new();
+        let mut set_auth = None;
+        let mut add_auth = None;
         for (k, v) in &ops.set {
-            add.push(json!({"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}));
+            if is_authority(k) {
+                set_auth = Some(v.clone());
+            }
+            if !internal(k) {
+                add.push(json!({"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}));
+            }
         }
         for (k, v) in &ops.add {
-            add.push(json!({"header": {"key": k, "value": v}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}));
+            if is_authority(k) {
+                add_auth = Some(v.clone());
+            }
+            if !internal(k) {
+                add.push(json!({"header": {"key": k, "value": v}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}));
+            }
         }
+        if dir == "request" {
+            authority = set_auth.or(add_auth);
+        }
+        let key = format!("{dir}_headers_to_add");
         if !add.is_empty() {
-            target[format!("{dir}_headers_to_add")] = json!(add);
+            match target[&key].as_array_mut() {
+                Some(a) => a.extend(add),
+                None => target[&key] = json!(add),
+            }
         }
-        if !ops.remove.is_empty() {
-            target[format!("{dir}_headers_to_remove")] = json!(ops.remove);
+        let remove: Vec<&String> = ops.remove.iter().filter(|k| !internal(k)).collect();
+        let key = format!("{dir}_headers_to_remove");
+        if !remove.is_empty() {
+            match target[&key].as_array_mut() {
+                Some(a) => a.extend(remove.iter().map(|r| json!(r))),
+                None => target[&key] = json!(remove),
+            }
         }
     }
+    authority
 }
 
 fn percent(p: &Option<super::model::Percent>, legacy: Option<i64>) -> Value {
@@ -236,16 +289,18 @@ fn hash_policy(ctx: &Ctx, d: &Destination, ns: &str, port: u32) -> Option<Value>
     } else {
         return None;
     };
-    Some(json!([hp]))
+    Some(hp)
 }
 
-/// Whether a match applies in this context (port, gateway, source labels and namespace).
+/// Whether a match applies in this context (istiod's port check and `sourceMatchHTTP`: a match
+/// that lists gateways is decided by them alone; otherwise its source labels must all be on
+/// the proxy and its source namespace, if any, be the proxy's).
 fn applies(ctx: &Ctx, m: &HttpMatch, vs_ns: &str) -> bool {
-    if m.port.is_some_and(|p| p != ctx.port) {
+    if m.port.is_some_and(|p| p != 0 && p != ctx.port) {
         return false;
     }
-    if !m.gateways.is_empty() && !gateway_listed(&m.gateways, ctx.gateway, vs_ns) {
-        return false;
+    if !m.gateways.is_empty() {
+        return gateway_listed(&m.gateways, ctx.gateway, vs_ns);
     }
     if !m.source_labels.is_empty()
         && !m
@@ -310,6 +365,10 @@ pub fn http_routes(
 ) -> Vec<Value> {
     let mut out = Vec::new();
     routes_inner(ctx, vs_obj, &vs.http, &[], 0, msgs, &mut out);
+    // istiod stops at the first catch-all route: nothing after it could match.
+    if let Some(i) = out.iter().position(is_catch_all) {
+        out.truncate(i + 1);
+    }
     out
 }
 
@@ -387,9 +446,17 @@ fn route(ctx: &Ctx, vs_obj: &Object, r: &HttpRoute, m: &HttpMatch) -> Value {
         "match": envoy_match(m),
         "metadata": {"filter_metadata": {"istio": {"config": format!("/apis/networking.istio.io/v1/namespaces/{ns}/virtual-service/{}", vs_obj.meta.name)}}},
     });
-    if let Some(n) = r.name.as_ref().or(m.name.as_ref()) {
-        rt["name"] = json!(n);
+    // istiod: the route's name, then `.` and the match's name when it has one.
+    let name = match (&r.name, &m.name) {
+        (n, Some(mn)) if !mn.is_empty() => format!("{}.{mn}", n.as_deref().unwrap_or("")),
+        (Some(n), _) => n.clone(),
+        _ => String::new(),
+    };
+    if !name.is_empty() {
+        rt["name"] = json!(name);
     }
+    // Route-level header operations first (a `:authority`/`host` there is the host rewrite).
+    let authority = header_ops(&r.headers, &mut rt);
     if let Some(red) = &r.redirect {
         let mut v = json!({});
         if let Some(u) = &red.uri {
@@ -424,43 +491,51 @@ fn route(ctx: &Ctx, vs_obj: &Object, r: &HttpRoute, m: &HttpMatch) -> Value {
         rt["direct_response"] = v;
     } else {
         let mut action = json!({});
-        let dests: Vec<(String, i64, &HttpRouteDestinationRef)> = r
-            .route
-            .iter()
-            .map(|d| {
-                (
-                    dest_cluster(ctx, &d.destination, ns).0,
-                    d.weight.unwrap_or(if r.route.len() == 1 { 100 } else { 0 }),
-                    d,
-                )
-            })
-            .collect();
-        let total: i64 = dests.iter().map(|d| d.1.max(0)).sum();
-        let per_dest_headers = dests.iter().any(|d| d.2.headers.is_some());
-        if dests.len() == 1 && !per_dest_headers {
-            action["cluster"] = json!(dests[0].0);
-            if let Some(hp) = hash_policy(
-                ctx,
-                &r.route[0].destination,
-                ns,
-                dest_cluster(ctx, &r.route[0].destination, ns)
-                    .1
-                    .unwrap_or(ctx.port),
-            ) {
-                action["hash_policy"] = hp;
+        let mut hash = Vec::new();
+        let mut consistent_hash = false;
+        if r.route.len() == 1 {
+            // One destination: a plain cluster; its header operations join the route's.
+            let d = &r.route[0];
+            let (cluster, port) = dest_cluster(ctx, &d.destination, ns);
+            action["cluster"] = json!(cluster);
+            let dest_auth = header_ops(&d.headers, &mut rt);
+            if let Some(a) = authority.clone().or(dest_auth) {
+                action["host_rewrite_literal"] = json!(a);
+            }
+            if let Some(hp) = hash_policy(ctx, &d.destination, ns, port.unwrap_or(ctx.port)) {
+                hash.push(hp);
+                consistent_hash = true;
             }
         } else {
-            let cl: Vec<Value> = dests
+            if let Some(a) = &authority {
+                action["host_rewrite_literal"] = json!(a);
+            }
+            let mut cl = Vec::new();
+            // Zero weights are left out; if all are zero (validation reports it), equal shares.
+            let all_zero = r.route.iter().all(|d| d.weight.unwrap_or(0) <= 0);
+            for d in r
+                .route
                 .iter()
-                .map(|(c, w, d)| {
-                    let mut v =
-                        json!({"name": c, "weight": if total == 0 { 1 } else { (*w).max(0) }});
-                    header_ops(&d.headers, &mut v);
-                    v
-                })
-                .filter(|v| v["weight"].as_i64() != Some(0))
-                .collect();
+                .filter(|d| all_zero || d.weight.unwrap_or(0) > 0)
+            {
+                let (cluster, port) = dest_cluster(ctx, &d.destination, ns);
+                let w = if all_zero { 1 } else { d.weight.unwrap_or(0) };
+                let mut v = json!({"name": cluster, "weight": w});
+                if let Some(a) = header_ops(&d.headers, &mut v) {
+                    v["host_rewrite_literal"] = json!(a);
+                }
+                cl.push(v);
+                hash.extend(hash_policy(
+                    ctx,
+                    &d.destination,
+                    ns,
+                    port.unwrap_or(ctx.port),
+                ));
+            }
             action["weighted_clusters"] = json!({"clusters": cl});
+        }
+        if !hash.is_empty() {
+            action["hash_policy"] = json!(hash);
         }
         let timeout = r
             .timeout
@@ -471,11 +546,19 @@ fn route(ctx: &Ctx, vs_obj: &Object, r: &HttpRoute, m: &HttpMatch) -> Value {
         // istiod: gRPC requests take their deadline from grpc-timeout, capped by the route's.
         action["max_grpc_timeout"] = json!(timeout);
         action["timeout"] = json!(timeout);
+        let retry = || {
+            let mut p = default_retry();
+            if consistent_hash {
+                // istiod: consistent hashing retries on the same host.
+                p.as_object_mut().unwrap().remove("retry_host_predicate");
+            }
+            p
+        };
         match &r.retries {
-            None => action["retry_policy"] = default_retry(),
+            None => action["retry_policy"] = retry(),
             Some(rt) if rt.attempts.unwrap_or(0) <= 0 => {}
             Some(rt) => {
-                let mut p = default_retry();
+                let mut p = retry();
                 p["num_retries"] = json!(rt.attempts);
                 if let Some(on) = &rt.retry_on {
                     let (codes, names): (Vec<&str>, Vec<&str>) = on
@@ -515,7 +598,6 @@ fn route(ctx: &Ctx, vs_obj: &Object, r: &HttpRoute, m: &HttpMatch) -> Value {
         }
         rt["route"] = action;
     }
-    header_ops(&r.headers, &mut rt);
     let mut tpfc = serde_json::Map::new();
     if let Some(f) = &r.fault {
         let mut v = json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"});
@@ -588,8 +670,6 @@ pub fn cors_policy(c: &super::model::CorsPolicy) -> Value {
     }
     v
 }
-
-type HttpRouteDestinationRef = super::model::HttpRouteDestination;
 
 /// The catch-all route to one cluster (no VirtualService).
 pub fn default_route(cluster: &str) -> Value {
@@ -677,7 +757,9 @@ pub fn build_sidecar(reg: &Registry, node: &Node, out: &mut Resources) {
                 Some((o, vs)) => {
                     vs_hosts_done.insert((o.namespace.clone(), o.meta.name.clone()));
                     let r = http_routes(&ctx, o, vs, &mut out.messages);
-                    if r.is_empty() && vs.http.is_empty() {
+                    // istiod: a VirtualService with no route for this proxy and port leaves
+                    // the service its default route.
+                    if r.is_empty() {
                         vec![default_route(&outbound_name(port, "", &svc.hostname))]
                     } else {
                         r
@@ -722,6 +804,9 @@ pub fn build_sidecar(reg: &Registry, node: &Node, out: &mut Resources) {
                     continue;
                 }
                 let routes = http_routes(&ctx, o, vs, &mut out.messages);
+                if routes.is_empty() {
+                    continue;
+                }
                 vhosts.push(json!({"name": format!("{host}:{port}"), "domains": doms, "routes": routes, "include_request_attempt_count": true}));
             }
         }

@@ -188,7 +188,9 @@ spec:
     assert_eq!(r0["redirect"]["path_redirect"], "/new");
     assert_eq!(r0["redirect"]["response_code"], "FOUND");
     let r1 = &routes[1];
-    assert_eq!(r1["match"]["safe_regex"]["regex"], "(?i)/r/[0-9]+");
+    // As istiod: ignoreUriCase is case_sensitive false, which Envoy ignores for regexes.
+    assert_eq!(r1["match"]["safe_regex"]["regex"], "/r/[0-9]+");
+    assert_eq!(r1["match"]["case_sensitive"], false);
     assert_eq!(
         r1["match"]["query_parameters"][0]["string_match"]["exact"],
         "1"
@@ -604,5 +606,387 @@ spec:
         "spec.http[0].corsPolicy.unmatchedPreflights",
     ] {
         assert!(fields.iter().any(|f| f == want), "{want} in {fields:?}");
+    }
+}
+
+fn rt<'a>(j: &'a Value, rc: &str, vh: &str) -> &'a Vec<Value> {
+    vhost(j, rc, vh)["routes"].as_array().unwrap()
+}
+
+#[test]
+fn http_matches_as_istiod_translates_them() {
+    let vs = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: ns1}
+spec:
+  hosts: [web]
+  http:
+  - name: r
+    match:
+    - name: m
+      headers: {x-z: {exact: z}, x-a: {}}
+      withoutHeaders: {x-m: {exact: bad}, x-p: {}}
+      queryParams: {q: {}, v: {prefix: "1"}}
+      scheme: {exact: https}
+      authority: {prefix: we}
+    route: [{destination: {host: web}}]
+  - match: [{uri: {prefix: /gw}, gateways: [mesh], sourceLabels: {app: nobody}}]
+    route: [{destination: {host: web}}]
+  - match: [{uri: {prefix: /ns}, sourceNamespace: other}]
+    route: [{destination: {host: web}}]
+  - match: [{uri: {prefix: /port}, port: 81}]
+    route: [{destination: {host: web}}]
+  - match: [{uri: {prefix: /}}]
+    route: [{destination: {host: web}}]
+  - match: [{uri: {prefix: /never}}]
+    route: [{destination: {host: web}}]
+"#;
+    let (_, j) = tr(&format!("{SVC}{vs}"), &Node::sidecar("ns1"));
+    let routes = rt(&j, "80", "web.ns1.svc.cluster.local:80");
+    let r0 = &routes[0];
+    assert_eq!(r0["name"], "r.m");
+    let h: Vec<&str> = r0["match"]["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(h, ["x-a", "x-m", "x-p", "x-z", ":authority", ":scheme"]);
+    let hs = &r0["match"]["headers"];
+    assert_eq!(hs[0]["present_match"], true);
+    assert_eq!(hs[1]["invert_match"], true);
+    assert_eq!(hs[1]["treat_missing_header_as_empty"], true);
+    assert_eq!(hs[2]["present_match"], true);
+    assert!(hs[2].get("treat_missing_header_as_empty").is_none());
+    assert_eq!(hs[4]["string_match"]["prefix"], "we");
+    assert_eq!(hs[5]["string_match"]["exact"], "https");
+    let q = &r0["match"]["query_parameters"];
+    assert_eq!(q[0]["present_match"], true);
+    assert_eq!(q[1]["string_match"]["prefix"], "1");
+    // A match with gateways is decided by them alone (sourceLabels ignored, as istiod).
+    assert_eq!(routes[1]["match"]["prefix"], "/gw");
+    // sourceNamespace other, port 81: dropped on this proxy and port. The catch-all ends the
+    // list: /never is not generated.
+    assert_eq!(routes[2]["match"]["prefix"], "/");
+    assert_eq!(routes.len(), 3);
+    // From namespace `other` the sourceNamespace route is there.
+    let (_, j) = tr(&format!("{SVC}{vs}"), &Node::sidecar("other"));
+    let routes = rt(&j, "80", "web.ns1.svc.cluster.local:80");
+    assert!(routes.iter().any(|r| r["match"]["prefix"] == "/ns"));
+    // withoutHeaders through the route engine: a request without the header matches.
+    let table = crate::route::RouteTable::from_proto(
+        &crate::config::proto::decode_json_value(
+            j["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["name"] == "80")
+                .unwrap()
+                .clone(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let parts = http::Request::get("/x?q&v=10")
+        .header("host", "web.ns1")
+        .header("x-z", "z")
+        .header("x-a", "anything")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let mut view = crate::route::RequestView::from_parts(&parts);
+    view.authority = "web.ns1";
+    view.scheme = "https";
+    match table.select(&view, 0) {
+        crate::route::Selected::Route { route, .. } => assert_eq!(route.name, "r.m"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn destinations_headers_hashing_and_defaults_as_istiod() {
+    let vs = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: hash, namespace: ns1}
+spec:
+  host: web
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 80}
+      loadBalancer: {consistentHash: {httpCookie: {name: sid, ttl: 10s, path: /}}}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer: {consistentHash: {httpQueryParameterName: user}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: ns1}
+spec:
+  hosts: [web]
+  http:
+  - match: [{uri: {prefix: /one}}]
+    headers: {request: {set: {x-r: "1", ":authority": route.example}}}
+    route:
+    - destination: {host: web}
+      headers: {request: {set: {x-d: "1", host: dest.example}, remove: [host, x-gone]}}
+  - match: [{uri: {prefix: /split}}]
+    route:
+    - destination: {host: web, subset: v1}
+      weight: 60
+      headers: {request: {add: {host: v1.example}}}
+    - destination: {host: web}
+      weight: 40
+    - destination: {host: web, subset: v1, port: {number: 81}}
+      weight: 0
+  - match: [{sourceLabels: {app: nobody}}]
+    route: [{destination: {host: web}}]
+"#;
+    let yaml = format!("{SVC}{vs}").replace(
+        "kind: DestinationRule\nmetadata: {name: web, namespace: ns1}",
+        "kind: DestinationRule\nmetadata: {name: web, namespace: other}",
+    );
+    let (_, j) = tr(&yaml, &Node::sidecar("ns1"));
+    let routes = rt(&j, "80", "web.ns1.svc.cluster.local:80");
+    let one = &routes[0];
+    assert_eq!(
+        one["route"]["cluster"],
+        "outbound|80||web.ns1.svc.cluster.local"
+    );
+    // Route headers first, then the destination's; authority from the route wins.
+    let keys: Vec<&str> = one["request_headers_to_add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["header"]["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["x-r", "x-d"]);
+    assert_eq!(
+        one["request_headers_to_remove"],
+        serde_json::json!(["x-gone"])
+    );
+    assert_eq!(one["route"]["host_rewrite_literal"], "route.example");
+    // Port-level consistent hash (cookie); no previous-hosts retry predicate with hashing.
+    assert_eq!(one["route"]["hash_policy"][0]["cookie"]["name"], "sid");
+    assert_eq!(one["route"]["hash_policy"][0]["cookie"]["ttl"], "10s");
+    assert!(one["route"]["retry_policy"]
+        .get("retry_host_predicate")
+        .is_none());
+    let split = &routes[1]["route"];
+    let cl = split["weighted_clusters"]["clusters"].as_array().unwrap();
+    assert_eq!(cl.len(), 2, "weight 0 left out");
+    assert_eq!(cl[0]["host_rewrite_literal"], "v1.example");
+    assert!(
+        cl[0].get("request_headers_to_add").is_none(),
+        "host is never added as a header"
+    );
+    // Every destination's hash policy: query parameter (subset), cookie (port level).
+    assert_eq!(split["hash_policy"][0]["query_parameter"]["name"], "user");
+    assert_eq!(split["hash_policy"][1]["cookie"]["name"], "sid");
+    assert!(split["retry_policy"].get("retry_host_predicate").is_some());
+    // All routes dropped for this proxy: the service keeps its default route.
+    let only = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: ns1}
+spec:
+  hosts: [web]
+  http:
+  - match: [{sourceLabels: {app: nobody}}]
+    route: [{destination: {host: web, subset: v1}}]
+"#;
+    let (_, j) = tr(&format!("{SVC}{only}"), &Node::sidecar("ns1"));
+    let routes = rt(&j, "80", "web.ns1.svc.cluster.local:80");
+    assert_eq!(routes.len(), 1);
+    assert_eq!(routes[0]["name"], "default");
+    let mut node = Node::sidecar("ns1");
+    node.labels.insert("app".into(), "nobody".into());
+    let (_, j) = tr(&format!("{SVC}{only}"), &node);
+    let routes = rt(&j, "80", "web.ns1.svc.cluster.local:80");
+    assert_eq!(
+        routes[0]["route"]["cluster"],
+        "outbound|80|v1|web.ns1.svc.cluster.local"
+    );
+}
+
+#[test]
+fn several_virtual_services_for_one_host() {
+    let vss = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: ns1}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b-second, namespace: ns1}
+spec:
+  hosts: [web]
+  gateways: [gw, mesh]
+  http:
+  - route: [{destination: {host: web, subset: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a-first, namespace: ns1}
+spec:
+  hosts: [web]
+  gateways: [gw, mesh]
+  http:
+  - match: [{uri: {prefix: /a}}]
+    route: [{destination: {host: web}}]
+  - route: [{destination: {host: web}}]
+"#;
+    let cfg = load(&format!("{SVC}{vss}"));
+    // Sidecars: the first by istiod's order (no creation times: by name) wins the host.
+    let r = translate(&cfg, &Node::sidecar("ns1"));
+    let j = r.to_json();
+    let routes = rt(&j, "80", "web.ns1.svc.cluster.local:80");
+    assert_eq!(routes.len(), 2);
+    assert_eq!(routes[0]["match"]["prefix"], "/a");
+    assert!(r.messages.iter().any(|m| m.level == Level::Warning
+        && m.resource.contains("b-second")
+        && m.text.contains("ns1/a-first")));
+    // Gateways merge both, catch-alls last in VirtualService order.
+    let mut gw = Node {
+        role: Role::Router,
+        namespace: "ns1".into(),
+        ..Default::default()
+    };
+    gw.labels.insert("istio".into(), "ingressgateway".into());
+    let j = translate(&cfg, &gw).to_json();
+    let routes = rt(&j, "http.80", "web.ns1.svc.cluster.local:80");
+    assert_eq!(routes.len(), 3);
+    assert_eq!(routes[0]["match"]["prefix"], "/a");
+    assert_eq!(
+        routes[1]["route"]["cluster"],
+        "outbound|80||web.ns1.svc.cluster.local"
+    );
+    assert_eq!(
+        routes[2]["route"]["cluster"],
+        "outbound|80|v1|web.ns1.svc.cluster.local"
+    );
+    // An older creation time wins over the name.
+    let dated = format!("{SVC}{vss}")
+        .replace(
+            "{name: b-second, namespace: ns1}",
+            "{name: b-second, namespace: ns1, creationTimestamp: \"2020-01-01T00:00:00Z\"}",
+        )
+        .replace(
+            "{name: a-first, namespace: ns1}",
+            "{name: a-first, namespace: ns1, creationTimestamp: \"2021-01-01T00:00:00Z\"}",
+        );
+    let j = translate(&load(&dated), &Node::sidecar("ns1")).to_json();
+    let routes = rt(&j, "80", "web.ns1.svc.cluster.local:80");
+    assert_eq!(
+        routes[0]["route"]["cluster"],
+        "outbound|80|v1|web.ns1.svc.cluster.local"
+    );
+}
+
+#[test]
+fn tcp_routes_source_and_destination_subnets() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: net, namespace: ns1}
+spec:
+  hosts: [net.internal]
+  addresses: [10.20.0.0/16]
+  ports: [{number: 5000, name: tcp, protocol: TCP}]
+  location: MESH_INTERNAL
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: ns1}
+spec:
+  hosts: [db.internal]
+  addresses: [240.0.0.9]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 10.9.9.9}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db-ro, namespace: ns1}
+spec:
+  hosts: [db-ro.internal]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 10.9.9.10}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: net, namespace: ns1}
+spec:
+  hosts: [net.internal]
+  tcp:
+  - match: [{destinationSubnets: [10.20.1.0/24]}]
+    route: [{destination: {host: db.internal, port: {number: 5432}}}]
+  - route: [{destination: {host: net.internal}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: ns1}
+spec:
+  hosts: [db.internal]
+  tcp:
+  - match: [{sourceNamespace: ro}]
+    route: [{destination: {host: db-ro.internal}}]
+  - match: [{sourceLabels: {role: reader}}]
+    route: [{destination: {host: db-ro.internal}}]
+  - route: [{destination: {host: db.internal}}]
+"#;
+    let (r, _) = tr(yaml, &Node::sidecar("ns1"));
+    let l = to_json(r.listener("0.0.0.0_5000").unwrap());
+    let chains = l["filter_chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 2, "{chains:#?}");
+    assert_eq!(
+        chains[0]["filter_chain_match"]["prefix_ranges"][0]["address_prefix"],
+        "10.20.1.0"
+    );
+    assert_eq!(
+        chains[0]["filter_chain_match"]["prefix_ranges"][0]["prefix_len"],
+        24
+    );
+    assert_eq!(
+        chains[0]["filters"][0]["typed_config"]["cluster"],
+        "outbound|5432||db.internal"
+    );
+    assert_eq!(
+        chains[1]["filter_chain_match"]["prefix_ranges"][0]["prefix_len"],
+        16
+    );
+    assert_eq!(
+        chains[1]["filters"][0]["typed_config"]["cluster"],
+        "outbound|5000||net.internal"
+    );
+    let cluster_of = |r: &Resources| {
+        to_json(r.listener("240.0.0.9_5432").unwrap())["default_filter_chain"]["filters"][0]
+            ["typed_config"]["cluster"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(cluster_of(&r), "outbound|5432||db.internal");
+    let (r, _) = tr(yaml, &Node::sidecar("ro"));
+    assert_eq!(cluster_of(&r), "outbound|5432||db-ro.internal");
+    let mut reader = Node::sidecar("ns1");
+    reader.labels.insert("role".into(), "reader".into());
+    let (r, _) = tr(yaml, &reader);
+    assert_eq!(cluster_of(&r), "outbound|5432||db-ro.internal");
+    for l in &r.listeners {
+        crate::model::listener::Listener::from_proto(l).unwrap();
     }
 }

@@ -250,6 +250,14 @@ pub fn check_object(o: &Object) -> Vec<Message> {
                             check_string_match(&mut out, o, &format!("{mp}.{name}"), sm);
                         }
                     }
+                    if m.ignore_uri_case && m.uri.as_ref().is_some_and(|u| u.regex.is_some()) {
+                        out.push(Message::new(
+                            Level::Warning,
+                            o,
+                            format!("{mp}.ignoreUriCase"),
+                            "has no effect on a regex uri (Envoy ignores case_sensitive for regex paths, as with istiod); use (?i) in the regex",
+                        ));
+                    }
                     for (k, sm) in m.headers.iter().chain(&m.without_headers) {
                         check_string_match(&mut out, o, &format!("{mp}.headers.{k}"), sm);
                     }
@@ -574,6 +582,35 @@ fn check_weights(
 /// Checks that need the registry: destinations and subsets that exist, gateways that exist.
 pub fn check_references(reg: &Registry, objects: &[Object]) -> Vec<Message> {
     let mut out = Vec::new();
+    // Several mesh VirtualServices for one host: sidecars use the first in istiod's order
+    // (creation time, name, namespace) and drop the others for that host; only gateways merge.
+    let mut mesh_hosts: std::collections::BTreeMap<String, &Object> = Default::default();
+    for o in objects {
+        let Kind::VirtualService(vs) = &o.kind else {
+            continue;
+        };
+        if !super::routes::gateway_listed(&vs.gateways, None, &o.namespace) {
+            continue;
+        }
+        for (hi, h) in vs.hosts.iter().enumerate() {
+            let host = reg.resolve(h, &o.namespace);
+            match mesh_hosts.get(&host) {
+                Some(first) if first.id() != o.id() => out.push(Message::new(
+                    Level::Warning,
+                    o,
+                    format!("spec.hosts[{hi}]"),
+                    format!(
+                        "host {host:?} is also defined by VirtualService {}/{} for the mesh; sidecars use that one (the older, else first by name) and ignore this one for the host, as istiod does; merge them into one VirtualService",
+                        first.namespace, first.meta.name
+                    ),
+                )),
+                Some(_) => {}
+                None => {
+                    mesh_hosts.insert(host, o);
+                }
+            }
+        }
+    }
     for o in objects {
         let Kind::VirtualService(vs) = &o.kind else {
             continue;
