@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use serde_json::{json, Value};
 
-use super::clusters::{dur, outbound_name, policy_for};
+use super::clusters::{dur, outbound_name};
 use super::model::{
     Destination, Headers, HttpMatch, HttpRoute, Kind, Object, StringMatch, VirtualServiceSpec,
 };
@@ -195,6 +195,7 @@ fn percent(p: &Option<super::model::Percent>, legacy: Option<i64>) -> Value {
     }
 }
 
+/// istiod's default retry policy (503 is no longer retried by default since Istio 1.24).
 fn default_retry() -> Value {
     json!({
         "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
@@ -202,7 +203,6 @@ fn default_retry() -> Value {
         "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
         "host_selection_retry_max_attempts": 5,
-        "retriable_status_codes": [503],
     })
 }
 
@@ -261,16 +261,41 @@ pub fn dest_cluster(ctx: &Ctx, d: &Destination, ns: &str) -> (String, Option<u32
     (outbound_name(port, subset, &host), Some(port))
 }
 
-fn hash_policy(ctx: &Ctx, d: &Destination, ns: &str, port: u32) -> Option<Value> {
+/// istiod's `HashForHTTPDestination`: the DestinationRule's consistent hash, overridden by the
+/// port-level one (only when the destination names its port), the subset's, then the subset's
+/// port-level one. Returns the hash policy and whether consistent hashing is configured.
+fn hash_policy(ctx: &Ctx, d: &Destination, ns: &str) -> (Option<Value>, bool) {
     let host = ctx.reg.resolve(&d.host, ns);
-    let p = policy_for(
-        ctx.reg,
-        &host,
-        port,
-        d.subset.as_deref().unwrap_or(""),
-        &ctx.node.namespace,
-    );
-    let ch = p.lb?.consistent_hash?;
+    let Some((_, dr)) = ctx.reg.destination_rule(&host, &ctx.node.namespace) else {
+        return (None, false);
+    };
+    let port = d.port.as_ref().and_then(|p| p.number);
+    let lb_hash = |lb: Option<&super::model::LoadBalancer>| lb?.consistent_hash.clone();
+    let pls_hash = |tp: Option<&super::model::TrafficPolicy>| {
+        let port = port?;
+        let pl = tp?
+            .port_level_settings
+            .iter()
+            .find(|p| p.port.as_ref().and_then(|p| p.number) == Some(port))?;
+        lb_hash(pl.load_balancer.as_ref())
+    };
+    let top = dr.traffic_policy.as_ref();
+    let subset = dr
+        .subsets
+        .iter()
+        .find(|s| s.name == d.subset.as_deref().unwrap_or(""))
+        .and_then(|s| s.traffic_policy.as_ref());
+    let ch = pls_hash(subset)
+        .or_else(|| lb_hash(subset.and_then(|t| t.load_balancer.as_ref())))
+        .or_else(|| pls_hash(top))
+        .or_else(|| lb_hash(top.and_then(|t| t.load_balancer.as_ref())));
+    let Some(ch) = ch else {
+        return (None, false);
+    };
+    (hash_value(ch), true)
+}
+
+fn hash_value(ch: super::model::ConsistentHash) -> Option<Value> {
     let hp = if let Some(h) = ch.http_header_name {
         json!({"header": {"header_name": h}})
     } else if let Some(c) = ch.http_cookie {
@@ -496,16 +521,15 @@ fn route(ctx: &Ctx, vs_obj: &Object, r: &HttpRoute, m: &HttpMatch) -> Value {
         if r.route.len() == 1 {
             // One destination: a plain cluster; its header operations join the route's.
             let d = &r.route[0];
-            let (cluster, port) = dest_cluster(ctx, &d.destination, ns);
+            let (cluster, _) = dest_cluster(ctx, &d.destination, ns);
             action["cluster"] = json!(cluster);
             let dest_auth = header_ops(&d.headers, &mut rt);
             if let Some(a) = authority.clone().or(dest_auth) {
                 action["host_rewrite_literal"] = json!(a);
             }
-            if let Some(hp) = hash_policy(ctx, &d.destination, ns, port.unwrap_or(ctx.port)) {
-                hash.push(hp);
-                consistent_hash = true;
-            }
+            let (hp, consistent) = hash_policy(ctx, &d.destination, ns);
+            hash.extend(hp);
+            consistent_hash = consistent;
         } else {
             if let Some(a) = &authority {
                 action["host_rewrite_literal"] = json!(a);
@@ -518,19 +542,14 @@ fn route(ctx: &Ctx, vs_obj: &Object, r: &HttpRoute, m: &HttpMatch) -> Value {
                 .iter()
                 .filter(|d| all_zero || d.weight.unwrap_or(0) > 0)
             {
-                let (cluster, port) = dest_cluster(ctx, &d.destination, ns);
+                let (cluster, _) = dest_cluster(ctx, &d.destination, ns);
                 let w = if all_zero { 1 } else { d.weight.unwrap_or(0) };
                 let mut v = json!({"name": cluster, "weight": w});
                 if let Some(a) = header_ops(&d.headers, &mut v) {
                     v["host_rewrite_literal"] = json!(a);
                 }
                 cl.push(v);
-                hash.extend(hash_policy(
-                    ctx,
-                    &d.destination,
-                    ns,
-                    port.unwrap_or(ctx.port),
-                ));
+                hash.extend(hash_policy(ctx, &d.destination, ns).0);
             }
             action["weighted_clusters"] = json!({"clusters": cl});
         }

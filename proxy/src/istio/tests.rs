@@ -734,17 +734,19 @@ spec:
   - match: [{uri: {prefix: /one}}]
     headers: {request: {set: {x-r: "1", ":authority": route.example}}}
     route:
-    - destination: {host: web}
+    - destination: {host: web, port: {number: 80}}
       headers: {request: {set: {x-d: "1", host: dest.example}, remove: [host, x-gone]}}
   - match: [{uri: {prefix: /split}}]
     route:
     - destination: {host: web, subset: v1}
       weight: 60
       headers: {request: {add: {host: v1.example}}}
-    - destination: {host: web}
+    - destination: {host: web, port: {number: 80}}
       weight: 40
     - destination: {host: web, subset: v1, port: {number: 81}}
       weight: 0
+  - match: [{uri: {prefix: /noport}}]
+    route: [{destination: {host: web}}]
   - match: [{sourceLabels: {app: nobody}}]
     route: [{destination: {host: web}}]
 "#;
@@ -790,6 +792,10 @@ spec:
     assert_eq!(split["hash_policy"][0]["query_parameter"]["name"], "user");
     assert_eq!(split["hash_policy"][1]["cookie"]["name"], "sid");
     assert!(split["retry_policy"].get("retry_host_predicate").is_some());
+    // Port-level settings count only for a destination that names its port (istiod).
+    let noport = &routes[2]["route"];
+    assert!(noport.get("hash_policy").is_none());
+    assert!(noport["retry_policy"].get("retry_host_predicate").is_some());
     // All routes dropped for this proxy: the service keeps its default route.
     let only = r#"
 ---
