@@ -115,6 +115,11 @@ impl App {
         })
     }
 
+    /// Replaces what `/ready` asks (e.g. "the Istio config directory has been applied").
+    pub fn set_readiness(&self, f: ReadyFn) {
+        *self.readiness.lock().unwrap() = Some(f);
+    }
+
     /// Takes configuration from an xDS control plane (on top of the static resources);
     /// `/ready` then follows xDS warming. Dropping the returned handle stops the client.
     pub fn start_xds(&self, opts: crate::xds::XdsOptions) -> crate::xds::Xds {

@@ -446,11 +446,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .await?;
         let _xds = xds.map(|o| app.start_xds(o));
         if let Some((dir, node)) = istio {
-            tokio::spawn(sluice::istio::run::watch(
+            // Ready once the directory's translation is applied and its clusters are warm.
+            let applied = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (a, st) = (applied.clone(), app.state.clone());
+            app.set_readiness(Arc::new(move || {
+                a.load(std::sync::atomic::Ordering::SeqCst) && st.load().is_warm()
+            }));
+            tokio::spawn(sluice::istio::run::watch_with_ready(
                 app.state.clone(),
                 dir,
                 node,
                 Duration::from_secs(1),
+                applied,
             ));
         }
         app.run().await;

@@ -272,3 +272,58 @@ fn tproxy_inbound_keeps_the_client_source_address() {
         assert_stats(&b, &[(IN_CX, n), (INBOUND_CX, n)]);
     }
 }
+
+#[test]
+fn headless_service_pods_are_reached_through_their_own_listeners() {
+    if !pods::preflight("headless_service_pods_are_reached_through_their_own_listeners") {
+        return;
+    }
+    let net = Net::new();
+    let (a, b) = two_pods(
+        &net,
+        |b| SidecarConfig {
+            istio_yaml: Some(format!(
+                r#"apiVersion: v1
+kind: Service
+metadata: {{name: db, namespace: default}}
+spec:
+  clusterIP: None
+  selector: {{app: db}}
+  ports: [{{name: tcp-db, port: 8080}}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: db, namespace: default}}
+subsets:
+- addresses: [{{ip: {ip}}}]
+  ports: [{{name: tcp-db, port: 8080}}]
+"#,
+                ip = b.ip
+            )),
+            ..SidecarConfig::default()
+        },
+        &[8080, 8081],
+        Capture::default(),
+    );
+    // istiod's per-pod listener `PODIP_8080` takes the call to the pod of the headless
+    // service: the service's (original-destination) cluster, not PassthroughCluster.
+    let r = a
+        .call(sa(b.ip, 8080))
+        .expect("call to the headless service's pod");
+    assert_eq!(r.app, "b");
+    assert_eq!(r.local, sa(b.ip, 8080));
+    // A port the service does not have: passthrough.
+    let r = a.call(sa(b.ip, 8081)).expect("call to another port");
+    assert_eq!(r.local, sa(b.ip, 8081));
+    assert_stats(
+        &a,
+        &[
+            (OUT_CX, 2),
+            (
+                "cluster.outbound|8080||db.default.svc.cluster.local.upstream_cx_total",
+                1,
+            ),
+            (PASSTHROUGH_CX, 1),
+        ],
+    );
+}

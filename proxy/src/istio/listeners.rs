@@ -1,7 +1,8 @@
 //! Sidecar listeners as istiod shapes them: `virtualOutbound` (15001, `use_original_dst`, the
 //! catch-all chain to PassthroughCluster), one `0.0.0.0_PORT` listener per outbound port
 //! (`bind_to_port: false`; HTTP through RDS route `PORT`, TCP/TLS through tcp_proxy, sniffing
-//! where the port says nothing), `VIP_PORT` listeners for TCP services with a VIP, and
+//! where the port says nothing), `VIP_PORT` listeners for TCP services with a VIP, `PODIP_PORT`
+//! listeners for the endpoints of headless Kubernetes services' TCP ports, and
 //! `virtualInbound` (15006) with a chain per inbound port to `inbound|PORT||`.
 //!
 //! With [`Interception::None`] the per-port listeners bind `127.0.0.1:PORT` instead (named
@@ -248,6 +249,33 @@ pub fn build_sidecar(
             if !vips.is_empty() {
                 for vip in vips {
                     let Some(p) = plan(&mut plans, node, vip, port) else {
+                        continue;
+                    };
+                    if p.chains.is_empty() && p.default.is_none() {
+                        p.owner = svc.hostname.clone();
+                        p.default =
+                            Some(json!({"name": svc.hostname, "filters": [tcp_proxy(&clusters)]}));
+                    }
+                }
+                continue;
+            }
+            if svc.resolution == Resolution::Passthrough
+                && cidrs.is_empty()
+                && !svc.k8s_name.is_empty()
+            {
+                // A headless Kubernetes service: istiod gives each endpoint (but the proxy's own
+                // address) a listener `PODIP_PORT` on the service port, so that connections to
+                // a pod go through the service's cluster and routes.
+                let ips: std::collections::BTreeSet<&str> = svc
+                    .instances
+                    .iter()
+                    .filter(|i| i.svc_port == port)
+                    .map(|i| i.address.as_str())
+                    .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
+                    .filter(|a| node.ip.as_deref() != Some(*a))
+                    .collect();
+                for ip in ips {
+                    let Some(p) = plan(&mut plans, node, ip, port) else {
                         continue;
                     };
                     if p.chains.is_empty() && p.default.is_none() {

@@ -77,12 +77,25 @@ pub fn load_and_apply(
 
 /// Applies `dir` now, then re-applies whenever its files change (polled every `every`).
 pub async fn watch(state: Arc<State>, dir: PathBuf, node: Node, every: Duration) {
+    watch_with_ready(state, dir, node, every, Default::default()).await
+}
+
+/// [`watch`], setting `applied` once the first translation has been applied (whether or not it
+/// loaded), so that `/ready` never answers before the configuration is in place.
+pub async fn watch_with_ready(
+    state: Arc<State>,
+    dir: PathBuf,
+    node: Node,
+    every: Duration,
+    applied: Arc<std::sync::atomic::AtomicBool>,
+) {
     let mut routes = BTreeSet::new();
     let mut last = fingerprint(&dir);
     let mut version = 1u64;
     if let Err(e) = load_and_apply(&state, &dir, &node, &mut routes, &version.to_string()) {
         tracing::error!(error = %e, "loading Istio config");
     }
+    applied.store(true, std::sync::atomic::Ordering::SeqCst);
     loop {
         tokio::time::sleep(every).await;
         let fp = fingerprint(&dir);

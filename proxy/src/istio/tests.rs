@@ -996,3 +996,64 @@ spec:
         crate::model::listener::Listener::from_proto(l).unwrap();
     }
 }
+
+#[test]
+fn headless_service_tcp_ports_get_per_pod_listeners() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: cass, namespace: ns1}
+spec:
+  clusterIP: None
+  selector: {app: cass}
+  ports:
+  - {name: tcp-cql, port: 9042}
+  - {name: http-admin, port: 8080}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: cass, namespace: ns1}
+subsets:
+- addresses: [{ip: 10.1.0.11}, {ip: 10.1.0.12}, {ip: 10.1.0.13}]
+  ports: [{name: tcp-cql, port: 9042}, {name: http-admin, port: 8080}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: cass, namespace: ns1}
+spec:
+  hosts: [cass]
+  tcp:
+  - route: [{destination: {host: cass, subset: v2}}]
+"#;
+    let node = Node {
+        ip: Some("10.1.0.13".into()),
+        ..Node::sidecar("ns1")
+    };
+    let (r, _) = tr(yaml, &node);
+    for ip in ["10.1.0.11", "10.1.0.12"] {
+        let l = to_json(r.listener(&format!("{ip}_9042")).unwrap());
+        assert_eq!(l["address"]["socket_address"]["address"], ip);
+        assert_eq!(l["bind_to_port"], false);
+        assert_eq!(
+            l["default_filter_chain"]["filters"][0]["typed_config"]["cluster"],
+            "outbound|9042|v2|cass.ns1.svc.cluster.local"
+        );
+        crate::model::listener::Listener::from_proto(r.listener(&format!("{ip}_9042")).unwrap())
+            .unwrap();
+    }
+    assert!(
+        r.listener("10.1.0.13_9042").is_none(),
+        "not for the proxy's own address"
+    );
+    assert!(r.listener("0.0.0.0_9042").is_none());
+    assert!(
+        r.listener("10.1.0.11_8080").is_none(),
+        "HTTP ports stay on 0.0.0.0_PORT"
+    );
+    assert!(r.listener("0.0.0.0_8080").is_some());
+    let c = to_json(
+        r.cluster("outbound|9042||cass.ns1.svc.cluster.local")
+            .unwrap(),
+    );
+    assert_eq!(c["type"], "ORIGINAL_DST");
+}

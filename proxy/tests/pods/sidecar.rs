@@ -109,6 +109,9 @@ pub struct SidecarConfig {
     pub services: Vec<Service>,
     /// Serve the DNS proxy on 127.0.0.1:15053 with these hosts (hosts-file text).
     pub dns_hosts: Option<String>,
+    /// Run the Istio translation of this YAML (`--config-dir`, sidecar in `default`, redirect
+    /// interception) instead of the static bootstrap; `services` are then unused.
+    pub istio_yaml: Option<String>,
 }
 
 const TCP_PROXY: &str =
@@ -243,20 +246,35 @@ impl Sidecar {
         if cfg.capture.tproxy {
             cmd.args(["--inh-caps", "+net_admin", "--ambient-caps", "+net_admin"]);
         }
-        cmd.arg("--")
-            .arg(sluice_bin())
-            .args(["run", "--bootstrap"])
-            .arg(&bootstrap)
-            .args([
-                "--admin-address",
-                &format!("127.0.0.1:{ADMIN_PORT}"),
-                "--log-level",
-                "debug",
-            ])
-            .env("PATH", search_path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        cmd.arg("--").arg(sluice_bin()).arg("run");
+        match &cfg.istio_yaml {
+            Some(yaml) => {
+                let conf = dir.join("istio");
+                std::fs::create_dir_all(&conf).unwrap();
+                std::fs::write(conf.join("config.yaml"), yaml).unwrap();
+                cmd.arg("--config-dir").arg(&conf).args([
+                    "--role",
+                    "sidecar",
+                    "--namespace",
+                    "default",
+                    "--interception",
+                    "redirect",
+                ]);
+            }
+            None => {
+                cmd.arg("--bootstrap").arg(&bootstrap);
+            }
+        }
+        cmd.args([
+            "--admin-address",
+            &format!("127.0.0.1:{ADMIN_PORT}"),
+            "--log-level",
+            "debug",
+        ])
+        .env("PATH", search_path())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
         if let Some(hosts) = &cfg.dns_hosts {
             let f = dir.join("hosts");
             std::fs::write(&f, hosts).unwrap();
