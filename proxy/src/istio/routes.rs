@@ -490,11 +490,21 @@ fn route(ctx: &Ctx, vs_obj: &Object, r: &HttpRoute, m: &HttpMatch) -> Value {
         if let Some(a) = &red.authority {
             v["host_redirect"] = json!(a);
         }
-        if let Some(p) = red.port {
-            v["port_redirect"] = json!(p);
-        }
         if let Some(s) = &red.scheme {
             v["scheme_redirect"] = json!(s);
+        }
+        // istiod: `derivePort: FROM_REQUEST_PORT` is the port routes are built for; the
+        // scheme's default port is left out of the Location.
+        let port = match (red.port, red.derive_port.as_deref()) {
+            (Some(p), _) => Some(p),
+            (None, Some("FROM_REQUEST_PORT")) => Some(ctx.port),
+            _ => None,
+        };
+        if let Some(p) = port {
+            let scheme = red.scheme.as_deref().unwrap_or("http");
+            if !((p == 80 && scheme == "http") || (p == 443 && scheme == "https")) {
+                v["port_redirect"] = json!(p);
+            }
         }
         v["response_code"] = json!(match red.redirect_code.unwrap_or(301) {
             302 => "FOUND",

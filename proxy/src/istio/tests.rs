@@ -1057,3 +1057,30 @@ spec:
     );
     assert_eq!(c["type"], "ORIGINAL_DST");
 }
+
+#[test]
+fn redirect_ports_as_istiod() {
+    let vs = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: ns1}
+spec:
+  hosts: [web]
+  http:
+  - match: [{uri: {prefix: /derive}}]
+    redirect: {derivePort: FROM_REQUEST_PORT, authority: b.example}
+  - match: [{uri: {prefix: /default}}]
+    redirect: {port: 80, uri: /x}
+  - match: [{uri: {prefix: /tls}}]
+    redirect: {port: 8443, scheme: https}
+"#;
+    let (_, j) = tr(&format!("{SVC}{vs}"), &Node::sidecar("ns1"));
+    let routes = rt(&j, "80", "web.ns1.svc.cluster.local:80");
+    // Listener port 80 over http: no explicit port in either case.
+    assert!(routes[0]["redirect"].get("port_redirect").is_none());
+    assert_eq!(routes[0]["redirect"]["host_redirect"], "b.example");
+    assert!(routes[1]["redirect"].get("port_redirect").is_none());
+    assert_eq!(routes[2]["redirect"]["port_redirect"], 8443);
+    assert_eq!(routes[2]["redirect"]["scheme_redirect"], "https");
+}
