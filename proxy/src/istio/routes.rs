@@ -746,15 +746,24 @@ pub fn mesh_vs_for<'a>(
             .iter()
             .any(|h| reg.resolve(h, &o.namespace) == host)
     });
-    exact
-        .or_else(|| {
-            cands.iter().find(|(o, vs)| {
-                vs.hosts
-                    .iter()
-                    .any(|h| host_matches(&reg.resolve(h, &o.namespace), host))
-            })
-        })
-        .copied()
+    // Else istiod's most specific wildcard (the longest matching pattern; the first
+    // VirtualService in order for the same pattern).
+    let wildcard = || {
+        let mut best: Option<(usize, &(&'a Object, &'a VirtualServiceSpec))> = None;
+        for c in &cands {
+            for h in &c.1.hosts {
+                let h = reg.resolve(h, &c.0.namespace);
+                if h.contains('*')
+                    && host_matches(&h, host)
+                    && best.is_none_or(|(l, _)| h.len() > l)
+                {
+                    best = Some((h.len(), c));
+                }
+            }
+        }
+        best.map(|(_, c)| c)
+    };
+    exact.or_else(wildcard).copied()
 }
 
 /// Route configurations for a sidecar: one per HTTP (or sniffed) port of visible services.

@@ -1084,3 +1084,29 @@ spec:
     assert_eq!(routes[2]["redirect"]["port_redirect"], 8443);
     assert_eq!(routes[2]["redirect"]["scheme_redirect"], "https");
 }
+
+#[test]
+fn most_specific_wildcard_virtual_service_wins() {
+    let vss = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a-broad, namespace: ns1}
+spec:
+  hosts: ["*.svc.cluster.local"]
+  http: [{route: [{destination: {host: web, subset: v1}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b-narrow, namespace: ns1}
+spec:
+  hosts: ["*.ns1.svc.cluster.local"]
+  http: [{route: [{destination: {host: web}}]}]
+"#;
+    let (_, j) = tr(&format!("{SVC}{vss}"), &Node::sidecar("ns1"));
+    let routes = rt(&j, "80", "web.ns1.svc.cluster.local:80");
+    assert_eq!(
+        routes[0]["route"]["cluster"],
+        "outbound|80||web.ns1.svc.cluster.local"
+    );
+}
