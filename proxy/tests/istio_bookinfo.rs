@@ -417,3 +417,62 @@ async fn cors_policy_is_enforced() {
     assert!(r.body.is_empty());
     assert!(!r.headers.contains_key("access-control-allow-origin"));
 }
+
+/// `sourceLabels` and `sourceNamespace` are decided per proxy when its configuration is
+/// generated: two sidecars with different labels/namespaces route the same request differently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_labels_and_namespace_route_per_proxy() {
+    let mut cfg = config(&[]).await;
+    istio::load::load_str(
+        "source.yaml",
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  http:
+  - match: [{sourceLabels: {app: productpage}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - match: [{sourceNamespace: batch}]
+    route: [{destination: {host: reviews, subset: v3}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+"#,
+        &mut cfg,
+    );
+    assert!(
+        cfg.messages.iter().all(|m| m.level != istio::Level::Error),
+        "{:?}",
+        cfg.messages
+    );
+    let mut productpage = Node {
+        interception: Interception::None,
+        ..Node::sidecar("default")
+    };
+    productpage
+        .labels
+        .insert("app".into(), "productpage".into());
+    let other = Node {
+        interception: Interception::None,
+        ..Node::sidecar("default")
+    };
+    let batch = Node {
+        interception: Interception::None,
+        ..Node::sidecar("batch")
+    };
+    for (node, want) in [
+        (productpage, "reviews-v2"),
+        (other, "reviews-v1"),
+        (batch, "reviews-v3"),
+    ] {
+        let (_app, addr) = run(&cfg, &node, "127.0.0.1_9080").await;
+        let mut c = H1::connect(addr).await;
+        for _ in 0..20 {
+            assert_eq!(
+                upstream_of(&mut c, "reviews.default.svc.cluster.local:9080", None).await,
+                want,
+                "{node:?}"
+            );
+        }
+    }
+}
