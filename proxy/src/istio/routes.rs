@@ -814,24 +814,52 @@ pub fn build_sidecar(reg: &Registry, node: &Node, out: &mut Resources) {
             }
             vhosts.push(json!({"name": format!("{}:{port}", svc.hostname), "domains": doms, "routes": routes, "include_request_attempt_count": true}));
         }
-        // VirtualService hosts that are not services: reachable on the ports of their destinations.
+        // VirtualService hosts that are not services, as istiod places them: on the HTTP ports
+        // of the services the same VirtualService names, or on port 80 when it names none.
+        let svc_hosts: Vec<&str> = reg
+            .services
+            .iter()
+            .filter(|s| s.visible_from(&node.namespace))
+            .map(|s| s.hostname.as_str())
+            .collect();
         for (o, vs) in reg.virtual_services() {
             if !visible(&vs.export_to, &o.namespace, &node.namespace)
                 || !gateway_listed(&vs.gateways, None, &o.namespace)
             {
                 continue;
             }
-            let on_port = vs
-                .http
+            let hosts: Vec<String> = vs
+                .hosts
                 .iter()
-                .flat_map(|r| &r.route)
-                .any(|d| dest_cluster(&ctx, &d.destination, &o.namespace).1 == Some(port));
+                .map(|h| reg.resolve(h, &o.namespace))
+                .collect();
+            let named: Vec<&Service> = reg
+                .services
+                .iter()
+                .filter(|s| s.visible_from(&node.namespace))
+                .filter(|s| hosts.iter().any(|h| host_matches(h, &s.hostname)))
+                .collect();
+            let http_ports: BTreeSet<u32> = named
+                .iter()
+                .flat_map(|s| &s.ports)
+                .filter(|p| {
+                    p.protocol.is_http() || p.protocol == super::registry::Protocol::Unknown
+                })
+                .map(|p| p.port)
+                .collect();
+            let on_port = if http_ports.is_empty() {
+                port == 80
+            } else {
+                http_ports.contains(&port)
+            };
             if !on_port {
                 continue;
             }
-            for h in &vs.hosts {
-                let host = reg.resolve(h, &o.namespace);
-                if host.contains('*') || reg.service(&host, &node.namespace).is_some() {
+            for host in hosts {
+                // Services (and wildcards that cover one) have their own virtual hosts.
+                if reg.service(&host, &node.namespace).is_some()
+                    || (host.contains('*') && svc_hosts.iter().any(|s| host_matches(&host, s)))
+                {
                     continue;
                 }
                 let doms: Vec<String> = [format!("{host}:{port}"), host.clone()]

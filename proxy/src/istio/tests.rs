@@ -1110,3 +1110,60 @@ spec:
         "outbound|80||web.ns1.svc.cluster.local"
     );
 }
+
+#[test]
+fn virtual_service_hosts_that_are_not_services() {
+    let extra = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: ns1}
+spec:
+  clusterIP: 10.0.0.8
+  ports: [{name: http, port: 9090}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ext, namespace: ns1}
+spec:
+  hosts: [ext.example.com, "*.wild.example"]
+  http: [{route: [{destination: {host: api, port: {number: 9090}}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: ns1}
+spec:
+  hosts: [api, alias.example.com]
+  http: [{route: [{destination: {host: api}}]}]
+"#;
+    let (_, j) = tr(&format!("{SVC}{extra}"), &Node::sidecar("ns1"));
+    // Hosts of a VirtualService that names no service: port 80 (istiod), whatever the
+    // destination's port.
+    assert_eq!(
+        vhost(&j, "80", "ext.example.com:80")["routes"][0]["route"]["cluster"],
+        "outbound|9090||api.ns1.svc.cluster.local"
+    );
+    vhost(&j, "80", "*.wild.example:80");
+    let rc9090 = j["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "9090")
+        .unwrap();
+    let names: Vec<&str> = rc9090["virtual_hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"ext.example.com:9090"), "{names:?}");
+    // Next to a service: on that service's HTTP ports.
+    assert!(names.contains(&"alias.example.com:9090"), "{names:?}");
+    let rc80 = j["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "80")
+        .unwrap();
+    assert!(!rc80.to_string().contains("alias.example.com"));
+}
