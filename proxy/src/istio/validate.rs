@@ -260,6 +260,14 @@ pub fn check_object(o: &Object) -> Vec<Message> {
                     }
                     for (k, sm) in m.headers.iter().chain(&m.without_headers) {
                         check_string_match(&mut out, o, &format!("{mp}.headers.{k}"), sm);
+                        if k.starts_with("@request.auth.claims") {
+                            out.push(Message::new(
+                                Level::Warning,
+                                o,
+                                format!("{mp}.headers.{k}"),
+                                "JWT claim matches need RequestAuthentication, which Sluice does not implement: it is matched as a request header of that name (never sent), not as the claim",
+                            ));
+                        }
                     }
                     for (k, sm) in &m.query_params {
                         check_string_match(&mut out, o, &format!("{mp}.queryParams.{k}"), sm);
