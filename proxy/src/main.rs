@@ -87,6 +87,10 @@ struct NodeArgs {
     /// outbound port, as Istio's NONE interception mode).
     #[arg(long, default_value = "redirect", value_parser = ["redirect", "none"])]
     interception: String,
+    /// Access log file for every listener (MeshConfig accessLogFile), e.g. /dev/stdout;
+    /// overrides the `istio` ConfigMap's setting.
+    #[arg(long)]
+    access_log_file: Option<String>,
 }
 
 impl NodeArgs {
@@ -112,6 +116,7 @@ impl NodeArgs {
             } else {
                 sluice::istio::Interception::Redirect
             },
+            access_log_file: self.access_log_file.clone(),
         })
     }
 }

@@ -161,6 +161,7 @@ pub fn node_from_proto(node: Option<&NodeProto>) -> Result<Node, NodeError> {
         labels,
         ip,
         interception,
+        access_log_file: None,
     })
 }
 

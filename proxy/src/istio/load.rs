@@ -173,6 +173,24 @@ fn load_value(file: &str, doc: usize, v: Value, prefix: &str, out: &mut Loaded) 
             spec_of(st, &mut msgs).map(Kind::Pod)
         }
         ("", "Namespace") => Some(Kind::Namespace),
+        // Istio's mesh config: ConfigMap `istio` (or `istio-<revision>`), key `mesh`.
+        ("", "ConfigMap")
+            if (obj.meta.name == "istio" || obj.meta.name.starts_with("istio-"))
+                && v.get("data").and_then(|d| d.get("mesh")).is_some() =>
+        {
+            let text = v["data"]["mesh"].as_str().unwrap_or_default();
+            match serde_yaml_ng::from_str::<Option<super::model::MeshConfig>>(text) {
+                Ok(m) => Some(Kind::MeshConfig(m.unwrap_or_default())),
+                Err(e) => {
+                    msgs.push((
+                        Level::Error,
+                        "data.mesh".into(),
+                        format!("not valid YAML: {e}"),
+                    ));
+                    None
+                }
+            }
+        }
         ("discovery.k8s.io", "EndpointSlice") if matches!(version, "v1" | "v1beta1") => {
             #[derive(Deserialize)]
             #[serde(rename_all = "camelCase")]

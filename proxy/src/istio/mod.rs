@@ -9,6 +9,7 @@
 //! - [`run`] applies them in-process (`sluice run --config-dir`) and [`discovery`] serves them
 //!   to other proxies over ADS (`sluice discovery`).
 
+pub mod access_log;
 pub mod clusters;
 pub mod discovery;
 pub mod gateway;
@@ -59,6 +60,8 @@ pub struct Node {
     pub labels: BTreeMap<String, String>,
     pub ip: Option<String>,
     pub interception: Interception,
+    /// MeshConfig `accessLogFile` for this proxy (overrides the `istio` ConfigMap's).
+    pub access_log_file: Option<String>,
 }
 
 impl Node {
@@ -154,6 +157,9 @@ pub fn translate(cfg: &Config, node: &Node) -> Resources {
             listeners::build_sidecar(&reg, node, &inbound, &mut out);
         }
         Role::Router => gateway::build(&reg, node, &mut out),
+    }
+    if let Some(mesh) = access_log::settings(&reg, node) {
+        access_log::apply(&mut out.listeners, &mesh);
     }
     for s in &out.skipped {
         tracing::warn!(resource = %s, "skipped generated resource");

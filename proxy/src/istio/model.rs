@@ -651,6 +651,21 @@ pub enum Kind {
     ServiceEntry(ServiceEntrySpec),
     WorkloadEntry(WorkloadEntrySpec),
     Gateway(GatewaySpec),
+    /// The mesh-wide settings from the `istio` ConfigMap (`data.mesh`).
+    MeshConfig(MeshConfig),
+}
+
+/// The MeshConfig fields Sluice uses (others are ignored, as they do not shape the proxy's
+/// resources here).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MeshConfig {
+    /// `accessLogFile`: where every listener logs (`/dev/stdout`); empty for none.
+    pub access_log_file: String,
+    /// `accessLogEncoding`: `TEXT` (default) or `JSON`.
+    pub access_log_encoding: String,
+    /// `accessLogFormat`: a custom text format, or JSON keys to operators.
+    pub access_log_format: String,
 }
 
 impl Kind {
@@ -666,6 +681,7 @@ impl Kind {
             Kind::ServiceEntry(_) => "ServiceEntry",
             Kind::WorkloadEntry(_) => "WorkloadEntry",
             Kind::Gateway(_) => "Gateway",
+            Kind::MeshConfig(_) => "ConfigMap",
         }
     }
 }

@@ -1167,3 +1167,56 @@ spec:
         .unwrap();
     assert!(!rc80.to_string().contains("alias.example.com"));
 }
+
+#[test]
+fn mesh_config_access_logs_on_every_listener() {
+    let mesh = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |-
+    accessLogFile: /dev/null
+    defaultConfig: {discoveryAddress: istiod.istio-system.svc:15012}
+"#;
+    let yaml = format!("{SVC}---{mesh}");
+    let (r, j) = tr(&yaml, &Node::sidecar("ns1"));
+    assert!(
+        r.messages.iter().all(|m| m.level != validate::Level::Error),
+        "{:?}",
+        r.messages
+    );
+    // Every HTTP connection manager and tcp_proxy logs, in Istio's text format.
+    let text = j["listeners"].to_string();
+    let logs = text.matches("envoy.access_loggers.file").count();
+    let filters =
+        text.matches("HttpConnectionManager\"").count() + text.matches("TcpProxy\"").count();
+    assert!(
+        logs > 0 && logs == filters,
+        "{logs} logs for {filters} filters"
+    );
+    assert!(text.contains("/dev/null"));
+    assert!(text.contains("%UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS%"));
+    // Everything it generates is accepted by the data path.
+    for l in &r.listeners {
+        crate::model::listener::Listener::from_proto(l).unwrap();
+    }
+
+    // JSON encoding, and the CLI's file wins.
+    let mesh_json = mesh.replace(
+        "accessLogFile: /dev/null",
+        "accessLogFile: /dev/null\n    accessLogEncoding: JSON",
+    );
+    let node = Node {
+        access_log_file: Some("/dev/stdout".into()),
+        ..Node::sidecar("ns1")
+    };
+    let (_, j) = tr(&format!("{SVC}---{mesh_json}"), &node);
+    let text = j["listeners"].to_string();
+    assert!(text.contains("/dev/stdout") && !text.contains("/dev/null"));
+    assert!(text.contains("json_format") && text.contains("upstream_cluster"));
+
+    // No setting, no access logs.
+    let (_, j) = tr(SVC, &Node::sidecar("ns1"));
+    assert!(!j["listeners"].to_string().contains("access_log"));
+}
