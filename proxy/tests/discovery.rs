@@ -129,6 +129,7 @@ fn node() -> Node {
         labels: node_settings().labels,
         ip: Some("10.0.0.5".into()),
         interception: Interception::None,
+        access_log_file: None,
     }
 }
 
@@ -365,6 +366,7 @@ async fn identities_get_their_own_translation() {
             labels: gw.labels.clone(),
             ip: Some("10.0.0.9".into()),
             interception: Interception::Redirect,
+            access_log_file: None,
         },
     )
     .unwrap();
