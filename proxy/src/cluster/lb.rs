@@ -22,6 +22,17 @@ pub struct Balancer {
     ring: Vec<(u64, u32)>,
     /// Maglev lookup table of host indexes.
     maglev: Vec<u32>,
+    /// Several priorities: a balancer per level and the share of traffic each gets.
+    levels: Option<Box<Levels>>,
+}
+
+/// Envoy's priority load balancing: each priority gets traffic in proportion to its health
+/// (healthy share × overprovisioning factor, capped at 100%), higher priorities first.
+#[derive(Debug)]
+struct Levels {
+    /// Cumulative load per level, in percent; the last is 100.
+    cumulative: Vec<u32>,
+    balancers: Vec<Balancer>,
 }
 
 fn hash64<T: Hash + ?Sized>(v: &T) -> u64 {
@@ -63,17 +74,115 @@ impl Balancer {
     /// percent of all hosts, Envoy's panic mode balances over all of them (`panic` 0: never;
     /// with no usable host the cluster then has none).
     pub fn with_panic_threshold(policy: LbPolicy, hosts: &[Arc<Host>], panic: f64) -> Balancer {
-        let mut healthy: Vec<usize> = (0..hosts.len())
+        Balancer::for_set(policy, hosts, panic, 140)
+    }
+
+    /// A balancer for a cluster's endpoint set: one level when every host has the same
+    /// priority, else a balancer per priority with Envoy's priority load
+    /// (`overprovisioning` is the assignment's factor, in percent, default 140).
+    pub fn for_set(
+        policy: LbPolicy,
+        hosts: &[Arc<Host>],
+        panic: f64,
+        overprovisioning: u32,
+    ) -> Balancer {
+        let first = hosts.first().map_or(0, |h| h.priority);
+        if hosts.iter().all(|h| h.priority == first) {
+            return Balancer::over(policy, hosts, (0..hosts.len()).collect(), panic);
+        }
+        let mut prios: Vec<u32> = hosts.iter().map(|h| h.priority).collect();
+        prios.sort_unstable();
+        prios.dedup();
+        let members: Vec<Vec<usize>> = prios
+            .iter()
+            .map(|p| {
+                (0..hosts.len())
+                    .filter(|i| hosts[*i].priority == *p)
+                    .collect()
+            })
+            .collect();
+        let usable = |i: &usize| hosts[*i].healthy && !hosts[*i].outlier.is_ejected();
+        let health: Vec<u64> = members
+            .iter()
+            .map(|m| {
+                let ok = m.iter().filter(|i| usable(i)).count() as u64;
+                (overprovisioning as u64 * ok / m.len().max(1) as u64).min(100)
+            })
+            .collect();
+        let total: u64 = health.iter().sum::<u64>().min(100);
+        let in_panic = panic > 0.0 && (total as f64) < panic;
+        let mut load: Vec<u64> = if in_panic {
+            // Panic: spread by host count; each level then uses all its hosts.
+            let n = hosts.len().max(1) as u64;
+            members.iter().map(|m| m.len() as u64 * 100 / n).collect()
+        } else if total == 0 {
+            // Nothing usable and panic disabled: P0, which then has no host to give.
+            let mut l = vec![0; members.len()];
+            l[0] = 100;
+            l
+        } else {
+            let mut remaining = 100u64;
+            health
+                .iter()
+                .map(|h| {
+                    let l = (h * 100 / total).min(remaining);
+                    remaining -= l;
+                    l
+                })
+                .collect()
+        };
+        // Rounding leftovers go to the first level with traffic.
+        let sum: u64 = load.iter().sum();
+        if sum < 100 {
+            let i = load.iter().position(|l| *l > 0).unwrap_or(0);
+            load[i] += 100 - sum;
+        }
+        let mut acc = 0u32;
+        let cumulative = load
+            .iter()
+            .map(|l| {
+                acc += *l as u32;
+                acc
+            })
+            .collect();
+        // In panic every host of a level takes traffic, healthy or not.
+        let all = in_panic;
+        let balancers = members
+            .into_iter()
+            .map(|m| Balancer::over(policy, hosts, m, if all { f64::INFINITY } else { panic }))
+            .collect();
+        Balancer {
+            policy,
+            healthy: (0..hosts.len()).collect(),
+            schedule: Vec::new(),
+            rr: AtomicUsize::new(0),
+            ring: Vec::new(),
+            maglev: Vec::new(),
+            levels: Some(Box::new(Levels {
+                cumulative,
+                balancers,
+            })),
+        }
+    }
+
+    /// A balancer over the `candidates` (indexes into `hosts`) of one priority. `panic` as in
+    /// [`Balancer::with_panic_threshold`]; infinite: every candidate, healthy or not.
+    fn over(policy: LbPolicy, hosts: &[Arc<Host>], candidates: Vec<usize>, panic: f64) -> Balancer {
+        let mut healthy: Vec<usize> = candidates
+            .iter()
+            .copied()
             .filter(|i| hosts[*i].healthy && !hosts[*i].outlier.is_ejected())
             .collect();
-        let all = hosts.len();
-        let in_panic = if panic >= 100.0 {
+        let all = candidates.len();
+        let in_panic = if panic.is_infinite() {
+            true
+        } else if panic >= 100.0 {
             healthy.is_empty()
         } else {
             (healthy.len() as f64) * 100.0 < panic * all as f64
         };
         if in_panic {
-            healthy = (0..hosts.len()).collect();
+            healthy = candidates;
         }
         let mut b = Balancer {
             policy,
@@ -82,6 +191,7 @@ impl Balancer {
             ring: Vec::new(),
             maglev: Vec::new(),
             healthy,
+            levels: None,
         };
         match policy {
             LbPolicy::RoundRobin => b.build_schedule(hosts),
@@ -212,6 +322,12 @@ impl Balancer {
         hash: Option<u64>,
         avoid: &dyn Fn(&Host) -> bool,
     ) -> Option<Arc<Host>> {
+        if let Some(l) = &self.levels {
+            // The priority, by the request hash when there is one (so hashing stays sticky).
+            let r = (hash.unwrap_or_else(|| fastrand::u64(..)) % 100) as u32;
+            let i = l.cumulative.iter().position(|c| r < *c).unwrap_or(0);
+            return l.balancers[i].pick(hosts, hash, avoid);
+        }
         if self.healthy.is_empty() {
             return None;
         }
@@ -328,6 +444,61 @@ mod tests {
         Arc::get_mut(&mut hs[0]).unwrap().healthy = false;
         let b = Balancer::new(LbPolicy::RoundRobin, &hs);
         assert_eq!(counts(&b, &hs, 10, |_| None)["127.0.0.2:80"], 10);
+    }
+
+    /// Share of picks per priority over 10,000 random picks.
+    fn per_priority(b: &Balancer, hs: &[Arc<Host>]) -> [usize; 2] {
+        let mut out = [0; 2];
+        for _ in 0..10_000 {
+            let h = b.pick(hs, None, &|_| false).unwrap();
+            out[h.priority as usize] += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn priorities_take_load_by_health_with_overprovisioning() {
+        let set = |healthy: [bool; 4]| {
+            let mut hs = hosts(&[1, 1, 1, 1]);
+            for (i, h) in hs.iter_mut().enumerate() {
+                let h = Arc::get_mut(h).unwrap();
+                h.priority = (i / 2) as u32;
+                h.healthy = healthy[i];
+            }
+            hs
+        };
+        let hs = set([true; 4]);
+        let b = Balancer::for_set(LbPolicy::RoundRobin, &hs, 50.0, 140);
+        assert_eq!(
+            per_priority(&b, &hs),
+            [10_000, 0],
+            "P0 healthy takes everything"
+        );
+        // Half of P0 healthy: 1.4 × 50% = 70% stays on P0, 30% spills to P1.
+        let hs = set([true, false, true, true]);
+        let b = Balancer::for_set(LbPolicy::RoundRobin, &hs, 50.0, 140);
+        let [p0, p1] = per_priority(&b, &hs);
+        assert!(
+            (6_700..7_300).contains(&p0) && p0 + p1 == 10_000,
+            "{p0}/{p1}"
+        );
+        // Within P0 only the healthy host is used.
+        assert!((0..200).all(|_| b.pick(&hs, None, &|_| false).unwrap().addr != hs[1].addr));
+        // P0 down: everything fails over to P1.
+        let hs = set([false, false, true, true]);
+        let b = Balancer::for_set(LbPolicy::RoundRobin, &hs, 50.0, 140);
+        assert_eq!(per_priority(&b, &hs), [0, 10_000]);
+        // Nothing healthy: panic, traffic by host count over every host.
+        let hs = set([false; 4]);
+        let b = Balancer::for_set(LbPolicy::RoundRobin, &hs, 50.0, 140);
+        let [p0, p1] = per_priority(&b, &hs);
+        assert!(
+            (4_700..5_300).contains(&p0) && p0 + p1 == 10_000,
+            "{p0}/{p1}"
+        );
+        // Panic disabled (Istio with outlier detection): no host at all.
+        let b = Balancer::for_set(LbPolicy::RoundRobin, &hs, 0.0, 140);
+        assert!(b.pick(&hs, None, &|_| false).is_none());
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Host {
     pub pool: Arc<Pool>,
     /// Outlier detection state (counters, ejection).
     pub outlier: outlier::HostOutlier,
+    /// The endpoint's priority (0 is the highest).
+    pub priority: u32,
 }
 
 impl Host {
@@ -45,6 +47,7 @@ impl Host {
             active: AtomicUsize::new(0),
             pool: Arc::new(Pool::default()),
             outlier: outlier::HostOutlier::default(),
+            priority: 0,
         }
     }
 }
@@ -238,35 +241,44 @@ impl ClusterRt {
         use envoy_types::pb::envoy::config::core::v3 as core;
         use envoy_types::pb::envoy::config::endpoint::v3 as epb;
         let set = self.endpoints.load();
-        let lb_endpoints = set
-            .hosts
-            .iter()
-            .map(|h| epb::LbEndpoint {
-                host_identifier: Some(epb::lb_endpoint::HostIdentifier::Endpoint(epb::Endpoint {
-                    address: Some(core::Address {
-                        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
-                            address: h.addr.ip().to_string(),
-                            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(
-                                h.addr.port() as u32,
-                            )),
-                            ..Default::default()
-                        })),
-                    }),
-                    ..Default::default()
-                })),
-                health_status: if h.healthy { 1 } else { 2 },
-                load_balancing_weight: Some(envoy_types::pb::google::protobuf::UInt32Value {
-                    value: h.weight,
+        let lb_endpoint = |h: &Arc<Host>| epb::LbEndpoint {
+            host_identifier: Some(epb::lb_endpoint::HostIdentifier::Endpoint(epb::Endpoint {
+                address: Some(core::Address {
+                    address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+                        address: h.addr.ip().to_string(),
+                        port_specifier: Some(core::socket_address::PortSpecifier::PortValue(
+                            h.addr.port() as u32,
+                        )),
+                        ..Default::default()
+                    })),
                 }),
                 ..Default::default()
-            })
-            .collect();
+            })),
+            health_status: if h.healthy { 1 } else { 2 },
+            load_balancing_weight: Some(envoy_types::pb::google::protobuf::UInt32Value {
+                value: h.weight,
+            }),
+            ..Default::default()
+        };
+        // One group per priority, in order.
+        let mut prios: Vec<u32> = set.hosts.iter().map(|h| h.priority).collect();
+        prios.sort_unstable();
+        prios.dedup();
         epb::ClusterLoadAssignment {
             cluster_name: self.cfg.eds_service_name.clone(),
-            endpoints: vec![epb::LocalityLbEndpoints {
-                lb_endpoints,
-                ..Default::default()
-            }],
+            endpoints: prios
+                .into_iter()
+                .map(|p| epb::LocalityLbEndpoints {
+                    lb_endpoints: set
+                        .hosts
+                        .iter()
+                        .filter(|h| h.priority == p)
+                        .map(lb_endpoint)
+                        .collect(),
+                    priority: p,
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         }
     }
@@ -327,8 +339,12 @@ impl ClusterRt {
     /// Rebuilds the balancer over the same hosts (their health or ejection changed).
     fn rebalance(&self, set: &EndpointSet) {
         let hosts = set.hosts.clone();
-        let balancer =
-            Balancer::with_panic_threshold(self.cfg.lb, &hosts, self.cfg.panic_threshold);
+        let balancer = Balancer::for_set(
+            self.cfg.lb,
+            &hosts,
+            self.cfg.panic_threshold,
+            set.spec.overprovisioning.unwrap_or(140),
+        );
         self.endpoints.store(Arc::new(EndpointSet {
             hosts,
             balancer,
@@ -372,7 +388,12 @@ fn build_set(cfg: &Cluster, spec: Endpoints, old: &[Arc<Host>]) -> EndpointSet {
         hosts.push(reuse_or_new(old, addr, e));
     }
     EndpointSet {
-        balancer: Balancer::with_panic_threshold(cfg.lb, &hosts, cfg.panic_threshold),
+        balancer: Balancer::for_set(
+            cfg.lb,
+            &hosts,
+            cfg.panic_threshold,
+            spec.overprovisioning.unwrap_or(140),
+        ),
         hosts,
         spec,
     }
@@ -385,11 +406,13 @@ fn reuse_or_new(old: &[Arc<Host>], addr: SocketAddr, e: &EndpointSpec) -> Arc<Ho
             && h.healthy == e.healthy
             && h.locality == e.locality
             && h.hostname == e.hostname
+            && h.priority == e.priority
     }) {
         return h.clone();
     }
     let mut h = Host::new(addr, e.weight, e.healthy, e.locality.clone());
     h.hostname = e.hostname.clone();
+    h.priority = e.priority;
     // A host whose attributes changed keeps its connections.
     if let Some(prev) = old.iter().find(|h| h.addr == addr) {
         h.pool = prev.pool.clone();
@@ -459,7 +482,10 @@ async fn dns_refresh(weak: std::sync::Weak<ClusterRt>) {
         let Some(rt) = weak.upgrade() else { return };
         // Keep the last good answer when resolution fails.
         if !failed || !out.is_empty() {
-            rt.set_endpoints(Endpoints { endpoints: out });
+            rt.set_endpoints(Endpoints {
+                endpoints: out,
+                overprovisioning: la.overprovisioning,
+            });
         }
         drop(rt);
         tokio::time::sleep(refresh).await;

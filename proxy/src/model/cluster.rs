@@ -82,6 +82,8 @@ pub struct Cluster {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Endpoints {
     pub endpoints: Vec<EndpointSpec>,
+    /// `policy.overprovisioning_factor` (percent; Envoy's default 140 when unset).
+    pub overprovisioning: Option<u32>,
 }
 
 /// Flattened endpoint metadata (`namespace.key` → value), sorted by key: a boxed slice, as
@@ -556,7 +558,14 @@ pub fn endpoints(
             });
         }
     }
-    Ok(Endpoints { endpoints: out })
+    Ok(Endpoints {
+        endpoints: out,
+        overprovisioning: la
+            .policy
+            .as_ref()
+            .and_then(|p| p.overprovisioning_factor.as_ref())
+            .map(|v| v.value),
+    })
 }
 
 /// `filter_metadata` string values as `namespace.key` → value.
