@@ -10,6 +10,7 @@ mod stats;
 mod sys;
 mod targets;
 mod upstream;
+mod xds_scale;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,6 +38,9 @@ enum Cmd {
     Run(RunArgs),
     /// Only the configuration-scale measurement.
     ConfigScale(ScaleArgs),
+    /// Time and memory for a Sluice process to apply N clusters with endpoints and a
+    /// V-virtual-host route table pushed over xDS; writes xds-scale.md.
+    XdsScale(XdsScaleArgs),
     /// Route-selection time on a 10-route table against a 10,000-route table (no network).
     RouteSelect {
         #[arg(long, default_value_os_t = default_out())]
@@ -112,6 +116,18 @@ struct ScaleArgs {
     services: Vec<usize>,
 }
 
+#[derive(Args, Clone)]
+struct XdsScaleArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Cluster counts, one Sluice process each.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    clusters: Vec<usize>,
+    /// Virtual hosts in the route table.
+    #[arg(long, default_value_t = 10_000)]
+    vhosts: usize,
+}
+
 fn default_out() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/bench")
 }
@@ -164,6 +180,31 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
             }
             let _ = std::fs::remove_dir_all(&dir);
+            Ok(())
+        }
+        Cmd::XdsScale(a) => {
+            let (proxy_cpu, client_cpu) = cpus(a.common.no_pin);
+            if let Some(c) = client_cpu {
+                sys::pin_current(c)?;
+            }
+            let up = upstream::start(client_cpu)?;
+            let sluice = a.common.sluice.clone().unwrap_or_else(default_sluice);
+            let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+            let mut records = Vec::new();
+            for n in &a.clusters {
+                let r = xds_scale::measure(&sluice, *n, a.vhosts, up.http, &dir, proxy_cpu)?;
+                println!("{}", serde_json::to_string(&r)?);
+                records.push(r);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            let md = xds_scale::markdown(
+                &records,
+                &command_line(),
+                &format!("{}, {}", date(), machine()),
+            );
+            print!("{md}");
+            std::fs::create_dir_all(&a.common.out)?;
+            std::fs::write(a.common.out.join("xds-scale.md"), md)?;
             Ok(())
         }
         Cmd::RouteSelect { out } => {

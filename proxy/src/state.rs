@@ -29,12 +29,23 @@ pub struct Meta {
     pub is_static: bool,
 }
 
-/// A route configuration: the proto (for dumps) and the compiled table.
+/// A route configuration: the resource as received, protobuf-encoded (decoded on demand by
+/// `/config_dump`: a 10,000-virtual-host table's proto struct is tens of MB), and the compiled
+/// table.
 #[derive(Debug)]
 pub struct Routes {
-    pub proto: rpb::RouteConfiguration,
+    encoded: bytes::Bytes,
     pub table: Arc<RouteTable>,
     pub meta: Meta,
+}
+
+impl Routes {
+    /// The route configuration as received.
+    pub fn proto(&self) -> rpb::RouteConfiguration {
+        use prost::Message;
+        rpb::RouteConfiguration::decode(self.encoded.clone())
+            .expect("a route configuration's own encoding decodes")
+    }
 }
 
 /// Everything the data path reads, at one version. Cloning copies the maps of `Arc`s, not the
@@ -230,7 +241,7 @@ impl State {
                         let mut meta = r.meta.clone();
                         meta.version = version.clone();
                         *r = Arc::new(Routes {
-                            proto: r.proto.clone(),
+                            encoded: r.encoded.clone(),
                             table: r.table.clone(),
                             meta,
                         });
@@ -381,7 +392,7 @@ impl State {
                     routes.insert(
                         rc.name.clone(),
                         Arc::new(Routes {
-                            proto: rc.clone(),
+                            encoded: prost::Message::encode_to_vec(rc).into(),
                             table: Arc::new(t),
                             meta: meta(version, is_static),
                         }),
@@ -436,7 +447,7 @@ impl State {
                 continue;
             }
             if let Some((old, m)) = listeners.get(&l.name) {
-                if old.proto == *l {
+                if old.same_proto(l) {
                     let m = Meta {
                         version: version.to_string(),
                         ..m.clone()

@@ -450,7 +450,11 @@ async fn mirror_stats(client: XdsClient) {
         r.text(&format!("{p}.version_text"));
     }
     let mut seen: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+    // Decoding and applying a large response leaves tens of MB of freed heap that glibc keeps;
+    // once updates are quiet for a tick, give it back (as the bootstrap path does).
+    let mut trim_due = false;
     loop {
+        let mut updated = false;
         let stats = client.stats();
         let up = matches!(*client.connection().borrow(), ConnectionState::Connected);
         connected.set(i64::from(up));
@@ -464,10 +468,17 @@ async fn mirror_stats(client: XdsClient) {
             {
                 if now[i] > last[i] {
                     r.counter(&format!("{p}.{s}")).add(now[i] - last[i]);
+                    updated = true;
                 }
             }
             *last = now;
             r.text(&format!("{p}.version_text")).set(&ts.version);
+        }
+        if updated {
+            trim_due = true;
+        } else if trim_due {
+            trim_due = false;
+            tokio::task::spawn_blocking(crate::sys::trim_heap);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -38,7 +38,7 @@ fn docs_example_translates_without_problems() {
 
 fn reviews_default_cluster(st: &State) -> Option<String> {
     let snap = st.load();
-    let rc = &snap.routes.get("9080")?.proto;
+    let rc = snap.routes.get("9080")?.proto();
     let vh = rc
         .virtual_hosts
         .iter()

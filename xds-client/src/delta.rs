@@ -136,7 +136,8 @@ pub(crate) async fn run_stream(
     for type_url in ordered(&want) {
         stream.subscribe(state, &type_url, &want[&type_url]);
     }
-    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let mut client = AggregatedDiscoveryServiceClient::new(channel)
+        .max_decoding_message_size(crate::MAX_RESPONSE_BYTES);
     let mut responses = match client
         .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
         .await

@@ -56,6 +56,10 @@ pub use client::{
 pub use handler::{Handler, Rejected, Resource, Update, XdsResource};
 pub use node::{NodeSettings, ProxyType};
 
+/// The largest xDS response accepted (tonic's default is 4 MiB; a CDS or RDS response for a
+/// 10,000-service mesh is larger). Envoy's own gRPC client has no limit by default.
+pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
 /// Type URLs of the resource types the client subscribes to.
 pub mod type_url {
     pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";

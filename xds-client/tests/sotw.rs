@@ -464,3 +464,17 @@ async fn invalid_address_is_an_error_not_a_retry_loop() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn responses_over_tonics_4_mib_default_are_accepted() {
+    let ads = FakeAds::start().await;
+    let (_client, stores, _task) = start_client(&ads, Protocol::StateOfTheWorld);
+    ads.next_sotw(type_url::CLUSTER).await;
+    // 6,000 clusters with 1 KB names: about 6 MB in one response, as a large mesh sends.
+    let many: Vec<Any> = (0..6000).map(|i| cluster(&format!("{i:0>1000}"))).collect();
+    ads.respond(type_url::CLUSTER, "big", "n1", many);
+    let ack = ads.next_sotw(type_url::CLUSTER).await;
+    assert_eq!(ack.response_nonce, "n1");
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+    assert_eq!(stores.clusters.snapshot().len(), 6000);
+}

@@ -130,7 +130,7 @@ pub fn dump(
     let (mut sl, mut dl) = (Vec::new(), Vec::new());
     let mut lds_version = String::new();
     for (l, m) in snap.listeners.values() {
-        let lj = to_json(&l.proto);
+        let lj = to_json(&l.proto());
         if m.is_static {
             sl.push(entry(
                 "listener",
@@ -157,7 +157,7 @@ pub fn dump(
     for r in snap.routes.values() {
         let v = entry(
             "route_config",
-            to_json(&r.proto),
+            to_json(&r.proto()),
             "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
             &r.meta,
         );

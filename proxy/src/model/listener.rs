@@ -38,7 +38,8 @@ pub struct Listener {
     pub chains: Vec<Arc<FilterChain>>,
     pub default_chain: Option<Arc<FilterChain>>,
     pub matcher: Option<Matcher>,
-    pub proto: lpb::Listener,
+    /// The resource as received, protobuf-encoded (decoded on demand for `/config_dump`).
+    encoded: Box<[u8]>,
 }
 
 /// A filter chain: what it matches and the network filter it runs.
@@ -75,6 +76,18 @@ fn cidrs(
 
 impl Listener {
     /// Validates a Listener resource.
+    /// The resource as received.
+    pub fn proto(&self) -> lpb::Listener {
+        prost::Message::decode(&*self.encoded).expect("a listener's own encoding decodes")
+    }
+
+    /// Whether `l` is the resource this listener was built from (see
+    /// `Cluster::same_proto`: equal lengths, then equal bytes, else decode and compare).
+    pub fn same_proto(&self, l: &lpb::Listener) -> bool {
+        let other = prost::Message::encode_to_vec(l);
+        other.len() == self.encoded.len() && (*other == *self.encoded || self.proto() == *l)
+    }
+
     pub fn from_proto(l: &lpb::Listener) -> Result<Listener, ModelError> {
         let res = format!("listener {}", l.name);
         let err = |f: &str, r: String| ModelError::new(&res, f, r);
@@ -189,7 +202,7 @@ impl Listener {
             chains,
             default_chain,
             matcher,
-            proto: l.clone(),
+            encoded: prost::Message::encode_to_vec(l).into_boxed_slice(),
         })
     }
 
