@@ -192,8 +192,8 @@ async fn listener_removed_stops_accepting_and_drains_its_connections() {
     assert_eq!(env.app.listener_address("web"), Some(addr));
     let tcp_addr = env.app.listener_address("tcp").expect("tcp listener bound");
 
-    // A TCP proxy connection, an idle keep-alive HTTP/1.1 connection, and one with a request
-    // in flight (headers and half the body sent).
+    // A TCP proxy connection, an idle keep-alive HTTP/1.1 connection, one with a request in
+    // flight (headers and half the body sent), and an HTTP/2 connection.
     let mut tcp = tokio::net::TcpStream::connect(tcp_addr).await.unwrap();
     let mut buf = [0u8; 16];
     tcp.write_all(b"ping").await.unwrap();
@@ -210,6 +210,8 @@ async fn listener_removed_stops_accepting_and_drains_its_connections() {
     busy.write_all(b"POST /busy HTTP/1.1\r\nhost: test\r\ncontent-length: 10\r\n\r\n12345")
         .await
         .unwrap();
+    let mut h2 = support::H2::connect(addr).await;
+    assert_eq!(h2.get("test", "/h2").await.status, 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let removed = std::time::Instant::now();
@@ -250,6 +252,12 @@ async fn listener_removed_stops_accepting_and_drains_its_connections() {
         "{resp}"
     );
     assert!(eof, "draining connection not closed after its response");
+    // ...the idle HTTP/2 connection gets GOAWAY and closes...
+    eventually("h2 connection closed", || h2.is_closed()).await;
+    assert!(
+        removed.elapsed() < Duration::from_millis(1500),
+        "h2 connection closed only at the end of the drain time"
+    );
     // ...and the TCP proxy connection keeps flowing until the drain time (2 s) is over, then
     // is closed.
     tcp.write_all(b"still").await.unwrap();
