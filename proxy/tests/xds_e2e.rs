@@ -153,6 +153,29 @@ filter_chains:
     ))
 }
 
+/// `rds_listener` (any port) that also allows WebSocket upgrades.
+fn websocket_listener(
+    name: &str,
+    route: &str,
+) -> envoy_types::pb::envoy::config::listener::v3::Listener {
+    yaml(&format!(
+        r#"name: {name}
+address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: {name}
+      upgrade_configs: [{{upgrade_type: websocket}}]
+      rds: {{route_config_name: {route}, config_source: {{ads: {{}}}}}}
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#
+    ))
+}
+
 /// Reads until EOF (or 5 s); the bytes read and whether EOF came.
 async fn read_to_eof(s: &mut tokio::net::TcpStream) -> (String, bool) {
     use tokio::io::AsyncReadExt;
@@ -185,15 +208,15 @@ async fn listener_removed_stops_accepting_and_drains_its_connections() {
         LDS,
         "l2",
         "x1",
-        anys([rds_listener("web", 0, "r1"), tcp_listener("tcp", "echo")]),
+        anys([websocket_listener("web", "r1"), tcp_listener("tcp", "echo")]),
     )
     .await;
     assert_eq!((ack.version_info.as_str(), ack.error_detail), ("l2", None));
     assert_eq!(env.app.listener_address("web"), Some(addr));
     let tcp_addr = env.app.listener_address("tcp").expect("tcp listener bound");
 
-    // A TCP proxy connection, an idle keep-alive HTTP/1.1 connection, and one with a request
-    // in flight (headers and half the body sent).
+    // A TCP proxy connection, an idle keep-alive HTTP/1.1 connection, one with a request in
+    // flight (headers and half the body sent), an HTTP/2 connection and an upgraded one.
     let mut tcp = tokio::net::TcpStream::connect(tcp_addr).await.unwrap();
     let mut buf = [0u8; 16];
     tcp.write_all(b"ping").await.unwrap();
@@ -210,6 +233,20 @@ async fn listener_removed_stops_accepting_and_drains_its_connections() {
     busy.write_all(b"POST /busy HTTP/1.1\r\nhost: test\r\ncontent-length: 10\r\n\r\n12345")
         .await
         .unwrap();
+    let mut h2 = support::H2::connect(addr).await;
+    assert_eq!(h2.get("test", "/h2").await.status, 200);
+    let mut ws = tokio::net::TcpStream::connect(addr).await.unwrap();
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: test\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let n = ws.read(&mut head).await.unwrap();
+    let got = String::from_utf8_lossy(&head[..n]).into_owned();
+    assert!(got.starts_with("HTTP/1.1 101"), "{got}");
+    ws.write_all(b"hi").await.unwrap();
+    ws.read_exact(&mut buf[..2]).await.unwrap();
+    assert_eq!(&buf[..2], b"hi");
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let removed = std::time::Instant::now();
@@ -250,6 +287,12 @@ async fn listener_removed_stops_accepting_and_drains_its_connections() {
         "{resp}"
     );
     assert!(eof, "draining connection not closed after its response");
+    // ...the idle HTTP/2 connection gets GOAWAY and closes...
+    eventually("h2 connection closed", || h2.is_closed()).await;
+    assert!(
+        removed.elapsed() < Duration::from_millis(1500),
+        "h2 connection closed only at the end of the drain time"
+    );
     // ...and the TCP proxy connection keeps flowing until the drain time (2 s) is over, then
     // is closed.
     tcp.write_all(b"still").await.unwrap();
@@ -261,6 +304,12 @@ async fn listener_removed_stops_accepting_and_drains_its_connections() {
     assert!(
         after >= Duration::from_millis(1900) && after < Duration::from_secs(4),
         "tcp connection closed {after:?} after removal (drain time 2 s)"
+    );
+    // An upgraded (WebSocket) connection is closed at the same time.
+    let (_, eof) = read_to_eof(&mut ws).await;
+    assert!(
+        eof && removed.elapsed() < Duration::from_secs(4),
+        "upgraded connection not closed"
     );
 }
 

@@ -386,6 +386,7 @@ pub async fn connect_tunnel(
     cluster: &Arc<ClusterRt>,
     hash: Option<u64>,
     down: Option<hyper::upgrade::OnUpgrade>,
+    mut phase: tokio::sync::watch::Receiver<crate::listener::Phase>,
 ) -> Result<(), LocalReply> {
     let down = down.ok_or(LocalReply {
         status: 400,
@@ -402,7 +403,11 @@ pub async fn connect_tunnel(
     tokio::spawn(async move {
         if let Ok(d) = down.await {
             let mut d = hyper_util::rt::TokioIo::new(d);
-            let _ = tokio::io::copy_bidirectional(&mut d, &mut up).await;
+            // The tunnel is closed at the end of a drain.
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut d, &mut up) => {}
+                _ = crate::listener::reached(&mut phase, crate::listener::Phase::Close) => {}
+            }
         }
     });
     Ok(())
@@ -450,6 +455,7 @@ pub async fn mirror(
         let info = conn.info.clone();
         let stats = conn.stats.clone();
         let http2 = conn.http2;
+        let phase = conn.phase.clone();
         tokio::spawn(async move {
             let shadow = Conn {
                 state,
@@ -457,6 +463,7 @@ pub async fn mirror(
                 info,
                 stats,
                 http2,
+                phase,
             };
             if let Some(host) = cluster.pick(None, None, &|_| false) {
                 if let Ok(resp) = send_once(&shadow, &cluster, &host, r).await {

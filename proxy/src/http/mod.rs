@@ -39,6 +39,8 @@ pub struct Conn {
     pub info: ConnInfo,
     pub stats: Arc<HcmStats>,
     pub http2: bool,
+    /// The listener's drain phase (upgraded connections and tunnels close at `Close`).
+    pub phase: watch::Receiver<Phase>,
 }
 
 /// Serves one downstream HTTP connection.
@@ -79,6 +81,7 @@ pub async fn serve(
         info,
         stats: stats.clone(),
         http2,
+        phase: phase.clone(),
     });
     let svc = service_fn(move |req| {
         let conn = conn.clone();

@@ -12,6 +12,7 @@ use prost::Message;
 use super::forward::{self, LocalReply};
 use super::{cors, fault, headers, Conn};
 use crate::body::{self, Body};
+use crate::listener::{reached, Phase};
 use crate::model::network::{HttpFilter, RouteSource};
 use crate::route::{self, FormatCtx, RequestView, RouteTable, Selected};
 
@@ -318,7 +319,14 @@ async fn route_inner(
             let deadline = timeouts.stream.map(|d| tokio::time::Instant::now() + d);
             let hash = forward::request_hash(&entry.hash_policy, &parts, conn.info.remote);
             if parts.method == http::Method::CONNECT {
-                return match forward::connect_tunnel(&cluster_rt, hash, down_upgrade).await {
+                return match forward::connect_tunnel(
+                    &cluster_rt,
+                    hash,
+                    down_upgrade,
+                    conn.phase.clone(),
+                )
+                .await
+                {
                     Ok(()) => local_reply(200, ""),
                     Err(LocalReply { status, body }) => local_reply(status, body),
                 };
@@ -379,7 +387,14 @@ async fn route_inner(
                     if r.status() == StatusCode::SWITCHING_PROTOCOLS {
                         if let Some(down) = down_upgrade {
                             let up = hyper::upgrade::on(&mut r);
-                            tokio::spawn(tunnel(down, up));
+                            // Upgraded connections are closed at the end of a drain.
+                            let mut phase = conn.phase.clone();
+                            tokio::spawn(async move {
+                                tokio::select! {
+                                    _ = tunnel(down, up) => {}
+                                    _ = reached(&mut phase, Phase::Close) => {}
+                                }
+                            });
                         }
                     } else {
                         headers::strip_hop_by_hop(r.headers_mut(), false);

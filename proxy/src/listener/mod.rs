@@ -98,12 +98,12 @@ pub async fn reached(rx: &mut watch::Receiver<Phase>, at: Phase) {
 struct Active {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
-    phase: watch::Sender<Phase>,
 }
 
-/// The phase of every listener still bound, by name: a connection handed to another listener
-/// (`use_original_dst`) follows that listener's phase.
-type Phases = Arc<Mutex<HashMap<String, watch::Receiver<Phase>>>>;
+/// The drain phase of every listener by name: bound ones from `start`, `bind_to_port: false`
+/// ones from the first connection handed to them (`use_original_dst`), which then follows that
+/// listener's phase rather than the phase of the listener that accepted it.
+type Phases = Arc<Mutex<HashMap<String, watch::Sender<Phase>>>>;
 
 /// Owns the bound listeners; started and stopped by `State` as the listener set changes.
 pub struct Manager {
@@ -137,7 +137,9 @@ impl Manager {
         self.draining.store(true, Ordering::Relaxed);
         for a in self.active.lock().unwrap().values() {
             let _ = a.stop.send(true);
-            a.phase.send_if_modified(|p| {
+        }
+        for p in self.phases.lock().unwrap().values() {
+            p.send_if_modified(|p| {
                 let was = *p;
                 *p = was.max(Phase::Drain);
                 *p != was
@@ -161,10 +163,7 @@ impl ListenerHost for Manager {
         let (phase_tx, phase_rx) = watch::channel(initial);
         let name = l.name.clone();
         tracing::info!(listener = %name, address = %bound, "listener started");
-        self.phases
-            .lock()
-            .unwrap()
-            .insert(name.clone(), phase_rx.clone());
+        self.phases.lock().unwrap().insert(name.clone(), phase_tx);
         tokio::spawn(accept_loop(
             self.state.clone(),
             name.clone(),
@@ -178,36 +177,34 @@ impl ListenerHost for Manager {
             Active {
                 addr: bound,
                 stop: stop_tx,
-                phase: phase_tx,
             },
         );
         Ok(())
     }
 
-    /// Stops accepting; open connections drain, and whatever is still open after the drain
-    /// time is closed.
+    /// Stops accepting (bound listeners); open connections drain, and whatever is still open
+    /// after the drain time is closed. Also called for removed `bind_to_port: false` listeners.
     fn stop(&self, name: &str) {
-        let Some(a) = self.active.lock().unwrap().remove(name) else {
+        if let Some(a) = self.active.lock().unwrap().remove(name) {
+            let _ = a.stop.send(true);
+            tracing::info!(listener = name, "listener stopped");
+        }
+        let Some(phase) = self.phases.lock().unwrap().remove(name) else {
             return;
         };
-        {
-            let mut phases = self.phases.lock().unwrap();
-            if phases
-                .get(name)
-                .is_some_and(|p| p.same_channel(&a.phase.subscribe()))
-            {
-                phases.remove(name);
-            }
+        if phase.receiver_count() > 0 {
+            tracing::info!(
+                listener = name,
+                open = phase.receiver_count(),
+                "draining the removed listener's connections"
+            );
         }
-        let _ = a.stop.send(true);
-        let open = a.phase.receiver_count();
-        tracing::info!(
-            listener = name,
-            open,
-            "listener stopped; draining its connections"
-        );
-        let _ = a.phase.send(Phase::Drain);
-        let (phase, drain_time, name) = (a.phase, self.drain_time, name.to_string());
+        phase.send_if_modified(|p| {
+            let was = *p;
+            *p = was.max(Phase::Drain);
+            *p != was
+        });
+        let (drain_time, name) = (self.drain_time, name.to_string());
         tokio::spawn(async move {
             tokio::time::sleep(drain_time).await;
             if phase.receiver_count() > 0 {
@@ -216,6 +213,17 @@ impl ListenerHost for Manager {
             let _ = phase.send(Phase::Close);
         });
     }
+}
+
+/// The phase of listener `name`, created (serving) for a `bind_to_port: false` listener's
+/// first connection.
+fn follow(phases: &Phases, name: &str) -> watch::Receiver<Phase> {
+    phases
+        .lock()
+        .unwrap()
+        .entry(name.to_string())
+        .or_insert_with(|| watch::channel(Phase::Serve).0)
+        .subscribe()
 }
 
 async fn accept_loop(
@@ -279,9 +287,7 @@ async fn handle(
         match snap.listener_for(dst) {
             Some(target) if target.name != l.name => {
                 l = target.clone();
-                if let Some(p) = phases.lock().unwrap().get(&l.name) {
-                    phase = p.clone();
-                }
+                phase = follow(&phases, &l.name);
             }
             _ => {}
         }
@@ -400,4 +406,28 @@ fn inspection_matters(l: &Listener, dst: SocketAddr) -> bool {
     variants[1..]
         .iter()
         .any(|v| l.select_chain(v).map(Arc::as_ptr) != first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn removed_unbound_listener_drains_then_closes_handed_over_connections() {
+        let state = State::new();
+        let m = Manager::new(&state, Duration::from_secs(5));
+        // A connection handed over to `bind_to_port: false` listener "svc" (use_original_dst).
+        let mut conn = follow(&m.phases, "svc");
+        let mut other = follow(&m.phases, "other");
+        assert_eq!(*conn.borrow(), Phase::Serve);
+        m.stop("svc");
+        reached(&mut conn, Phase::Drain).await;
+        let t = tokio::time::Instant::now();
+        reached(&mut conn, Phase::Close).await;
+        assert_eq!(t.elapsed(), Duration::from_secs(5));
+        assert_eq!(*other.borrow_and_update(), Phase::Serve);
+        // Server drain reaches listeners known only from hand-offs too.
+        m.drain();
+        reached(&mut other, Phase::Drain).await;
+    }
 }

@@ -304,6 +304,11 @@ impl H2 {
         H2 { tx }
     }
 
+    /// True once the connection is gone (closed by the server, e.g. after GOAWAY).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     pub async fn get(&mut self, authority: &str, path: &str) -> Got {
         let req = Request::get(format!("http://{authority}{path}"))
             .body(Full::new(Bytes::new()))
