@@ -1,6 +1,7 @@
 //! `bench`: Sluice against a direct connection, nginx and haproxy, in one run on loopback.
 //! See bench/README.md.
 
+mod cost;
 mod hist;
 mod load;
 mod report;
@@ -46,6 +47,9 @@ enum Cmd {
         #[arg(long, default_value_os_t = default_out())]
         out: PathBuf,
     },
+    /// Cost per request (CPU, syscalls, context switches; with --callgrind, user-space
+    /// instructions) for h1 small, h1 16 KiB and h2c small, through each target.
+    Cost(CostArgs),
     /// Rewrite report.md and latency.svg from an existing results.json.
     Report {
         #[arg(long, default_value_os_t = default_out())]
@@ -106,6 +110,27 @@ struct RunArgs {
     /// Skip the wrk/h2load cross-check.
     #[arg(long)]
     no_crosscheck: bool,
+}
+
+#[derive(Args, Clone)]
+struct CostArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value = "/usr/sbin/nginx")]
+    nginx: PathBuf,
+    #[arg(long, default_value = "/usr/sbin/haproxy")]
+    haproxy: PathBuf,
+    #[arg(long, value_delimiter = ',', default_value = "sluice,nginx")]
+    targets: Vec<String>,
+    /// Requests in flight (HTTP/1.1 connections; h2c: a quarter as many connections × 4).
+    #[arg(long, default_value_t = 64)]
+    inflight: usize,
+    /// Seconds per measured window.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Count user-space instructions under valgrind's callgrind instead of perf counters.
+    #[arg(long)]
+    callgrind: bool,
 }
 
 #[derive(Args, Clone)]
@@ -219,6 +244,43 @@ fn main() -> anyhow::Result<()> {
             print!("{md}");
             std::fs::create_dir_all(&out)?;
             std::fs::write(out.join("route-select.md"), md)?;
+            Ok(())
+        }
+        Cmd::Cost(a) => {
+            let (proxy_cpu, client_cpu) = cpus(a.common.no_pin);
+            let bins = Bins {
+                sluice: a.common.sluice.clone().unwrap_or_else(default_sluice),
+                nginx: a.nginx.clone(),
+                haproxy: a.haproxy.clone(),
+            };
+            let kinds = a
+                .targets
+                .iter()
+                .map(|t| Kind::parse(t).with_context(|| format!("unknown target {t}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            anyhow::ensure!(
+                !kinds.contains(&Kind::Direct),
+                "cost measures a proxy process; direct has none"
+            );
+            let up = upstream::start(client_cpu)?;
+            if let Some(c) = client_cpu {
+                sys::pin_current(c)?;
+            }
+            let dir = std::env::temp_dir().join(format!("sluice-cost-{}", std::process::id()));
+            let table = cost::run(
+                &kinds,
+                &bins,
+                &up,
+                &dir,
+                proxy_cpu,
+                a.inflight,
+                Duration::from_secs_f64(a.duration),
+                a.callgrind,
+            )?;
+            println!("{table}");
+            if !a.callgrind {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
             Ok(())
         }
         Cmd::Report { out } => {

@@ -133,6 +133,19 @@ pub fn start(
     dir: &Path,
     cpu: Option<usize>,
 ) -> anyhow::Result<Running> {
+    start_wrapped(kind, bins, up, dir, cpu, &[])
+}
+
+/// As [`start`], with the target run under `wrapper` (e.g. `valgrind --tool=callgrind`), which
+/// must exec the target in the same process. A wrapped target gets longer to start.
+pub fn start_wrapped(
+    kind: Kind,
+    bins: &Bins,
+    up: &Upstream,
+    dir: &Path,
+    cpu: Option<usize>,
+    wrapper: &[String],
+) -> anyhow::Result<Running> {
     if kind == Kind::Direct {
         return Ok(Running {
             kind,
@@ -151,7 +164,14 @@ pub fn start(
         admin: sys::free_port()?,
     };
     let bin = bins.path(kind).unwrap();
-    let mut cmd = Command::new(bin);
+    let mut cmd = match wrapper.split_first() {
+        Some((w, rest)) => {
+            let mut c = Command::new(w);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
     match kind {
         Kind::Sluice => {
             let f = dir.join("bootstrap.yaml");
@@ -202,7 +222,7 @@ pub fn start(
         h2: loopback(p.h2),
         tcp: loopback(p.tcp),
     };
-    let limit = Duration::from_secs(20);
+    let limit = Duration::from_secs(if wrapper.is_empty() { 20 } else { 180 });
     for a in [r.h1, r.h2, r.tcp] {
         if !sys::wait_listening(a, limit) {
             let _ = r.child.as_mut().map(|c| c.kill());

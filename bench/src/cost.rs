@@ -1,0 +1,323 @@
+//! `bench cost`: what one request costs a proxy, in figures that other work on the machine does
+//! not move much: system calls, context switches and CPU time per request counted with
+//! `perf stat` software events and syscall tracepoints on the proxy process, and (with
+//! `--callgrind`) user-space instructions per request counted by valgrind's callgrind between a
+//! zero and a dump of its counters. The VM this was written on has no PMU, so `perf stat -e
+//! instructions` is not available; callgrind counts instructions exactly (user space only).
+//!
+//! Each target is started as the bench starts it (pinned to CPU 0; client and upstream on
+//! CPU 1), connections are opened and warmed, then the counters cover a closed-loop window.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::load::{self, Mode, Proto, Scenario};
+use crate::targets::{self, Bins, Kind};
+use crate::upstream::Upstream;
+
+/// The syscall tracepoints counted one by one (the total is `raw_syscalls:sys_enter`).
+const SYSCALLS: &[&str] = &[
+    "read",
+    "readv",
+    "recvfrom",
+    "recvmsg",
+    "write",
+    "writev",
+    "sendto",
+    "sendmsg",
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_ctl",
+    "futex",
+    "sched_yield",
+];
+
+/// What one (target, scenario) window measured.
+#[derive(Debug, Default)]
+pub struct Cost {
+    pub requests: u64,
+    /// Per request.
+    pub per_req: BTreeMap<String, f64>,
+}
+
+/// The three request shapes the cost table covers, with `inflight` requests in flight.
+pub fn scenarios(inflight: usize) -> Vec<Scenario> {
+    let h1 = |name: &str, path: &str| Scenario {
+        name: name.into(),
+        proto: Proto::H1,
+        path: path.into(),
+        mode: Mode::Max,
+        conns: inflight,
+        depth: 1,
+    };
+    let (conns, depth) = if inflight >= 4 {
+        (inflight / 4, 4)
+    } else {
+        (1, inflight)
+    };
+    vec![
+        h1("h1-small", "/small"),
+        h1("h1-16k", "/16k"),
+        Scenario {
+            name: "h2-small".into(),
+            proto: Proto::H2,
+            path: "/small".into(),
+            mode: Mode::Max,
+            conns,
+            depth,
+        },
+    ]
+}
+
+fn perf_events() -> String {
+    let mut ev = vec![
+        "task-clock".to_string(),
+        "context-switches".to_string(),
+        "raw_syscalls:sys_enter".to_string(),
+    ];
+    ev.extend(SYSCALLS.iter().map(|s| format!("syscalls:sys_enter_{s}")));
+    ev.join(",")
+}
+
+/// Parses `perf stat -x,` output: `value,unit,event,...` per line.
+pub fn parse_perf_csv(out: &str) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::new();
+    for l in out.lines() {
+        let f: Vec<&str> = l.split(',').collect();
+        if f.len() < 3 {
+            continue;
+        }
+        let Ok(v) = f[0].trim().parse::<f64>() else {
+            continue;
+        };
+        let name = f[2]
+            .trim()
+            .trim_start_matches("syscalls:sys_enter_")
+            .trim_start_matches("raw_syscalls:sys_enter")
+            .to_string();
+        let name = if name.is_empty() {
+            "syscalls".to_string()
+        } else {
+            name
+        };
+        m.insert(name, v);
+    }
+    m
+}
+
+/// The `summary:` (or `totals:`) line of a callgrind output file.
+pub fn parse_callgrind_total(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn interrupt(child: &mut Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+}
+
+/// Measures one scenario against a started target.
+pub fn measure(
+    running: &targets::Running,
+    sc: &Scenario,
+    dur: Duration,
+    callgrind: Option<&Path>,
+) -> anyhow::Result<Cost> {
+    let pid = running.pid().expect("a proxy process");
+    let mut perf: Option<Child> = None;
+    let mut dumps_before = 0usize;
+    let mut window = |start: bool| {
+        if let Some(dir) = callgrind {
+            let arg = if start { "-z" } else { "-d" };
+            if start {
+                dumps_before = callgrind_files(dir, pid).len();
+            }
+            let _ = Command::new("callgrind_control")
+                .arg(arg)
+                .arg(pid.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        } else if start {
+            perf = Command::new("perf")
+                .args(["stat", "-x,", "-e", &perf_events(), "-p", &pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .ok();
+            // perf needs a moment to attach.
+            std::thread::sleep(Duration::from_millis(200));
+        } else if let Some(p) = perf.as_mut() {
+            interrupt(p);
+        }
+    };
+    let out = load::run(running.addr(sc.proto), sc, dur, &mut window)?;
+    anyhow::ensure!(out.requests > 0, "no request completed");
+    let n = out.requests as f64;
+    let mut cost = Cost {
+        requests: out.requests,
+        ..Default::default()
+    };
+    if let Some(dir) = callgrind {
+        let files = callgrind_files(dir, pid);
+        anyhow::ensure!(files.len() > dumps_before, "callgrind wrote no dump");
+        let last = files.last().unwrap();
+        let ir = parse_callgrind_total(&std::fs::read_to_string(last)?)
+            .ok_or_else(|| anyhow::anyhow!("no total in {}", last.display()))?;
+        cost.per_req.insert("instructions:u".into(), ir as f64 / n);
+        eprintln!("callgrind dump: {}", last.display());
+    } else if let Some(p) = perf.take() {
+        let o = p.wait_with_output()?;
+        for (k, v) in parse_perf_csv(&String::from_utf8_lossy(&o.stderr)) {
+            // task-clock is in msec: report µs per request.
+            let v = if k == "task-clock" { v * 1000.0 } else { v };
+            let k = if k == "task-clock" {
+                "cpu-µs".to_string()
+            } else {
+                k
+            };
+            cost.per_req.insert(k, v / n);
+        }
+    }
+    Ok(cost)
+}
+
+fn callgrind_files(dir: &Path, pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("callgrind.out.{pid}");
+    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let rest = name.strip_prefix(&prefix)?;
+                    let n = rest.strip_prefix('.').map_or(Some(0), |r| r.parse().ok())?;
+                    Some((n, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Runs every target × scenario and prints one table.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    kinds: &[Kind],
+    bins: &Bins,
+    up: &Upstream,
+    dir: &Path,
+    cpu: Option<usize>,
+    inflight: usize,
+    dur: Duration,
+    callgrind: bool,
+) -> anyhow::Result<String> {
+    let mut rows: Vec<(String, String, Cost)> = Vec::new();
+    let cg_dir = dir.join("callgrind");
+    if callgrind {
+        std::fs::create_dir_all(&cg_dir)?;
+    }
+    for k in kinds {
+        for sc in scenarios(inflight) {
+            let wrapper: Vec<String> = if callgrind {
+                vec![
+                    "valgrind".into(),
+                    "--tool=callgrind".into(),
+                    format!("--callgrind-out-file={}/callgrind.out.%p", cg_dir.display()),
+                ]
+            } else {
+                vec![]
+            };
+            // A fresh process per scenario, so one scenario's connections do not linger.
+            let running = targets::start_wrapped(*k, bins, up, dir, cpu, &wrapper)?;
+            let c = measure(&running, &sc, dur, callgrind.then_some(cg_dir.as_path()))?;
+            eprintln!(
+                "{} {}: {} requests {:?}",
+                k.name(),
+                sc.name,
+                c.requests,
+                c.per_req
+            );
+            rows.push((k.name().to_string(), sc.name.clone(), c));
+        }
+    }
+    Ok(table(&rows, inflight, callgrind))
+}
+
+fn table(rows: &[(String, String, Cost)], inflight: usize, callgrind: bool) -> String {
+    let cols: Vec<&str> = if callgrind {
+        vec!["instructions:u"]
+    } else {
+        let mut c = vec!["cpu-µs", "syscalls", "context-switches"];
+        c.extend(SYSCALLS.iter().copied());
+        c
+    };
+    // Only the columns some row has a non-zero value for.
+    let cols: Vec<&str> = cols
+        .into_iter()
+        .filter(|c| {
+            rows.iter()
+                .any(|(_, _, r)| r.per_req.get(*c).is_some_and(|v| *v > 0.0))
+        })
+        .collect();
+    let mut s = format!(
+        "per request, closed loop, {inflight} in flight\n\n| scenario | target | requests |"
+    );
+    for c in &cols {
+        s.push_str(&format!(" {c} |"));
+    }
+    s.push_str("\n|---|---|---:|");
+    for _ in &cols {
+        s.push_str("---:|");
+    }
+    s.push('\n');
+    let mut sorted: Vec<&(String, String, Cost)> = rows.iter().collect();
+    sorted.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+    for (t, sc, c) in sorted {
+        s.push_str(&format!("| {sc} | {t} | {} |", c.requests));
+        for col in &cols {
+            let v = c.per_req.get(*col).copied().unwrap_or(0.0);
+            let cell = if v >= 1000.0 {
+                format!("{v:.0}")
+            } else if v >= 10.0 {
+                format!("{v:.1}")
+            } else {
+                format!("{v:.2}")
+            };
+            s.push_str(&format!(" {cell} |"));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_perf_and_callgrind() {
+        let m = parse_perf_csv(
+            "812.5,msec,task-clock,812500000,100.00,,\n120,,context-switches,1,100.00,,\n\
+             4000,,raw_syscalls:sys_enter,1,100.00,,\n2000,,syscalls:sys_enter_writev,1,100.00,,\n",
+        );
+        assert_eq!(m["task-clock"], 812.5);
+        assert_eq!(m["syscalls"], 4000.0);
+        assert_eq!(m["writev"], 2000.0);
+        assert_eq!(m["context-switches"], 120.0);
+        assert_eq!(
+            parse_callgrind_total("events: Ir\nsummary: 123456\n"),
+            Some(123456)
+        );
+        assert_eq!(parse_callgrind_total("totals: 99\n"), Some(99));
+    }
+}
