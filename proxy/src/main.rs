@@ -7,6 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+
+/// mimalloc: allocation is a large share of the per-request cost under glibc malloc (large
+/// read buffers take `malloc_consolidate`, task cells take `memalign`); see docs/bench/profile.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::{reload, EnvFilter};
 

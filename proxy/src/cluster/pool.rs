@@ -267,17 +267,23 @@ impl Pool {
             }
         };
         drop(pending);
-        let stream = connect_from(addr, settings.connect_timeout, settings.src()).await?;
-        on_new_connection();
-        let (mut tx, conn) = http1::Builder::new()
-            .preserve_header_case(false)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::Handshake)?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-            drop(slot);
-        });
+        // A new connection is the cold path: boxed, so that its futures do not make every
+        // request's future (moved around per request) larger.
+        let mut tx = Box::pin(async {
+            let stream = connect_from(addr, settings.connect_timeout, settings.src()).await?;
+            on_new_connection();
+            let (tx, conn) = http1::Builder::new()
+                .preserve_header_case(false)
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(UpstreamError::Handshake)?;
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+                drop(slot);
+            });
+            Ok::<_, UpstreamError>(tx)
+        })
+        .await?;
         let resp = tx
             .try_send_request(req)
             .await
@@ -365,40 +371,45 @@ impl Pool {
             let mut tx = match existing {
                 Some(tx) => tx,
                 None => {
-                    // One multiplexed connection per host; it needs a slot like any other.
-                    let mut pending: Option<PendingGuard> = None;
-                    let slot = loop {
-                        if limits.try_acquire() {
-                            break Slot(limits.clone());
-                        }
-                        if pending.is_none() {
-                            pending = Some(
-                                limits
-                                    .enter_pending()
-                                    .ok_or(UpstreamError::Overflow("max_pending_requests"))?,
-                            );
-                        }
-                        let freed = limits.freed.notified();
-                        tokio::pin!(freed);
-                        freed.as_mut().enable();
-                        if limits.active() >= limits.max_connections {
-                            freed.await;
-                        }
-                    };
-                    drop(pending);
-                    let stream =
-                        connect_from(addr, settings.connect_timeout, settings.src()).await?;
-                    on_new_connection();
-                    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .keep_alive_interval(Duration::from_secs(30))
-                        .handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(UpstreamError::Handshake)?;
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                        drop(slot);
-                    });
+                    // Cold path, boxed (see send_http1).
+                    let tx = Box::pin(async {
+                        // One multiplexed connection per host; it needs a slot like any other.
+                        let mut pending: Option<PendingGuard> = None;
+                        let slot = loop {
+                            if limits.try_acquire() {
+                                break Slot(limits.clone());
+                            }
+                            if pending.is_none() {
+                                pending = Some(
+                                    limits
+                                        .enter_pending()
+                                        .ok_or(UpstreamError::Overflow("max_pending_requests"))?,
+                                );
+                            }
+                            let freed = limits.freed.notified();
+                            tokio::pin!(freed);
+                            freed.as_mut().enable();
+                            if limits.active() >= limits.max_connections {
+                                freed.await;
+                            }
+                        };
+                        drop(pending);
+                        let stream =
+                            connect_from(addr, settings.connect_timeout, settings.src()).await?;
+                        on_new_connection();
+                        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .keep_alive_interval(Duration::from_secs(30))
+                            .handshake(TokioIo::new(stream))
+                            .await
+                            .map_err(UpstreamError::Handshake)?;
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                            drop(slot);
+                        });
+                        Ok::<_, UpstreamError>(tx)
+                    })
+                    .await?;
                     *self.h2.lock().unwrap() = Some(tx.clone());
                     tx
                 }

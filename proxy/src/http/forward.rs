@@ -192,7 +192,7 @@ pub async fn forward(
         .map(|p| p.num_retries.min(cluster.cfg.max_retries.max(1)))
         .unwrap_or(0);
     let (mut req, mut copy) = if max_retries > 0 {
-        replayable(req).await
+        Box::pin(replayable(req)).await
     } else {
         (req, None)
     };
@@ -287,7 +287,7 @@ pub async fn forward(
                 .unwrap_or((Duration::from_millis(25), Duration::from_millis(250)));
             let ceiling = (base * 2u32.saturating_pow(attempt)).min(max);
             let wait = Duration::from_micros(fastrand::u64(..=ceiling.as_micros() as u64));
-            tokio::time::sleep(wait).await;
+            Box::pin(tokio::time::sleep(wait)).await;
             let (p, b) = copy.take().expect("retry needs a copy");
             req = Request::from_parts(clone_parts(&p), body::full(b.clone()));
             copy = Some((p, b));

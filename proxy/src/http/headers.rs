@@ -44,6 +44,20 @@ const HOP_BY_HOP: [HeaderName; 4] = [
 /// `connection: upgrade` + `upgrade` for WebSocket-style upgrades. `te: trailers` is kept (gRPC).
 /// The common case — none of them present — costs a few hash lookups and no allocation.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Usually none is present: one pass over the (few) names, comparing standard names by
+    // their tag, is cheaper than hashing each hop-by-hop name.
+    if !keep_upgrade
+        && !h.keys().any(|k| {
+            k == http::header::CONNECTION
+                || k == http::header::TRANSFER_ENCODING
+                || k == http::header::UPGRADE
+                || k == http::header::TE
+                || k == HOP_BY_HOP[1]
+                || k == HOP_BY_HOP[2]
+        })
+    {
+        return;
+    }
     if let Some(conn) = h.get(http::header::CONNECTION) {
         if let Ok(v) = conn.to_str() {
             let named: Vec<HeaderName> = v
@@ -77,6 +91,19 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// `x-envoy-upstream-service-time` for `ms` milliseconds: small values (the common case on
+/// a mesh) are static, so no allocation.
+pub fn service_time(ms: u64) -> HeaderValue {
+    const SMALL: [&str; 32] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+        "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31",
+    ];
+    match SMALL.get(ms as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(ms),
+    }
+}
+
 /// A random UUID v4, as Envoy generates for `x-request-id`, formatted without allocating
 /// intermediate strings.
 pub fn uuid4() -> String {
@@ -103,13 +130,13 @@ fn uuid4_bytes() -> [u8; 36] {
     out
 }
 
-/// Applies the connection manager's request header rules. Returns the request id.
+/// Applies the connection manager's request header rules.
 pub fn on_request(
     h: &mut HeaderMap,
     hcm: &HttpConnectionManager,
     remote: Option<SocketAddr>,
     scheme: &str,
-) -> Option<HeaderValue> {
+) {
     if hcm.use_remote_address {
         if let Some(r) = remote {
             let ip = r.ip().to_string();
@@ -152,7 +179,6 @@ pub fn on_request(
             }
         }
     }
-    h.get(&X_REQUEST_ID).cloned()
 }
 
 #[cfg(test)]
@@ -173,6 +199,26 @@ mod tests {
         assert!(h.get("connection").is_none());
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert!(h.get("x-keep").is_some());
+    }
+
+    #[test]
+    fn service_time_values() {
+        for ms in [0u64, 1, 9, 31, 32, 1234] {
+            assert_eq!(service_time(ms).to_str().unwrap(), ms.to_string());
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_fast_path_keeps_others() {
+        let mut h = HeaderMap::new();
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        h.insert("host", HeaderValue::from_static("a"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2);
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("te", HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2);
     }
 
     #[test]

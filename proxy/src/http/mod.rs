@@ -83,10 +83,6 @@ pub async fn serve(
         http2,
         phase: phase.clone(),
     });
-    let svc = service_fn(move |req| {
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(router::handle(conn, req).await) }
-    });
     let io = TokioIo::new(stream);
     let max_headers = (hcm.max_request_headers_kb as usize * 1024).max(8192);
     if http2 {
@@ -95,6 +91,12 @@ pub async fn serve(
             .max_header_list_size(max_headers as u32)
             .max_concurrent_streams(2147483647)
             .keep_alive_interval(None);
+        // Each h2 stream's future is spawned as a task, and moved (copied) several times on
+        // the way: boxed, only a pointer moves.
+        let svc = service_fn(move |req| {
+            let conn = conn.clone();
+            Box::pin(async move { Ok::<_, Infallible>(router::handle(conn, req).await) })
+        });
         let c = b.serve_connection(io, svc);
         tokio::pin!(c);
         tokio::select! {
@@ -116,6 +118,11 @@ pub async fn serve(
         if let Some(t) = hcm.stream_idle_timeout {
             b.header_read_timeout(t);
         }
+        // hyper's HTTP/1 server keeps the in-flight future in one box per connection.
+        let svc = service_fn(move |req| {
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(router::handle(conn, req).await) }
+        });
         let c = b.serve_connection(io, svc).with_upgrades();
         tokio::pin!(c);
         tokio::select! {

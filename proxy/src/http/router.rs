@@ -184,7 +184,12 @@ async fn route_inner(
     };
     // HTTP/1 requests name the host in `Host`; give the URI no authority so that views agree.
     headers::on_request(&mut parts.headers, &conn.hcm, conn.info.remote, scheme);
-    let request_id = parts.headers.get(&headers::X_REQUEST_ID).cloned();
+    // Cloned only when it goes back: cloning a fresh `HeaderValue` allocates.
+    let request_id = conn
+        .hcm
+        .always_set_request_id_in_response
+        .then(|| parts.headers.get(&headers::X_REQUEST_ID).cloned())
+        .flatten();
     if let Some(h) = log_head {
         // The access log sees the request as the connection manager passed it on.
         *h = crate::access_log::ReqHead::of(&parts);
@@ -238,7 +243,7 @@ async fn route_inner(
                         fault::decide(cfg, &parts, fastrand::u64(..), fastrand::u64(..));
                     if let Some(delay) = d.delay {
                         conn.stats.fault_delays.inc();
-                        tokio::time::sleep(delay).await;
+                        Box::pin(tokio::time::sleep(delay)).await;
                     }
                     if let Some(a) = d.abort {
                         conn.stats.fault_aborts.inc();
@@ -319,12 +324,12 @@ async fn route_inner(
             let deadline = timeouts.stream.map(|d| tokio::time::Instant::now() + d);
             let hash = forward::request_hash(&entry.hash_policy, &parts, conn.info.remote);
             if parts.method == http::Method::CONNECT {
-                return match forward::connect_tunnel(
+                return match Box::pin(forward::connect_tunnel(
                     &cluster_rt,
                     hash,
                     down_upgrade,
                     conn.phase.clone(),
-                )
+                ))
                 .await
                 {
                     Ok(()) => local_reply(200, ""),
@@ -333,7 +338,7 @@ async fn route_inner(
             }
             let mut req = Request::from_parts(parts, body);
             if !entry.request_mirrors.is_empty() {
-                req = forward::mirror(conn, &entry.request_mirrors, req, random).await;
+                req = Box::pin(forward::mirror(conn, &entry.request_mirrors, req, random)).await;
             }
             let sent = Instant::now();
             let fwd = forward::forward(
@@ -374,7 +379,7 @@ async fn route_inner(
                 Ok(mut r) => {
                     r.headers_mut().insert(
                         headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
-                        HeaderValue::from(sent.elapsed().as_millis() as u64),
+                        headers::service_time(sent.elapsed().as_millis() as u64),
                     );
                     // ...nor between frames of the response body.
                     if let Some(idle) = entry.idle_timeout.filter(|d| !d.is_zero()) {
@@ -405,7 +410,7 @@ async fn route_inner(
             }
         }
     };
-    if let Some(id) = request_id.filter(|_| conn.hcm.always_set_request_id_in_response) {
+    if let Some(id) = request_id {
         resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), id);
     }
     finalize(&table, &sel, resp, conn, protocol)

@@ -7,12 +7,15 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::route::RouteEntry;
 
-const UPSTREAM_RQ_TIMEOUT_MS: &str = "x-envoy-upstream-rq-timeout-ms";
-const UPSTREAM_RQ_PER_TRY_TIMEOUT_MS: &str = "x-envoy-upstream-rq-per-try-timeout-ms";
+// `HeaderName`s, not `&str`: a `&str` name is parsed and hashed again on every lookup.
+static UPSTREAM_RQ_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
+static UPSTREAM_RQ_PER_TRY_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms");
 const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// What one request runs under.
@@ -70,7 +73,7 @@ pub fn format_grpc_timeout(d: Duration) -> String {
     format!("{}H", v.min(MAX))
 }
 
-fn header_ms(headers: &mut HeaderMap, name: &str) -> Option<Option<Duration>> {
+fn header_ms(headers: &mut HeaderMap, name: &HeaderName) -> Option<Option<Duration>> {
     let v = headers.remove(name)?;
     Some(
         std::str::from_utf8(v.as_bytes())
@@ -116,10 +119,10 @@ pub fn resolve(entry: &RouteEntry, headers: &mut HeaderMap, grpc: bool) -> Timeo
         .as_ref()
         .and_then(|p| p.per_try_timeout)
         .unwrap_or_default();
-    if let Some(Some(g)) = header_ms(headers, UPSTREAM_RQ_TIMEOUT_MS) {
+    if let Some(Some(g)) = header_ms(headers, &UPSTREAM_RQ_TIMEOUT_MS) {
         t.global = g;
     }
-    if let Some(Some(p)) = header_ms(headers, UPSTREAM_RQ_PER_TRY_TIMEOUT_MS) {
+    if let Some(Some(p)) = header_ms(headers, &UPSTREAM_RQ_PER_TRY_TIMEOUT_MS) {
         t.per_try = p;
     }
     if !t.global.is_zero() && t.per_try >= t.global {

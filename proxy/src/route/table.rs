@@ -366,32 +366,42 @@ impl RouteTable {
         }
     }
 
-    /// Header-mutation levels for `sel`, in evaluation order (later wins).
-    fn levels<'a>(&'a self, sel: &Selected<'a>, response: bool) -> Vec<&'a HeaderMutations> {
-        let mut v: Vec<&HeaderMutations> = Vec::with_capacity(4);
+    /// Header-mutation levels for `sel`, in evaluation order (later wins). No allocation: this
+    /// runs twice per request.
+    fn levels<'a>(
+        &'a self,
+        sel: &Selected<'a>,
+        response: bool,
+    ) -> impl Iterator<Item = &'a HeaderMutations> {
+        let mut v: [Option<&HeaderMutations>; 4] = [None; 4];
+        let mut n = 0;
+        let mut push = |m: &'a HeaderMutations| {
+            v[n] = Some(m);
+            n += 1;
+        };
         let side =
             |req: &'a HeaderMutations, resp: &'a HeaderMutations| if response { resp } else { req };
         if let Selected::Route {
             weighted: Some(w), ..
         } = sel
         {
-            v.push(side(&w.request_headers, &w.response_headers));
+            push(side(&w.request_headers, &w.response_headers));
         }
         if let Some(r) = sel.route() {
-            v.push(side(&r.request_headers, &r.response_headers));
+            push(side(&r.request_headers, &r.response_headers));
         }
         if let Some(vh) = sel.vhost() {
             if sel.route().is_some() {
-                v.push(side(&vh.request_headers, &vh.response_headers));
+                push(side(&vh.request_headers, &vh.response_headers));
             }
         }
         if sel.route().is_some() {
-            v.push(side(&self.request_headers, &self.response_headers));
+            push(side(&self.request_headers, &self.response_headers));
         }
         if self.most_specific_header_mutations_wins {
-            v.reverse();
+            v[..n].reverse();
         }
-        v
+        v.into_iter().flatten()
     }
 
     /// Applies the selected forwarding route's header mutations, host rewrite and path rewrite
@@ -441,6 +451,9 @@ impl RouteTable {
                 append_xfh(parts, &old);
             }
             headers::set_authority(parts, &h);
+        }
+        if matches!(entry.path_rewrite, PathRewrite::None) {
+            return;
         }
         let path = parts
             .uri
