@@ -340,25 +340,25 @@ impl Pool {
     ) -> Result<Response<Body>, UpstreamError> {
         // HTTP/2 requests carry the authority in the URI; hyper's h2 client needs scheme too.
         if req.uri().scheme().is_none() {
-            let host = req
+            // Only the authority is parsed; scheme and path are reused, not re-parsed.
+            let authority = match req
                 .headers()
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-                .unwrap_or_else(|| addr.to_string());
-            let pq = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/")
-                .to_string();
-            if let Ok(uri) = http::Uri::builder()
-                .scheme("http")
-                .authority(host)
-                .path_and_query(pq)
-                .build()
             {
-                *req.uri_mut() = uri;
+                Some(h) => http::uri::Authority::try_from(h),
+                None => http::uri::Authority::try_from(addr.to_string()),
+            };
+            if let Ok(a) = authority {
+                let mut parts = req.uri().clone().into_parts();
+                parts.scheme = Some(http::uri::Scheme::HTTP);
+                parts.authority = Some(a);
+                if parts.path_and_query.is_none() {
+                    parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+                }
+                if let Ok(uri) = http::Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
             }
             req.headers_mut().remove(http::header::HOST);
         }

@@ -119,11 +119,18 @@ pub fn resolve(entry: &RouteEntry, headers: &mut HeaderMap, grpc: bool) -> Timeo
         .as_ref()
         .and_then(|p| p.per_try_timeout)
         .unwrap_or_default();
-    if let Some(Some(g)) = header_ms(headers, &UPSTREAM_RQ_TIMEOUT_MS) {
-        t.global = g;
-    }
-    if let Some(Some(p)) = header_ms(headers, &UPSTREAM_RQ_PER_TRY_TIMEOUT_MS) {
-        t.per_try = p;
+    // Usually neither header is there: one pass over the names is cheaper than hashing
+    // both long names.
+    if headers
+        .keys()
+        .any(|k| k.as_str().starts_with("x-envoy-upstream-rq-"))
+    {
+        if let Some(Some(g)) = header_ms(headers, &UPSTREAM_RQ_TIMEOUT_MS) {
+            t.global = g;
+        }
+        if let Some(Some(p)) = header_ms(headers, &UPSTREAM_RQ_PER_TRY_TIMEOUT_MS) {
+            t.per_try = p;
+        }
     }
     if !t.global.is_zero() && t.per_try >= t.global {
         t.per_try = Duration::ZERO;

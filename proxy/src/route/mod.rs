@@ -154,15 +154,20 @@ impl<'a> RequestView<'a> {
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
+        // `HeaderName` statics: a `&str` name would be parsed and hashed on every request.
+        static X_FORWARDED_PROTO: http::HeaderName =
+            http::HeaderName::from_static("x-forwarded-proto");
+        static X_ENVOY_INTERNAL: http::HeaderName =
+            http::HeaderName::from_static("x-envoy-internal");
         let scheme = parts
             .headers
-            .get("x-forwarded-proto")
+            .get(&X_FORWARDED_PROTO)
             .and_then(|v| v.to_str().ok())
             .or_else(|| parts.uri.scheme_str())
             .unwrap_or("http");
         let internal = parts
             .headers
-            .get("x-envoy-internal")
+            .get(&X_ENVOY_INTERNAL)
             .is_some_and(|v| v.as_bytes() == b"true");
         RequestView {
             authority,
