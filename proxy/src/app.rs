@@ -102,6 +102,7 @@ impl App {
             initialized,
             set_log_level: opts.set_log_level,
             shutdown: shutdown.clone(),
+            health_check_failed: Default::default(),
         });
         tokio::spawn(admin.serve(admin_sock));
         tracing::info!(admin = %admin_address, "sluice started");

@@ -366,6 +366,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .with(filter)
         .with(tracing_subscriber::fmt::layer().with_target(false))
         .init();
+    sluice::admin::note_log_level(&args.log_level);
     let set_level: sluice::admin::LogLevelFn = Arc::new(move |level: &str| {
         let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         handle.reload(f).map_err(|e| e.to_string())

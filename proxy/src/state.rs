@@ -121,6 +121,11 @@ impl crate::stats::StatSource for Snapshot {
             rt.stats.visit(name, f);
         }
     }
+    fn reset_counters(&self) {
+        for (rt, _) in self.clusters.values() {
+            rt.stats.reset_counters();
+        }
+    }
 }
 
 /// A rejected resource: its name and why.

@@ -15,3 +15,41 @@ pub fn trim_heap() {
         libc::malloc_trim(0);
     }
 }
+
+/// The heap figures `/memory` reports, in bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HeapStats {
+    /// In use by the program (glibc: `uordblks + hblkhd`).
+    pub allocated: u64,
+    /// Obtained from the system for the heap (glibc: `arena + hblkhd`).
+    pub heap_size: u64,
+    /// Free inside the heap (glibc: `fordblks`).
+    pub free: u64,
+    /// Resident set size (`/proc/self/statm`).
+    pub resident: u64,
+}
+
+/// The allocator's and the kernel's view of this process's memory. Fields the platform cannot
+/// tell are 0.
+pub fn heap_stats() -> HeapStats {
+    let mut s = HeapStats::default();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 takes no arguments and only reads the allocator's counters.
+        let m = unsafe { libc::mallinfo2() };
+        s.allocated = (m.uordblks + m.hblkhd) as u64;
+        s.heap_size = (m.arena + m.hblkhd) as u64;
+        s.free = m.fordblks as u64;
+    }
+    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+        let pages: u64 = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        // SAFETY: sysconf only reads a system constant.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+        s.resident = pages * page;
+    }
+    s
+}

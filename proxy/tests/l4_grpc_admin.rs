@@ -235,7 +235,8 @@ async fn admin_endpoints_have_envoys_shapes() {
         "{stats}"
     );
     let prom = admin_get(&app, "/stats/prometheus").await.body;
-    assert!(prom.contains("# TYPE envoy_cluster_admin_up_upstream_rq_total counter"));
+    assert!(prom.contains("# TYPE envoy_cluster_upstream_rq_total counter\n"));
+    assert!(prom.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"admin_up\"} 3\n"));
     let clusters = admin_get(&app, "/clusters").await.body;
     assert!(
         clusters.contains(&format!("admin_up::{}::rq_active::0", a.addr)),

@@ -1,13 +1,13 @@
-//! The admin endpoint (127.0.0.1:15000 by default): `/config_dump`, `/clusters`, `/listeners`,
-//! `/stats`, `/stats/prometheus`, `/ready`, `/server_info`, and the POST actions `/logging`,
-//! `/drain_listeners` and `/quitquitquit`, with Envoy's paths and output formats.
+//! The admin endpoint (127.0.0.1:15000 by default), with Envoy's paths and output formats:
+//! see [`HELP`] for the list.
 
 pub mod config_dump;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::listener::Manager;
 use crate::state::State;
-use crate::stats::registry;
+use crate::stats::{registry, Select};
 
 /// Sets the log level (`trace`..`off`, or an `EnvFilter` directive).
 pub type LogLevelFn = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -40,6 +40,84 @@ pub struct Admin {
     pub set_log_level: Option<LogLevelFn>,
     /// Asks the process to drain and exit.
     pub shutdown: watch::Sender<bool>,
+    /// Set by POST `/healthcheck/fail`, cleared by `/healthcheck/ok`: as in Envoy, the server
+    /// then reports `DRAINING` (`/ready` answers 503) while it keeps serving traffic.
+    pub health_check_failed: AtomicBool,
+}
+
+/// Every admin path, as `/help` lists it.
+pub const HELP: &[(&str, &str)] = &[
+    ("/", "this list"),
+    (
+        "/certs",
+        "certificates in use (none: Sluice has no TLS yet)",
+    ),
+    ("/clusters", "upstream clusters and hosts (?format=json)"),
+    (
+        "/config_dump",
+        "Envoy's ConfigDump JSON (?resource=, ?include_eds)",
+    ),
+    (
+        "/drain_listeners",
+        "(POST) stop accepting on every listener",
+    ),
+    (
+        "/healthcheck/fail",
+        "(POST) report DRAINING: /ready answers 503",
+    ),
+    ("/healthcheck/ok", "(POST) undo /healthcheck/fail"),
+    ("/help", "this list"),
+    (
+        "/hot_restart_version",
+        "hot restart compatibility (disabled)",
+    ),
+    (
+        "/listeners",
+        "listeners and their bound addresses (?format=json)",
+    ),
+    (
+        "/logging",
+        "active log levels; POST ?level=LEVEL changes them",
+    ),
+    ("/memory", "heap and resident memory (JSON)"),
+    ("/quitquitquit", "(POST) drain and exit"),
+    ("/ready", "LIVE (200) or PRE_INITIALIZING/DRAINING (503)"),
+    ("/reset_counters", "(POST) set every counter to zero"),
+    ("/runtime", "runtime values (none)"),
+    ("/server_info", "version, state, uptime, node"),
+    (
+        "/stats",
+        "stats as text (?format=json|prometheus, ?filter=REGEX, ?usedonly)",
+    ),
+    (
+        "/stats/prometheus",
+        "stats in Prometheus exposition format (?filter=REGEX, ?usedonly)",
+    ),
+];
+
+/// The log filter last applied (process-wide, as the subscriber is), for GET `/logging`.
+static LOG_LEVEL: Mutex<Option<String>> = Mutex::new(None);
+
+/// Records the log filter the process started with (`--log-level`).
+pub fn note_log_level(level: &str) {
+    *LOG_LEVEL.lock().unwrap() = Some(level.to_string());
+}
+
+/// Envoy's `active loggers:` listing of a filter directive: a bare level applies to `all`.
+fn active_loggers() -> String {
+    let level = LOG_LEVEL
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_else(|| "info".into());
+    let mut out = String::from("active loggers:\n");
+    for part in level.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.rsplit_once('=') {
+            Some((target, lvl)) => out.push_str(&format!("  {target}: {lvl}\n")),
+            None => out.push_str(&format!("  all: {part}\n")),
+        }
+    }
+    out
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -62,16 +140,51 @@ fn json(v: &serde_json::Value) -> Resp {
 }
 
 fn query(req: &Request<Incoming>) -> HashMap<String, String> {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
+    parse_query(req.uri().query().unwrap_or(""))
+}
+
+/// `a=b&c` with percent-decoding (`+` stays `+`, as in Envoy's admin: filters are regexes).
+fn parse_query(q: &str) -> HashMap<String, String> {
+    q.split('&')
         .filter(|s| !s.is_empty())
         .map(|kv| match kv.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (kv.to_string(), String::new()),
+            Some((k, v)) => (pct_decode(k), pct_decode(v)),
+            None => (pct_decode(kv), String::new()),
         })
         .collect()
+}
+
+fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `/stats`' selection from the query: `filter` (a regex, as Envoy's) and `usedonly`.
+fn stats_select(q: &HashMap<String, String>) -> Result<Select, String> {
+    let filter = match q.get("filter").filter(|f| !f.is_empty()) {
+        Some(f) => {
+            Some(regex::Regex::new(f).map_err(|e| format!("Invalid regex: \"{f}\": {e}\n"))?)
+        }
+        None => None,
+    };
+    Ok(Select {
+        filter,
+        used_only: q.contains_key("usedonly"),
+    })
 }
 
 impl Admin {
@@ -94,18 +207,37 @@ impl Admin {
         }
     }
 
+    fn draining(&self) -> bool {
+        *self.shutdown.borrow() || self.health_check_failed.load(Ordering::Relaxed)
+    }
+
     fn ready(&self) -> bool {
-        (self.initialized)() && !*self.shutdown.borrow()
+        (self.initialized)() && !self.draining()
+    }
+
+    /// Envoy's server state: `PRE_INITIALIZING` until the initial configuration is complete
+    /// (a drain that starts before then is `DRAINING`), then `LIVE` or `DRAINING`.
+    fn server_state(&self) -> &'static str {
+        if *self.shutdown.borrow() || ((self.initialized)() && self.draining()) {
+            "DRAINING"
+        } else if self.ready() {
+            "LIVE"
+        } else {
+            "PRE_INITIALIZING"
+        }
     }
 
     fn handle(&self, req: Request<Incoming>) -> Resp {
         let q = query(&req);
         let post = req.method() == Method::POST;
         match req.uri().path() {
-            "/" | "/help" => text(
-                StatusCode::OK,
-                "admin commands are:\n  /clusters\n  /config_dump\n  /drain_listeners (POST)\n  /listeners\n  /logging (POST)\n  /quitquitquit (POST)\n  /ready\n  /server_info\n  /stats\n  /stats/prometheus\n",
-            ),
+            "/" | "/help" => {
+                let mut out = String::from("admin commands are:\n");
+                for (path, what) in HELP {
+                    out.push_str(&format!("  {path}: {what}\n"));
+                }
+                text(StatusCode::OK, out)
+            }
             "/config_dump" => {
                 let snap = self.state.load();
                 let full = config_dump::dump(
@@ -127,64 +259,66 @@ impl Admin {
             }
             "/clusters" => self.clusters(q.get("format").map(String::as_str) == Some("json")),
             "/listeners" => self.listeners(q.get("format").map(String::as_str) == Some("json")),
-            "/stats" => {
-                if q.get("format").map(String::as_str) == Some("prometheus") {
-                    text(
-                        StatusCode::OK,
-                        registry().render_prometheus_with(&**self.state.load()),
-                    )
+            "/stats" | "/stats/prometheus" => {
+                let sel = match stats_select(&q) {
+                    Ok(s) => s,
+                    Err(e) => return text(StatusCode::BAD_REQUEST, e),
+                };
+                let snap = self.state.load();
+                let format = q.get("format").map(String::as_str);
+                if req.uri().path() == "/stats/prometheus" || format == Some("prometheus") {
+                    Response::builder()
+                        .header("content-type", "text/plain; version=0.0.4; charset=UTF-8")
+                        .body(Full::new(Bytes::from(
+                            registry().render_prometheus_with(&sel, &**snap),
+                        )))
+                        .unwrap()
+                } else if format == Some("json") {
+                    json(&registry().render_json_with(&sel, &**snap))
                 } else {
-                    text(
-                        StatusCode::OK,
-                        registry().render_text_with(
-                            q.get("filter").map(String::as_str),
-                            &**self.state.load(),
-                        ),
-                    )
+                    text(StatusCode::OK, registry().render_text_with(&sel, &**snap))
                 }
             }
-            "/stats/prometheus" => text(
-                StatusCode::OK,
-                registry().render_prometheus_with(&**self.state.load()),
-            ),
             "/ready" => {
-                if self.ready() {
-                    text(StatusCode::OK, "LIVE\n")
-                } else if *self.shutdown.borrow() {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n")
+                let state = self.server_state();
+                let status = if state == "LIVE" {
+                    StatusCode::OK
                 } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n")
-                }
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                text(status, format!("{state}\n"))
             }
             "/server_info" => {
-                let state = if *self.shutdown.borrow() {
-                    "DRAINING"
-                } else if self.ready() {
-                    "LIVE"
-                } else {
-                    "PRE_INITIALIZING"
-                };
                 let uptime = self.boot_time.elapsed().map(|d| d.as_secs()).unwrap_or(0);
                 json(&serde_json::json!({
                     "version": format!("sluice/{}", env!("CARGO_PKG_VERSION")),
-                    "state": state,
+                    "state": self.server_state(),
+                    "hot_restart_version": "disabled",
                     "uptime_current_epoch": format!("{uptime}s"),
                     "uptime_all_epochs": format!("{uptime}s"),
                     "node": self.bootstrap.as_ref().and_then(|b| b.node.as_ref()).map(crate::config::proto::to_json),
                 }))
             }
-            "/logging" if post => {
+            "/logging" if post && !q.is_empty() => {
                 let Some(level) = q.get("level") else {
-                    return text(StatusCode::BAD_REQUEST, "usage: /logging?level=<level>\n");
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("usage: /logging?level=<level>\n\n{}", active_loggers()),
+                    );
                 };
                 match &self.set_log_level {
                     Some(f) => match f(level) {
-                        Ok(()) => text(StatusCode::OK, format!("active loggers:\n  all: {level}\n")),
+                        Ok(()) => {
+                            note_log_level(level);
+                            text(StatusCode::OK, active_loggers())
+                        }
                         Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
                     },
                     None => text(StatusCode::NOT_IMPLEMENTED, "log level is fixed\n"),
                 }
             }
+            // GET, or POST without parameters (what `istioctl proxy-config log` sends): the list.
+            "/logging" => text(StatusCode::OK, active_loggers()),
             "/drain_listeners" if post => {
                 self.listeners.drain();
                 text(StatusCode::OK, "OK\n")
@@ -193,9 +327,39 @@ impl Admin {
                 let _ = self.shutdown.send(true);
                 text(StatusCode::OK, "OK\n")
             }
-            "/logging" | "/drain_listeners" | "/quitquitquit" => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "This endpoint requires POST\n")
+            "/reset_counters" if post => {
+                registry().reset_counters(&**self.state.load());
+                text(StatusCode::OK, "OK\n")
             }
+            "/healthcheck/fail" if post => {
+                self.health_check_failed.store(true, Ordering::Relaxed);
+                text(StatusCode::OK, "OK\n")
+            }
+            "/healthcheck/ok" if post => {
+                self.health_check_failed.store(false, Ordering::Relaxed);
+                text(StatusCode::OK, "OK\n")
+            }
+            "/memory" => {
+                // Envoy reports tcmalloc's figures (uint64s, JSON strings); these are glibc's
+                // (`mallinfo2`) and the kernel's resident size.
+                let m = crate::sys::heap_stats();
+                json(&serde_json::json!({
+                    "allocated": m.allocated.to_string(),
+                    "heap_size": m.heap_size.to_string(),
+                    "pageheap_unmapped": "0",
+                    "pageheap_free": m.free.to_string(),
+                    "total_thread_cache": "0",
+                    "total_physical_bytes": m.resident.to_string(),
+                }))
+            }
+            "/certs" => json(&serde_json::json!({ "certificates": [] })),
+            "/runtime" => json(&serde_json::json!({ "entries": {}, "layers": [] })),
+            "/hot_restart_version" => text(StatusCode::OK, "disabled\n"),
+            "/drain_listeners" | "/quitquitquit" | "/reset_counters" | "/healthcheck/fail"
+            | "/healthcheck/ok" => text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "This endpoint requires POST\n",
+            ),
             _ => text(StatusCode::NOT_FOUND, "invalid path; see /help\n"),
         }
     }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::model::cluster::{Cluster, Discovery, EndpointSpec, Endpoints, Target};
-use crate::stats::{Counter, Gauge, StatValue};
+use crate::stats::{Counter, Gauge, Histogram, StatValue};
 use lb::Balancer;
 use pool::{Pool, PoolSettings};
 
@@ -83,12 +83,20 @@ pub struct ClusterStats {
     pub rq_5xx: Counter,
     pub membership_total: Gauge,
     pub membership_healthy: Gauge,
+    /// `upstream_rq_time` and `upstream_cx_connect_ms`, allocated on first use.
+    pub hists: std::sync::OnceLock<Box<ClusterHists>>,
+}
+
+/// A cluster's histograms (336 bytes, allocated when the cluster first records one).
+#[derive(Debug, Default)]
+pub struct ClusterHists {
+    pub upstream_rq_time: Histogram,
+    pub upstream_cx_connect_ms: Histogram,
 }
 
 impl ClusterStats {
-    /// Calls `f` with each stat's full name (`cluster.NAME.STAT`) and value.
-    pub fn visit(&self, cluster: &str, f: &mut dyn FnMut(String, StatValue)) {
-        let counters: [(&str, &Counter); 13] = [
+    fn counters(&self) -> [(&'static str, &Counter); 13] {
+        [
             ("upstream_cx_total", &self.upstream_cx_total),
             ("upstream_cx_connect_fail", &self.upstream_cx_connect_fail),
             (
@@ -108,8 +116,13 @@ impl ClusterStats {
             ("upstream_rq_3xx", &self.rq_3xx),
             ("upstream_rq_4xx", &self.rq_4xx),
             ("upstream_rq_5xx", &self.rq_5xx),
-        ];
-        for (n, c) in counters {
+        ]
+    }
+
+    /// Calls `f` with each stat's full name (`cluster.NAME.STAT`) and value; histograms only
+    /// once the cluster has recorded into them.
+    pub fn visit(&self, cluster: &str, f: &mut dyn FnMut(String, StatValue)) {
+        for (n, c) in self.counters() {
             f(
                 format!("cluster.{cluster}.{n}"),
                 StatValue::Counter(c.get()),
@@ -124,6 +137,37 @@ impl ClusterStats {
         for (n, g) in gauges {
             f(format!("cluster.{cluster}.{n}"), StatValue::Gauge(g.get()));
         }
+        if let Some(h) = self.hists.get() {
+            f(
+                format!("cluster.{cluster}.upstream_cx_connect_ms"),
+                StatValue::Histogram(h.upstream_cx_connect_ms.snapshot()),
+            );
+            f(
+                format!("cluster.{cluster}.upstream_rq_time"),
+                StatValue::Histogram(h.upstream_rq_time.snapshot()),
+            );
+        }
+    }
+
+    /// `/reset_counters`.
+    pub fn reset_counters(&self) {
+        for (_, c) in self.counters() {
+            c.reset();
+        }
+    }
+
+    /// The cluster's histograms, allocated on first use (a cluster that never carries
+    /// traffic costs one pointer).
+    #[inline]
+    pub fn hists(&self) -> &ClusterHists {
+        self.hists.get_or_init(Default::default)
+    }
+
+    /// An upstream response: its status class and its time (Envoy's `upstream_rq_time`).
+    #[inline]
+    pub fn response(&self, code: u16, took: std::time::Duration) {
+        self.status(code);
+        self.hists().upstream_rq_time.record(took);
     }
 
     /// Counts a response status in the `upstream_rq_Nxx` family.

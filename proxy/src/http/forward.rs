@@ -329,6 +329,7 @@ async fn send_once(
         UpstreamProtocol::UseDownstream => conn.http2,
     };
     let new_cx = || stats.upstream_cx_total.inc();
+    let t0 = std::time::Instant::now();
     let r = if h2 {
         host.pool
             .send_http2(host.addr, cluster.settings, &cluster.limits, req, new_cx)
@@ -342,7 +343,7 @@ async fn send_once(
     host.active.fetch_sub(1, Ordering::Relaxed);
     stats.upstream_rq_active.dec();
     match &r {
-        Ok(resp) => stats.status(resp.status().as_u16()),
+        Ok(resp) => stats.response(resp.status().as_u16(), t0.elapsed()),
         Err(e) => {
             if matches!(e, UpstreamError::Overflow("max_pending_requests")) {
                 stats.upstream_rq_pending_overflow.inc();
@@ -394,8 +395,13 @@ pub async fn connect_tunnel(
     })?;
     let host = cluster.pick(hash, None, &|_| false).ok_or(NO_HEALTHY)?;
     cluster.stats.upstream_cx_total.inc();
+    let t0 = std::time::Instant::now();
     let mut up = crate::cluster::pool::connect(host.addr, cluster.cfg.connect_timeout)
         .await
+        .inspect(|_| {
+            let h = &cluster.stats.hists().upstream_cx_connect_ms;
+            h.record(t0.elapsed());
+        })
         .map_err(|_| {
             cluster.stats.upstream_cx_connect_fail.inc();
             CONNECT_FAILURE

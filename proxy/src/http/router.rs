@@ -18,6 +18,7 @@ use crate::route::{self, FormatCtx, RequestView, RouteTable, Selected};
 
 /// Handles one downstream request; never fails (errors are local replies).
 pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
+    let t0 = Instant::now();
     conn.stats.downstream_rq_total.inc();
     conn.stats.downstream_rq_active.inc();
     let grpc = super::timeout::is_grpc(req.headers());
@@ -35,6 +36,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     }
     conn.stats.downstream_rq_active.dec();
     conn.stats.status(resp.status().as_u16());
+    conn.stats.downstream_rq_time.record(t0.elapsed());
     resp
 }
 

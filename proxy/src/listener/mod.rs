@@ -259,9 +259,16 @@ async fn accept_loop(
     }
 }
 
+/// Envoy's listener stat prefix: the address with `:` made `_` (`127.0.0.1_15001`,
+/// `[__1]_15001`).
 fn stat_addr(a: Option<SocketAddr>) -> String {
-    a.map(|a| format!("{}_{}", a.ip(), a.port()))
-        .unwrap_or_else(|| "unknown".into())
+    match a {
+        Some(SocketAddr::V4(a)) => format!("{}_{}", a.ip(), a.port()),
+        Some(SocketAddr::V6(a)) => {
+            format!("[{}]_{}", a.ip().to_string().replace(':', "_"), a.port())
+        }
+        None => "unknown".into(),
+    }
 }
 
 /// Runs one downstream connection through its listener.

@@ -70,6 +70,8 @@ pub struct HcmStats {
     pub fault_delays: Arc<crate::stats::Counter>,
     pub fault_aborts: Arc<crate::stats::Counter>,
     pub downstream_rq_max_duration_reached: Arc<crate::stats::Counter>,
+    /// Envoy's `downstream_rq_time` (here: until the response head is ready).
+    pub downstream_rq_time: Arc<crate::stats::Histogram>,
     pub cors: crate::http::cors::CorsStats,
 }
 
@@ -95,6 +97,7 @@ impl HcmStats {
             fault_delays: c("fault.delays_injected"),
             fault_aborts: c("fault.aborts_injected"),
             downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
+            downstream_rq_time: r.histogram(&format!("http.{prefix}.downstream_rq_time")),
             cors: crate::http::cors::CorsStats {
                 origin_valid: c("cors.origin_valid"),
                 origin_invalid: c("cors.origin_invalid"),

@@ -128,8 +128,11 @@ async fn proxy_inner(
         };
         tried.push(host.addr);
         cluster.stats.upstream_cx_total.inc();
+        let t0 = std::time::Instant::now();
         match connect_from(host.addr, cluster.cfg.connect_timeout, src).await {
             Ok(s) => {
+                let h = &cluster.stats.hists().upstream_cx_connect_ms;
+                h.record(t0.elapsed());
                 // For TCP a connection is the whole result (Envoy: connect success final).
                 cluster.report(&host, crate::cluster::outlier::Outcome::Status(200));
                 done.host = Some(host.addr);
