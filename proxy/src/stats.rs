@@ -260,11 +260,55 @@ pub struct Select {
     /// Envoy's `filter`: a regular expression searched for in the stat's name.
     pub filter: Option<regex::Regex>,
     pub used_only: bool,
+    /// Envoy's `type`: only this kind (`None`: all).
+    pub kind: Option<Kind>,
+}
+
+/// A kind of stat, for Envoy's `/stats?type=` (`Counters`, `Gauges`, `Histograms`,
+/// `TextReadouts`, `All`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counters,
+    Gauges,
+    Histograms,
+    TextReadouts,
+}
+
+impl Kind {
+    /// Parses Envoy's `type` values; `All` is `None`.
+    pub fn parse(s: &str) -> Result<Option<Kind>, String> {
+        Ok(Some(match s {
+            "Counters" => Kind::Counters,
+            "Gauges" => Kind::Gauges,
+            "Histograms" => Kind::Histograms,
+            "TextReadouts" => Kind::TextReadouts,
+            "All" => return Ok(None),
+            _ => {
+                return Err(format!(
+                    "invalid type {s}: expected Counters, Gauges, Histograms, TextReadouts or All"
+                ))
+            }
+        }))
+    }
 }
 
 impl Select {
     fn keep_name(&self, n: &str) -> bool {
         self.filter.as_ref().is_none_or(|re| re.is_match(n))
+    }
+
+    fn keep(&self, v: &Rendered) -> bool {
+        if self.used_only && !v.used() {
+            return false;
+        }
+        match (self.kind, v) {
+            (None, _) => true,
+            (Some(Kind::Counters), Rendered::Num(_, k)) => *k == "counter",
+            (Some(Kind::Gauges), Rendered::Num(_, k)) => *k == "gauge",
+            (Some(Kind::Histograms), Rendered::Hist(_)) => true,
+            (Some(Kind::TextReadouts), Rendered::Text(_)) => true,
+            _ => false,
+        }
     }
 }
 
@@ -357,7 +401,7 @@ impl Registry {
     pub fn render_text(&self, filter: Option<&str>) -> String {
         let sel = Select {
             filter: filter.and_then(|f| regex::Regex::new(&regex::escape(f)).ok()),
-            used_only: false,
+            ..Select::default()
         };
         self.render_text_with(&sel, &())
     }
@@ -518,9 +562,7 @@ impl Registry {
                 all.push((n, v));
             }
         });
-        if sel.used_only {
-            all.retain(|(_, v)| v.used());
-        }
+        all.retain(|(_, v)| sel.keep(v));
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
@@ -670,7 +712,7 @@ mod tests {
         assert_eq!(r.render_text(Some("b.")), "");
         let sel = Select {
             filter: Some(regex::Regex::new(r"^cluster\.b\.").unwrap()),
-            used_only: false,
+            ..Select::default()
         };
         assert_eq!(
             r.render_text_with(&sel, &Two),
@@ -843,10 +885,22 @@ mod tests {
         r.gauge("a.g").set(2);
         r.histogram("a.h");
         let sel = Select {
-            filter: None,
             used_only: true,
+            ..Select::default()
         };
         assert_eq!(r.render_text_with(&sel, &()), "a.g: 2\na.used: 1\n");
+        let gauges = Select {
+            kind: Kind::parse("Gauges").unwrap(),
+            ..Select::default()
+        };
+        assert_eq!(r.render_text_with(&gauges, &()), "a.g: 2\n");
+        let hists = Select {
+            kind: Kind::parse("Histograms").unwrap(),
+            ..Select::default()
+        };
+        assert_eq!(r.render_text_with(&hists, &()), "a.h: No recorded values\n");
+        assert!(Kind::parse("All").unwrap().is_none());
+        assert!(Kind::parse("Nope").is_err());
         r.reset_counters(&());
         assert_eq!(r.value("a.used"), Some(0));
         assert_eq!(r.value("a.g"), Some(2));

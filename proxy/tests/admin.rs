@@ -169,6 +169,23 @@ async fn stats_formats_tags_histograms_and_reset() {
     assert!(!used.lines().any(|l| l.ends_with(": 0")), "{used}");
     let all = admin_get(&app, "/stats?filter=adm_l").await.body;
     assert!(all.contains("http.adm_l.downstream_rq_5xx: 0"));
+    // type=: one kind of stat.
+    let h = admin_get(&app, "/stats?type=Histograms&filter=adm_l")
+        .await
+        .body;
+    assert!(
+        h.starts_with("http.adm_l.downstream_rq_time: P0(nan,"),
+        "{h}"
+    );
+    assert_eq!(h.lines().count(), 1, "{h}");
+    let g = admin_get(&app, "/stats?type=Gauges&filter=adm_l")
+        .await
+        .body;
+    assert_eq!(
+        g,
+        "http.adm_l.downstream_cx_active: 1\nhttp.adm_l.downstream_rq_active: 0\n"
+    );
+    assert_eq!(admin_get(&app, "/stats?type=Nope").await.status, 400);
 
     // /reset_counters: counters to zero, gauges and histograms keep their values.
     assert_eq!(admin_get(&app, "/reset_counters").await.status, 405);

@@ -184,6 +184,10 @@ fn stats_select(q: &HashMap<String, String>) -> Result<Select, String> {
     Ok(Select {
         filter,
         used_only: q.contains_key("usedonly"),
+        kind: match q.get("type") {
+            Some(t) => crate::stats::Kind::parse(t)?,
+            None => None,
+        },
     })
 }
 

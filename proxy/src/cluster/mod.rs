@@ -535,3 +535,33 @@ async fn dns_refresh(weak: std::sync::Weak<ClusterRt>) {
         tokio::time::sleep(refresh).await;
     }
 }
+
+#[cfg(test)]
+mod stats_tests {
+    use super::*;
+
+    #[test]
+    fn cluster_histograms_are_allocated_on_first_use() {
+        // 17 counters and gauges, one pointer-sized lazy slot for the histograms.
+        assert_eq!(std::mem::size_of::<ClusterStats>(), 17 * 8 + 16);
+        let s = ClusterStats::default();
+        let mut names = Vec::new();
+        s.visit("c", &mut |n, _| names.push(n));
+        assert_eq!(names.len(), 17);
+        assert!(s.hists.get().is_none());
+        s.response(200, std::time::Duration::from_millis(3));
+        let mut hist = None;
+        s.visit("c", &mut |n, v| {
+            if n == "cluster.c.upstream_rq_time" {
+                hist = Some(v);
+            }
+        });
+        let Some(StatValue::Histogram(h)) = hist else {
+            panic!("no histogram")
+        };
+        assert_eq!((h.count(), h.counts[2]), (1, 1));
+        assert_eq!(s.rq_2xx.get(), 1);
+        s.reset_counters();
+        assert_eq!(s.rq_2xx.get(), 0);
+    }
+}
