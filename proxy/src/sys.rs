@@ -19,9 +19,10 @@ pub fn trim_heap() {
 /// The heap figures `/memory` reports, in bytes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct HeapStats {
-    /// In use by the program (glibc: `uordblks + hblkhd`).
+    /// In use by the program (mimalloc's committed memory + glibc's `uordblks + hblkhd`).
     pub allocated: u64,
-    /// Obtained from the system for the heap (glibc: `arena + hblkhd`).
+    /// Obtained from the system for the heap (mimalloc's committed memory + glibc's
+    /// `arena + hblkhd`).
     pub heap_size: u64,
     /// Free inside the heap (glibc: `fordblks`).
     pub free: u64,
@@ -33,12 +34,23 @@ pub struct HeapStats {
 /// tell are 0.
 pub fn heap_stats() -> HeapStats {
     let mut s = HeapStats::default();
+    // mimalloc (the binary's global allocator) tells its committed memory, not its live bytes:
+    // that counts as allocated and as heap.
+    let mut commit = 0usize;
+    let mut unused = [0usize; 7];
+    let [a, b, c, d, e, f, g] = &mut unused;
+    // SAFETY: every pointer is a valid, writable usize for the duration of the call.
+    unsafe {
+        libmimalloc_sys::mi_process_info(a, b, c, d, e, &mut commit, f, g);
+    }
+    s.allocated = commit as u64;
+    s.heap_size = commit as u64;
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallinfo2 takes no arguments and only reads the allocator's counters.
         let m = unsafe { libc::mallinfo2() };
-        s.allocated = (m.uordblks + m.hblkhd) as u64;
-        s.heap_size = (m.arena + m.hblkhd) as u64;
+        s.allocated += (m.uordblks + m.hblkhd) as u64;
+        s.heap_size += (m.arena + m.hblkhd) as u64;
         s.free = m.fordblks as u64;
     }
     if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
