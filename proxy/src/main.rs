@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-/// mimalloc: allocation is a large share of the per-request cost under glibc malloc (large
-/// read buffers take `malloc_consolidate`, task cells take `memalign`); see docs/bench/profile.md.
+/// With the `mimalloc` feature: allocation is a large share of the per-request cost under glibc
+/// malloc (large read buffers take `malloc_consolidate`, task cells take `memalign`; see
+/// docs/bench/profile.md), but mimalloc keeps more memory when idle, so glibc is the default.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};

@@ -4,7 +4,8 @@
 /// Returns freed heap memory to the operating system (glibc keeps it otherwise), after large
 /// transient structures such as the descriptor pool or a config translation are dropped.
 pub fn trim_heap() {
-    // The binary's global allocator is mimalloc: return its freed pages now.
+    // With mimalloc as the global allocator: return its freed pages now.
+    #[cfg(feature = "mimalloc")]
     // SAFETY: mi_collect only walks mimalloc's own heaps.
     unsafe {
         libmimalloc_sys::mi_collect(true);
@@ -34,17 +35,20 @@ pub struct HeapStats {
 /// tell are 0.
 pub fn heap_stats() -> HeapStats {
     let mut s = HeapStats::default();
-    // mimalloc (the binary's global allocator) tells its committed memory, not its live bytes:
-    // that counts as allocated and as heap.
-    let mut commit = 0usize;
-    let mut unused = [0usize; 7];
-    let [a, b, c, d, e, f, g] = &mut unused;
-    // SAFETY: every pointer is a valid, writable usize for the duration of the call.
-    unsafe {
-        libmimalloc_sys::mi_process_info(a, b, c, d, e, &mut commit, f, g);
+    // mimalloc (when it is the global allocator) tells its committed memory, not its live
+    // bytes: that counts as allocated and as heap.
+    #[cfg(feature = "mimalloc")]
+    {
+        let mut commit = 0usize;
+        let mut unused = [0usize; 7];
+        let [a, b, c, d, e, f, g] = &mut unused;
+        // SAFETY: every pointer is a valid, writable usize for the duration of the call.
+        unsafe {
+            libmimalloc_sys::mi_process_info(a, b, c, d, e, &mut commit, f, g);
+        }
+        s.allocated = commit as u64;
+        s.heap_size = commit as u64;
     }
-    s.allocated = commit as u64;
-    s.heap_size = commit as u64;
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallinfo2 takes no arguments and only reads the allocator's counters.
