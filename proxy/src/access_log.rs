@@ -119,41 +119,14 @@ enum Seg {
 }
 
 fn parse_cmd(cmd: &str) -> Result<Cmd, String> {
-    let (head, max) = match cmd.rfind(':') {
-        Some(i)
-            if i + 1 < cmd.len()
-                && cmd[i + 1..].chars().all(|c| c.is_ascii_digit())
-                && !cmd[..i].ends_with('(') =>
-        {
-            (&cmd[..i], cmd[i + 1..].parse::<usize>().ok())
-        }
-        _ => (cmd, None),
-    };
-    let (name, arg) = match head.find('(') {
-        Some(i) if head.ends_with(')') => (&head[..i], Some(&head[i + 1..head.len() - 1])),
-        Some(_) => return Err(format!("malformed operator %{cmd}%")),
-        None => (head, None),
-    };
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
-    {
-        return Err(format!("malformed operator %{cmd}%"));
-    }
+    let (name, arg, max) = crate::route::headers::split_command(cmd)?;
     Ok(match (name, arg) {
         ("START_TIME", a) => Cmd::StartTime(a.filter(|a| !a.is_empty()).map(str::to_string)),
         ("REQ" | "RESP", Some(arg)) => {
-            let (n, alt) = match arg.split_once('?') {
-                Some((a, b)) => (a, Some(b.to_ascii_lowercase())),
-                None => (arg, None),
-            };
-            if n.is_empty() {
-                return Err(format!("empty header name in %{cmd}%"));
-            }
+            let (header, alt) = crate::route::headers::header_arg(arg, cmd)?;
             Cmd::Header {
                 response: name == "RESP",
-                name: n.to_ascii_lowercase(),
+                name: header,
                 alt,
                 max,
             }

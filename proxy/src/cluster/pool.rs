@@ -92,19 +92,15 @@ impl ConnLimits {
         }
     }
 
-    /// Takes a connection slot if the cluster is under `max_connections`.
-    pub fn try_acquire(&self) -> bool {
+    /// Takes a connection slot if the cluster is under `max_connections`; it is given back when
+    /// the slot is dropped (the connection closed).
+    pub fn try_slot(self: &Arc<Self>) -> Option<Slot> {
         self.active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max_connections).then_some(n + 1)
             })
-            .is_ok()
-    }
-
-    /// Gives a slot back (a connection closed).
-    pub fn release(&self) {
-        self.active.fetch_sub(1, Ordering::AcqRel);
-        self.freed.notify_one();
+            .ok()
+            .map(|_| Slot(self.clone()))
     }
 
     /// Open connections counted against the limit.
@@ -112,13 +108,29 @@ impl ConnLimits {
         self.active.load(Ordering::Acquire)
     }
 
-    fn enter_pending(self: &Arc<Self>) -> Option<PendingGuard> {
-        self.pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_pending).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| PendingGuard(self.clone()))
+    /// Waits, as a pending request, until a connection slot may be free or (`idle`) a pooled
+    /// connection is back; fails at once past `max_pending_requests`. `pending` holds this
+    /// request's place in the queue across calls.
+    async fn wait_for_room(
+        self: &Arc<Self>,
+        pending: &mut Option<PendingGuard>,
+        idle: impl Fn() -> bool,
+    ) -> Result<(), UpstreamError> {
+        if pending.is_none() {
+            self.pending
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.max_pending).then_some(n + 1)
+                })
+                .map_err(|_| UpstreamError::Overflow("max_pending_requests"))?;
+            *pending = Some(PendingGuard(self.clone()));
+        }
+        let freed = self.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        if !idle() && self.active() >= self.max_connections {
+            freed.await;
+        }
+        Ok(())
     }
 }
 
@@ -130,12 +142,13 @@ impl Drop for PendingGuard {
     }
 }
 
-/// A connection slot, released when the connection's task ends.
-struct Slot(Arc<ConnLimits>);
+/// A connection slot of the cluster, given back when dropped (the connection's task ended).
+pub struct Slot(Arc<ConnLimits>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.release();
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
     }
 }
 
@@ -249,22 +262,12 @@ impl Pool {
                     },
                 }
             }
-            if limits.try_acquire() {
-                break Slot(limits.clone());
+            if let Some(slot) = limits.try_slot() {
+                break slot;
             }
-            if pending.is_none() {
-                pending = Some(
-                    limits
-                        .enter_pending()
-                        .ok_or(UpstreamError::Overflow("max_pending_requests"))?,
-                );
-            }
-            let freed = limits.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if self.idle_count() == 0 && limits.active() >= limits.max_connections {
-                freed.await;
-            }
+            limits
+                .wait_for_room(&mut pending, || self.idle_count() > 0)
+                .await?;
         };
         drop(pending);
         // A new connection is the cold path: boxed, so that its futures do not make every
@@ -376,22 +379,10 @@ impl Pool {
                         // One multiplexed connection per host; it needs a slot like any other.
                         let mut pending: Option<PendingGuard> = None;
                         let slot = loop {
-                            if limits.try_acquire() {
-                                break Slot(limits.clone());
+                            if let Some(slot) = limits.try_slot() {
+                                break slot;
                             }
-                            if pending.is_none() {
-                                pending = Some(
-                                    limits
-                                        .enter_pending()
-                                        .ok_or(UpstreamError::Overflow("max_pending_requests"))?,
-                                );
-                            }
-                            let freed = limits.freed.notified();
-                            tokio::pin!(freed);
-                            freed.as_mut().enable();
-                            if limits.active() >= limits.max_connections {
-                                freed.await;
-                            }
+                            limits.wait_for_room(&mut pending, || false).await?;
                         };
                         drop(pending);
                         let stream =

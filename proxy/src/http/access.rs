@@ -35,7 +35,7 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn start<B>(_req: &Request<B>) -> Pending {
+    pub fn start() -> Pending {
         Pending {
             start: SystemTime::now(),
             t0: Instant::now(),

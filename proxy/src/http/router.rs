@@ -25,7 +25,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let mut resp = if conn.hcm.access_logs.is_empty() {
         route_request(&conn, req.map(body::boxed), grpc, None).await
     } else {
-        let log = super::access::Pending::start(&req);
+        let log = super::access::Pending::start();
         let counted = log.count_request(req);
         let mut head = crate::access_log::ReqHead::of_request(&counted);
         let resp = route_request(&conn, counted, grpc, Some(&mut head)).await;

@@ -155,9 +155,15 @@ pub(crate) fn command_end(s: &str) -> Option<usize> {
     None
 }
 
-fn parse_command(cmd: &str) -> Result<Piece, String> {
+/// A `%COMMAND(arg):max%` body split into its name, argument and length limit (shared with
+/// the access log formatter).
+pub(crate) fn split_command(cmd: &str) -> Result<(&str, Option<&str>, Option<usize>), String> {
     let (head, max) = match cmd.rfind(':') {
-        Some(i) if cmd[i + 1..].chars().all(|c| c.is_ascii_digit()) && i + 1 < cmd.len() => {
+        Some(i)
+            if i + 1 < cmd.len()
+                && cmd[i + 1..].chars().all(|c| c.is_ascii_digit())
+                && !cmd[..i].ends_with('(') =>
+        {
             (&cmd[..i], cmd[i + 1..].parse::<usize>().ok())
         }
         _ => (cmd, None),
@@ -174,6 +180,23 @@ fn parse_command(cmd: &str) -> Result<Piece, String> {
     {
         return Err(format!("malformed command %{cmd}%"));
     }
+    Ok((name, arg, max))
+}
+
+/// `%REQ(name?alt)%`'s argument: lower-case header name and alternative.
+pub(crate) fn header_arg(arg: &str, cmd: &str) -> Result<(String, Option<String>), String> {
+    let (n, alt) = match arg.split_once('?') {
+        Some((a, b)) => (a, Some(b.to_ascii_lowercase())),
+        None => (arg, None),
+    };
+    if n.is_empty() {
+        return Err(format!("empty header name in %{cmd}%"));
+    }
+    Ok((n.to_ascii_lowercase(), alt))
+}
+
+fn parse_command(cmd: &str) -> Result<Piece, String> {
+    let (name, arg, max) = split_command(cmd)?;
     Ok(match (name, arg) {
         ("DOWNSTREAM_REMOTE_ADDRESS" | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS", None) => {
             Piece::RemoteAddr { port: true }
@@ -192,16 +215,10 @@ fn parse_command(cmd: &str) -> Result<Piece, String> {
         // A custom strftime format is accepted but printed in the default format.
         ("START_TIME", _) => Piece::StartTime,
         ("REQ" | "RESP", Some(arg)) => {
-            let (n, alt) = match arg.split_once('?') {
-                Some((a, b)) => (a, Some(b.to_ascii_lowercase())),
-                None => (arg, None),
-            };
-            if n.is_empty() {
-                return Err(format!("empty header name in %{cmd}%"));
-            }
+            let (header, alt) = header_arg(arg, cmd)?;
             Piece::Header {
                 response: name == "RESP",
-                name: n.to_ascii_lowercase(),
+                name: header,
                 alt,
                 max,
             }

@@ -103,19 +103,12 @@ async fn proxy_inner(
         done.cluster = Some(cluster_name.to_string());
     }
     // Circuit breaker: `max_connections` caps open upstream connections of the cluster.
-    if !cluster.limits.try_acquire() {
+    // The slot is given back when this connection ends, whatever happens.
+    let Some(_slot) = cluster.limits.try_slot() else {
         cluster.stats.upstream_cx_overflow.inc();
         done.flags = "UO";
         return;
-    }
-    // The slot is given back when this connection ends, whatever happens.
-    struct Slot<'a>(&'a crate::cluster::pool::ConnLimits);
-    impl Drop for Slot<'_> {
-        fn drop(&mut self) {
-            self.0.release();
-        }
-    }
-    let _slot = Slot(&cluster.limits);
+    };
     let src = src.unwrap_or_else(|| cluster.settings.src());
     let mut up = None;
     let mut tried: Vec<SocketAddr> = Vec::new();
