@@ -20,6 +20,9 @@ use tokio::net::TcpStream;
 
 use crate::body::Body;
 
+/// The cause under an upstream failure (hyper's, h2's or an I/O error).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why an upstream request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -28,12 +31,24 @@ pub enum UpstreamError {
     #[error("connect failure: {0}")]
     Connect(std::io::Error),
     #[error("handshake: {0}")]
-    Handshake(hyper::Error),
+    Handshake(BoxError),
     /// The connection reset or closed before a response arrived.
     #[error("upstream reset: {0}")]
-    Reset(hyper::Error),
+    Reset(BoxError),
+    /// The upstream refused the request before processing it (HTTP/2 `REFUSED_STREAM`).
+    #[error("upstream refused the stream: {0}")]
+    Refused(BoxError),
     #[error("circuit breaker open: {0}")]
     Overflow(&'static str),
+}
+
+/// hyper reports an h2 `REFUSED_STREAM` (and a request it never sent) as canceled.
+fn reset(e: hyper::Error) -> UpstreamError {
+    if e.is_canceled() {
+        UpstreamError::Refused(e.into())
+    } else {
+        UpstreamError::Reset(e.into())
+    }
 }
 
 impl UpstreamError {
@@ -258,7 +273,7 @@ impl Pool {
                     Err(mut e) => match e.take_message() {
                         // Never written: the connection was closing. Try the next one.
                         Some(r) => req = r,
-                        None => return Err(UpstreamError::Reset(e.into_error())),
+                        None => return Err(reset(e.into_error())),
                     },
                 }
             }
@@ -279,7 +294,7 @@ impl Pool {
                 .preserve_header_case(false)
                 .handshake(TokioIo::new(stream))
                 .await
-                .map_err(UpstreamError::Handshake)?;
+                .map_err(|e| UpstreamError::Handshake(e.into()))?;
             tokio::spawn(async move {
                 let _ = conn.with_upgrades().await;
                 drop(slot);
@@ -290,7 +305,7 @@ impl Pool {
         let resp = tx
             .try_send_request(req)
             .await
-            .map_err(|e| UpstreamError::Reset(e.into_error()))?;
+            .map_err(|e| reset(e.into_error()))?;
         Ok(self.wrap_http1(resp, tx, 1, settings, limits))
     }
 
@@ -393,7 +408,7 @@ impl Pool {
                             .keep_alive_interval(Duration::from_secs(30))
                             .handshake(TokioIo::new(stream))
                             .await
-                            .map_err(UpstreamError::Handshake)?;
+                            .map_err(|e| UpstreamError::Handshake(e.into()))?;
                         tokio::spawn(async move {
                             let _ = conn.await;
                             drop(slot);
@@ -412,7 +427,7 @@ impl Pool {
                         req = r;
                         *self.h2.lock().unwrap() = None;
                     }
-                    None => return Err(UpstreamError::Reset(e.into_error())),
+                    None => return Err(reset(e.into_error())),
                 },
             }
         }

@@ -138,7 +138,7 @@ fn retriable_failure(p: &RetryPolicy, e: &UpstreamError) -> bool {
     p.retry_on.iter().any(|c| match c.as_str() {
         "5xx" | "gateway-error" | "reset" => true,
         "connect-failure" => connect,
-        "refused-stream" => matches!(e, UpstreamError::Reset(h) if h.is_canceled()),
+        "refused-stream" => matches!(e, UpstreamError::Refused(_)),
         _ => false,
     })
 }
