@@ -1147,3 +1147,73 @@ async fn cors_preflights_are_answered_and_responses_get_cors_headers() {
     assert!(stats.counter("http.cors.cors.origin_valid").get() >= 3);
     assert!(stats.counter("http.cors.cors.origin_invalid").get() >= 3);
 }
+
+#[tokio::test]
+async fn idle_downstream_connections_close_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fast = upstream("fast", Behaviour::Echo).await;
+    let slow = upstream("slow", Behaviour::Delay(900)).await;
+    let vh = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /slow}\n                route: {cluster: idle_slow}\n              - match: {prefix: /}\n                route: {cluster: idle_fast}\n";
+    let listener = http_listener("idle", vh, "").replace(
+        "          stat_prefix: idle\n",
+        "          stat_prefix: idle\n          common_http_protocol_options: {idle_timeout: 0.3s}\n",
+    );
+    let app = sluice(&bootstrap(
+        &listener,
+        &format!(
+            "{}{}",
+            cluster("idle_fast", &[fast.addr], ""),
+            cluster("idle_slow", &[slow.addr], "")
+        ),
+    ))
+    .await;
+    let addr = app.listener_address("idle").unwrap();
+
+    async fn exchange(s: &mut tokio::net::TcpStream, path: &str) -> String {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: h\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The echo body ends with the version line; enough to know the response is complete.
+        while !String::from_utf8_lossy(&got).contains("version=") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed mid-response: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(got).unwrap()
+    }
+
+    // Requests keep the connection alive; once it idles past 0.3 s the proxy closes it.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for _ in 0..3 {
+        assert!(exchange(&mut s, "/").await.starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an idle connection is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+
+    // A request in flight longer than the idle timeout is not cut off.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let r = exchange(&mut s, "/slow").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains("name=slow"), "{r}");
+
+    let stats = admin_get(&app, "/stats?filter=downstream_cx_idle_timeout").await;
+    let n: u64 = stats
+        .body
+        .lines()
+        .find(|l| l.starts_with("http.idle.downstream_cx_idle_timeout:"))
+        .and_then(|l| l.split(": ").nth(1))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{}", stats.body));
+    assert!(n >= 1, "{}", stats.body);
+}

@@ -4,24 +4,17 @@
 //! fresh connection.
 
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body as _, Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use crate::body::Body;
-
-/// The cause under an upstream failure (hyper's, h2's or an I/O error).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use super::h1;
+use crate::body::{Body, BoxError};
 
 /// Why an upstream request failed.
 #[derive(Debug, thiserror::Error)]
@@ -167,16 +160,10 @@ impl Drop for Slot {
     }
 }
 
-struct Idle {
-    tx: http1::SendRequest<Body>,
-    since: Instant,
-    used: u32,
-}
-
 /// The connection pool of one host.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<Vec<h1::Conn>>,
     h2: Mutex<Option<http2::SendRequest<Body>>>,
 }
 
@@ -250,31 +237,37 @@ impl Pool {
         self.idle.lock().unwrap().len()
     }
 
-    /// Sends a request over HTTP/1.1, reusing an idle connection when one is alive.
+    /// Sends a request over HTTP/1.1, reusing an idle connection when one is alive. The
+    /// request's own future drives the connection (`h1.rs`); a request that a reused
+    /// connection provably did not take goes out again on the next one.
     pub async fn send_http1(
         self: &Arc<Self>,
         addr: SocketAddr,
         settings: PoolSettings,
         limits: &Arc<ConnLimits>,
-        mut req: Request<Body>,
+        req: Request<Body>,
         on_new_connection: impl Fn(),
     ) -> Result<Response<Body>, UpstreamError> {
+        if req.headers().contains_key(http::header::UPGRADE) {
+            return Box::pin(send_upgrade(addr, settings, limits, req, on_new_connection)).await;
+        }
+        let (parts, mut body) = req.into_parts();
+        let head = h1::encode(&parts, &body);
+        drop(parts);
         let mut pending: Option<PendingGuard> = None;
         let slot = loop {
-            while let Some(mut idle) = self.checkout(settings) {
-                // Waits for the connection to finish its previous exchange; fails if closed.
-                if idle.tx.ready().await.is_err() {
-                    continue;
-                }
-                match idle.tx.try_send_request(req).await {
-                    Ok(resp) => {
-                        return Ok(self.wrap_http1(resp, idle.tx, idle.used + 1, settings, limits))
+            while let Some(conn) = self.checkout(settings) {
+                let back = self.give_back(settings, limits);
+                match h1::send(conn, &head, body, true, back).await {
+                    Ok(resp) => return Ok(resp),
+                    Err(h1::Failed {
+                        retry: Some(b),
+                        error,
+                    }) => {
+                        tracing::debug!(%addr, %error, "pooled connection closed under the request; sending it on another");
+                        body = b;
                     }
-                    Err(mut e) => match e.take_message() {
-                        // Never written: the connection was closing. Try the next one.
-                        Some(r) => req = r,
-                        None => return Err(reset(e.into_error())),
-                    },
+                    Err(f) => return Err(UpstreamError::Reset(f.error.into())),
                 }
             }
             if let Some(slot) = limits.try_slot() {
@@ -287,64 +280,51 @@ impl Pool {
         drop(pending);
         // A new connection is the cold path: boxed, so that its futures do not make every
         // request's future (moved around per request) larger.
-        let mut tx = Box::pin(async {
+        let conn = Box::pin(async {
             let stream = connect_from(addr, settings.connect_timeout, settings.src()).await?;
             on_new_connection();
-            let (tx, conn) = http1::Builder::new()
-                .preserve_header_case(false)
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| UpstreamError::Handshake(e.into()))?;
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-                drop(slot);
-            });
-            Ok::<_, UpstreamError>(tx)
+            Ok::<_, UpstreamError>(h1::Conn::new(stream, slot))
         })
         .await?;
-        let resp = tx
-            .try_send_request(req)
+        let back = self.give_back(settings, limits);
+        h1::send(conn, &head, body, false, back)
             .await
-            .map_err(|e| reset(e.into_error()))?;
-        Ok(self.wrap_http1(resp, tx, 1, settings, limits))
+            .map_err(|f| UpstreamError::Reset(f.error.into()))
     }
 
-    fn checkout(&self, settings: PoolSettings) -> Option<Idle> {
+    /// An idle connection that is still open and within the idle timeout.
+    fn checkout(&self, settings: PoolSettings) -> Option<h1::Conn> {
         let mut idle = self.idle.lock().unwrap();
         while let Some(c) = idle.pop() {
             let expired = settings
                 .idle_timeout
                 .is_some_and(|t| c.since.elapsed() >= t);
-            if !expired && !c.tx.is_closed() {
+            if !expired && c.is_open() {
                 return Some(c);
             }
         }
         None
     }
 
-    fn wrap_http1(
+    /// What a finished exchange does with its connection: back into the pool, unless it
+    /// reached `max_requests_per_connection`.
+    fn give_back(
         self: &Arc<Self>,
-        resp: Response<Incoming>,
-        tx: http1::SendRequest<Body>,
-        used: u32,
         settings: PoolSettings,
         limits: &Arc<ConnLimits>,
-    ) -> Response<Body> {
-        let upgrade = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-        let reusable = !upgrade
-            && settings
+    ) -> impl FnOnce(h1::Conn) + Send + Unpin + 'static {
+        let pool = self.clone();
+        let limits = limits.clone();
+        move |conn: h1::Conn| {
+            if settings
                 .max_requests_per_connection
-                .is_none_or(|m| used < m)
-            && !resp
-                .headers()
-                .get(http::header::CONNECTION)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-        let (parts, body) = resp.into_parts();
-        let mut ret = reusable.then(|| (self.clone(), tx, used, limits.clone()));
-        if body.is_end_stream() {
-            give_back(&mut ret);
+                .is_none_or(|m| conn.used < m)
+            {
+                pool.idle.lock().unwrap().push(conn);
+                // A pending request may take it.
+                limits.freed.notify_one();
+            }
         }
-        Response::from_parts(parts, crate::body::boxed(ReturnOnEnd { inner: body, ret }))
     }
 
     /// Sends a request over this host's shared HTTP/2 connection (h2c prior knowledge).
@@ -435,54 +415,33 @@ impl Pool {
     }
 }
 
-type Return = Option<(Arc<Pool>, http1::SendRequest<Body>, u32, Arc<ConnLimits>)>;
-
-fn give_back(ret: &mut Return) {
-    if let Some((pool, tx, used, limits)) = ret.take() {
-        pool.idle.lock().unwrap().push(Idle {
-            tx,
-            since: Instant::now(),
-            used,
-        });
-        // A pending request may take it.
-        limits.freed.notify_one();
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that hands its HTTP/1 connection back to the pool once the body has
-    /// been read to the end. Dropped early, the connection is closed instead.
-    struct ReturnOnEnd {
-        #[pin]
-        inner: Incoming,
-        ret: Return,
-    }
-}
-
-impl http_body::Body for ReturnOnEnd {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut this = self.project();
-        let r = this.inner.as_mut().poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => give_back(this.ret),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => give_back(this.ret),
-            Poll::Ready(Some(Err(_))) => *this.ret = None,
-            _ => {}
+/// An upgrade (WebSocket and the like) goes over hyper's client on a connection of its own,
+/// which is never pooled: after a `101` it belongs to the tunnel.
+async fn send_upgrade(
+    addr: SocketAddr,
+    settings: PoolSettings,
+    limits: &Arc<ConnLimits>,
+    req: Request<Body>,
+    on_new_connection: impl Fn(),
+) -> Result<Response<Body>, UpstreamError> {
+    let mut pending: Option<PendingGuard> = None;
+    let slot = loop {
+        if let Some(slot) = limits.try_slot() {
+            break slot;
         }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+        limits.wait_for_room(&mut pending, || false).await?;
+    };
+    drop(pending);
+    let stream = connect_from(addr, settings.connect_timeout, settings.src()).await?;
+    on_new_connection();
+    let (mut tx, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| UpstreamError::Handshake(e.into()))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+        drop(slot);
+    });
+    let resp = tx.send_request(req).await.map_err(reset)?;
+    Ok(resp.map(crate::body::boxed))
 }

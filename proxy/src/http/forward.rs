@@ -470,6 +470,7 @@ pub async fn mirror(
                 stats,
                 http2,
                 phase,
+                activity: super::Activity::new(),
             };
             if let Some(host) = cluster.pick(None, None, &|_| false) {
                 if let Ok(resp) = send_once(&shadow, &cluster, &host, r).await {

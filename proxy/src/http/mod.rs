@@ -3,6 +3,8 @@
 //! forwards upstream (`forward.rs`). On drain (server drain or the listener removed),
 //! connections finish in-flight requests and close (HTTP/1.1: `connection: close` on the
 //! response in flight, close when idle; HTTP/2: GOAWAY); after the drain time they are closed.
+//! A connection with no request in flight for the HCM's `idle_timeout` is closed the same way,
+//! by one timer per connection that is re-armed only when it fires.
 
 pub mod access;
 pub mod cors;
@@ -14,8 +16,9 @@ pub mod router;
 pub mod timeout;
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -41,6 +44,63 @@ pub struct Conn {
     pub http2: bool,
     /// The listener's drain phase (upgraded connections and tunnels close at `Close`).
     pub phase: watch::Receiver<Phase>,
+    /// Requests in flight, for the idle timeout.
+    pub activity: Activity,
+}
+
+/// Requests in flight on one connection and when the last one finished: what the
+/// connection's idle timer looks at when it fires (two atomic updates per request, no timer).
+#[derive(Debug)]
+pub struct Activity {
+    born: Instant,
+    active: AtomicU32,
+    /// Milliseconds from `born` to the end of the last request.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Activity {
+        Activity {
+            born: Instant::now(),
+            active: AtomicU32::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn begin(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request's response head went out at `now`.
+    pub fn end(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.born).as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+        self.active.fetch_sub(1, Ordering::Release);
+    }
+
+    /// `None` once the connection has been idle for `idle`; otherwise when to look again.
+    fn idle_deadline(&self, idle: Duration, now: Instant) -> Option<Instant> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return Some(now + idle);
+        }
+        let last = self.born + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        (last + idle > now).then_some(last + idle)
+    }
+}
+
+/// Resolves once the connection has had no request in flight for `idle` (never if `None`).
+async fn idle_timeout(activity: &Activity, idle: Option<Duration>) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    let mut at = activity.born + idle;
+    loop {
+        tokio::time::sleep_until(at.into()).await;
+        match activity.idle_deadline(idle, Instant::now()) {
+            None => return,
+            Some(next) => at = next,
+        }
+    }
 }
 
 /// Serves one downstream HTTP connection.
@@ -82,7 +142,10 @@ pub async fn serve(
         stats: stats.clone(),
         http2,
         phase: phase.clone(),
+        activity: Activity::new(),
     });
+    let idle = hcm.idle_timeout;
+    let ours = conn.clone();
     let io = TokioIo::new(stream);
     let max_headers = (hcm.max_request_headers_kb as usize * 1024).max(8192);
     if http2 {
@@ -101,6 +164,14 @@ pub async fn serve(
         tokio::pin!(c);
         tokio::select! {
             _ = c.as_mut() => {}
+            _ = idle_timeout(&ours.activity, idle) => {
+                stats.downstream_cx_idle_timeout.inc();
+                c.as_mut().graceful_shutdown();
+                tokio::select! {
+                    _ = c.as_mut() => {}
+                    _ = reached(&mut phase, Phase::Close) => {}
+                }
+            }
             _ = reached(&mut phase, Phase::Drain) => {
                 c.as_mut().graceful_shutdown();
                 tokio::select! {
@@ -110,14 +181,12 @@ pub async fn serve(
             }
         }
     } else {
+        // No timer: hyper would arm a header-read timer for every request. Idle connections
+        // are closed by `idle_timeout` instead.
         let mut b = http1::Builder::new();
-        b.timer(TokioTimer::new())
-            .max_buf_size(max_headers.max(8192) + 1024)
+        b.max_buf_size(max_headers.max(8192) + 1024)
             .keep_alive(true)
             .half_close(false);
-        if let Some(t) = hcm.stream_idle_timeout {
-            b.header_read_timeout(t);
-        }
         // hyper's HTTP/1 server keeps the in-flight future in one box per connection.
         let svc = service_fn(move |req| {
             let conn = conn.clone();
@@ -127,6 +196,14 @@ pub async fn serve(
         tokio::pin!(c);
         tokio::select! {
             _ = c.as_mut() => {}
+            _ = idle_timeout(&ours.activity, idle) => {
+                stats.downstream_cx_idle_timeout.inc();
+                c.as_mut().graceful_shutdown();
+                tokio::select! {
+                    _ = c.as_mut() => {}
+                    _ = reached(&mut phase, Phase::Close) => {}
+                }
+            }
             _ = reached(&mut phase, Phase::Drain) => {
                 c.as_mut().graceful_shutdown();
                 tokio::select! {

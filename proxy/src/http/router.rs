@@ -19,6 +19,7 @@ use crate::route::{self, FormatCtx, RequestView, RouteTable, Selected};
 /// Handles one downstream request; never fails (errors are local replies).
 pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let t0 = Instant::now();
+    conn.activity.begin();
     conn.stats.downstream_rq_total.inc();
     conn.stats.downstream_rq_active.inc();
     let grpc = super::timeout::is_grpc(req.headers());
@@ -36,7 +37,9 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     }
     conn.stats.downstream_rq_active.dec();
     conn.stats.status(resp.status().as_u16());
-    conn.stats.downstream_rq_time.record(t0.elapsed());
+    let took = t0.elapsed();
+    conn.stats.downstream_rq_time.record(took);
+    conn.activity.end(t0 + took);
     resp
 }
 

@@ -57,6 +57,7 @@ pub struct HcmStats {
     pub downstream_cx_active: Arc<crate::stats::Gauge>,
     pub downstream_cx_http1_total: Arc<crate::stats::Counter>,
     pub downstream_cx_http2_total: Arc<crate::stats::Counter>,
+    pub downstream_cx_idle_timeout: Arc<crate::stats::Counter>,
     pub downstream_rq_total: Arc<crate::stats::Counter>,
     pub downstream_rq_active: Arc<crate::stats::Gauge>,
     pub rq_1xx: Arc<crate::stats::Counter>,
@@ -84,6 +85,7 @@ impl HcmStats {
             downstream_cx_active: r.gauge(&format!("http.{prefix}.downstream_cx_active")),
             downstream_cx_http1_total: c("downstream_cx_http1_total"),
             downstream_cx_http2_total: c("downstream_cx_http2_total"),
+            downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
             downstream_rq_total: c("downstream_rq_total"),
             downstream_rq_active: r.gauge(&format!("http.{prefix}.downstream_rq_active")),
             rq_1xx: c("downstream_rq_1xx"),
@@ -180,6 +182,9 @@ pub struct HttpConnectionManager {
     pub preserve_external_request_id: bool,
     pub always_set_request_id_in_response: bool,
     pub stream_idle_timeout: Option<Duration>,
+    /// `common_http_protocol_options.idle_timeout`: a downstream connection with no request
+    /// in flight for this long is closed (default 1 h, `0s` disables).
+    pub idle_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
     pub max_request_headers_kb: u32,
     pub upgrades: Vec<String>,
@@ -411,6 +416,15 @@ pub(crate) fn http_connection_manager(
         always_set_request_id_in_response: h.always_set_request_id_in_response,
         stream_idle_timeout: match duration(&h.stream_idle_timeout) {
             None => Some(Duration::from_secs(300)),
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+        },
+        idle_timeout: match duration(
+            &h.common_http_protocol_options
+                .as_ref()
+                .and_then(|o| o.idle_timeout),
+        ) {
+            None => Some(Duration::from_secs(3600)),
             Some(d) if d.is_zero() => None,
             Some(d) => Some(d),
         },

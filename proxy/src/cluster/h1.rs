@@ -1,0 +1,774 @@
+//! An HTTP/1.1 client connection driven by the request that uses it. There is no connection
+//! task and no channel: the request's own future writes the head and the request body, parses
+//! the response head, and the response body it returns reads the rest from the socket (and
+//! finishes writing a request body that is still streaming). When the exchange ends cleanly,
+//! the connection goes back to its host's pool.
+//!
+//! Framing follows RFC 9112: the request gets `content-length` from a known body size or
+//! `transfer-encoding: chunked`; the response body is delimited by `transfer-encoding`
+//! (chunked, with trailers), `content-length`, or the end of the connection. 1xx responses
+//! are skipped. Upgrades (`101`) are not handled here: those requests go over hyper's client.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Response, StatusCode, Version};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::pool::Slot;
+use crate::body::{Body, BoxError};
+
+/// Most headers a response (or its trailers) may have.
+const MAX_HEADERS: usize = 128;
+/// Most trailers a chunked response may end with.
+const MAX_TRAILERS: usize = 32;
+/// Largest response head (status line and headers) accepted.
+const MAX_HEAD: usize = 96 * 1024;
+/// First read size; grows while reads fill the buffer (large bodies), up to `MAX_READ`.
+const MIN_READ: usize = 8 * 1024;
+const MAX_READ: usize = 256 * 1024;
+/// Output gathered before a write, so head and a ready body go out in one `writev`.
+const GATHER: usize = 64 * 1024;
+
+/// What went wrong on the wire.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("connection closed before the response was complete")]
+    Closed,
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+    #[error("request body: {0}")]
+    RequestBody(BoxError),
+}
+
+/// One upstream HTTP/1.1 connection, idle in a pool or owned by an exchange.
+pub struct Conn {
+    io: TcpStream,
+    rbuf: BytesMut,
+    read_hint: usize,
+    /// Header positions while a response head is parsed (kept to reuse its allocation).
+    idx: Vec<[usize; 4]>,
+    /// Output queued for the socket (kept to reuse its allocation).
+    out: VecDeque<Bytes>,
+    /// Requests sent on it (for `max_requests_per_connection`).
+    pub used: u32,
+    /// When it last went idle.
+    pub since: Instant,
+    _slot: Slot,
+}
+
+impl Conn {
+    pub fn new(io: TcpStream, slot: Slot) -> Conn {
+        Conn {
+            io,
+            rbuf: BytesMut::new(),
+            read_hint: MIN_READ,
+            idx: Vec::new(),
+            out: VecDeque::new(),
+            used: 0,
+            since: Instant::now(),
+            _slot: slot,
+        }
+    }
+
+    /// False if the server closed the idle connection (or sent something unasked). Costs no
+    /// system call unless the socket became readable while idle.
+    pub fn is_open(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut b = [0u8; 1];
+                matches!(self.io.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` is the end of the connection.
+    #[allow(unsafe_code)]
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() < self.read_hint / 2 {
+            self.rbuf.reserve(self.read_hint);
+        }
+        let spare = self.rbuf.spare_capacity_mut();
+        let want = spare.len();
+        let mut rb = ReadBuf::uninit(spare);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        // SAFETY: `ReadBuf` guarantees its first `filled` bytes were initialized by the read,
+        // and they are the bytes right after the buffer's current length.
+        unsafe { self.rbuf.set_len(self.rbuf.len() + n) };
+        if n == want {
+            self.read_hint = (self.read_hint * 2).min(MAX_READ);
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// How the request body is framed on the wire.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Out {
+    /// As is (`content-length`, or no body).
+    Raw,
+    Chunked,
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy)]
+enum In {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+/// The head of a request, encoded, plus how its body goes out. Kept so that a request that
+/// never reached a server can be sent again on another connection.
+pub struct Head {
+    bytes: Bytes,
+    out: Out,
+    /// HEAD: the response has no body whatever its headers say.
+    head_method: bool,
+    /// Safe to send twice (RFC 9110 idempotent methods).
+    idempotent: bool,
+    /// The request's `transfer-encoding` does not end in chunked: the body ends with the
+    /// connection, which cannot be reused.
+    close_after: bool,
+}
+
+/// Encodes the request head (origin-form target expected) and decides the body framing.
+pub fn encode(parts: &http::request::Parts, body: &Body) -> Head {
+    let h = &parts.headers;
+    let mut out = Out::Raw;
+    let mut close_after = false;
+    let mut extra: Option<(&str, String)> = None;
+    let te = h.get_all(TRANSFER_ENCODING).iter().next_back();
+    if let Some(te) = te {
+        if te
+            .as_bytes()
+            .rsplit(|b| *b == b',')
+            .next()
+            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        {
+            out = Out::Chunked;
+        } else {
+            close_after = true;
+        }
+    } else if !h.contains_key(CONTENT_LENGTH) {
+        if body.is_end_stream() {
+            if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+                extra = Some(("content-length", "0".into()));
+            }
+        } else if let Some(n) = body.size_hint().exact() {
+            extra = Some(("content-length", n.to_string()));
+        } else {
+            out = Out::Chunked;
+            extra = Some(("transfer-encoding", "chunked".into()));
+        }
+    }
+    let target = match parts.uri.path_and_query() {
+        Some(pq) => pq.as_str(),
+        None => parts.uri.authority().map(|a| a.as_str()).unwrap_or("/"),
+    };
+    // The exact size: a buffer filled to capacity freezes without another allocation.
+    let mut len = parts.method.as_str().len() + 1 + target.len() + 11 + 2;
+    for (k, v) in h {
+        if !(te.is_some() && k == CONTENT_LENGTH) {
+            len += k.as_str().len() + v.len() + 4;
+        }
+    }
+    if let Some((k, v)) = &extra {
+        len += k.len() + v.len() + 4;
+    }
+    let mut b = BytesMut::with_capacity(len);
+    b.extend_from_slice(parts.method.as_str().as_bytes());
+    b.extend_from_slice(b" ");
+    b.extend_from_slice(target.as_bytes());
+    b.extend_from_slice(b" HTTP/1.1\r\n");
+    for (k, v) in h {
+        // A request with transfer-encoding carries no content-length (RFC 9112 §6.2).
+        if te.is_some() && k == CONTENT_LENGTH {
+            continue;
+        }
+        b.extend_from_slice(k.as_str().as_bytes());
+        b.extend_from_slice(b": ");
+        b.extend_from_slice(v.as_bytes());
+        b.extend_from_slice(b"\r\n");
+    }
+    if let Some((k, v)) = extra {
+        b.extend_from_slice(k.as_bytes());
+        b.extend_from_slice(b": ");
+        b.extend_from_slice(v.as_bytes());
+        b.extend_from_slice(b"\r\n");
+    }
+    b.extend_from_slice(b"\r\n");
+    debug_assert_eq!(b.len(), len);
+    Head {
+        bytes: b.freeze(),
+        out,
+        head_method: parts.method == Method::HEAD,
+        idempotent: matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        ),
+        close_after,
+    }
+}
+
+/// A failed exchange. `retry` gives the request body back when the request provably (or, for
+/// idempotent requests, almost surely) never reached the server: a reused connection that was
+/// closed under it before any byte of a response came.
+pub struct Failed {
+    pub error: Error,
+    pub retry: Option<Body>,
+}
+
+enum Parsed {
+    Final(http::response::Parts),
+    /// A 1xx response was skipped.
+    Informational,
+    Partial,
+}
+
+/// One request/response on a connection.
+struct Exchange {
+    conn: Conn,
+    out_len: usize,
+    /// The request body still to send (`None` once it ended).
+    body: Option<Body>,
+    framing: Out,
+    /// Nothing was taken from the request body yet (it can still be sent elsewhere).
+    body_untouched: bool,
+    /// The server stopped taking the request (write error): keep reading, never reuse.
+    write_failed: bool,
+    reading: In,
+    reusable: bool,
+}
+
+impl Exchange {
+    /// Moves the request forward: gathers ready body frames, writes them out. Ready(Ok) once
+    /// all of the request is written (or the server stopped taking it).
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        loop {
+            while self.out_len < GATHER {
+                let Some(body) = self.body.as_mut() else {
+                    break;
+                };
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Some(Ok(frame))) => {
+                        self.body_untouched = false;
+                        match frame.into_data() {
+                            Ok(data) => self.push_data(data),
+                            Err(frame) => {
+                                if let Ok(trailers) = frame.into_trailers() {
+                                    self.end_body(Some(&trailers));
+                                }
+                            }
+                        }
+                    }
+                    Poll::Ready(None) => self.end_body(None),
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::RequestBody(e))),
+                }
+            }
+            if self.conn.out.is_empty() {
+                return if self.body.is_none() {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
+            }
+            let mut slices = [IoSlice::new(&[]); 16];
+            let n = self.conn.out.len().min(slices.len());
+            for (s, b) in slices.iter_mut().zip(self.conn.out.iter()) {
+                *s = IoSlice::new(b);
+            }
+            match Pin::new(&mut self.conn.io).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    self.write_failed = true;
+                    self.reusable = false;
+                    self.conn.out.clear();
+                    self.out_len = 0;
+                    self.body = None;
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Ok(mut written)) => {
+                    self.out_len -= written;
+                    while written > 0 {
+                        let front = self
+                            .conn
+                            .out
+                            .front_mut()
+                            .expect("written bytes were queued");
+                        if front.len() <= written {
+                            written -= front.len();
+                            self.conn.out.pop_front();
+                        } else {
+                            front.advance(written);
+                            written = 0;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.out_len += b.len();
+            self.conn.out.push_back(b);
+        }
+    }
+
+    fn push_data(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        if self.framing == Out::Chunked {
+            self.push(Bytes::from(format!("{:x}\r\n", data.len())));
+            self.push(data);
+            self.push(Bytes::from_static(b"\r\n"));
+        } else {
+            self.push(data);
+        }
+    }
+
+    fn end_body(&mut self, trailers: Option<&HeaderMap>) {
+        self.body = None;
+        if self.framing != Out::Chunked {
+            return;
+        }
+        let mut b = BytesMut::from(&b"0\r\n"[..]);
+        for (k, v) in trailers.into_iter().flatten() {
+            b.extend_from_slice(k.as_str().as_bytes());
+            b.extend_from_slice(b": ");
+            b.extend_from_slice(v.as_bytes());
+            b.extend_from_slice(b"\r\n");
+        }
+        b.extend_from_slice(b"\r\n");
+        self.push(b.freeze());
+    }
+
+    /// Reads until a final response head is parsed (skipping 1xx), while still writing.
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        head_method: bool,
+    ) -> Poll<Result<http::response::Parts, Error>> {
+        if self.body.is_some() || !self.conn.out.is_empty() {
+            if let Poll::Ready(Err(e)) = self.poll_write(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        loop {
+            if !self.conn.rbuf.is_empty() {
+                match self.parse_head(head_method)? {
+                    Parsed::Final(parts) => return Poll::Ready(Ok(parts)),
+                    Parsed::Informational => continue,
+                    Parsed::Partial if self.conn.rbuf.len() > MAX_HEAD => {
+                        return Poll::Ready(Err(Error::Invalid("response head too large")))
+                    }
+                    Parsed::Partial => {}
+                }
+            }
+            if ready!(self.conn.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(Error::Closed));
+            }
+        }
+    }
+
+    /// Parses a response head from the buffer.
+    fn parse_head(&mut self, head_method: bool) -> Result<Parsed, Error> {
+        // Uninitialized: zeroing 128 headers per response costs more than parsing them.
+        let mut headers =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut r = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut r,
+            &self.conn.rbuf,
+            &mut headers,
+        );
+        let len = match parsed {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+            Err(httparse::Error::TooManyHeaders) => return Err(Error::Invalid("too many headers")),
+            Err(_) => return Err(Error::Invalid("malformed head")),
+        };
+        let code = r.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("status code"))?;
+        let version = if r.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // Header positions, taken before the buffer is split off and frozen (into a vector
+        // the connection keeps, so no allocation per response).
+        let base = self.conn.rbuf.as_ptr() as usize;
+        let mut idx = std::mem::take(&mut self.conn.idx);
+        idx.clear();
+        for h in r.headers.iter() {
+            let n = h.name.as_ptr() as usize - base;
+            let v = h.value.as_ptr() as usize - base;
+            idx.push([n, n + h.name.len(), v, v + h.value.len()]);
+        }
+        let count = idx.len();
+        let head = self.conn.rbuf.split_to(len).freeze();
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(Parsed::Informational);
+        }
+        let mut map = HeaderMap::with_capacity(count);
+        let mut length: Option<u64> = None;
+        let mut chunked = false;
+        let mut te = false;
+        let mut close = version == Version::HTTP_10;
+        for &[ns, ne, vs, ve] in &idx {
+            let name =
+                HeaderName::from_bytes(&head[ns..ne]).map_err(|_| Error::Invalid("header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+                .map_err(|_| Error::Invalid("header value"))?;
+            if name == CONTENT_LENGTH {
+                let n = std::str::from_utf8(value.as_bytes())
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .ok_or(Error::Invalid("content-length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(Error::Invalid("conflicting content-length"));
+                }
+                length = Some(n);
+            } else if name == TRANSFER_ENCODING {
+                te = true;
+                chunked = value
+                    .as_bytes()
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name == CONNECTION {
+                for t in value.as_bytes().split(|b| *b == b',') {
+                    let t = t.trim_ascii();
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                        close = false;
+                    }
+                }
+            }
+            map.append(name, value);
+        }
+        self.conn.idx = idx;
+        let no_body = head_method
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || status == StatusCode::SWITCHING_PROTOCOLS;
+        self.reading = if no_body {
+            In::Done
+        } else if te {
+            if !chunked {
+                close = true;
+                In::UntilClose
+            } else {
+                if length.is_some() {
+                    close = true; // both framings: the connection cannot be trusted after
+                }
+                In::Chunked(Chunk::Size)
+            }
+        } else if let Some(n) = length {
+            if n == 0 {
+                In::Done
+            } else {
+                In::Length(n)
+            }
+        } else {
+            close = true;
+            In::UntilClose
+        };
+        if close || status == StatusCode::SWITCHING_PROTOCOLS {
+            self.reusable = false;
+        }
+        let mut resp = Response::new(());
+        *resp.status_mut() = status;
+        *resp.version_mut() = version;
+        *resp.headers_mut() = map;
+        Ok(Parsed::Final(resp.into_parts().0))
+    }
+
+    /// The next piece of the response body.
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        if self.body.is_some() || !self.conn.out.is_empty() {
+            if let Poll::Ready(Err(e)) = self.poll_write(cx) {
+                return Poll::Ready(Some(Err(e)));
+            }
+        }
+        loop {
+            match self.reading {
+                In::Done => return Poll::Ready(None),
+                In::Length(left) => {
+                    if self.conn.rbuf.is_empty() && ready!(self.conn.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Some(Err(Error::Closed)));
+                    }
+                    let n = (self.conn.rbuf.len() as u64).min(left);
+                    let data = self.conn.rbuf.split_to(n as usize).freeze();
+                    self.reading = if n == left {
+                        In::Done
+                    } else {
+                        In::Length(left - n)
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                In::UntilClose => {
+                    if self.conn.rbuf.is_empty() && ready!(self.conn.poll_fill(cx))? == 0 {
+                        self.reading = In::Done;
+                        return Poll::Ready(None);
+                    }
+                    let data = self.conn.rbuf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                In::Chunked(_) => {
+                    if let Some(frame) = self.decode_chunk()? {
+                        return Poll::Ready(frame.map(Ok));
+                    }
+                    if ready!(self.conn.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Some(Err(Error::Closed)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes buffered chunked bytes: `Some(frame)` (or `Some(None)` at the end), `None`
+    /// when more bytes are needed.
+    fn decode_chunk(&mut self) -> Result<Option<Option<Frame<Bytes>>>, Error> {
+        let buf = &mut self.conn.rbuf;
+        loop {
+            let In::Chunked(state) = self.reading else {
+                return Ok(Some(None));
+            };
+            match state {
+                Chunk::Size => {
+                    let Some(end) = buf.iter().position(|b| *b == b'\n') else {
+                        if buf.len() > 4096 {
+                            return Err(Error::Invalid("chunk size line too long"));
+                        }
+                        return Ok(None);
+                    };
+                    let digits = buf[..end]
+                        .split(|b| *b == b';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim_ascii();
+                    let size = std::str::from_utf8(digits)
+                        .ok()
+                        .filter(|d| !d.is_empty() && d.len() <= 16)
+                        .and_then(|d| u64::from_str_radix(d, 16).ok())
+                        .ok_or(Error::Invalid("chunk size"))?;
+                    buf.advance(end + 1);
+                    self.reading = In::Chunked(if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    });
+                }
+                Chunk::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let n = (buf.len() as u64).min(left);
+                    let data = buf.split_to(n as usize).freeze();
+                    self.reading = In::Chunked(if n == left {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left - n)
+                    });
+                    return Ok(Some(Some(Frame::data(data))));
+                }
+                Chunk::DataEnd => {
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                    } else if buf.starts_with(b"\n") {
+                        buf.advance(1);
+                    } else if buf.is_empty() || &buf[..] == b"\r" {
+                        return Ok(None);
+                    } else {
+                        return Err(Error::Invalid("chunk not followed by CRLF"));
+                    }
+                    self.reading = In::Chunked(Chunk::Size);
+                }
+                Chunk::Trailers => {
+                    if buf.starts_with(b"\r\n") || buf.starts_with(b"\n") {
+                        buf.advance(if buf[0] == b'\r' { 2 } else { 1 });
+                        self.reading = In::Done;
+                        return Ok(Some(None));
+                    }
+                    let mut headers = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+                    return match httparse::parse_headers(buf, &mut headers) {
+                        Ok(httparse::Status::Complete((len, hs))) => {
+                            let mut map = HeaderMap::with_capacity(hs.len());
+                            for h in hs {
+                                let name = HeaderName::from_bytes(h.name.as_bytes())
+                                    .map_err(|_| Error::Invalid("trailer name"))?;
+                                let value = HeaderValue::from_bytes(h.value)
+                                    .map_err(|_| Error::Invalid("trailer value"))?;
+                                map.append(name, value);
+                            }
+                            buf.advance(len);
+                            self.reading = In::Done;
+                            Ok(Some(Some(Frame::trailers(map))))
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => Ok(None),
+                        _ => Err(Error::Invalid("trailers")),
+                    };
+                }
+            }
+        }
+    }
+
+    /// The response and the request both ended, on a connection that may carry another.
+    fn clean_end(&self) -> bool {
+        matches!(self.reading, In::Done)
+            && self.reusable
+            && !self.write_failed
+            && self.body.is_none()
+            && self.conn.out.is_empty()
+            && self.conn.rbuf.is_empty()
+    }
+}
+
+/// Sends `head` and `body` on `conn` and returns the response once its head arrived. The
+/// response body carries the connection and hands it to `give_back` when the exchange ended
+/// cleanly.
+pub async fn send(
+    mut conn: Conn,
+    head: &Head,
+    body: Body,
+    reused: bool,
+    give_back: impl FnOnce(Conn) + Send + Unpin + 'static,
+) -> Result<Response<Body>, Failed> {
+    conn.used += 1;
+    let ended = body.is_end_stream();
+    let mut ex = Exchange {
+        conn,
+        out_len: 0,
+        body: (!ended).then_some(body),
+        framing: head.out,
+        body_untouched: true,
+        write_failed: false,
+        reading: In::Done,
+        reusable: !head.close_after,
+    };
+    ex.push(head.bytes.clone());
+    if ended {
+        ex.end_body(None);
+    }
+    let got = std::future::poll_fn(|cx| ex.poll_head(cx, head.head_method)).await;
+    match got {
+        Ok(parts) => {
+            let mut body = ResponseBody {
+                ex: Some(ex),
+                give_back: Some(give_back),
+            };
+            body.maybe_finish();
+            Ok(Response::from_parts(parts, crate::body::boxed(body)))
+        }
+        Err(error) => {
+            let nothing_came = ex.conn.rbuf.is_empty();
+            let unsent = reused
+                && nothing_came
+                && matches!(error, Error::Closed | Error::Io(_))
+                && (ex.body_untouched || ended)
+                && (ex.write_failed || head.idempotent);
+            let retry = unsent.then(|| ex.body.take().unwrap_or_else(crate::body::empty));
+            Err(Failed { error, retry })
+        }
+    }
+}
+
+/// The response body: reads the rest of the response from the connection.
+struct ResponseBody<F: FnOnce(Conn)> {
+    ex: Option<Exchange>,
+    give_back: Option<F>,
+}
+
+impl<F: FnOnce(Conn)> ResponseBody<F> {
+    /// Hands the connection back once the exchange ended cleanly; drops (closes) it once it
+    /// ended otherwise.
+    fn maybe_finish(&mut self) {
+        let Some(ex) = &self.ex else { return };
+        if !matches!(ex.reading, In::Done) {
+            return;
+        }
+        // A request body still streaming when the response ended is cut off with the
+        // connection, as Envoy resets the upstream stream.
+        let clean = ex.clean_end();
+        let ex = self.ex.take().expect("checked above");
+        if clean {
+            let mut conn = ex.conn;
+            conn.since = Instant::now();
+            if let Some(f) = self.give_back.take() {
+                f(conn);
+            }
+        }
+    }
+}
+
+impl<F: FnOnce(Conn) + Unpin> http_body::Body for ResponseBody<F> {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = self.get_mut();
+        let Some(ex) = this.ex.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let r = ex.poll_body(cx);
+        match &r {
+            Poll::Ready(Some(Err(_))) => this.ex = None,
+            Poll::Ready(_) => this.maybe_finish(),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ex
+            .as_ref()
+            .is_none_or(|ex| matches!(ex.reading, In::Done))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.ex.as_ref().map(|ex| ex.reading) {
+            None | Some(In::Done) => SizeHint::with_exact(0),
+            Some(In::Length(n)) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "h1_tests.rs"]
+mod tests;
