@@ -243,7 +243,7 @@ pub fn encode(parts: &http::request::Parts, body: &Body) -> Head {
 /// closed under it before any byte of a response came.
 pub struct Failed {
     pub error: Error,
-    pub retry: Option<Body>,
+    pub retry: Option<(Head, Body)>,
 }
 
 enum Parsed {
@@ -256,6 +256,10 @@ enum Parsed {
 /// One request/response on a connection.
 struct Exchange {
     conn: Conn,
+    /// The request head, written from here (not queued: it stays whole for a resend).
+    head: Head,
+    head_sent: usize,
+    /// Bytes queued in `conn.out`.
     out_len: usize,
     /// The request body still to send (`None` once it ended).
     body: Option<Body>,
@@ -294,7 +298,8 @@ impl Exchange {
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::RequestBody(e))),
                 }
             }
-            if self.conn.out.is_empty() {
+            let head_left = &self.head.bytes[self.head_sent..];
+            if head_left.is_empty() && self.conn.out.is_empty() {
                 return if self.body.is_none() {
                     Poll::Ready(Ok(()))
                 } else {
@@ -302,9 +307,14 @@ impl Exchange {
                 };
             }
             let mut slices = [IoSlice::new(&[]); 16];
-            let n = self.conn.out.len().min(slices.len());
-            for (s, b) in slices.iter_mut().zip(self.conn.out.iter()) {
-                *s = IoSlice::new(b);
+            let mut n = 0;
+            if !head_left.is_empty() {
+                slices[0] = IoSlice::new(head_left);
+                n = 1;
+            }
+            for b in self.conn.out.iter().take(slices.len() - n) {
+                slices[n] = IoSlice::new(b);
+                n += 1;
             }
             match Pin::new(&mut self.conn.io).poll_write_vectored(cx, &slices[..n]) {
                 Poll::Pending => return Poll::Pending,
@@ -317,6 +327,9 @@ impl Exchange {
                     return Poll::Ready(Ok(()));
                 }
                 Poll::Ready(Ok(mut written)) => {
+                    let from_head = written.min(self.head.bytes.len() - self.head_sent);
+                    self.head_sent += from_head;
+                    written -= from_head;
                     self.out_len -= written;
                     while written > 0 {
                         let front = self
@@ -374,19 +387,15 @@ impl Exchange {
     }
 
     /// Reads until a final response head is parsed (skipping 1xx), while still writing.
-    fn poll_head(
-        &mut self,
-        cx: &mut Context<'_>,
-        head_method: bool,
-    ) -> Poll<Result<http::response::Parts, Error>> {
-        if self.body.is_some() || !self.conn.out.is_empty() {
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<http::response::Parts, Error>> {
+        if self.body.is_some() || self.writing() {
             if let Poll::Ready(Err(e)) = self.poll_write(cx) {
                 return Poll::Ready(Err(e));
             }
         }
         loop {
             if !self.conn.rbuf.is_empty() {
-                match self.parse_head(head_method)? {
+                match self.parse_head(self.head.head_method)? {
                     Parsed::Final(parts) => return Poll::Ready(Ok(parts)),
                     Parsed::Informational => continue,
                     Parsed::Partial if self.conn.rbuf.len() > MAX_HEAD => {
@@ -440,7 +449,8 @@ impl Exchange {
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             return Ok(Parsed::Informational);
         }
-        let mut map = HeaderMap::with_capacity(count);
+        // Room for the headers the router adds on the way back (server, service time, ...).
+        let mut map = HeaderMap::with_capacity(count + 6);
         let mut length: Option<u64> = None;
         let mut chunked = false;
         let mut te = false;
@@ -517,7 +527,7 @@ impl Exchange {
 
     /// The next piece of the response body.
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        if self.body.is_some() || !self.conn.out.is_empty() {
+        if self.body.is_some() || self.writing() {
             if let Poll::Ready(Err(e)) = self.poll_write(cx) {
                 return Poll::Ready(Some(Err(e)));
             }
@@ -645,13 +655,18 @@ impl Exchange {
         }
     }
 
+    /// Queued output not yet written.
+    fn writing(&self) -> bool {
+        self.head_sent < self.head.bytes.len() || !self.conn.out.is_empty()
+    }
+
     /// The response and the request both ended, on a connection that may carry another.
     fn clean_end(&self) -> bool {
         matches!(self.reading, In::Done)
             && self.reusable
             && !self.write_failed
             && self.body.is_none()
-            && self.conn.out.is_empty()
+            && !self.writing()
             && self.conn.rbuf.is_empty()
     }
 }
@@ -661,7 +676,7 @@ impl Exchange {
 /// cleanly.
 pub async fn send(
     mut conn: Conn,
-    head: &Head,
+    head: Head,
     body: Body,
     reused: bool,
     give_back: impl FnOnce(Conn) + Send + Unpin + 'static,
@@ -673,16 +688,17 @@ pub async fn send(
         out_len: 0,
         body: (!ended).then_some(body),
         framing: head.out,
+        head_sent: 0,
         body_untouched: true,
         write_failed: false,
         reading: In::Done,
         reusable: !head.close_after,
+        head,
     };
-    ex.push(head.bytes.clone());
     if ended {
         ex.end_body(None);
     }
-    let got = std::future::poll_fn(|cx| ex.poll_head(cx, head.head_method)).await;
+    let got = std::future::poll_fn(|cx| ex.poll_head(cx)).await;
     match got {
         Ok(parts) => {
             let mut body = ResponseBody {
@@ -698,8 +714,11 @@ pub async fn send(
                 && nothing_came
                 && matches!(error, Error::Closed | Error::Io(_))
                 && (ex.body_untouched || ended)
-                && (ex.write_failed || head.idempotent);
-            let retry = unsent.then(|| ex.body.take().unwrap_or_else(crate::body::empty));
+                && (ex.write_failed || ex.head.idempotent);
+            let retry = unsent.then(|| {
+                let body = ex.body.take().unwrap_or_else(crate::body::empty);
+                (ex.head, body)
+            });
             Err(Failed { error, retry })
         }
     }

@@ -80,7 +80,7 @@ async fn content_length_response_and_reuse() {
         s
     });
     let (back, f) = keeper();
-    let resp = send(conn, &head, body, false, f).await.ok().unwrap();
+    let resp = send(conn, head, body, false, f).await.ok().unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["x-a"], "b");
     assert_eq!(collect(resp).await.0, "helloworld");
@@ -100,7 +100,7 @@ async fn content_length_response_and_reuse() {
         s
     });
     let (back, f) = keeper();
-    let resp = send(conn, &head, body, true, f).await.ok().unwrap();
+    let resp = send(conn, head, body, true, f).await.ok().unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert!(resp.body().is_end_stream());
     drop(resp);
@@ -130,7 +130,7 @@ async fn chunked_response_with_extensions_and_trailers() {
         tokio::time::sleep(Duration::from_secs(5)).await;
     });
     let (back, f) = keeper();
-    let resp = send(conn, &head, body, false, f).await.ok().unwrap();
+    let resp = send(conn, head, body, false, f).await.ok().unwrap();
     let (bytes, trailers) = collect(resp).await;
     assert_eq!(bytes, "hello0123456789");
     let t = trailers.expect("trailers");
@@ -153,7 +153,7 @@ async fn close_delimited_response_is_read_to_the_end_and_not_reused() {
         s.write_all(b"close").await.unwrap();
     });
     let (back, f) = keeper();
-    let resp = send(conn, &head, body, false, f).await.ok().unwrap();
+    let resp = send(conn, head, body, false, f).await.ok().unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_10);
     assert_eq!(collect(resp).await.0, "until close");
     assert!(back.lock().unwrap().is_none());
@@ -177,7 +177,7 @@ async fn informational_responses_are_skipped_and_head_has_no_body() {
         s
     });
     let (back, f) = keeper();
-    let resp = send(conn, &head, body, false, f).await.ok().unwrap();
+    let resp = send(conn, head, body, false, f).await.ok().unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(collect(resp).await.0, "ok");
     let conn = back.lock().unwrap().take().unwrap();
@@ -187,7 +187,7 @@ async fn informational_responses_are_skipped_and_head_has_no_body() {
         .into_parts();
     let head = encode(&parts, &body);
     let (back, f) = keeper();
-    let resp = send(conn, &head, body, true, f).await.ok().unwrap();
+    let resp = send(conn, head, body, true, f).await.ok().unwrap();
     assert_eq!(resp.headers()["content-length"], "5");
     assert!(resp.body().is_end_stream());
     drop(resp);
@@ -228,7 +228,7 @@ async fn streaming_request_body_goes_chunked_with_trailers() {
         tx.send(Ok(http_body::Frame::trailers(t))).await.unwrap();
     });
     let (back, f) = keeper();
-    let resp = send(conn, &head, body, false, f).await.ok().unwrap();
+    let resp = send(conn, head, body, false, f).await.ok().unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
     drop(resp);
     feeder.await.unwrap();
@@ -254,7 +254,7 @@ async fn known_length_body_gets_content_length_in_one_write() {
         got
     });
     let (_back, f) = keeper();
-    send(conn, &head, body, false, f).await.ok().unwrap();
+    send(conn, head, body, false, f).await.ok().unwrap();
     assert_eq!(
         server.await.unwrap(),
         b"PUT /k HTTP/1.1\r\ncontent-length: 7\r\n\r\npayload"
@@ -283,7 +283,7 @@ async fn early_response_while_the_body_still_streams() {
         .await
         .unwrap();
     let (back, f) = keeper();
-    let resp = tokio::time::timeout(Duration::from_secs(5), send(conn, &head, body, false, f))
+    let resp = tokio::time::timeout(Duration::from_secs(5), send(conn, head, body, false, f))
         .await
         .expect("the response is not held back by the unfinished body")
         .ok()
@@ -301,7 +301,7 @@ async fn a_reused_connection_closed_under_an_idempotent_request_hands_it_back() 
     let (parts, body) = get("/r");
     let head = encode(&parts, &body);
     let (_b, f) = keeper();
-    let failed = send(conn, &head, body, true, f).await.err().unwrap();
+    let failed = send(conn, head, body, true, f).await.err().unwrap();
     assert!(failed.retry.is_some(), "{}", failed.error);
 
     // Not for a POST that was written out: the server might have acted on it.
@@ -313,7 +313,7 @@ async fn a_reused_connection_closed_under_an_idempotent_request_hands_it_back() 
         read_until(&mut s, b"x").await;
     });
     let (_b, f) = keeper();
-    let failed = send(conn, &head, body, true, f).await.err().unwrap();
+    let failed = send(conn, head, body, true, f).await.err().unwrap();
     assert!(failed.retry.is_none());
 
     // Nor on a fresh connection.
@@ -322,7 +322,7 @@ async fn a_reused_connection_closed_under_an_idempotent_request_hands_it_back() 
     let (parts, body) = get("/r");
     let head = encode(&parts, &body);
     let (_b, f) = keeper();
-    assert!(send(conn, &head, body, false, f)
+    assert!(send(conn, head, body, false, f)
         .await
         .err()
         .unwrap()
@@ -355,7 +355,7 @@ async fn malformed_and_truncated_responses_fail() {
             s.write_all(reply).await.unwrap();
         });
         let (back, f) = keeper();
-        let err = match send(conn, &head, body, false, f).await {
+        let err = match send(conn, head, body, false, f).await {
             Err(f) => f.error.to_string(),
             Ok(resp) => match resp.into_body().collect().await {
                 Err(e) => e.to_string(),

@@ -252,20 +252,20 @@ impl Pool {
             return Box::pin(send_upgrade(addr, settings, limits, req, on_new_connection)).await;
         }
         let (parts, mut body) = req.into_parts();
-        let head = h1::encode(&parts, &body);
+        let mut head = h1::encode(&parts, &body);
         drop(parts);
         let mut pending: Option<PendingGuard> = None;
         let slot = loop {
             while let Some(conn) = self.checkout(settings) {
                 let back = self.give_back(settings, limits);
-                match h1::send(conn, &head, body, true, back).await {
+                match h1::send(conn, head, body, true, back).await {
                     Ok(resp) => return Ok(resp),
                     Err(h1::Failed {
-                        retry: Some(b),
+                        retry: Some((h, b)),
                         error,
                     }) => {
                         tracing::debug!(%addr, %error, "pooled connection closed under the request; sending it on another");
-                        body = b;
+                        (head, body) = (h, b);
                     }
                     Err(f) => return Err(UpstreamError::Reset(f.error.into())),
                 }
@@ -287,7 +287,7 @@ impl Pool {
         })
         .await?;
         let back = self.give_back(settings, limits);
-        h1::send(conn, &head, body, false, back)
+        h1::send(conn, head, body, false, back)
             .await
             .map_err(|f| UpstreamError::Reset(f.error.into()))
     }
@@ -320,7 +320,20 @@ impl Pool {
                 .max_requests_per_connection
                 .is_none_or(|m| conn.used < m)
             {
-                pool.idle.lock().unwrap().push(conn);
+                let mut idle = pool.idle.lock().unwrap();
+                // Connections are taken from the top; the oldest, at the bottom, is checked
+                // here so that ones the server closed do not linger (no system call unless
+                // its socket became readable).
+                if idle.first().is_some_and(|c| {
+                    !c.is_open()
+                        || settings
+                            .idle_timeout
+                            .is_some_and(|t| c.since.elapsed() >= t)
+                }) {
+                    idle.remove(0);
+                }
+                idle.push(conn);
+                drop(idle);
                 // A pending request may take it.
                 limits.freed.notify_one();
             }

@@ -205,7 +205,9 @@ pub async fn forward(
             let outcome = match host {
                 None => Outcome::NoHost,
                 Some(host) => {
-                    tried.push(host.addr);
+                    if max_retries > 0 {
+                        tried.push(host.addr);
+                    }
                     // auto_host_rewrite: Host becomes the chosen endpoint's hostname.
                     if matches!(entry.host_rewrite, crate::route::HostRewrite::Auto)
                         && !host.hostname.is_empty()

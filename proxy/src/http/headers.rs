@@ -137,6 +137,8 @@ pub fn on_request(
     remote: Option<SocketAddr>,
     scheme: &str,
 ) {
+    // One growth of the map for the headers added below, not one per insert.
+    h.reserve(4);
     if hcm.use_remote_address {
         if let Some(r) = remote {
             let ip = r.ip().to_string();
