@@ -84,6 +84,19 @@ async fn upstream_keepalive_connections_are_reused() {
         cx <= 2,
         "50 sequential requests used {cx} upstream connections"
     );
+    // Pooled connections are open connections: Envoy's upstream_cx_active counts them.
+    let stats = admin_get(&app, "/stats?filter=reuse_up.upstream_cx_")
+        .await
+        .body;
+    let stat = |name: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cluster.reuse_up.{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {stats}"))
+    };
+    assert_eq!(stat("upstream_cx_active"), cx as u64, "{stats}");
+    assert_eq!(stat("upstream_cx_total"), cx as u64, "{stats}");
 }
 
 #[tokio::test]

@@ -321,6 +321,7 @@ impl Exchange {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     self.write_failed = true;
                     self.reusable = false;
+                    self.head_sent = self.head.bytes.len();
                     self.conn.out.clear();
                     self.out_len = 0;
                     self.body = None;

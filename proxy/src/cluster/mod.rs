@@ -70,6 +70,7 @@ pub struct ClusterStats {
     pub upstream_cx_total: Counter,
     pub upstream_cx_connect_fail: Counter,
     pub upstream_cx_connect_timeout: Counter,
+    /// Open upstream connections (HTTP pools and TCP proxy), kept by the connection slots.
     pub upstream_cx_active: Gauge,
     pub upstream_rq_total: Counter,
     pub upstream_rq_active: Gauge,
@@ -234,8 +235,9 @@ impl ClusterRt {
             Discovery::Eds => previous.is_some_and(|p| p.is_warm()),
             _ => true,
         };
+        let stats: Arc<ClusterStats> = previous.map(|p| p.stats.clone()).unwrap_or_default();
         let rt = Arc::new(ClusterRt {
-            stats: previous.map(|p| p.stats.clone()).unwrap_or_default(),
+            stats: stats.clone(),
             settings: PoolSettings {
                 connect_timeout: cfg.connect_timeout,
                 idle_timeout: cfg.idle_timeout,
@@ -252,10 +254,9 @@ impl ClusterRt {
                 .map(|o| Box::new(outlier::Detector::new(&cfg.name, (**o).clone()))),
             outlier_task: Mutex::new(None),
             rebuild: Mutex::new(()),
-            limits: Arc::new(pool::ConnLimits::new(
-                cfg.max_connections,
-                cfg.max_pending_requests,
-            )),
+            limits: Arc::new(
+                pool::ConnLimits::new(cfg.max_connections, cfg.max_pending_requests).counted(stats),
+            ),
             cfg,
         });
         rt.update_membership_stats();

@@ -87,6 +87,9 @@ pub struct ConnLimits {
     active: AtomicU32,
     pending: AtomicU32,
     freed: tokio::sync::Notify,
+    /// The cluster's stats, whose `upstream_cx_active` follows the slots (the stats outlive
+    /// a cluster update; these limits do not).
+    stats: Option<Arc<super::ClusterStats>>,
 }
 
 impl ConnLimits {
@@ -97,7 +100,14 @@ impl ConnLimits {
             active: AtomicU32::new(0),
             pending: AtomicU32::new(0),
             freed: tokio::sync::Notify::new(),
+            stats: None,
         }
+    }
+
+    /// Limits whose slots are counted in the cluster's `upstream_cx_active`.
+    pub fn counted(mut self, stats: Arc<super::ClusterStats>) -> ConnLimits {
+        self.stats = Some(stats);
+        self
     }
 
     /// Takes a connection slot if the cluster is under `max_connections`; it is given back when
@@ -108,7 +118,12 @@ impl ConnLimits {
                 (n < self.max_connections).then_some(n + 1)
             })
             .ok()
-            .map(|_| Slot(self.clone()))
+            .map(|_| {
+                if let Some(s) = &self.stats {
+                    s.upstream_cx_active.inc();
+                }
+                Slot(self.clone())
+            })
     }
 
     /// Open connections counted against the limit.
@@ -156,6 +171,9 @@ pub struct Slot(Arc<ConnLimits>);
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::AcqRel);
+        if let Some(s) = &self.0.stats {
+            s.upstream_cx_active.dec();
+        }
         self.0.freed.notify_one();
     }
 }

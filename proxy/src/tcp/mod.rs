@@ -149,7 +149,6 @@ async fn proxy_inner(
         return;
     };
     let _ = down.set_nodelay(true);
-    cluster.stats.upstream_cx_active.inc();
     // A draining listener's TCP connections keep flowing until the drain time is over.
     let result = tokio::select! {
         r = forward::bidirectional(&down, &up, cfg.idle_timeout, copy_mode()) => r.ok(),
@@ -158,7 +157,6 @@ async fn proxy_inner(
             None
         }
     };
-    cluster.stats.upstream_cx_active.dec();
     if let Some((a, b)) = result {
         cfg.stats.downstream_cx_rx_bytes_total.add(a);
         cfg.stats.downstream_cx_tx_bytes_total.add(b);
