@@ -2,6 +2,7 @@
 //! balancer, per-host connection pools and Envoy's cluster stats. A cluster's endpoints are an
 //! immutable `EndpointSet` swapped atomically; hosts that survive an update keep their pools.
 
+pub mod h2;
 pub mod lb;
 pub mod outlier;
 pub mod pool;

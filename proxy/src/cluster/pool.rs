@@ -14,8 +14,8 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::body::Body;
@@ -177,7 +177,7 @@ struct Idle {
 #[derive(Default)]
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
-    h2: Mutex<Option<http2::SendRequest<Body>>>,
+    h2: Mutex<Option<super::h2::Connection>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -384,13 +384,13 @@ impl Pool {
         for _ in 0..2 {
             let existing = {
                 let g = self.h2.lock().unwrap();
-                g.as_ref().filter(|s| !s.is_closed()).cloned()
+                g.as_ref().filter(|c| !c.is_closed()).cloned()
             };
-            let mut tx = match existing {
-                Some(tx) => tx,
+            let conn = match existing {
+                Some(c) => c,
                 None => {
                     // Cold path, boxed (see send_http1).
-                    let tx = Box::pin(async {
+                    let c = Box::pin(async {
                         // One multiplexed connection per host; it needs a slot like any other.
                         let mut pending: Option<PendingGuard> = None;
                         let slot = loop {
@@ -403,32 +403,25 @@ impl Pool {
                         let stream =
                             connect_from(addr, settings.connect_timeout, settings.src()).await?;
                         on_new_connection();
-                        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-                            .timer(hyper_util::rt::TokioTimer::new())
-                            .keep_alive_interval(Duration::from_secs(30))
-                            .handshake(TokioIo::new(stream))
-                            .await
-                            .map_err(|e| UpstreamError::Handshake(e.into()))?;
-                        tokio::spawn(async move {
-                            let _ = conn.await;
-                            drop(slot);
-                        });
-                        Ok::<_, UpstreamError>(tx)
+                        super::h2::Connection::handshake(stream, slot).await
                     })
                     .await?;
-                    *self.h2.lock().unwrap() = Some(tx.clone());
-                    tx
+                    *self.h2.lock().unwrap() = Some(c.clone());
+                    c
                 }
             };
-            match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(resp.map(crate::body::boxed)),
-                Err(mut e) => match e.take_message() {
-                    Some(r) => {
-                        req = r;
-                        *self.h2.lock().unwrap() = None;
+            let key = conn.key();
+            match conn.send(req).await {
+                Ok(resp) => return Ok(resp),
+                // The connection was closing (GOAWAY, closed): try a fresh one.
+                Err(super::h2::SendError::Unsent(r)) => {
+                    req = r;
+                    let mut g = self.h2.lock().unwrap();
+                    if g.as_ref().is_some_and(|c| c.key() == key) {
+                        *g = None;
                     }
-                    None => return Err(reset(e.into_error())),
-                },
+                }
+                Err(super::h2::SendError::Failed(e)) => return Err(e),
             }
         }
         Err(UpstreamError::Overflow("http2 connection unavailable"))
