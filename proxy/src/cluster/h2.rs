@@ -43,8 +43,8 @@ pub struct Connection {
 /// Why [`Connection::send`] did not return a response.
 pub enum SendError {
     /// The connection could take no new stream (closed, or GOAWAY received): the request was
-    /// not sent and may go out on another connection.
-    Unsent(Request<Body>),
+    /// not sent and may go out on another connection (boxed: a rare path).
+    Unsent(Box<Request<Body>>),
     Failed(UpstreamError),
 }
 
@@ -93,7 +93,7 @@ impl Connection {
     pub async fn send(self, req: Request<Body>) -> Result<Response<Body>, SendError> {
         let mut tx = match self.tx.ready().await {
             Ok(tx) => tx,
-            Err(_) => return Err(SendError::Unsent(req)),
+            Err(_) => return Err(SendError::Unsent(Box::new(req))),
         };
         let (mut parts, body) = req.into_parts();
         strip_connection_headers(&mut parts.headers);

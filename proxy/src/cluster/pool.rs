@@ -415,7 +415,7 @@ impl Pool {
                 Ok(resp) => return Ok(resp),
                 // The connection was closing (GOAWAY, closed): try a fresh one.
                 Err(super::h2::SendError::Unsent(r)) => {
-                    req = r;
+                    req = *r;
                     let mut g = self.h2.lock().unwrap();
                     if g.as_ref().is_some_and(|c| c.key() == key) {
                         *g = None;
