@@ -97,6 +97,11 @@ async fn upstream_keepalive_connections_are_reused() {
     };
     assert_eq!(stat("upstream_cx_active"), cx as u64, "{stats}");
     assert_eq!(stat("upstream_cx_total"), cx as u64, "{stats}");
+    // New pool connections are timed.
+    assert!(
+        stats.contains("cluster.reuse_up.upstream_cx_connect_ms: P0("),
+        "{stats}"
+    );
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! immutable `EndpointSet` swapped atomically; hosts that survive an update keep their pools.
 
 pub mod h1;
+pub mod h2;
 pub mod lb;
 pub mod outlier;
 pub mod pool;

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::h1;
@@ -182,7 +182,7 @@ impl Drop for Slot {
 #[derive(Default)]
 pub struct Pool {
     idle: Mutex<Vec<h1::Conn>>,
-    h2: Mutex<Option<http2::SendRequest<Body>>>,
+    h2: Mutex<Option<super::h2::Connection>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -264,7 +264,7 @@ impl Pool {
         settings: PoolSettings,
         limits: &Arc<ConnLimits>,
         req: Request<Body>,
-        on_new_connection: impl Fn(),
+        on_new_connection: impl Fn(Duration),
     ) -> Result<Response<Body>, UpstreamError> {
         if req.headers().contains_key(http::header::UPGRADE) {
             return Box::pin(send_upgrade(addr, settings, limits, req, on_new_connection)).await;
@@ -299,8 +299,9 @@ impl Pool {
         // A new connection is the cold path: boxed, so that its futures do not make every
         // request's future (moved around per request) larger.
         let conn = Box::pin(async {
+            let t0 = std::time::Instant::now();
             let stream = connect_from(addr, settings.connect_timeout, settings.src()).await?;
-            on_new_connection();
+            on_new_connection(t0.elapsed());
             Ok::<_, UpstreamError>(h1::Conn::new(stream, slot))
         })
         .await?;
@@ -365,7 +366,7 @@ impl Pool {
         settings: PoolSettings,
         limits: &Arc<ConnLimits>,
         mut req: Request<Body>,
-        on_new_connection: impl Fn(),
+        on_new_connection: impl Fn(Duration),
     ) -> Result<Response<Body>, UpstreamError> {
         // HTTP/2 requests carry the authority in the URI; hyper's h2 client needs scheme too.
         if req.uri().scheme().is_none() {
@@ -395,13 +396,13 @@ impl Pool {
         for _ in 0..2 {
             let existing = {
                 let g = self.h2.lock().unwrap();
-                g.as_ref().filter(|s| !s.is_closed()).cloned()
+                g.as_ref().filter(|c| !c.is_closed()).cloned()
             };
-            let mut tx = match existing {
-                Some(tx) => tx,
+            let conn = match existing {
+                Some(c) => c,
                 None => {
                     // Cold path, boxed (see send_http1).
-                    let tx = Box::pin(async {
+                    let c = Box::pin(async {
                         // One multiplexed connection per host; it needs a slot like any other.
                         let mut pending: Option<PendingGuard> = None;
                         let slot = loop {
@@ -411,35 +412,29 @@ impl Pool {
                             limits.wait_for_room(&mut pending, || false).await?;
                         };
                         drop(pending);
+                        let t0 = std::time::Instant::now();
                         let stream =
                             connect_from(addr, settings.connect_timeout, settings.src()).await?;
-                        on_new_connection();
-                        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-                            .timer(hyper_util::rt::TokioTimer::new())
-                            .keep_alive_interval(Duration::from_secs(30))
-                            .handshake(TokioIo::new(stream))
-                            .await
-                            .map_err(|e| UpstreamError::Handshake(e.into()))?;
-                        tokio::spawn(async move {
-                            let _ = conn.await;
-                            drop(slot);
-                        });
-                        Ok::<_, UpstreamError>(tx)
+                        on_new_connection(t0.elapsed());
+                        super::h2::Connection::handshake(stream, slot).await
                     })
                     .await?;
-                    *self.h2.lock().unwrap() = Some(tx.clone());
-                    tx
+                    *self.h2.lock().unwrap() = Some(c.clone());
+                    c
                 }
             };
-            match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(resp.map(crate::body::boxed)),
-                Err(mut e) => match e.take_message() {
-                    Some(r) => {
-                        req = r;
-                        *self.h2.lock().unwrap() = None;
+            let key = conn.key();
+            match conn.send(req).await {
+                Ok(resp) => return Ok(resp),
+                // The connection was closing (GOAWAY, closed): try a fresh one.
+                Err(super::h2::SendError::Unsent(r)) => {
+                    req = *r;
+                    let mut g = self.h2.lock().unwrap();
+                    if g.as_ref().is_some_and(|c| c.key() == key) {
+                        *g = None;
                     }
-                    None => return Err(reset(e.into_error())),
-                },
+                }
+                Err(super::h2::SendError::Failed(e)) => return Err(e),
             }
         }
         Err(UpstreamError::Overflow("http2 connection unavailable"))
@@ -453,7 +448,7 @@ async fn send_upgrade(
     settings: PoolSettings,
     limits: &Arc<ConnLimits>,
     req: Request<Body>,
-    on_new_connection: impl Fn(),
+    on_new_connection: impl Fn(Duration),
 ) -> Result<Response<Body>, UpstreamError> {
     let mut pending: Option<PendingGuard> = None;
     let slot = loop {
@@ -463,8 +458,9 @@ async fn send_upgrade(
         limits.wait_for_room(&mut pending, || false).await?;
     };
     drop(pending);
+    let t0 = std::time::Instant::now();
     let stream = connect_from(addr, settings.connect_timeout, settings.src()).await?;
-    on_new_connection();
+    on_new_connection(t0.elapsed());
     let (mut tx, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await

@@ -330,7 +330,10 @@ async fn send_once(
         UpstreamProtocol::Http1 => false,
         UpstreamProtocol::UseDownstream => conn.http2,
     };
-    let new_cx = || stats.upstream_cx_total.inc();
+    let new_cx = |connect: Duration| {
+        stats.upstream_cx_total.inc();
+        stats.hists().upstream_cx_connect_ms.record(connect);
+    };
     let t0 = std::time::Instant::now();
     let r = if h2 {
         host.pool

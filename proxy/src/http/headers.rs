@@ -176,7 +176,11 @@ pub fn on_request(
     if hcm.generate_request_id {
         let keep = hcm.preserve_external_request_id || !hcm.use_remote_address;
         if !(keep && h.contains_key(&X_REQUEST_ID)) {
-            if let Ok(v) = HeaderValue::from_bytes(&uuid4_bytes()) {
+            if let Ok(mut v) = HeaderValue::from_bytes(&uuid4_bytes()) {
+                // A value used once: HPACK sends it as a never-indexed literal instead of
+                // inserting it into the dynamic table, where each new id evicted entries
+                // and lengthened the chain of `x-request-id` values compared per request.
+                v.set_sensitive(true);
                 h.insert(X_REQUEST_ID.clone(), v);
             }
         }

@@ -1,0 +1,361 @@
+//! An HTTP/2 (h2c, prior knowledge) client connection to one upstream host, driven with the
+//! `h2` crate directly: one task per connection (the `h2` connection state machine and
+//! keep-alive pings), and each request sent from the request's own task. A request body is
+//! streamed from that task until the response head arrives, so a body-less request or a small
+//! one (gRPC unary) costs no extra task; only a body still streaming when the response starts
+//! moves to a task of its own.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::{ResponseFuture, SendRequest};
+use h2::{Reason, RecvStream, SendStream};
+use http::header::{HeaderName, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::net::TcpStream;
+
+use super::pool::{Slot, UpstreamError};
+use crate::body::Body;
+
+/// Flow-control windows and buffers, as hyper's HTTP/2 client sets them.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONN_WINDOW: u32 = 5 * 1024 * 1024;
+const MAX_SEND_BUFFER: usize = 1024 * 1024;
+const MAX_HEADER_LIST: u32 = 64 * 1024;
+/// A PING goes out this long after the last one was answered; without a PONG within
+/// `PING_TIMEOUT` the connection is closed.
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A handle on one HTTP/2 connection; clones share the connection.
+#[derive(Clone)]
+pub struct Connection {
+    tx: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+/// Why [`Connection::send`] did not return a response.
+pub enum SendError {
+    /// The connection could take no new stream (closed, or GOAWAY received): the request was
+    /// not sent and may go out on another connection (boxed: a rare path).
+    Unsent(Box<Request<Body>>),
+    Failed(UpstreamError),
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("h2::Connection")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Connection {
+    /// The HTTP/2 handshake over `io`; the connection runs in its own task, which holds `slot`
+    /// (the cluster's connection count) until the connection ends.
+    pub async fn handshake(io: TcpStream, slot: Slot) -> Result<Connection, UpstreamError> {
+        let (tx, conn) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONN_WINDOW)
+            .max_send_buffer_size(MAX_SEND_BUFFER)
+            .max_header_list_size(MAX_HEADER_LIST)
+            .enable_push(false)
+            .handshake::<_, Bytes>(io)
+            .await
+            .map_err(|e| UpstreamError::Handshake(e.into()))?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let done = closed.clone();
+        tokio::spawn(async move {
+            drive(conn).await;
+            done.store(true, Ordering::Release);
+            drop(slot);
+        });
+        Ok(Connection { tx, closed })
+    }
+
+    /// True once the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Identifies the connection (equal for handles on the same one).
+    pub fn key(&self) -> usize {
+        Arc::as_ptr(&self.closed) as usize
+    }
+
+    /// Sends `req` (its URI carries scheme and authority) and waits for the response head.
+    pub async fn send(self, req: Request<Body>) -> Result<Response<Body>, SendError> {
+        let mut tx = match self.tx.ready().await {
+            Ok(tx) => tx,
+            Err(_) => return Err(SendError::Unsent(Box::new(req))),
+        };
+        let (mut parts, body) = req.into_parts();
+        strip_connection_headers(&mut parts.headers);
+        let end = body.is_end_stream();
+        let (resp, stream) = tx
+            .send_request(Request::from_parts(parts, ()), end)
+            // No stream was opened: nothing reached the upstream.
+            .map_err(|e| SendError::Failed(UpstreamError::Refused(e.into())))?;
+        drop(tx);
+        let resp = if end {
+            resp.await
+        } else {
+            send_with_body(resp, Pump::new(body, stream)).await
+        };
+        match resp {
+            Ok(resp) => Ok(resp.map(|recv| {
+                crate::body::boxed(ResponseBody {
+                    recv,
+                    data_done: false,
+                })
+            })),
+            Err(e) => Err(SendError::Failed(upstream_error(e))),
+        }
+    }
+}
+
+/// Streams the request body while waiting for the response head; a body still streaming when
+/// the head arrives goes on in a task of its own (full duplex, e.g. gRPC streaming).
+async fn send_with_body(
+    mut resp: ResponseFuture,
+    mut pump: Pump,
+) -> Result<Response<RecvStream>, h2::Error> {
+    let mut pumping = true;
+    let r = poll_fn(|cx| {
+        if pumping && pump.poll_pump(cx).is_ready() {
+            pumping = false;
+        }
+        Pin::new(&mut resp).poll(cx)
+    })
+    .await;
+    if pumping && r.is_ok() {
+        tokio::spawn(poll_fn(move |cx| pump.poll_pump(cx)));
+    }
+    r
+}
+
+/// Maps a stream failure: `REFUSED_STREAM`, and streams a graceful GOAWAY left unprocessed,
+/// never reached the application.
+fn upstream_error(e: h2::Error) -> UpstreamError {
+    let refused = e.reason() == Some(Reason::REFUSED_STREAM)
+        || (e.is_go_away() && e.is_remote() && e.reason() == Some(Reason::NO_ERROR));
+    if refused {
+        UpstreamError::Refused(e.into())
+    } else {
+        UpstreamError::Reset(e.into())
+    }
+}
+
+/// HTTP/2 forbids connection-specific headers (RFC 9113 §8.2.2); the h2 crate refuses a
+/// request carrying one. The router already strips them except on upgrades.
+fn strip_connection_headers(h: &mut HeaderMap) {
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    let present = h.keys().any(|k| {
+        k == CONNECTION
+            || k == TRANSFER_ENCODING
+            || k == UPGRADE
+            || k == TE
+            || k == KEEP_ALIVE
+            || k == PROXY_CONNECTION
+    });
+    if !present {
+        return;
+    }
+    for n in [
+        CONNECTION,
+        TRANSFER_ENCODING,
+        UPGRADE,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+    ] {
+        h.remove(n);
+    }
+    if h.get(TE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        h.remove(TE);
+    }
+}
+
+/// Runs the connection until it ends, with keep-alive pings: a PING every `PING_INTERVAL`,
+/// the connection closed when its PONG is late.
+async fn drive(conn: h2::client::Connection<TcpStream, Bytes>) {
+    let mut conn = conn;
+    let mut pings = conn.ping_pong();
+    let mut conn = std::pin::pin!(conn);
+    let timer = tokio::time::sleep(PING_INTERVAL);
+    let mut timer = std::pin::pin!(timer);
+    let mut awaiting_pong = false;
+    poll_fn(|cx| {
+        if conn.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let Some(pp) = pings.as_mut() else {
+            return Poll::Pending;
+        };
+        loop {
+            if awaiting_pong {
+                match pp.poll_pong(cx) {
+                    Poll::Ready(Ok(_)) => {
+                        awaiting_pong = false;
+                        timer
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + PING_INTERVAL);
+                    }
+                    Poll::Ready(Err(_)) => {
+                        pings = None;
+                        return Poll::Pending;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            ready!(timer.as_mut().poll(cx));
+            if awaiting_pong {
+                tracing::debug!("upstream h2 connection: no PONG in time, closing");
+                return Poll::Ready(());
+            }
+            if pp.send_ping(h2::Ping::opaque()).is_err() {
+                pings = None;
+                return Poll::Pending;
+            }
+            awaiting_pong = true;
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + PING_TIMEOUT);
+        }
+    })
+    .await
+}
+
+/// Copies a request body to its stream, DATA frames within the flow-control capacity the
+/// upstream grants, then the trailers or an empty END_STREAM frame.
+struct Pump {
+    body: Body,
+    stream: SendStream<Bytes>,
+    /// A data frame being sent, and whether it is the body's last.
+    buf: Bytes,
+    last: bool,
+}
+
+impl Pump {
+    fn new(body: Body, stream: SendStream<Bytes>) -> Pump {
+        Pump {
+            body,
+            stream,
+            buf: Bytes::new(),
+            last: false,
+        }
+    }
+
+    /// Ready when the body is sent, failed, or the stream is gone.
+    fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if !self.buf.is_empty() {
+                self.stream.reserve_capacity(self.buf.len());
+                match ready!(self.stream.poll_capacity(cx)) {
+                    Some(Ok(0)) => continue,
+                    Some(Ok(n)) => {
+                        let chunk = self.buf.split_to(n.min(self.buf.len()));
+                        let end = self.last && self.buf.is_empty();
+                        if self.stream.send_data(chunk, end).is_err() || end {
+                            return Poll::Ready(());
+                        }
+                    }
+                    // The stream was reset or the connection failed.
+                    Some(Err(_)) | None => return Poll::Ready(()),
+                }
+                continue;
+            }
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let last = self.body.is_end_stream();
+                        if data.is_empty() {
+                            if last {
+                                let _ = self.stream.send_data(Bytes::new(), true);
+                                return Poll::Ready(());
+                            }
+                        } else {
+                            self.buf = data;
+                            self.last = last;
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            let _ = self.stream.send_trailers(trailers);
+                            return Poll::Ready(());
+                        }
+                    }
+                },
+                Poll::Ready(None) => {
+                    let _ = self.stream.send_data(Bytes::new(), true);
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::debug!("request body failed: {e}; resetting the upstream stream");
+                    self.stream.send_reset(Reason::CANCEL);
+                    return Poll::Ready(());
+                }
+                Poll::Pending => {
+                    // Stop reading the downstream body once the upstream reset the stream.
+                    return match self.stream.poll_reset(cx) {
+                        Poll::Ready(_) => Poll::Ready(()),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// A response body read from its h2 stream: DATA frames (their flow-control capacity given back
+/// as they are handed on), then trailers.
+struct ResponseBody {
+    recv: RecvStream,
+    data_done: bool,
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = &mut *self;
+        while !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    if data.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
