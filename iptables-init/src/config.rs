@@ -85,6 +85,8 @@ pub struct Settings {
     pub dry_run: bool,
     pub redirect_dns: bool,
     pub drop_invalid: bool,
+    /// Sluice extension (not in Istio): see [`Config::tproxy_mark_return`].
+    pub tproxy_mark_return: bool,
     pub capture_all_dns: bool,
     /// `None` means "detect from the pod's addresses".
     pub enable_inbound_ipv6: Option<bool>,
@@ -122,6 +124,7 @@ impl Default for Settings {
             dry_run: false,
             redirect_dns: false,
             drop_invalid: false,
+            tproxy_mark_return: false,
             capture_all_dns: false,
             enable_inbound_ipv6: None,
             dns_servers_v4: Vec::new(),
@@ -173,6 +176,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("CLEANUP_ONLY", "CLEANUP_ONLY"),
     ("NATIVE_NFTABLES", "NATIVE_NFTABLES"),
     ("FORCE_IPTABLES_BINARY", "FORCE_IPTABLES_BINARY"),
+    // Sluice extension; Istio has no such setting.
+    ("SLUICE_TPROXY_MARK_RETURN", "TPROXY_MARK_RETURN"),
     // Env-only settings (no flag in Istio either).
     (
         "ISTIO_OUTBOUND_OWNER_GROUPS",
@@ -236,6 +241,7 @@ impl Settings {
             "DRY_RUN" => self.dry_run = parse_bool(key, value)?,
             "REDIRECT_DNS" => self.redirect_dns = parse_bool(key, value)?,
             "DROP_INVALID" => self.drop_invalid = parse_bool(key, value)?,
+            "TPROXY_MARK_RETURN" => self.tproxy_mark_return = parse_bool(key, value)?,
             "CAPTURE_ALL_DNS" => self.capture_all_dns = parse_bool(key, value)?,
             "ENABLE_INBOUND_IPV6" => self.enable_inbound_ipv6 = Some(parse_bool(key, value)?),
             "DNS_SERVERS_V4" => self.dns_servers_v4 = split(value),
@@ -390,6 +396,12 @@ pub struct Config {
     pub redirect_dns: bool,
     pub capture_all_dns: bool,
     pub drop_invalid: bool,
+    /// Sluice extension, off by default (output then equals Istio's): in TPROXY mode, first in
+    /// nat `ISTIO_OUTPUT`, return TCP leaving on `lo` with the TPROXY mark. That is the
+    /// sidecar's `original_src` connection to its own app, which Istio's rules otherwise send
+    /// back to the inbound capture port (istio/istio#23369). Ignored, with a warning, in
+    /// REDIRECT mode.
+    pub tproxy_mark_return: bool,
     pub enable_ipv6: bool,
     pub dual_stack: bool,
     pub dns_servers_v4: Vec<String>,
@@ -533,6 +545,7 @@ impl TryFrom<&Settings> for Config {
             redirect_dns: s.redirect_dns,
             capture_all_dns: s.capture_all_dns,
             drop_invalid: s.drop_invalid,
+            tproxy_mark_return: s.tproxy_mark_return,
             enable_ipv6: s.enable_inbound_ipv6.unwrap_or(false),
             dual_stack: s.dual_stack,
             dns_servers_v4: s.dns_servers_v4.clone(),
@@ -572,6 +585,21 @@ mod tests {
         assert_eq!(c.inbound_ports, InboundPorts::None);
         assert_eq!(c.owner_groups, OwnerGroups::AllExcept(vec![]));
         assert_eq!(c.host_ipv4_loopback.to_string(), "127.0.0.1/32");
+        assert!(!c.tproxy_mark_return);
+    }
+
+    #[test]
+    fn tproxy_mark_return_from_key_and_env() {
+        assert!(
+            build(&[("TPROXY_MARK_RETURN", "true")])
+                .unwrap()
+                .tproxy_mark_return
+        );
+        assert!(build(&[("TPROXY_MARK_RETURN", "maybe")]).is_err());
+        let mut s = Settings::default();
+        s.apply_env(|k| (k == "SLUICE_TPROXY_MARK_RETURN").then(|| "1".to_string()))
+            .unwrap();
+        assert!(Config::try_from(&s).unwrap().tproxy_mark_return);
     }
 
     #[test]

@@ -86,6 +86,11 @@ struct Cli {
     /// Drop conntrack-INVALID packets [env DROP_INVALID, INVALID_DROP].
     #[arg(long = "drop-invalid", num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
     drop_invalid: Option<bool>,
+    /// TPROXY mode only (Sluice extension, not in Istio): first in nat ISTIO_OUTPUT, return TCP
+    /// leaving on lo with the TPROXY mark, so the sidecar's original_src connection to its app
+    /// is not captured again (istio/istio#23369) [env SLUICE_TPROXY_MARK_RETURN].
+    #[arg(long = "tproxy-mark-return", num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
+    tproxy_mark_return: Option<bool>,
     /// Program IPv6 when the pod has any IPv6 address [env DUAL_STACK, ISTIO_DUAL_STACK].
     #[arg(long = "dual-stack", num_args = 0..=1, default_missing_value = "true", value_parser = go_bool)]
     dual_stack: Option<bool>,
@@ -138,6 +143,7 @@ impl Cli {
             ("REDIRECT_DNS", self.redirect_dns),
             ("CAPTURE_ALL_DNS", self.capture_all_dns),
             ("DROP_INVALID", self.drop_invalid),
+            ("TPROXY_MARK_RETURN", self.tproxy_mark_return),
             ("DUAL_STACK", self.dual_stack),
             ("CLEANUP_ONLY", self.cleanup_only),
             ("NATIVE_NFTABLES", self.native_nftables),
@@ -286,6 +292,9 @@ mod tests {
             "--cleanup-only=1",
         ]);
         assert!(s.redirect_dns && s.dry_run && !s.drop_invalid && s.cleanup_only);
+        assert!(!s.tproxy_mark_return);
+        assert!(settings(&["--tproxy-mark-return"]).tproxy_mark_return);
+        assert!(!settings(&["--tproxy-mark-return=false"]).tproxy_mark_return);
         assert_eq!(
             settings(&[]).inbound_ports_include,
             "1,2",

@@ -521,6 +521,50 @@ mod tests {
     }
 
     #[test]
+    fn tproxy_mark_return_translates_first_in_istio_output() {
+        assert_eq!(
+            translate(
+                Family::V6,
+                &rule("-o lo -p tcp -m mark --mark 1337 -j RETURN")
+            )
+            .unwrap(),
+            NftRule {
+                text: "oifname \"lo\" meta l4proto tcp meta mark 1337 counter return".into(),
+                addressed: false,
+            }
+        );
+        let tproxy = [
+            ("ENABLE_INBOUND_IPV6", "true"),
+            ("INBOUND_INTERCEPTION_MODE", "TPROXY"),
+            ("INBOUND_PORTS_INCLUDE", "*"),
+            ("INBOUND_TPROXY_MARK", "4242"),
+        ];
+        let s = script(&rules(
+            &[&tproxy[..], &[("TPROXY_MARK_RETURN", "true")]].concat(),
+        ))
+        .unwrap();
+        let output: Vec<&str> = s
+            .lines()
+            .filter(|l| l.starts_with("add rule inet istio-proxy-nat istio-output "))
+            .collect();
+        // Both families share it: one inet rule, not pinned to a family.
+        assert_eq!(
+            output[0],
+            "add rule inet istio-proxy-nat istio-output oifname \"lo\" meta l4proto tcp meta mark 4242 counter return",
+            "{s}"
+        );
+        let default = script(&rules(&tproxy)).unwrap();
+        assert!(!default.contains("istio-output oifname \"lo\" meta l4proto tcp meta mark"));
+        // Exactly one line more than without the setting.
+        let extra: Vec<&str> = s
+            .lines()
+            .filter(|l| !default.lines().any(|d| d == *l))
+            .collect();
+        assert_eq!(extra, [output[0]]);
+        assert_eq!(s.lines().count(), default.lines().count() + 1);
+    }
+
+    #[test]
     fn counts_rules_in_listing() {
         let listing = "table inet istio-proxy-nat {\n\tchain output {\n\t\ttype nat hook output priority dstnat; policy accept;\n\t\tcounter packets 0 bytes 0 jump istio-output\n\t}\n\n\tchain istio-output {\n\t}\n}\n";
         let c = count_rules(listing);

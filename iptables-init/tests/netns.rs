@@ -535,3 +535,74 @@ fn native_nftables_round_trip() {
     let after = ns.ok("nft", &["list", "ruleset"], &[]);
     assert!(!after.contains("istio"), "left over:\n{after}");
 }
+
+/// The first `ISTIO_OUTPUT` rule of the nat table in iptables-save output.
+fn first_nat_output_rule(save: &str) -> Option<&str> {
+    save.split("*nat")
+        .nth(1)?
+        .lines()
+        .find(|l| l.starts_with("-A ISTIO_OUTPUT "))
+}
+
+#[test]
+fn tproxy_mark_return_lands_first_in_both_backends() {
+    if !preflight("tproxy_mark_return_lands_first_in_both_backends") {
+        return;
+    }
+    let ns = Netns::new();
+    let mut args: Vec<&str> = SIDECAR
+        .iter()
+        .map(|a| if *a == "REDIRECT" { "TPROXY" } else { a })
+        .collect();
+    args.extend(["-t", "4242", "--tproxy-mark-return"]);
+    assert_success(&ns.sluice(&args, &[IPV6]), "install");
+    for v6 in [false, true] {
+        let save = ns.save(v6);
+        assert_eq!(
+            first_nat_output_rule(&save),
+            Some("-A ISTIO_OUTPUT -o lo -p tcp -m mark --mark 0x1092 -j RETURN"),
+            "v6={v6}:\n{save}"
+        );
+    }
+    let v4 = ns.save(false);
+    assert_success(&ns.sluice(&args, &[IPV6]), "re-install");
+    assert_eq!(ns.save(false), v4, "state changed on re-run");
+    assert_success(
+        &ns.sluice(&[&args[..], &["--cleanup-only"]].concat(), &[IPV6]),
+        "cleanup",
+    );
+    assert!(!ns.save(false).contains("ISTIO"));
+
+    // Env form, REDIRECT mode: ignored with a warning, output as without it.
+    let redirect = ns.sluice(
+        &[SIDECAR, &["-n"]].concat(),
+        &[IPV6, ("SLUICE_TPROXY_MARK_RETURN", "true")],
+    );
+    assert_success(&redirect, "redirect dry run");
+    assert!(String::from_utf8_lossy(&redirect.stderr)
+        .contains("warning: TPROXY_MARK_RETURN is set, but the interception mode is not TPROXY"));
+    let plain = ns.sluice(&[SIDECAR, &["-n"]].concat(), &[IPV6]);
+    assert_eq!(redirect.stdout, plain.stdout);
+
+    if !on_path("nft") {
+        loud_skip("tproxy_mark_return_lands_first_in_both_backends: nft part needs `nft`");
+        return;
+    }
+    let nft_args = [&args[..], &["--native-nftables"]].concat();
+    assert_success(&ns.sluice(&nft_args, &[IPV6]), "nft install");
+    let table = ns.ok("nft", &["list", "table", "inet", "istio-proxy-nat"], &[]);
+    let chain = table
+        .split("chain istio-output {")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no istio-output in\n{table}"));
+    let first = chain.lines().map(str::trim).find(|l| !l.is_empty());
+    assert!(
+        matches!(first, Some(l) if l.starts_with("oifname \"lo\" meta l4proto tcp meta mark 0x00001092 counter")
+            && l.ends_with("return")),
+        "{table}"
+    );
+    assert_success(
+        &ns.sluice(&[&nft_args[..], &["--cleanup-only"]].concat(), &[IPV6]),
+        "nft cleanup",
+    );
+}

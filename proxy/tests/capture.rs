@@ -232,35 +232,26 @@ fn tproxy_inbound_keeps_the_client_source_address() {
         &[8080],
         Capture {
             tproxy: true,
+            tproxy_mark_return: true,
             ..Capture::default()
         },
     );
-    // Known gap in Istio's TPROXY rules (which sluice-iptables reproduces exactly, golden for
-    // golden): the sidecar's `original_src` connection to its own application leaves on `lo`
-    // as uid 1337 from the client's address, so nat `ISTIO_OUTPUT` sends it through
+    // Istio's TPROXY rules alone (which sluice-iptables reproduces golden for golden by
+    // default) loop the sidecar's `original_src` connection to its own application: it leaves
+    // on `lo` as uid 1337 from the client's address, so nat `ISTIO_OUTPUT` sends it through
     // `ISTIO_IN_REDIRECT` back to 15006, where the kernel drops it (the same loop as
-    // istio/istio#23369). Only `original_src` sockets carry the TPROXY mark 1337, so one rule
-    // exempting that mark is enough; without it this test times out.
-    b.ns.exec_ok(
-        "iptables",
-        &[
-            "-t",
-            "nat",
-            "-I",
-            "ISTIO_OUTPUT",
-            "1",
-            "-o",
-            "lo",
-            "-p",
-            "tcp",
-            "-m",
-            "mark",
-            "--mark",
-            "1337",
-            "-j",
-            "RETURN",
-        ],
-        &[],
+    // istio/istio#23369). Only `original_src` sockets carry the TPROXY mark 1337, so
+    // `--tproxy-mark-return` exempts that mark first in nat `ISTIO_OUTPUT`; without it this
+    // test times out.
+    let save = b.iptables_save();
+    let output: Vec<&str> = save
+        .lines()
+        .filter(|l| l.starts_with("-A ISTIO_OUTPUT "))
+        .collect();
+    assert_eq!(
+        output.first().copied(),
+        Some("-A ISTIO_OUTPUT -o lo -p tcp -m mark --mark 0x539 -j RETURN"),
+        "{save}"
     );
     for n in 1..=3 {
         let r = a.call(sa(b.ip, 8080)).expect("call into a TPROXY pod");

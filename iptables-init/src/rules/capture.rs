@@ -171,6 +171,7 @@ impl<'a> Generator<'a> {
         self.inbound();
         self.b
             .append(Table::Nat, "OUTPUT", args!["-j", ISTIO_OUTPUT]);
+        self.tproxy_mark_return();
         for p in &cfg.outbound_ports_exclude {
             self.b.append(
                 Table::Nat,
@@ -228,6 +229,40 @@ impl<'a> Generator<'a> {
             v6: cfg.enable_ipv6.then_some(FamilyRules { rules: self.b.v6 }),
             warnings: self.warnings,
         }
+    }
+
+    /// Sluice extension (`TPROXY_MARK_RETURN`, off by default): the first rule of nat
+    /// `ISTIO_OUTPUT`. In TPROXY mode the sidecar reaches its app with an `original_src`
+    /// socket: uid 1337, out on `lo`, from the client's address, carrying the TPROXY mark.
+    /// Istio's owner rules below would send it to `ISTIO_IN_REDIRECT`, back to the inbound
+    /// port (istio/istio#23369). Only such sockets carry the mark, so returning it is enough.
+    fn tproxy_mark_return(&mut self) {
+        if !self.cfg.tproxy_mark_return {
+            return;
+        }
+        if !self.tproxy() {
+            self.warnings.push(
+                "TPROXY_MARK_RETURN is set, but the interception mode is not TPROXY: ignored"
+                    .into(),
+            );
+            return;
+        }
+        self.b.append(
+            Table::Nat,
+            ISTIO_OUTPUT,
+            args![
+                "-o",
+                "lo",
+                "-p",
+                "tcp",
+                "-m",
+                "mark",
+                "--mark",
+                self.cfg.tproxy_mark,
+                "-j",
+                "RETURN"
+            ],
+        );
     }
 
     fn exclude_interfaces(&mut self) {
@@ -768,6 +803,77 @@ mod tests {
         assert!(p.contains(
             "-A PREROUTING -p tcp -j ISTIO_INBOUND\n-A ISTIO_INBOUND -p tcp --dport 22 -j RETURN\n-A ISTIO_INBOUND -p tcp --dport 9090 -j RETURN\n-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n"
         ), "{p}");
+    }
+
+    /// The nat ISTIO_OUTPUT rules of one family's payload, in order.
+    fn nat_output(f: &FamilyRules) -> Vec<String> {
+        f.tables()[&Table::Nat]
+            .iter()
+            .filter(|l| l.starts_with("-A ISTIO_OUTPUT ") || l.starts_with("-I ISTIO_OUTPUT "))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn tproxy_mark_return_is_off_by_default() {
+        let tproxy = [
+            ("INBOUND_INTERCEPTION_MODE", "TPROXY"),
+            ("INBOUND_PORTS_INCLUDE", "*"),
+            ("ENABLE_INBOUND_IPV6", "true"),
+        ];
+        let off = rules(&tproxy);
+        let explicit_off = rules(&[&tproxy[..], &[("TPROXY_MARK_RETURN", "false")]].concat());
+        assert_eq!(off, explicit_off);
+        for (_, f) in off.families() {
+            assert!(!f.restore_payload().contains("-o lo -p tcp -m mark"));
+        }
+    }
+
+    #[test]
+    fn tproxy_mark_return_comes_first_in_nat_istio_output() {
+        let base = [
+            ("INBOUND_INTERCEPTION_MODE", "TPROXY"),
+            ("INBOUND_PORTS_INCLUDE", "*"),
+            ("INBOUND_TPROXY_MARK", "4242"),
+            ("OUTBOUND_PORTS_EXCLUDE", "25"),
+            ("REDIRECT_DNS", "true"),
+            ("CAPTURE_ALL_DNS", "true"),
+            ("ENABLE_INBOUND_IPV6", "true"),
+        ];
+        let r = rules(&[&base[..], &[("TPROXY_MARK_RETURN", "true")]].concat());
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        assert!(r.v6.is_some());
+        let rule = "-A ISTIO_OUTPUT -o lo -p tcp -m mark --mark 4242 -j RETURN";
+        for (_, f) in r.families() {
+            let p = f.restore_payload();
+            assert!(
+                p.contains(&format!(
+                    "-A OUTPUT -j ISTIO_OUTPUT\n{rule}\n-A ISTIO_OUTPUT -p tcp --dport 25 -j RETURN\n"
+                )),
+                "{p}"
+            );
+            assert_eq!(nat_output(f)[0], rule);
+            assert_eq!(p.matches(rule).count(), 1, "{p}");
+        }
+        // Apart from that one rule per family, the output is the default one.
+        let mut without = r.clone();
+        for f in [&mut without.v4, without.v6.as_mut().unwrap()] {
+            f.rules.retain(|r| r.restore_line() != rule);
+        }
+        assert_eq!(without, rules(&base));
+    }
+
+    #[test]
+    fn tproxy_mark_return_without_tproxy_is_ignored_with_a_warning() {
+        let r = rules(&[
+            ("INBOUND_PORTS_INCLUDE", "*"),
+            ("TPROXY_MARK_RETURN", "true"),
+        ]);
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(r.warnings[0].contains("TPROXY_MARK_RETURN"));
+        let mut plain = rules(&[("INBOUND_PORTS_INCLUDE", "*")]);
+        plain.warnings = r.warnings.clone();
+        assert_eq!(r, plain, "REDIRECT output unchanged");
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct Capture {
     pub exclude_cidrs: String,
     /// `--redirect-dns`: DNS to the resolv.conf nameservers goes to 15053.
     pub redirect_dns: bool,
+    /// `--tproxy-mark-return` (Sluice extension; TPROXY only): the sidecar's `original_src`
+    /// connection to its app is not captured again (istio/istio#23369).
+    pub tproxy_mark_return: bool,
 }
 
 impl Default for Capture {
@@ -47,6 +50,7 @@ impl Default for Capture {
             exclude_outbound_ports: String::new(),
             exclude_cidrs: String::new(),
             redirect_dns: false,
+            tproxy_mark_return: false,
         }
     }
 }
@@ -79,6 +83,9 @@ impl Capture {
         }
         if self.redirect_dns {
             a.push("--redirect-dns");
+        }
+        if self.tproxy_mark_return {
+            a.push("--tproxy-mark-return");
         }
         a
     }
