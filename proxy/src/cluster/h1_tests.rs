@@ -370,3 +370,28 @@ async fn malformed_and_truncated_responses_fail() {
         assert!(back.lock().unwrap().is_none());
     }
 }
+
+#[tokio::test]
+async fn a_response_trickling_in_byte_by_byte_parses_the_same() {
+    let (conn, mut s) = pair().await;
+    let (parts, body) = get("/t");
+    let head = encode(&parts, &body);
+    let reply: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-a: 1\r\n\r\n\
+        4\r\nabcd\r\n3;x=y\r\nefg\r\n0\r\nx-t: done\r\n\r\n";
+    tokio::spawn(async move {
+        read_until(&mut s, b"\r\n\r\n").await;
+        s.set_nodelay(true).unwrap();
+        for b in reply {
+            s.write_all(&[*b]).await.unwrap();
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let (back, f) = keeper();
+    let resp = send(conn, head, body, false, f).await.ok().unwrap();
+    assert_eq!(resp.headers()["x-a"], "1");
+    let (bytes, trailers) = collect(resp).await;
+    assert_eq!(bytes, "abcdefg");
+    assert_eq!(trailers.unwrap()["x-t"], "done");
+    assert!(back.lock().unwrap().is_some());
+}
