@@ -83,6 +83,13 @@ impl App {
                 state.apply_listeners(&sr.listeners, &[], false, "", true),
             )?;
         }
+        // Keep the bootstrap encoded for the admin endpoint and drop the decoded form (many
+        // times larger with static resources); the descriptor pool that decoded it is not
+        // needed again unless more JSON/YAML arrives. Then give the freed heap back.
+        let bootstrap = opts
+            .bootstrap
+            .map(|b| prost::Message::encode_to_vec(&b).into_boxed_slice());
+        crate::config::proto::release_pool();
         crate::sys::trim_heap();
         let (shutdown, _) = watch::channel(false);
         let readiness: Arc<Mutex<Option<ReadyFn>>> = Arc::default();
@@ -97,7 +104,7 @@ impl App {
         let admin = Arc::new(Admin {
             state: state.clone(),
             listeners: listeners.clone(),
-            bootstrap: opts.bootstrap,
+            bootstrap,
             boot_time: SystemTime::now(),
             initialized,
             set_log_level: opts.set_log_level,
