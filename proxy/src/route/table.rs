@@ -85,7 +85,8 @@ pub struct Route {
     pub action: Action,
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
-    pub metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
+    /// Boxed: only the route-check tool reads it, and most routes have none.
+    pub metadata: Option<Box<envoy_types::pb::envoy::config::core::v3::Metadata>>,
     pub typed_per_filter_config: HashMap<String, Any>,
     /// CORS policies in `typed_per_filter_config`, compiled.
     pub cors_per_filter: PerFilterCors,
@@ -782,7 +783,7 @@ fn compile_route(r: &rpb::Route, _vh: &rpb::VirtualHost) -> Result<Route, FieldE
             &r.response_headers_to_remove,
         )
         .map_err(|e| e.under("response_headers"))?,
-        metadata: r.metadata.clone(),
+        metadata: r.metadata.clone().map(Box::new),
         typed_per_filter_config: r.typed_per_filter_config.clone(),
         cors_per_filter: PerFilterCors::compile(&r.typed_per_filter_config)?,
     })
