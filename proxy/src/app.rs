@@ -69,20 +69,30 @@ impl App {
         let state = State::new();
         let listeners = Manager::new(&state, opts.drain_time);
         state.set_listener_host(listeners.clone());
-        if let Some(sr) = opts
+        // The admin endpoint keeps the bootstrap protobuf-encoded (a decoded one with static
+        // resources is many times larger). Each kind of static resource is dropped once applied,
+        // so the decoded clusters are gone before the listeners' runtime is built.
+        let bootstrap = opts
             .bootstrap
             .as_ref()
-            .and_then(|b| b.static_resources.as_ref())
-        {
+            .map(|b| prost::Message::encode_to_vec(b).into_boxed_slice());
+        if let Some(mut sr) = opts.bootstrap.and_then(|b| b.static_resources) {
+            let clusters = std::mem::take(&mut sr.clusters);
             first_rejection(
                 "cluster",
-                state.apply_clusters(&sr.clusters, &[], false, "", true),
+                state.apply_clusters(&clusters, &[], false, "", true),
             )?;
+            drop(clusters);
+            let listeners = std::mem::take(&mut sr.listeners);
+            drop(sr);
             first_rejection(
                 "listener",
-                state.apply_listeners(&sr.listeners, &[], false, "", true),
+                state.apply_listeners(&listeners, &[], false, "", true),
             )?;
         }
+        // The descriptor pool that decoded the bootstrap is not needed again unless more
+        // JSON/YAML arrives (the next use builds it again). Then give the freed heap back.
+        crate::config::proto::release_pool();
         crate::sys::trim_heap();
         let (shutdown, _) = watch::channel(false);
         let readiness: Arc<Mutex<Option<ReadyFn>>> = Arc::default();
@@ -97,7 +107,7 @@ impl App {
         let admin = Arc::new(Admin {
             state: state.clone(),
             listeners: listeners.clone(),
-            bootstrap: opts.bootstrap,
+            bootstrap,
             boot_time: SystemTime::now(),
             initialized,
             set_log_level: opts.set_log_level,

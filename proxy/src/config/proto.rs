@@ -11,6 +11,10 @@ use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, Serializ
 
 static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptor.bin"));
 
+/// The pool `pool()` hands out and when it was last used.
+static CACHE: std::sync::Mutex<Option<(DescriptorPool, std::time::Instant)>> =
+    std::sync::Mutex::new(None);
+
 /// The pool of every Envoy v3 message (and its dependencies: xds, udpa, validate, google).
 ///
 /// Expanded, the pool takes about 14 MiB of heap, and it is only needed while configuration
@@ -18,9 +22,7 @@ static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_d
 /// the heap trimmed) after 30 s without use; the next use builds it again in a few ms.
 /// Clones are cheap handles to the same pool.
 pub fn pool() -> DescriptorPool {
-    use std::sync::Mutex;
     use std::time::{Duration, Instant};
-    static CACHE: Mutex<Option<(DescriptorPool, Instant)>> = Mutex::new(None);
     static REAPER: std::sync::Once = std::sync::Once::new();
     const IDLE: Duration = Duration::from_secs(30);
     REAPER.call_once(|| {
@@ -51,6 +53,13 @@ pub fn pool() -> DescriptorPool {
     });
     *used = Instant::now();
     p.clone()
+}
+
+/// Drops the cached descriptor pool now instead of after 30 s idle (e.g. once the bootstrap is
+/// applied); handles still in use keep it alive, and the next `pool()` builds it again.
+pub fn release_pool() {
+    let dropped = CACHE.lock().unwrap().take();
+    drop(dropped);
 }
 
 /// Error decoding a document into an Envoy message.
@@ -230,16 +239,16 @@ pub fn decode<T: Message + prost::Name + Default>(
     text: &str,
     format: Format,
 ) -> Result<T, DecodeError> {
-    let dm = decode_dynamic(&T::full_name(), text, format)?;
-    Ok(T::decode(dm.encode_to_vec().as_slice())?)
+    let wire = decode_dynamic(&T::full_name(), text, format)?.encode_to_vec();
+    Ok(T::decode(wire.as_slice())?)
 }
 
 /// Decodes a parsed JSON value into the typed message `T`.
 pub fn decode_json_value<T: Message + prost::Name + Default>(
     value: serde_json::Value,
 ) -> Result<T, DecodeError> {
-    let dm = decode_value(&T::full_name(), value)?;
-    Ok(T::decode(dm.encode_to_vec().as_slice())?)
+    let wire = decode_value(&T::full_name(), value)?.encode_to_vec();
+    Ok(T::decode(wire.as_slice())?)
 }
 
 /// Converts a typed message to Envoy's JSON form (proto field names, defaults omitted, Any

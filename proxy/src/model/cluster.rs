@@ -488,7 +488,8 @@ pub fn endpoints(
     la: &epb::ClusterLoadAssignment,
     discovery: Discovery,
 ) -> Result<Endpoints, (String, String)> {
-    let mut out = Vec::new();
+    // Exact capacity: pushing one endpoint into an empty Vec reserves room for four.
+    let mut out = Vec::with_capacity(la.endpoints.iter().map(|l| l.lb_endpoints.len()).sum());
     for (i, lle) in la.endpoints.iter().enumerate() {
         let locality = lle
             .locality

@@ -652,7 +652,7 @@ fn check_one(
         let (ns, key) = (str_field_v(m, "namespace"), str_field_v(m, "key"));
         let actual = sel
             .route()
-            .and_then(|r| r.metadata.as_ref())
+            .and_then(|r| r.metadata.as_deref())
             .and_then(|md| md.filter_metadata.get(ns))
             .and_then(|s| s.fields.get(key))
             .map(proto_value_str)

@@ -55,7 +55,8 @@ pub struct VirtualHost {
     pub virtual_clusters: Vec<VirtualCluster>,
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
-    pub retry_policy: Option<RetryPolicy>,
+    /// Boxed: requests read the copy in each forwarding route's entry, not this one.
+    pub retry_policy: Option<Box<RetryPolicy>>,
     pub typed_per_filter_config: HashMap<String, Any>,
     /// CORS policies in `typed_per_filter_config`, compiled.
     pub cors_per_filter: PerFilterCors,
@@ -85,7 +86,8 @@ pub struct Route {
     pub action: Action,
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
-    pub metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
+    /// Boxed: only the route-check tool reads it, and most routes have none.
+    pub metadata: Option<Box<envoy_types::pb::envoy::config::core::v3::Metadata>>,
     pub typed_per_filter_config: HashMap<String, Any>,
     /// CORS policies in `typed_per_filter_config`, compiled.
     pub cors_per_filter: PerFilterCors,
@@ -713,7 +715,7 @@ fn compile_vhost(vh: &rpb::VirtualHost) -> Result<VirtualHost, RouteError> {
             &vh.response_headers_to_remove,
         )
         .map_err(|e| err(e.under("response_headers")))?,
-        retry_policy: retry_policy.clone(),
+        retry_policy: retry_policy.clone().map(Box::new),
         include_request_attempt_count: vh.include_request_attempt_count,
         include_attempt_count_in_response: vh.include_attempt_count_in_response,
         typed_per_filter_config: vh.typed_per_filter_config.clone(),
@@ -782,7 +784,7 @@ fn compile_route(r: &rpb::Route, _vh: &rpb::VirtualHost) -> Result<Route, FieldE
             &r.response_headers_to_remove,
         )
         .map_err(|e| e.under("response_headers"))?,
-        metadata: r.metadata.clone(),
+        metadata: r.metadata.clone().map(Box::new),
         typed_per_filter_config: r.typed_per_filter_config.clone(),
         cors_per_filter: PerFilterCors::compile(&r.typed_per_filter_config)?,
     })
