@@ -15,16 +15,13 @@
 //! `access-control-allow-origin` (the request's origin), `-allow-credentials` and
 //! `-expose-headers` added to the response. `shadow_enabled` only evaluates the origin.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
 use envoy_types::pb::envoy::config::route::v3 as rpb;
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3 as pb;
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
-use envoy_types::pb::google::protobuf::Any;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use prost::Message;
 
 use crate::route::matcher::StringMatch;
 use crate::route::{FieldError, Fraction};
@@ -132,49 +129,6 @@ impl CorsPolicy {
     fn shadow_enabled(&self, random: u64) -> bool {
         self.shadow_enabled.is_some_and(|f| f.enabled(random))
     }
-}
-
-/// CORS policies found in a `typed_per_filter_config` map, by filter name, compiled.
-#[derive(Debug, Clone, Default)]
-pub struct PerFilterCors(Vec<(String, Arc<CorsPolicy>)>);
-
-impl PerFilterCors {
-    /// Compiles every entry of type [`POLICY_TYPE`] (also inside a `FilterConfig` wrapper).
-    pub fn compile(map: &HashMap<String, Any>) -> Result<Self, FieldError> {
-        let mut out = Vec::new();
-        for (name, any) in map {
-            let at = || format!("typed_per_filter_config[{name}]");
-            let (type_url, value) =
-                if type_name(&any.type_url) == "envoy.config.route.v3.FilterConfig" {
-                    let fc = rpb::FilterConfig::decode(any.value.as_slice())
-                        .map_err(|e| FieldError::new(at(), e.to_string()))?;
-                    match fc.config {
-                        Some(c) => (c.type_url, c.value),
-                        None => continue,
-                    }
-                } else {
-                    (any.type_url.clone(), any.value.clone())
-                };
-            if type_name(&type_url) != POLICY_TYPE {
-                continue;
-            }
-            let p = pb::CorsPolicy::decode(value.as_slice())
-                .map_err(|e| FieldError::new(at(), e.to_string()))?;
-            out.push((
-                name.clone(),
-                Arc::new(CorsPolicy::compile(&p).map_err(|e| e.under(&at()))?),
-            ));
-        }
-        Ok(PerFilterCors(out))
-    }
-
-    pub fn get(&self, filter: &str) -> Option<&CorsPolicy> {
-        self.0.iter().find(|(n, _)| n == filter).map(|(_, p)| &**p)
-    }
-}
-
-fn type_name(url: &str) -> &str {
-    url.rsplit('/').next().unwrap_or(url)
 }
 
 /// What the filter decided on the request path.

@@ -7,7 +7,6 @@ use std::time::{Instant, SystemTime};
 
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use prost::Message;
 
 use super::forward::{self, LocalReply};
 use super::{cors, fault, headers, Conn};
@@ -237,13 +236,7 @@ async fn route_inner(
         for f in &conn.hcm.filters {
             match f {
                 HttpFilter::Fault(name, cfg) => {
-                    let route_cfg = sel.per_filter_config(name).and_then(|any| {
-                        envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault::decode(
-                            any.value.as_slice(),
-                        )
-                        .ok()
-                    });
-                    let cfg = route_cfg.as_ref().unwrap_or(cfg);
+                    let cfg = sel.fault_config(name).unwrap_or(cfg);
                     let (d, _guard) =
                         fault::decide(cfg, &parts, fastrand::u64(..), fastrand::u64(..));
                     if let Some(delay) = d.delay {

@@ -2,11 +2,9 @@
 //! weighted pick; rewrites; timeouts; retry and hash policies), redirect ([`RedirectAction`],
 //! building the `Location` URI as Envoy's `newUri`), or answer directly ([`DirectAction`]).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3 as rpb;
-use envoy_types::pb::google::protobuf::Any;
 
 use super::headers::HeaderMutations;
 use super::matcher::RegexRewrite;
@@ -45,9 +43,8 @@ pub struct WeightedCluster {
     pub request_headers: HeaderMutations,
     pub response_headers: HeaderMutations,
     pub host_rewrite_literal: Option<String>,
-    pub typed_per_filter_config: HashMap<String, Any>,
     /// CORS policies in `typed_per_filter_config`, compiled.
-    pub cors_per_filter: crate::http::cors::PerFilterCors,
+    pub per_filter: crate::route::per_filter::PerFilter,
 }
 
 impl WeightedClusters {
@@ -389,8 +386,7 @@ pub(crate) fn compile_weighted(w: &rpb::WeightedCluster) -> Result<WeightedClust
                     s,
                 ) => s.clone(),
             }),
-            typed_per_filter_config: c.typed_per_filter_config.clone(),
-            cors_per_filter: crate::http::cors::PerFilterCors::compile(&c.typed_per_filter_config)
+            per_filter: crate::route::per_filter::PerFilter::compile(&c.typed_per_filter_config)
                 .map_err(|e| e.under(&format!("clusters[{i}]")))?,
         });
     }

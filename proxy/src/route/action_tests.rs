@@ -32,8 +32,7 @@ fn wc(weights: &[u64]) -> WeightedClusters {
                 request_headers: Default::default(),
                 response_headers: Default::default(),
                 host_rewrite_literal: None,
-                typed_per_filter_config: Default::default(),
-                cors_per_filter: Default::default(),
+                per_filter: Default::default(),
             })
             .collect(),
         total_weight: None,

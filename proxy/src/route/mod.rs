@@ -37,6 +37,7 @@ pub mod action;
 pub mod check;
 pub mod headers;
 pub mod matcher;
+pub mod per_filter;
 pub mod table;
 pub mod vhost;
 

@@ -5,11 +5,9 @@
 //! route's rewrites and header mutations.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::route::v3 as rpb;
-use envoy_types::pb::google::protobuf::Any;
 
 use super::action::{self, *};
 use super::headers::{self, FormatCtx, HeaderMutations};
@@ -17,7 +15,8 @@ pub use super::matcher::RouteMatch;
 use super::matcher::*;
 use super::vhost::{DomainIndex, RouteIndex};
 use super::{strip_query, DefaultRuntime, FieldError, RequestView, RouteError, Runtime};
-use crate::http::cors::{CorsPolicy, PerFilterCors, Policies};
+use crate::http::cors::{CorsPolicy, Policies};
+use crate::route::per_filter::PerFilter;
 
 /// A compiled `RouteConfiguration`.
 #[derive(Debug)]
@@ -57,9 +56,8 @@ pub struct VirtualHost {
     pub response_headers: HeaderMutations,
     /// Boxed: requests read the copy in each forwarding route's entry, not this one.
     pub retry_policy: Option<Box<RetryPolicy>>,
-    pub typed_per_filter_config: HashMap<String, Any>,
-    /// CORS policies in `typed_per_filter_config`, compiled.
-    pub cors_per_filter: PerFilterCors,
+    /// `typed_per_filter_config` compiled for the filters that read it per request.
+    pub per_filter: PerFilter,
     /// The legacy `cors` field, compiled.
     pub cors: Option<Arc<CorsPolicy>>,
     /// Add `x-envoy-attempt-count` to upstream requests / downstream responses.
@@ -88,9 +86,8 @@ pub struct Route {
     pub response_headers: HeaderMutations,
     /// Boxed: only the route-check tool reads it, and most routes have none.
     pub metadata: Option<Box<envoy_types::pb::envoy::config::core::v3::Metadata>>,
-    pub typed_per_filter_config: HashMap<String, Any>,
-    /// CORS policies in `typed_per_filter_config`, compiled.
-    pub cors_per_filter: PerFilterCors,
+    /// `typed_per_filter_config` compiled for the filters that read it per request.
+    pub per_filter: PerFilter,
 }
 
 #[derive(Debug)]
@@ -178,20 +175,23 @@ impl<'t> Selected<'t> {
         }
     }
 
-    /// The route's `typed_per_filter_config` for `filter`: weighted cluster, route, then
-    /// virtual host (most specific wins).
-    pub fn per_filter_config(&self, filter: &str) -> Option<&'t Any> {
+    /// The fault filter override for the filter named `filter`: weighted cluster, route, then
+    /// virtual host, the most specific first (compiled when the table was built).
+    pub fn fault_config(
+        &self,
+        filter: &str,
+    ) -> Option<&'t envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault> {
         if let Selected::Route {
             weighted: Some(w), ..
         } = self
         {
-            if let Some(a) = w.typed_per_filter_config.get(filter) {
-                return Some(a);
+            if let Some(f) = w.per_filter.fault(filter) {
+                return Some(f);
             }
         }
         self.route()
-            .and_then(|r| r.typed_per_filter_config.get(filter))
-            .or_else(|| self.vhost()?.typed_per_filter_config.get(filter))
+            .and_then(|r| r.per_filter.fault(filter))
+            .or_else(|| self.vhost()?.per_filter.fault(filter))
     }
 }
 
@@ -209,10 +209,10 @@ impl<'t> Selected<'t> {
             weighted: Some(w), ..
         } = self
         {
-            out.extend(w.cors_per_filter.get(filter));
+            out.extend(w.per_filter.cors(filter));
         }
-        out.extend(self.route().and_then(|r| r.cors_per_filter.get(filter)));
-        out.extend(self.vhost().and_then(|v| v.cors_per_filter.get(filter)));
+        out.extend(self.route().and_then(|r| r.per_filter.cors(filter)));
+        out.extend(self.vhost().and_then(|v| v.per_filter.cors(filter)));
         if out.is_empty() {
             out.extend(entry.cors.as_deref());
             out.extend(self.vhost().and_then(|v| v.cors.as_deref()));
@@ -718,8 +718,7 @@ fn compile_vhost(vh: &rpb::VirtualHost) -> Result<VirtualHost, RouteError> {
         retry_policy: retry_policy.clone().map(Box::new),
         include_request_attempt_count: vh.include_request_attempt_count,
         include_attempt_count_in_response: vh.include_attempt_count_in_response,
-        typed_per_filter_config: vh.typed_per_filter_config.clone(),
-        cors_per_filter: PerFilterCors::compile(&vh.typed_per_filter_config).map_err(&err)?,
+        per_filter: PerFilter::compile(&vh.typed_per_filter_config).map_err(&err)?,
         cors: {
             #[allow(deprecated)]
             let legacy = &vh.cors;
@@ -785,8 +784,7 @@ fn compile_route(r: &rpb::Route, _vh: &rpb::VirtualHost) -> Result<Route, FieldE
         )
         .map_err(|e| e.under("response_headers"))?,
         metadata: r.metadata.clone().map(Box::new),
-        typed_per_filter_config: r.typed_per_filter_config.clone(),
-        cors_per_filter: PerFilterCors::compile(&r.typed_per_filter_config)?,
+        per_filter: PerFilter::compile(&r.typed_per_filter_config)?,
     })
 }
 

@@ -452,7 +452,7 @@ virtual_hosts:
         e.hash_policy[1],
         HashPolicy::Cookie { terminal: true, .. }
     ));
-    assert!(sel.per_filter_config("envoy.filters.http.fault").is_some());
+    assert!(sel.fault_config("envoy.filters.http.fault").is_some());
     assert_eq!(
         e.upgrades,
         [
