@@ -126,6 +126,18 @@ impl ConnLimits {
             })
     }
 
+    /// Takes a connection slot, waiting as a pending request while the cluster is at
+    /// `max_connections` (failing past `max_pending_requests`).
+    pub async fn slot(self: &Arc<Self>) -> Result<Slot, UpstreamError> {
+        let mut pending: Option<PendingGuard> = None;
+        loop {
+            if let Some(slot) = self.try_slot() {
+                return Ok(slot);
+            }
+            self.wait_for_room(&mut pending, || false).await?;
+        }
+    }
+
     /// Open connections counted against the limit.
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Acquire)
@@ -404,14 +416,7 @@ impl Pool {
                     // Cold path, boxed (see send_http1).
                     let c = Box::pin(async {
                         // One multiplexed connection per host; it needs a slot like any other.
-                        let mut pending: Option<PendingGuard> = None;
-                        let slot = loop {
-                            if let Some(slot) = limits.try_slot() {
-                                break slot;
-                            }
-                            limits.wait_for_room(&mut pending, || false).await?;
-                        };
-                        drop(pending);
+                        let slot = limits.slot().await?;
                         let t0 = std::time::Instant::now();
                         let stream =
                             connect_from(addr, settings.connect_timeout, settings.src()).await?;
@@ -450,14 +455,7 @@ async fn send_upgrade(
     req: Request<Body>,
     on_new_connection: impl Fn(Duration),
 ) -> Result<Response<Body>, UpstreamError> {
-    let mut pending: Option<PendingGuard> = None;
-    let slot = loop {
-        if let Some(slot) = limits.try_slot() {
-            break slot;
-        }
-        limits.wait_for_room(&mut pending, || false).await?;
-    };
-    drop(pending);
+    let slot = limits.slot().await?;
     let t0 = std::time::Instant::now();
     let stream = connect_from(addr, settings.connect_timeout, settings.src()).await?;
     on_new_connection(t0.elapsed());

@@ -103,6 +103,26 @@ async fn idle_timeout(activity: &Activity, idle: Option<Duration>) {
     }
 }
 
+/// Runs a hyper server connection until it ends; once `stop` resolves, shuts it down
+/// gracefully (HTTP/1.1 closes after the response in flight, HTTP/2 sends GOAWAY) and gives it
+/// until the listener's close phase.
+macro_rules! serve_until_closed {
+    ($conn:expr, $stop:expr, $phase:expr) => {{
+        let c = $conn;
+        tokio::pin!(c);
+        tokio::select! {
+            _ = c.as_mut() => {}
+            _ = $stop => {
+                c.as_mut().graceful_shutdown();
+                tokio::select! {
+                    _ = c.as_mut() => {}
+                    _ = reached(&mut $phase, Phase::Close) => {}
+                }
+            }
+        }
+    }};
+}
+
 /// Serves one downstream HTTP connection.
 pub async fn serve(
     state: Arc<State>,
@@ -144,8 +164,21 @@ pub async fn serve(
         phase: phase.clone(),
         activity: Activity::new(),
     });
-    let idle = hcm.idle_timeout;
-    let ours = conn.clone();
+    // Idle past the HCM's idle timeout, or the listener drains: shut down gracefully.
+    let stop = {
+        let idle = hcm.idle_timeout;
+        let ours = conn.clone();
+        let mut phase = phase.clone();
+        let stats = stats.clone();
+        async move {
+            tokio::select! {
+                _ = idle_timeout(&ours.activity, idle) => {
+                    stats.downstream_cx_idle_timeout.inc();
+                }
+                _ = reached(&mut phase, Phase::Drain) => {}
+            }
+        }
+    };
     let io = TokioIo::new(stream);
     let max_headers = (hcm.max_request_headers_kb as usize * 1024).max(8192);
     if http2 {
@@ -164,26 +197,7 @@ pub async fn serve(
                 router::handle(conn, req),
             )))
         });
-        let c = b.serve_connection(io, svc);
-        tokio::pin!(c);
-        tokio::select! {
-            _ = c.as_mut() => {}
-            _ = idle_timeout(&ours.activity, idle) => {
-                stats.downstream_cx_idle_timeout.inc();
-                c.as_mut().graceful_shutdown();
-                tokio::select! {
-                    _ = c.as_mut() => {}
-                    _ = reached(&mut phase, Phase::Close) => {}
-                }
-            }
-            _ = reached(&mut phase, Phase::Drain) => {
-                c.as_mut().graceful_shutdown();
-                tokio::select! {
-                    _ = c.as_mut() => {}
-                    _ = reached(&mut phase, Phase::Close) => {}
-                }
-            }
-        }
+        serve_until_closed!(b.serve_connection(io, svc), stop, phase);
     } else {
         // No timer: hyper would arm a header-read timer for every request. Idle connections
         // are closed by `idle_timeout` instead.
@@ -196,26 +210,7 @@ pub async fn serve(
             let conn = conn.clone();
             async move { Ok::<_, Infallible>(router::handle(conn, req).await) }
         });
-        let c = b.serve_connection(io, svc).with_upgrades();
-        tokio::pin!(c);
-        tokio::select! {
-            _ = c.as_mut() => {}
-            _ = idle_timeout(&ours.activity, idle) => {
-                stats.downstream_cx_idle_timeout.inc();
-                c.as_mut().graceful_shutdown();
-                tokio::select! {
-                    _ = c.as_mut() => {}
-                    _ = reached(&mut phase, Phase::Close) => {}
-                }
-            }
-            _ = reached(&mut phase, Phase::Drain) => {
-                c.as_mut().graceful_shutdown();
-                tokio::select! {
-                    _ = c.as_mut() => {}
-                    _ = reached(&mut phase, Phase::Close) => {}
-                }
-            }
-        }
+        serve_until_closed!(b.serve_connection(io, svc).with_upgrades(), stop, phase);
     }
     stats.downstream_cx_active.dec();
 }
