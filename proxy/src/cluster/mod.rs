@@ -244,6 +244,7 @@ impl ClusterRt {
                 idle_timeout: cfg.idle_timeout,
                 max_requests_per_connection: cfg.max_requests_per_connection,
                 source: cfg.upstream_bind,
+                keepalive: cfg.tcp_keepalive,
             },
             endpoints: ArcSwap::from_pointee(set),
             orig_dst_hosts: Mutex::new(HashMap::new()),

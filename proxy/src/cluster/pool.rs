@@ -62,9 +62,11 @@ pub struct PoolSettings {
     pub max_requests_per_connection: Option<u32>,
     /// The cluster's `upstream_bind_config` source address (Istio binds 127.0.0.6 inbound).
     pub source: Option<IpAddr>,
+    /// The cluster's `upstream_connection_options.tcp_keepalive`.
+    pub keepalive: Option<crate::model::cluster::TcpKeepalive>,
 }
 
-/// Where an upstream connection comes from.
+/// How an upstream socket is set up: where it comes from and its socket options.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Source {
     /// Local address to bind before connecting (port chosen by the kernel).
@@ -74,6 +76,8 @@ pub struct Source {
     pub transparent: bool,
     /// `SO_MARK` for the upstream socket (`original_src`'s `mark`); needs `CAP_NET_ADMIN`.
     pub mark: Option<u32>,
+    /// TCP keepalive (the cluster's `upstream_connection_options.tcp_keepalive`).
+    pub keepalive: Option<crate::model::cluster::TcpKeepalive>,
 }
 
 /// A cluster's connection circuit breakers (Envoy's `max_connections` and
@@ -246,8 +250,33 @@ pub async fn connect_from(
         Ok(Err(e)) => Err(UpstreamError::Connect(e)),
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
+            if let Some(k) = src.keepalive {
+                set_keepalive(&s, k);
+            }
             Ok(s)
         }
+    }
+}
+
+/// `SO_KEEPALIVE` with the given idle time, probe interval and probe count (seconds; unset
+/// ones keep the system's defaults). A failure is logged, not fatal, as in Envoy.
+fn set_keepalive(s: &TcpStream, k: crate::model::cluster::TcpKeepalive) {
+    let mut ka = socket2::TcpKeepalive::new();
+    if let Some(t) = k.time {
+        ka = ka.with_time(Duration::from_secs(t.into()));
+    }
+    if let Some(i) = k.interval {
+        ka = ka.with_interval(Duration::from_secs(i.into()));
+    }
+    if let Some(p) = k.probes {
+        ka = ka.with_retries(p);
+    }
+    let sock = socket2::SockRef::from(s);
+    if let Err(e) = sock
+        .set_keepalive(true)
+        .and_then(|_| sock.set_tcp_keepalive(&ka))
+    {
+        tracing::debug!(%e, "could not set TCP keepalive on an upstream socket");
     }
 }
 
@@ -256,6 +285,7 @@ impl PoolSettings {
     pub fn src(&self) -> Source {
         Source {
             bind: self.source,
+            keepalive: self.keepalive,
             ..Source::default()
         }
     }
@@ -469,4 +499,39 @@ async fn send_upgrade(
     });
     let resp = tx.send_request(req).await.map_err(reset)?;
     Ok(resp.map(crate::body::boxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::cluster::TcpKeepalive;
+
+    #[tokio::test]
+    async fn upstream_sockets_get_the_clusters_tcp_keepalive() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let src = Source {
+            keepalive: Some(TcpKeepalive {
+                probes: Some(4),
+                time: Some(30),
+                interval: Some(5),
+            }),
+            ..Source::default()
+        };
+        let s = connect_from(addr, Duration::from_secs(2), src)
+            .await
+            .unwrap();
+        let sock = socket2::SockRef::from(&s);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(30));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 4);
+
+        // Without the option the socket is left as the system makes it.
+        let s = connect(addr, Duration::from_secs(2)).await.unwrap();
+        assert!(!socket2::SockRef::from(&s).keepalive().unwrap());
+    }
 }

@@ -401,16 +401,20 @@ pub async fn connect_tunnel(
     let host = cluster.pick(hash, None, &|_| false).ok_or(NO_HEALTHY)?;
     cluster.stats.upstream_cx_total.inc();
     let t0 = std::time::Instant::now();
-    let mut up = crate::cluster::pool::connect(host.addr, cluster.cfg.connect_timeout)
-        .await
-        .inspect(|_| {
-            let h = &cluster.stats.hists().upstream_cx_connect_ms;
-            h.record(t0.elapsed());
-        })
-        .map_err(|_| {
-            cluster.stats.upstream_cx_connect_fail.inc();
-            CONNECT_FAILURE
-        })?;
+    let mut up = crate::cluster::pool::connect_from(
+        host.addr,
+        cluster.cfg.connect_timeout,
+        cluster.settings.src(),
+    )
+    .await
+    .inspect(|_| {
+        let h = &cluster.stats.hists().upstream_cx_connect_ms;
+        h.record(t0.elapsed());
+    })
+    .map_err(|_| {
+        cluster.stats.upstream_cx_connect_fail.inc();
+        CONNECT_FAILURE
+    })?;
     tokio::spawn(async move {
         if let Ok(d) = down.await {
             let mut d = hyper_util::rt::TokioIo::new(d);

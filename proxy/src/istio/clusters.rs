@@ -137,6 +137,25 @@ fn apply_policy(c: &mut Value, p: &Policy, proto: Protocol) {
             if let Some(d) = dur_str(&t.connect_timeout) {
                 c["connect_timeout"] = json!(d);
             }
+            // As istiod: whole seconds; an empty tcpKeepalive still turns SO_KEEPALIVE on.
+            if let Some(k) = &t.tcp_keepalive {
+                let secs = |d: &Option<String>| {
+                    d.as_deref()
+                        .and_then(parse_duration)
+                        .map(|d| d.as_secs().min(u32::MAX as u64))
+                };
+                let mut ka = json!({});
+                if let Some(p) = k.probes.filter(|p| *p > 0) {
+                    ka["keepalive_probes"] = json!(p);
+                }
+                if let Some(t) = secs(&k.time) {
+                    ka["keepalive_time"] = json!(t);
+                }
+                if let Some(i) = secs(&k.interval) {
+                    ka["keepalive_interval"] = json!(i);
+                }
+                c["upstream_connection_options"] = json!({ "tcp_keepalive": ka });
+            }
         }
         if let Some(h) = &pool.http {
             if let Some(v) = h.http1_max_pending_requests {

@@ -510,9 +510,18 @@ pub struct ConnectionPool {
 pub struct TcpPool {
     pub max_connections: Option<u32>,
     pub connect_timeout: Option<String>,
-    pub tcp_keepalive: Option<serde_yaml_ng::Value>,
+    pub tcp_keepalive: Option<TcpKeepalive>,
     pub max_connection_duration: Option<String>,
     pub idle_timeout: Option<String>,
+}
+
+/// `connectionPool.tcp.tcpKeepalive`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpKeepalive {
+    pub probes: Option<u32>,
+    pub time: Option<String>,
+    pub interval: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

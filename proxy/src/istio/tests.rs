@@ -60,7 +60,7 @@ metadata: {name: web, namespace: ns1}
 spec:
   host: web
   trafficPolicy:
-    connectionPool: {tcp: {maxConnections: 7, connectTimeout: 2s}, http: {http2MaxRequests: 9}}
+    connectionPool: {tcp: {maxConnections: 7, connectTimeout: 2s, tcpKeepalive: {probes: 3, time: 2h, interval: 75s}}, http: {http2MaxRequests: 9}}
     outlierDetection: {consecutive5xxErrors: 3, interval: 8ms, baseEjectionTime: 1m}
   subsets:
   - name: v1
@@ -77,6 +77,20 @@ fn clusters_endpoints_and_policies() {
     assert_eq!(c["connect_timeout"], "2s");
     assert_eq!(c["circuit_breakers"]["thresholds"][0]["max_connections"], 7);
     assert_eq!(c["circuit_breakers"]["thresholds"][0]["max_requests"], 9);
+    let ka = &c["upstream_connection_options"]["tcp_keepalive"];
+    assert_eq!(
+        (
+            &ka["keepalive_probes"],
+            &ka["keepalive_time"],
+            &ka["keepalive_interval"]
+        ),
+        (
+            &serde_json::json!(3),
+            &serde_json::json!(7200),
+            &serde_json::json!(75)
+        ),
+        "{c}"
+    );
     assert_eq!(c["outlier_detection"]["consecutive_5xx"], 3);
     assert_eq!(c["outlier_detection"]["interval"], "0.008s");
     // minHealthPercent defaults to 0: no panic mode, as istiod sets it.

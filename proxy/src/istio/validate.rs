@@ -434,6 +434,16 @@ pub fn check_object(o: &Object) -> Vec<Message> {
                             &format!("{p}.connectionPool.tcp.connectTimeout"),
                             &t.connect_timeout,
                         );
+                        if let Some(k) = &t.tcp_keepalive {
+                            for (f, d) in [("time", &k.time), ("interval", &k.interval)] {
+                                check_duration(
+                                    &mut out,
+                                    o,
+                                    &format!("{p}.connectionPool.tcp.tcpKeepalive.{f}"),
+                                    d,
+                                );
+                            }
+                        }
                     }
                     if let Some(h) = &cp.http {
                         check_duration(

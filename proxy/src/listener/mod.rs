@@ -349,6 +349,7 @@ async fn handle(
                 bind: Some(peer.ip()),
                 transparent: true,
                 mark: Some(mark),
+                keepalive: None,
             });
             crate::tcp::proxy(stream, dst, t.clone(), snap, src, phase).await
         }

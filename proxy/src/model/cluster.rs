@@ -47,6 +47,15 @@ pub enum UpstreamProtocol {
     UseDownstream,
 }
 
+/// Envoy's `TcpKeepalive`: `SO_KEEPALIVE` with these settings (seconds; unset ones keep the
+/// system's defaults).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    pub probes: Option<u32>,
+    pub time: Option<u32>,
+    pub interval: Option<u32>,
+}
+
 /// A cluster, validated.
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -68,6 +77,8 @@ pub struct Cluster {
     pub load_assignment: Option<Endpoints>,
     /// `upstream_bind_config.source_address`: the local address upstream connections bind.
     pub upstream_bind: Option<std::net::IpAddr>,
+    /// `upstream_connection_options.tcp_keepalive`: TCP keepalive on upstream sockets.
+    pub tcp_keepalive: Option<TcpKeepalive>,
     /// `outlier_detection`, when configured.
     pub outlier: Option<Arc<crate::cluster::outlier::OutlierConfig>>,
     /// `common_lb_config.healthy_panic_threshold` in percent (Envoy's default 50): below it,
@@ -232,6 +243,15 @@ impl Cluster {
             ),
             None => None,
         };
+        let tcp_keepalive = c
+            .upstream_connection_options
+            .as_ref()
+            .and_then(|o| o.tcp_keepalive.as_ref())
+            .map(|k| TcpKeepalive {
+                probes: k.keepalive_probes.as_ref().map(|v| v.value),
+                time: k.keepalive_time.as_ref().map(|v| v.value),
+                interval: k.keepalive_interval.as_ref().map(|v| v.value),
+            });
         let outlier = match &c.outlier_detection {
             Some(o) => Some(Arc::new(
                 crate::cluster::outlier::OutlierConfig::from_proto(o)
@@ -275,6 +295,7 @@ impl Cluster {
             max_retries: th(|t| t.max_retries.as_ref().map(|v| v.value), 3),
             load_assignment,
             upstream_bind,
+            tcp_keepalive,
             outlier,
             panic_threshold,
             proto: c.encode_to_vec().into_boxed_slice(),
@@ -339,8 +360,15 @@ fn unhonoured_fields(c: &cpb::Cluster) -> Result<(), (&'static str, &'static str
     {
         ignored.push("common_lb_config.locality_config_specifier");
     }
-    if c.upstream_connection_options.is_some() {
-        ignored.push("upstream_connection_options");
+    if let Some(o) = &c.upstream_connection_options {
+        if o.set_local_interface_name_on_upstream_connections {
+            ignored.push(
+                "upstream_connection_options.set_local_interface_name_on_upstream_connections",
+            );
+        }
+        if o.happy_eyeballs_config.is_some() {
+            ignored.push("upstream_connection_options.happy_eyeballs_config");
+        }
     }
     for f in ignored {
         warn_ignored_once("Cluster", f);
@@ -628,6 +656,24 @@ load_assignment:
         assert_eq!(eps[0].metadata.get("envoy.lb.version"), Some("v1"));
         assert!(!eps[1].healthy);
         assert_eq!(c.upstream_bind, None);
+    }
+
+    #[test]
+    fn upstream_tcp_keepalive() {
+        let c = cluster(
+            "name: c\ntype: ORIGINAL_DST\nlb_policy: CLUSTER_PROVIDED\nupstream_connection_options: {tcp_keepalive: {keepalive_probes: 4, keepalive_time: 30}}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.tcp_keepalive,
+            Some(TcpKeepalive {
+                probes: Some(4),
+                time: Some(30),
+                interval: None
+            })
+        );
+        let c = cluster("name: c\ntype: ORIGINAL_DST\nlb_policy: CLUSTER_PROVIDED\n").unwrap();
+        assert_eq!(c.tcp_keepalive, None);
     }
 
     #[test]

@@ -109,7 +109,14 @@ async fn proxy_inner(
         done.flags = "UO";
         return;
     };
-    let src = src.unwrap_or_else(|| cluster.settings.src());
+    // original_src gives the address; the cluster gives the socket options.
+    let src = match src {
+        Some(s) => Source {
+            keepalive: cluster.settings.keepalive,
+            ..s
+        },
+        None => cluster.settings.src(),
+    };
     let mut up = None;
     let mut tried: Vec<SocketAddr> = Vec::new();
     for _ in 0..cfg.max_connect_attempts {
