@@ -290,3 +290,95 @@ async fn the_upstreams_max_concurrent_streams_is_respected() {
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
     assert_eq!(up.max_active.load(Ordering::SeqCst), 1);
 }
+
+/// An upstream that answers nothing: it reads the client's preface and frames, records each
+/// frame's type, and notes when the client closes the connection.
+async fn silent_h2() -> (
+    std::net::SocketAddr,
+    Arc<std::sync::Mutex<Vec<u8>>>,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::AsyncReadExt;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let types: Arc<std::sync::Mutex<Vec<u8>>> = Arc::default();
+    let closed: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+    let (t, c) = (types.clone(), closed.clone());
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = l.accept().await else {
+            return;
+        };
+        let mut preface = [0u8; 24];
+        if s.read_exact(&mut preface).await.is_err() {
+            return;
+        }
+        loop {
+            let mut head = [0u8; 9];
+            if s.read_exact(&mut head).await.is_err() {
+                c.store(true, Ordering::SeqCst);
+                return;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if s.read_exact(&mut payload).await.is_err() {
+                c.store(true, Ordering::SeqCst);
+                return;
+            }
+            t.lock().unwrap().push(head[3]);
+        }
+    });
+    (addr, types, closed)
+}
+
+const PING: u8 = 0x6;
+
+#[tokio::test]
+async fn connection_keepalive_pings_and_closes_a_silent_upstream() {
+    // With connection_keepalive: a PING after the interval, and the connection closed when
+    // no PONG comes in time; the request in flight fails as a reset (503), long before the
+    // route timeout (which would be a 504).
+    let (addr, types, closed) = silent_h2().await;
+    let opts = H2_OPTS.replace(
+        "explicit_http_config: {http2_protocol_options: {}}",
+        "explicit_http_config: {http2_protocol_options: {connection_keepalive: {interval: 0.1s, timeout: 0.2s}}}",
+    );
+    let vh = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: up, timeout: 10s}\n";
+    let app = sluice(&format!(
+        "static_resources:\n  listeners:\n{}  clusters:\n{}",
+        http_listener("ka", vh, ""),
+        cluster("up", &[addr], &opts)
+    ))
+    .await;
+    let mut c = H1::connect(app.listener_address("ka").unwrap()).await;
+    let r = c.get("h", "/").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        types.lock().unwrap().contains(&PING),
+        "{:?}",
+        types.lock().unwrap()
+    );
+    for _ in 0..50 {
+        if closed.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        closed.load(Ordering::SeqCst),
+        "the silent connection was closed"
+    );
+
+    // Without it (Envoy's default): no PINGs at all; the request waits for the route timeout.
+    let (addr, types, _) = silent_h2().await;
+    let vh = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /}\n                route: {cluster: up, timeout: 0.6s}\n";
+    let app = sluice(&format!(
+        "static_resources:\n  listeners:\n{}  clusters:\n{}",
+        http_listener("noka", vh, ""),
+        cluster("up", &[addr], H2_OPTS)
+    ))
+    .await;
+    let mut c = H1::connect(app.listener_address("noka").unwrap()).await;
+    assert_eq!(c.get("h", "/").await.status, 504);
+    let seen = types.lock().unwrap().clone();
+    assert!(!seen.is_empty() && !seen.contains(&PING), "{seen:?}");
+}

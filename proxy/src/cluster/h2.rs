@@ -1,16 +1,15 @@
 //! An HTTP/2 (h2c, prior knowledge) client connection to one upstream host, driven with the
-//! `h2` crate directly: one task per connection (the `h2` connection state machine and
-//! keep-alive pings), and each request sent from the request's own task. A request body is
-//! streamed from that task until the response head arrives, so a body-less request or a small
-//! one (gRPC unary) costs no extra task; only a body still streaming when the response starts
-//! moves to a task of its own.
+//! `h2` crate directly: one task per connection (the `h2` connection state machine and, with
+//! the cluster's `connection_keepalive`, PINGs), and each request sent from the request's own
+//! task. A request body is streamed from that task until the response head arrives, so a
+//! body-less request or a small one (gRPC unary) costs no extra task; only a body still
+//! streaming when the response starts moves to a task of its own.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
@@ -22,16 +21,13 @@ use tokio::net::TcpStream;
 
 use super::pool::{Slot, UpstreamError};
 use crate::body::Body;
+use crate::model::cluster::H2Keepalive;
 
 /// Flow-control windows and buffers, as hyper's HTTP/2 client sets them.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONN_WINDOW: u32 = 5 * 1024 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 const MAX_HEADER_LIST: u32 = 64 * 1024;
-/// A PING goes out this long after the last one was answered; without a PONG within
-/// `PING_TIMEOUT` the connection is closed.
-const PING_INTERVAL: Duration = Duration::from_secs(30);
-const PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A handle on one HTTP/2 connection; clones share the connection.
 #[derive(Clone)]
@@ -59,7 +55,11 @@ impl std::fmt::Debug for Connection {
 impl Connection {
     /// The HTTP/2 handshake over `io`; the connection runs in its own task, which holds `slot`
     /// (the cluster's connection count) until the connection ends.
-    pub async fn handshake(io: TcpStream, slot: Slot) -> Result<Connection, UpstreamError> {
+    pub async fn handshake(
+        io: TcpStream,
+        slot: Slot,
+        keepalive: Option<H2Keepalive>,
+    ) -> Result<Connection, UpstreamError> {
         let (tx, conn) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONN_WINDOW)
@@ -72,7 +72,12 @@ impl Connection {
         let closed = Arc::new(AtomicBool::new(false));
         let done = closed.clone();
         tokio::spawn(async move {
-            drive(conn).await;
+            match keepalive {
+                Some(k) => drive(conn, k).await,
+                None => {
+                    let _ = conn.await;
+                }
+            }
             done.store(true, Ordering::Release);
             drop(slot);
         });
@@ -184,13 +189,13 @@ fn strip_connection_headers(h: &mut HeaderMap) {
     }
 }
 
-/// Runs the connection until it ends, with keep-alive pings: a PING every `PING_INTERVAL`,
-/// the connection closed when its PONG is late.
-async fn drive(conn: h2::client::Connection<TcpStream, Bytes>) {
+/// Runs the connection until it ends, with keep-alive pings: a PING `interval` after the last
+/// PONG, the connection closed when a PONG is more than `timeout` late.
+async fn drive(conn: h2::client::Connection<TcpStream, Bytes>, k: H2Keepalive) {
     let mut conn = conn;
     let mut pings = conn.ping_pong();
     let mut conn = std::pin::pin!(conn);
-    let timer = tokio::time::sleep(PING_INTERVAL);
+    let timer = tokio::time::sleep(k.interval);
     let mut timer = std::pin::pin!(timer);
     let mut awaiting_pong = false;
     poll_fn(|cx| {
@@ -207,7 +212,7 @@ async fn drive(conn: h2::client::Connection<TcpStream, Bytes>) {
                         awaiting_pong = false;
                         timer
                             .as_mut()
-                            .reset(tokio::time::Instant::now() + PING_INTERVAL);
+                            .reset(tokio::time::Instant::now() + k.interval);
                     }
                     Poll::Ready(Err(_)) => {
                         pings = None;
@@ -228,7 +233,7 @@ async fn drive(conn: h2::client::Connection<TcpStream, Bytes>) {
             awaiting_pong = true;
             timer
                 .as_mut()
-                .reset(tokio::time::Instant::now() + PING_TIMEOUT);
+                .reset(tokio::time::Instant::now() + k.timeout);
         }
     })
     .await

@@ -245,6 +245,7 @@ impl ClusterRt {
                 max_requests_per_connection: cfg.max_requests_per_connection,
                 source: cfg.upstream_bind,
                 keepalive: cfg.tcp_keepalive,
+                h2_keepalive: cfg.h2_keepalive,
             },
             endpoints: ArcSwap::from_pointee(set),
             orig_dst_hosts: Mutex::new(HashMap::new()),

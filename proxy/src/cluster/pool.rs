@@ -64,6 +64,8 @@ pub struct PoolSettings {
     pub source: Option<IpAddr>,
     /// The cluster's `upstream_connection_options.tcp_keepalive`.
     pub keepalive: Option<crate::model::cluster::TcpKeepalive>,
+    /// The cluster's `http2_protocol_options.connection_keepalive`.
+    pub h2_keepalive: Option<crate::model::cluster::H2Keepalive>,
 }
 
 /// How an upstream socket is set up: where it comes from and its socket options.
@@ -451,7 +453,7 @@ impl Pool {
                         let stream =
                             connect_from(addr, settings.connect_timeout, settings.src()).await?;
                         on_new_connection(t0.elapsed());
-                        super::h2::Connection::handshake(stream, slot).await
+                        super::h2::Connection::handshake(stream, slot, settings.h2_keepalive).await
                     })
                     .await?;
                     *self.h2.lock().unwrap() = Some(c.clone());

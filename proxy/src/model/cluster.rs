@@ -47,6 +47,13 @@ pub enum UpstreamProtocol {
     UseDownstream,
 }
 
+/// HTTP/2 keep-alive PINGs on upstream connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H2Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
 /// Envoy's `TcpKeepalive`: `SO_KEEPALIVE` with these settings (seconds; unset ones keep the
 /// system's defaults).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -79,6 +86,8 @@ pub struct Cluster {
     pub upstream_bind: Option<std::net::IpAddr>,
     /// `upstream_connection_options.tcp_keepalive`: TCP keepalive on upstream sockets.
     pub tcp_keepalive: Option<TcpKeepalive>,
+    /// `http2_protocol_options.connection_keepalive`.
+    pub h2_keepalive: Option<H2Keepalive>,
     /// `outlier_detection`, when configured.
     pub outlier: Option<Arc<crate::cluster::outlier::OutlierConfig>>,
     /// `common_lb_config.healthy_panic_threshold` in percent (Envoy's default 50): below it,
@@ -296,6 +305,7 @@ impl Cluster {
             load_assignment,
             upstream_bind,
             tcp_keepalive,
+            h2_keepalive: h2_keepalive(c),
             outlier,
             panic_threshold,
             proto: c.encode_to_vec().into_boxed_slice(),
@@ -493,6 +503,37 @@ fn protocol(c: &cpb::Cluster) -> Result<UpstreamProtocol, (String, String)> {
         return Ok(UpstreamProtocol::UseDownstream);
     }
     Ok(UpstreamProtocol::Http1)
+}
+
+/// `http2_protocol_options.connection_keepalive` (explicit, downstream-following or the
+/// deprecated cluster field): PINGs every `interval`, the connection closed when one is not
+/// answered within `timeout` (Envoy's default 5 s if unset). Without it, no PINGs, as in
+/// Envoy (some servers, gRPC-Go's among them, close connections that ping while idle).
+fn h2_keepalive(c: &cpb::Cluster) -> Option<H2Keepalive> {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+        explicit_http_config::ProtocolConfig, UpstreamProtocolOptions,
+    };
+    let o = c
+        .typed_extension_protocol_options
+        .get(HTTP_PROTOCOL_OPTIONS)
+        .and_then(|a| HttpProtocolOptions::decode(a.value.as_slice()).ok());
+    #[allow(deprecated)]
+    let h2 = match o.and_then(|o| o.upstream_protocol_options) {
+        Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match e.protocol_config {
+            Some(ProtocolConfig::Http2ProtocolOptions(h)) => Some(h),
+            _ => None,
+        },
+        Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(d)) => d.http2_protocol_options,
+        _ => c.http2_protocol_options.clone(),
+    };
+    let k = h2?.connection_keepalive?;
+    let interval = duration(&k.interval).filter(|d| !d.is_zero())?;
+    Some(H2Keepalive {
+        interval,
+        timeout: duration(&k.timeout)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs(5)),
+    })
 }
 
 fn idle_timeout(c: &cpb::Cluster) -> Option<Duration> {
