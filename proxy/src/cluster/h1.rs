@@ -34,6 +34,8 @@ const MAX_HEAD: usize = 96 * 1024;
 /// First read size; grows while reads fill the buffer (large bodies), up to `MAX_READ`.
 const MIN_READ: usize = 8 * 1024;
 const MAX_READ: usize = 256 * 1024;
+/// Most read-buffer capacity a connection keeps while idle in the pool.
+const IDLE_BUFFER: usize = 64 * 1024;
 /// Output gathered before a write, so head and a ready body go out in one `writev`.
 const GATHER: usize = 64 * 1024;
 
@@ -746,6 +748,10 @@ impl<F: FnOnce(Conn)> ResponseBody<F> {
         if clean {
             let mut conn = ex.conn;
             conn.since = Instant::now();
+            // A large response grew the read buffer; an idle connection does not keep it.
+            if conn.rbuf.capacity() > IDLE_BUFFER {
+                conn.rbuf = BytesMut::new();
+            }
             if let Some(f) = self.give_back.take() {
                 f(conn);
             }

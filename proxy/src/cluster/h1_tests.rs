@@ -395,3 +395,39 @@ async fn a_response_trickling_in_byte_by_byte_parses_the_same() {
     assert_eq!(trailers.unwrap()["x-t"], "done");
     assert!(back.lock().unwrap().is_some());
 }
+
+#[tokio::test]
+async fn a_large_response_does_not_leave_a_large_buffer_on_the_idle_connection() {
+    let (conn, mut s) = pair().await;
+    let (parts, body) = get("/big");
+    let head = encode(&parts, &body);
+    const LEN: usize = 1024 * 1024;
+    tokio::spawn(async move {
+        read_until(&mut s, b"\r\n\r\n").await;
+        s.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        s.write_all(&vec![b'x'; LEN]).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let (back, f) = keeper();
+    let resp = send(conn, head, body, false, f).await.ok().unwrap();
+    // Read frame by frame, as a downstream connection does: each frame is dropped once written.
+    let mut body = resp.into_body();
+    let mut total = 0;
+    while let Some(frame) = body.frame().await {
+        total += frame.unwrap().into_data().unwrap().len();
+    }
+    assert_eq!(total, LEN);
+    let conn = back.lock().unwrap().take().expect("reusable");
+    assert!(
+        conn.read_hint > IDLE_BUFFER,
+        "reads grew: {}",
+        conn.read_hint
+    );
+    assert!(
+        conn.rbuf.capacity() <= IDLE_BUFFER,
+        "{}",
+        conn.rbuf.capacity()
+    );
+}
