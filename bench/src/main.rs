@@ -177,6 +177,30 @@ fn command_line() -> String {
 }
 
 /// (proxy CPU, client+upstream CPU) or None when pinning is off or impossible.
+/// What the config-scale commands share: this process pinned to the client CPU, the upstream
+/// started there, the Sluice binary, a temp dir, and the CPU for Sluice.
+struct Scaling {
+    proxy_cpu: Option<usize>,
+    up: upstream::Upstream,
+    sluice: PathBuf,
+    dir: PathBuf,
+}
+
+impl Scaling {
+    fn start(common: &Common) -> anyhow::Result<Scaling> {
+        let (proxy_cpu, client_cpu) = cpus(common.no_pin);
+        if let Some(c) = client_cpu {
+            sys::pin_current(c)?;
+        }
+        Ok(Scaling {
+            proxy_cpu,
+            up: upstream::start(client_cpu)?,
+            sluice: common.sluice.clone().unwrap_or_else(default_sluice),
+            dir: std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id())),
+        })
+    }
+}
+
 fn cpus(no_pin: bool) -> (Option<usize>, Option<usize>) {
     if no_pin || sys::cpus() < 2 {
         (None, None)
@@ -193,13 +217,12 @@ fn main() -> anyhow::Result<()> {
     match cmd {
         Cmd::Run(a) => run(a),
         Cmd::ConfigScale(a) => {
-            let (proxy_cpu, client_cpu) = cpus(a.common.no_pin);
-            if let Some(c) = client_cpu {
-                sys::pin_current(c)?;
-            }
-            let up = upstream::start(client_cpu)?;
-            let sluice = a.common.sluice.clone().unwrap_or_else(default_sluice);
-            let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+            let Scaling {
+                proxy_cpu,
+                up,
+                sluice,
+                dir,
+            } = Scaling::start(&a.common)?;
             for n in &a.services {
                 let r = scale::measure(&sluice, *n, up.http, &dir, proxy_cpu)?;
                 println!("{}", serde_json::to_string(&r)?);
@@ -208,13 +231,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::XdsScale(a) => {
-            let (proxy_cpu, client_cpu) = cpus(a.common.no_pin);
-            if let Some(c) = client_cpu {
-                sys::pin_current(c)?;
-            }
-            let up = upstream::start(client_cpu)?;
-            let sluice = a.common.sluice.clone().unwrap_or_else(default_sluice);
-            let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+            let Scaling {
+                proxy_cpu,
+                up,
+                sluice,
+                dir,
+            } = Scaling::start(&a.common)?;
             let mut records = Vec::new();
             for n in &a.clusters {
                 let r = xds_scale::measure(&sluice, *n, a.vhosts, up.http, &dir, proxy_cpu)?;

@@ -129,7 +129,8 @@ pub fn measure(
     result
 }
 
-fn get_host(addr: SocketAddr, host: &str) -> Option<u16> {
+/// The status of `GET /small` with this `Host` (None if no response came).
+pub(crate) fn get_host(addr: SocketAddr, host: &str) -> Option<u16> {
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
     write!(

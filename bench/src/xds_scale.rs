@@ -6,7 +6,6 @@
 //! to the ACK; memory is the process's RSS (`VmRSS`) and peak (`VmHWM`) from /proc.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -265,7 +264,8 @@ pub fn measure(
             .await?;
             let last = host(n.min(vhosts) - 1);
             let routed = tokio::task::spawn_blocking(move || {
-                get_host(SocketAddr::from(([127, 0, 0, 1], http_port)), &last) == Some(200)
+                crate::scale::get_host(SocketAddr::from(([127, 0, 0, 1], http_port)), &last)
+                    == Some(200)
             })
             .await?;
             let t = Instant::now();
@@ -299,24 +299,6 @@ pub fn measure(
         let _ = child.wait();
         result
     })
-}
-
-fn get_host(addr: SocketAddr, host: &str) -> Option<u16> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(
-        s,
-        "GET /small HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).ok()?;
-    std::str::from_utf8(&buf[..n])
-        .ok()?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 fn mib(kib: u64) -> String {

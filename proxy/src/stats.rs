@@ -325,56 +325,69 @@ pub fn registry() -> &'static Registry {
 }
 
 impl Registry {
+    /// The metric with this name, of the kind `get` recognizes, created with `make` on first
+    /// use (a name registered as another kind is replaced).
+    fn get_or_make<T: Default>(
+        &self,
+        name: &str,
+        get: fn(&Metric) -> Option<&Arc<T>>,
+        make: fn(Arc<T>) -> Metric,
+    ) -> Arc<T> {
+        let mut m = self.metrics.lock().unwrap();
+        if let Some(v) = m.get(name).and_then(get) {
+            return v.clone();
+        }
+        let v = Arc::new(T::default());
+        m.insert(name.to_string(), make(v.clone()));
+        v
+    }
+
     /// The counter with this name, created on first use.
     pub fn counter(&self, name: &str) -> Arc<Counter> {
-        let mut m = self.metrics.lock().unwrap();
-        match m.get(name) {
-            Some(Metric::Counter(c)) => c.clone(),
-            _ => {
-                let c = Arc::new(Counter::default());
-                m.insert(name.to_string(), Metric::Counter(c.clone()));
-                c
-            }
-        }
+        self.get_or_make(
+            name,
+            |m| match m {
+                Metric::Counter(c) => Some(c),
+                _ => None,
+            },
+            Metric::Counter,
+        )
     }
 
     /// The gauge with this name, created on first use.
     pub fn gauge(&self, name: &str) -> Arc<Gauge> {
-        let mut m = self.metrics.lock().unwrap();
-        match m.get(name) {
-            Some(Metric::Gauge(g)) => g.clone(),
-            _ => {
-                let g = Arc::new(Gauge::default());
-                m.insert(name.to_string(), Metric::Gauge(g.clone()));
-                g
-            }
-        }
+        self.get_or_make(
+            name,
+            |m| match m {
+                Metric::Gauge(g) => Some(g),
+                _ => None,
+            },
+            Metric::Gauge,
+        )
     }
 
     /// The text stat with this name, created on first use.
     pub fn text(&self, name: &str) -> Arc<TextStat> {
-        let mut m = self.metrics.lock().unwrap();
-        match m.get(name) {
-            Some(Metric::Text(t)) => t.clone(),
-            _ => {
-                let t = Arc::new(TextStat::default());
-                m.insert(name.to_string(), Metric::Text(t.clone()));
-                t
-            }
-        }
+        self.get_or_make(
+            name,
+            |m| match m {
+                Metric::Text(t) => Some(t),
+                _ => None,
+            },
+            Metric::Text,
+        )
     }
 
     /// The histogram with this name, created on first use.
     pub fn histogram(&self, name: &str) -> Arc<Histogram> {
-        let mut m = self.metrics.lock().unwrap();
-        match m.get(name) {
-            Some(Metric::Histogram(h)) => h.clone(),
-            _ => {
-                let h = Arc::new(Histogram::default());
-                m.insert(name.to_string(), Metric::Histogram(h.clone()));
-                h
-            }
-        }
+        self.get_or_make(
+            name,
+            |m| match m {
+                Metric::Histogram(h) => Some(h),
+                _ => None,
+            },
+            Metric::Histogram,
+        )
     }
 
     /// Current value of a counter or gauge (tests and admin).

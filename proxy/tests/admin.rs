@@ -29,21 +29,6 @@ fn vh(cluster: &str) -> String {
     format!("            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {{prefix: /}}\n                route: {{cluster: \"{cluster}\"}}\n")
 }
 
-fn tcp_listener(name: &str, cluster: &str) -> String {
-    format!(
-        r#"  - name: {name}
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: {name}
-          cluster: {cluster}
-"#
-    )
-}
-
 #[tokio::test]
 async fn stats_formats_tags_histograms_and_reset() {
     let a = upstream("a", Behaviour::Echo).await;
@@ -51,7 +36,7 @@ async fn stats_formats_tags_histograms_and_reset() {
     let cfg = format!(
         "static_resources:\n  listeners:\n{}{}  clusters:\n{}{}",
         http_listener("adm_l", &vh(CLUSTER), ""),
-        tcp_listener("adm_tcp", "adm_tcp_up"),
+        tcp_listener("adm_tcp", &[("adm_tcp_up", 1)]),
         cluster(CLUSTER, &[a.addr], ""),
         cluster("adm_tcp_up", &[echo], ""),
     );

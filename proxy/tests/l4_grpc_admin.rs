@@ -13,30 +13,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use xds_client::testing::{any, FakeAds};
 
-fn tcp_listener(name: &str, clusters: &[(&str, u32)]) -> String {
-    let spec = if clusters.len() == 1 {
-        format!("cluster: {}", clusters[0].0)
-    } else {
-        let items: Vec<String> = clusters
-            .iter()
-            .map(|(c, w)| format!("{{name: {c}, weight: {w}}}"))
-            .collect();
-        format!("weighted_clusters: {{clusters: [{}]}}", items.join(", "))
-    };
-    format!(
-        r#"  - name: {name}
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: {name}
-          {spec}
-"#
-    )
-}
-
 #[tokio::test]
 async fn tcp_echo_with_half_close() {
     let echo = tcp_echo().await;

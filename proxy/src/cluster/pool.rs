@@ -35,7 +35,7 @@ pub enum UpstreamError {
     Overflow(&'static str),
 }
 
-/// hyper reports an h2 `REFUSED_STREAM` (and a request it never sent) as canceled.
+/// hyper's client (used for upgrades) reports a request it never sent as canceled.
 fn reset(e: hyper::Error) -> UpstreamError {
     if e.is_canceled() {
         UpstreamError::Refused(e.into())
@@ -283,6 +283,19 @@ fn set_keepalive(s: &TcpStream, k: crate::model::cluster::TcpKeepalive) {
 }
 
 impl PoolSettings {
+    /// Opens a new pool connection to `addr` and reports it, with its connect time, to
+    /// `on_new` (the cluster's `upstream_cx_total` and `upstream_cx_connect_ms`).
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        on_new: &impl Fn(Duration),
+    ) -> Result<TcpStream, UpstreamError> {
+        let t0 = std::time::Instant::now();
+        let stream = connect_from(addr, self.connect_timeout, self.src()).await?;
+        on_new(t0.elapsed());
+        Ok(stream)
+    }
+
     /// The source for this cluster's connections.
     pub fn src(&self) -> Source {
         Source {
@@ -343,9 +356,7 @@ impl Pool {
         // A new connection is the cold path: boxed, so that its futures do not make every
         // request's future (moved around per request) larger.
         let conn = Box::pin(async {
-            let t0 = std::time::Instant::now();
-            let stream = connect_from(addr, settings.connect_timeout, settings.src()).await?;
-            on_new_connection(t0.elapsed());
+            let stream = settings.open(addr, &on_new_connection).await?;
             Ok::<_, UpstreamError>(h1::Conn::new(stream, slot))
         })
         .await?;
@@ -449,10 +460,7 @@ impl Pool {
                     let c = Box::pin(async {
                         // One multiplexed connection per host; it needs a slot like any other.
                         let slot = limits.slot().await?;
-                        let t0 = std::time::Instant::now();
-                        let stream =
-                            connect_from(addr, settings.connect_timeout, settings.src()).await?;
-                        on_new_connection(t0.elapsed());
+                        let stream = settings.open(addr, &on_new_connection).await?;
                         super::h2::Connection::handshake(stream, slot, settings.h2_keepalive).await
                     })
                     .await?;
@@ -488,9 +496,7 @@ async fn send_upgrade(
     on_new_connection: impl Fn(Duration),
 ) -> Result<Response<Body>, UpstreamError> {
     let slot = limits.slot().await?;
-    let t0 = std::time::Instant::now();
-    let stream = connect_from(addr, settings.connect_timeout, settings.src()).await?;
-    on_new_connection(t0.elapsed());
+    let stream = settings.open(addr, &on_new_connection).await?;
     let (mut tx, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
