@@ -5,9 +5,6 @@
 //! framing, request smuggling defences, malformed input, header limits,
 //! `Expect: 100-continue`, HEAD, response framing, client disconnects, HTTP/1.0 and
 //! absolute-form targets.
-//!
-//! Tests marked `#[ignore = "needs the own HTTP/1 server"]` state Envoy's behaviour where the
-//! hyper-based server differs.
 
 mod support;
 
@@ -658,7 +655,6 @@ async fn content_length_with_transfer_encoding_never_smuggles_a_request() {
 }
 
 #[tokio::test]
-#[ignore = "needs the own HTTP/1 server"]
 async fn content_length_with_transfer_encoding_chunked_is_400() {
     // Envoy (allow_chunked_length false, the default) rejects the message outright. hyper
     // drops Content-Length, forwards the chunked body and closes after the response.
@@ -721,7 +717,6 @@ async fn unsupported_transfer_encoding_is_rejected() {
 }
 
 #[tokio::test]
-#[ignore = "needs the own HTTP/1 server"]
 async fn unsupported_transfer_encoding_is_501() {
     // Envoy's codec: a transfer-encoding other than `chunked` → 501 Not Implemented, close.
     let (_app, addr, up) = setup("h1_te501", "").await;
@@ -805,7 +800,6 @@ async fn header_section_over_max_request_headers_kb_is_431() {
 }
 
 #[tokio::test]
-#[ignore = "needs the own HTTP/1 server"]
 async fn header_section_over_max_request_headers_kb_is_431_and_close() {
     // Envoy closes the connection after the 431. hyper, when its read buffer overflows,
     // writes the 431 and then leaves the connection open (until the idle timeout).
@@ -865,7 +859,6 @@ async fn expect_100_continue_gets_100_before_the_body() {
 }
 
 #[tokio::test]
-#[ignore = "needs the own HTTP/1 server"]
 async fn expect_100_continue_is_answered_by_the_proxy_and_not_forwarded() {
     // Envoy (proxy_100_continue false, the default) answers `100 Continue` itself and strips
     // `Expect` from the request it forwards.
@@ -980,7 +973,6 @@ async fn client_disconnect_during_a_slow_upstream_is_harmless() {
 }
 
 #[tokio::test]
-#[ignore = "needs the own HTTP/1 server"]
 async fn client_disconnect_during_a_slow_upstream_ends_the_stream() {
     // Envoy resets the stream when the downstream goes away: `downstream_rq_active` drops back
     // to 0 (and `downstream_cx_destroy_remote_active_rq` counts it). Current code: hyper drops
@@ -1012,7 +1004,6 @@ async fn client_disconnect_during_a_slow_upstream_ends_the_stream() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "needs the own HTTP/1 server"]
 async fn http10_is_426_by_default() {
     // `http_protocol_options.accept_http_10` defaults to false: Envoy answers 426 Upgrade
     // Required and closes.
@@ -1086,7 +1077,6 @@ async fn http10_chunked_upstream_response_is_delimited_by_close() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-#[ignore = "needs the own HTTP/1 server"]
 async fn absolute_form_target_routes_by_its_authority() {
     // RFC 9112 3.2.2 / Envoy's codec: with an absolute-form target the Host header is ignored
     // and replaced by the target's authority. Current code routes (and forwards) by Host.
@@ -1180,7 +1170,6 @@ async fn server_name_is_configurable() {
 }
 
 #[tokio::test]
-#[ignore = "needs the own HTTP/1 server"]
 async fn protocol_error_replies_look_like_envoys() {
     // Envoy's protocol-error local reply: `connection: close`, `server`, `date`, a
     // content-length, and the body `Bad Request`.
@@ -1335,7 +1324,6 @@ async fn invalid_chunk_framing_is_rejected_and_closes() {
 }
 
 #[tokio::test]
-#[ignore = "needs the own HTTP/1 server"]
 async fn invalid_chunk_framing_is_400() {
     // Envoy's codec error before any response → local reply 400 and close.
     let (_app, addr, _up) = setup("h1_badchunk400", "").await;
@@ -1395,7 +1383,6 @@ async fn header_names_are_case_insensitive_and_forwarded_lowercase() {
 }
 
 #[tokio::test]
-#[ignore = "needs the own HTTP/1 server"]
 async fn http11_request_without_host_is_400() {
     // Envoy's connection manager: an HTTP/1.1 request with no Host → 400 (missing host).
     let (_app, addr, up) = setup("h1_nohost", "").await;

@@ -391,7 +391,7 @@ fn to_http1(req: &mut Request<Body>) {
 pub async fn connect_tunnel(
     cluster: &Arc<ClusterRt>,
     hash: Option<u64>,
-    down: Option<hyper::upgrade::OnUpgrade>,
+    down: Option<super::upgrade::OnUpgrade>,
     mut phase: tokio::sync::watch::Receiver<crate::listener::Phase>,
 ) -> Result<(), LocalReply> {
     let down = down.ok_or(LocalReply {
@@ -416,8 +416,7 @@ pub async fn connect_tunnel(
         CONNECT_FAILURE
     })?;
     tokio::spawn(async move {
-        if let Ok(d) = down.await {
-            let mut d = hyper_util::rt::TokioIo::new(d);
+        if let Some(mut d) = down.wait().await {
             // The tunnel is closed at the end of a drain.
             tokio::select! {
                 _ = tokio::io::copy_bidirectional(&mut d, &mut up) => {}

@@ -1,5 +1,5 @@
-//! The HTTP connection manager: serves HTTP/1.1 and HTTP/2 (h2c) downstream connections with
-//! hyper and runs each request through the HTTP filters and the router (`router.rs`), which
+//! The HTTP connection manager: serves HTTP/1.1 (`h1.rs`) and HTTP/2 (h2c, with hyper)
+//! downstream connections and runs each request through the HTTP filters and the router (`router.rs`), which
 //! forwards upstream (`forward.rs`). On drain (server drain or the listener removed),
 //! connections finish in-flight requests and close (HTTP/1.1: `connection: close` on the
 //! response in flight, close when idle; HTTP/2: GOAWAY); after the drain time they are closed.
@@ -10,17 +10,20 @@ pub mod access;
 pub mod cors;
 pub mod fault;
 pub mod forward;
+pub mod h1;
 pub mod headers;
 pub mod path;
 pub mod router;
 pub mod timeout;
+pub mod upgrade;
+pub mod wire;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -179,9 +182,9 @@ pub async fn serve(
             }
         }
     };
-    let io = TokioIo::new(stream);
-    let max_headers = (hcm.max_request_headers_kb as usize * 1024).max(8192);
     if http2 {
+        let io = TokioIo::new(stream);
+        let max_headers = (hcm.max_request_headers_kb as usize * 1024).max(8192);
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .max_header_list_size(max_headers as u32)
@@ -199,18 +202,11 @@ pub async fn serve(
         });
         serve_until_closed!(b.serve_connection(io, svc), stop, phase);
     } else {
-        // No timer: hyper would arm a header-read timer for every request. Idle connections
-        // are closed by `idle_timeout` instead.
-        let mut b = http1::Builder::new();
-        b.max_buf_size(max_headers.max(8192) + 1024)
-            .keep_alive(true)
-            .half_close(false);
-        // hyper's HTTP/1 server keeps the in-flight future in one box per connection.
-        let svc = service_fn(move |req| {
-            let conn = conn.clone();
-            async move { Ok::<_, Infallible>(router::handle(conn, req).await) }
-        });
-        serve_until_closed!(b.serve_connection(io, svc).with_upgrades(), stop, phase);
+        // Past the drain time, whatever is in flight is cut off.
+        tokio::select! {
+            _ = h1::serve(conn, stream, stop) => {}
+            _ = reached(&mut phase, Phase::Close) => {}
+        }
     }
     stats.downstream_cx_active.dec();
 }

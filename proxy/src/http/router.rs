@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::{HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use super::forward::{self, LocalReply};
 use super::{cors, fault, headers, Conn};
@@ -16,14 +15,25 @@ use crate::model::network::{HttpFilter, RouteSource};
 use crate::route::{self, FormatCtx, RequestView, RouteTable, Selected};
 
 /// Handles one downstream request; never fails (errors are local replies).
-pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle<B>(conn: Arc<Conn>, req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<body::BoxError>,
+{
     let t0 = Instant::now();
-    conn.activity.begin();
     conn.stats.downstream_rq_total.inc();
-    conn.stats.downstream_rq_active.inc();
+    let in_flight = InFlight::new(&conn);
     let grpc = super::timeout::is_grpc(req.headers());
     let mut resp = if conn.hcm.access_logs.is_empty() {
-        route_request(&conn, req.map(body::boxed), grpc, None).await
+        // A body that already ended is not boxed (an empty body's box does not allocate).
+        let req = req.map(|b| {
+            if http_body::Body::is_end_stream(&b) {
+                body::empty()
+            } else {
+                body::boxed(b)
+            }
+        });
+        route_request(&conn, req, grpc, None).await
     } else {
         let log = super::access::Pending::start();
         let counted = log.count_request(req);
@@ -34,12 +44,30 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     if grpc {
         resp = grpc_local_reply(resp);
     }
-    conn.stats.downstream_rq_active.dec();
     conn.stats.status(resp.status().as_u16());
     let took = t0.elapsed();
     conn.stats.downstream_rq_time.record(took);
-    conn.activity.end(t0 + took);
+    drop(in_flight);
     resp
+}
+
+/// A request in flight: counted in `downstream_rq_active` and the connection's activity
+/// until it is answered or cancelled (the client went away and the future was dropped).
+struct InFlight<'a>(&'a Conn);
+
+impl<'a> InFlight<'a> {
+    fn new(conn: &'a Conn) -> InFlight<'a> {
+        conn.activity.begin();
+        conn.stats.downstream_rq_active.inc();
+        InFlight(conn)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.stats.downstream_rq_active.dec();
+        self.0.activity.end(Instant::now());
+    }
 }
 
 /// A local reply: status and plain-text body, as Envoy sends them.
@@ -180,7 +208,7 @@ async fn route_inner(
     let upgrade = is_upgrade(&parts);
     let down_upgrade = upgrade
         .as_ref()
-        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+        .and_then(|_| super::upgrade::OnUpgrade::take(&mut parts.extensions));
     let scheme = if conn.info.transport == "tls" {
         "https"
     } else {
@@ -459,11 +487,10 @@ pub fn grpc_reply(status: u32, message: &str) -> Response<Body> {
     r
 }
 
-async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
-    let (Ok(d), Ok(u)) = tokio::join!(down, up) else {
+async fn tunnel(down: super::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    let (Some(mut d), Ok(u)) = tokio::join!(down.wait(), up) else {
         return;
     };
-    let mut d = hyper_util::rt::TokioIo::new(d);
     let mut u = hyper_util::rt::TokioIo::new(u);
     let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
 }

@@ -58,6 +58,10 @@ pub struct HcmStats {
     pub downstream_cx_http1_total: Arc<crate::stats::Counter>,
     pub downstream_cx_http2_total: Arc<crate::stats::Counter>,
     pub downstream_cx_idle_timeout: Arc<crate::stats::Counter>,
+    /// Requests the HTTP/1 codec rejected (400, 426, 431, 501).
+    pub downstream_cx_protocol_error: Arc<crate::stats::Counter>,
+    /// Connections the client closed with a request in flight.
+    pub downstream_cx_destroy_remote_active_rq: Arc<crate::stats::Counter>,
     pub downstream_rq_total: Arc<crate::stats::Counter>,
     pub downstream_rq_active: Arc<crate::stats::Gauge>,
     pub rq_1xx: Arc<crate::stats::Counter>,
@@ -86,6 +90,8 @@ impl HcmStats {
             downstream_cx_http1_total: c("downstream_cx_http1_total"),
             downstream_cx_http2_total: c("downstream_cx_http2_total"),
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
+            downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
+            downstream_cx_destroy_remote_active_rq: c("downstream_cx_destroy_remote_active_rq"),
             downstream_rq_total: c("downstream_rq_total"),
             downstream_rq_active: r.gauge(&format!("http.{prefix}.downstream_rq_active")),
             rq_1xx: c("downstream_rq_1xx"),
@@ -187,6 +193,16 @@ pub struct HttpConnectionManager {
     pub idle_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
     pub max_request_headers_kb: u32,
+    /// `common_http_protocol_options.max_headers_count` (default 100): more is a 431.
+    pub max_headers_count: u32,
+    /// `http_protocol_options.accept_http_10`: HTTP/1.0 requests are served (else 426).
+    pub accept_http_10: bool,
+    /// `http_protocol_options.allow_absolute_url` (default true): an absolute-form request
+    /// target (`GET http://host/path`) sets `Host` from its authority.
+    pub allow_absolute_url: bool,
+    /// `http_protocol_options.default_host_for_http_10`: the `Host` of HTTP/1.0 requests
+    /// that have none.
+    pub default_host_for_http_10: Option<String>,
     pub upgrades: Vec<String>,
     pub via: String,
     pub path: crate::http::path::PathOptions,
@@ -434,6 +450,26 @@ pub(crate) fn http_connection_manager(
             .as_ref()
             .map(|v| v.value)
             .unwrap_or(60),
+        max_headers_count: h
+            .common_http_protocol_options
+            .as_ref()
+            .and_then(|o| o.max_headers_count.as_ref())
+            .map(|v| v.value)
+            .unwrap_or(100),
+        accept_http_10: h
+            .http_protocol_options
+            .as_ref()
+            .is_some_and(|o| o.accept_http_10),
+        allow_absolute_url: h
+            .http_protocol_options
+            .as_ref()
+            .and_then(|o| o.allow_absolute_url.as_ref())
+            .is_none_or(|v| v.value),
+        default_host_for_http_10: h
+            .http_protocol_options
+            .as_ref()
+            .map(|o| o.default_host_for_http_10.clone())
+            .filter(|d| !d.is_empty()),
         upgrades: h
             .upgrade_configs
             .iter()

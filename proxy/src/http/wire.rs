@@ -1,0 +1,253 @@
+//! HTTP/1.1 wire framing shared by the downstream server (`http/h1.rs`) and the upstream
+//! client (`cluster/h1.rs`): reading into a growing buffer, how a message body is delimited
+//! (RFC 9112 §6), the chunked decoder and encoder, and `Connection` header tokens.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+use http::HeaderMap;
+use http_body::Frame;
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// First read size; grows while reads fill the buffer (large bodies), up to `MAX_READ`.
+pub const MIN_READ: usize = 8 * 1024;
+pub const MAX_READ: usize = 256 * 1024;
+/// Most trailers a chunked body may end with.
+const MAX_TRAILERS: usize = 32;
+/// Longest trailer section accepted.
+const MAX_TRAILER_BYTES: usize = 96 * 1024;
+
+/// Reads more bytes into `buf`; `Ok(0)` is the end of the stream. The read size doubles
+/// while reads fill it (`hint`, up to `MAX_READ`).
+#[allow(unsafe_code)]
+pub fn poll_fill<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    hint: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < *hint / 2 {
+        buf.reserve(*hint);
+    }
+    let spare = buf.spare_capacity_mut();
+    let want = spare.len();
+    let mut rb = ReadBuf::uninit(spare);
+    ready!(Pin::new(io).poll_read(cx, &mut rb))?;
+    let n = rb.filled().len();
+    // SAFETY: `ReadBuf` guarantees its first `filled` bytes were initialized by the read,
+    // and they are the bytes right after the buffer's current length.
+    unsafe { buf.set_len(buf.len() + n) };
+    if n == want {
+        *hint = (*hint * 2).min(MAX_READ);
+    }
+    Poll::Ready(Ok(n))
+}
+
+/// How the rest of a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum In {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the connection ends (responses only).
+    UntilClose,
+    Done,
+}
+
+/// Where a chunked decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+/// True if a `transfer-encoding` value ends in `chunked`.
+pub fn ends_chunked(te: &[u8]) -> bool {
+    te.rsplit(|b| *b == b',')
+        .next()
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// True if the comma-separated header value lists `token` (case-insensitive).
+pub fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Decodes buffered chunked bytes (`state` is `In::Chunked`): `Some(frame)` (or `Some(None)`
+/// at the end, `state` then `Done`), `None` when more bytes are needed.
+pub fn decode_chunk(
+    state: &mut In,
+    buf: &mut BytesMut,
+) -> Result<Option<Option<Frame<Bytes>>>, &'static str> {
+    loop {
+        let In::Chunked(at) = *state else {
+            return Ok(Some(None));
+        };
+        match at {
+            Chunk::Size => {
+                let Some(end) = buf.iter().position(|b| *b == b'\n') else {
+                    if buf.len() > 4096 {
+                        return Err("chunk size line too long");
+                    }
+                    return Ok(None);
+                };
+                let digits = buf[..end]
+                    .split(|b| *b == b';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_ascii();
+                let size = std::str::from_utf8(digits)
+                    .ok()
+                    .filter(|d| !d.is_empty() && d.len() <= 16)
+                    .filter(|d| d.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .and_then(|d| u64::from_str_radix(d, 16).ok())
+                    .ok_or("chunk size")?;
+                buf.advance(end + 1);
+                *state = In::Chunked(if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                });
+            }
+            Chunk::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = (buf.len() as u64).min(left);
+                let data = buf.split_to(n as usize).freeze();
+                *state = In::Chunked(if n == left {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left - n)
+                });
+                return Ok(Some(Some(Frame::data(data))));
+            }
+            Chunk::DataEnd => {
+                if buf.starts_with(b"\r\n") {
+                    buf.advance(2);
+                } else if buf.starts_with(b"\n") {
+                    buf.advance(1);
+                } else if buf.is_empty() || &buf[..] == b"\r" {
+                    return Ok(None);
+                } else {
+                    return Err("chunk not followed by CRLF");
+                }
+                *state = In::Chunked(Chunk::Size);
+            }
+            Chunk::Trailers => {
+                if buf.starts_with(b"\r\n") || buf.starts_with(b"\n") {
+                    buf.advance(if buf[0] == b'\r' { 2 } else { 1 });
+                    *state = In::Done;
+                    return Ok(Some(None));
+                }
+                let mut headers = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+                return match httparse::parse_headers(buf, &mut headers) {
+                    Ok(httparse::Status::Complete((len, hs))) => {
+                        let mut map = HeaderMap::with_capacity(hs.len());
+                        for h in hs {
+                            let name = HeaderName::from_bytes(h.name.as_bytes())
+                                .map_err(|_| "trailer name")?;
+                            let value =
+                                HeaderValue::from_bytes(h.value).map_err(|_| "trailer value")?;
+                            map.append(name, value);
+                        }
+                        buf.advance(len);
+                        *state = In::Done;
+                        Ok(Some(Some(Frame::trailers(map))))
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() <= MAX_TRAILER_BYTES => Ok(None),
+                    _ => Err("trailers"),
+                };
+            }
+        }
+    }
+}
+
+/// The line that starts a chunk of `len` bytes.
+pub fn chunk_size_line(len: usize) -> Bytes {
+    Bytes::from(format!("{len:x}\r\n"))
+}
+
+/// The last chunk, with the trailer section (empty if `None`).
+pub fn last_chunk(trailers: Option<&HeaderMap>) -> Bytes {
+    let Some(t) = trailers.filter(|t| !t.is_empty()) else {
+        return Bytes::from_static(b"0\r\n\r\n");
+    };
+    let mut b = BytesMut::from(&b"0\r\n"[..]);
+    for (k, v) in t {
+        b.extend_from_slice(k.as_str().as_bytes());
+        b.extend_from_slice(b": ");
+        b.extend_from_slice(v.as_bytes());
+        b.extend_from_slice(b"\r\n");
+    }
+    b.extend_from_slice(b"\r\n");
+    b.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(input: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>), &'static str> {
+        let mut state = In::Chunked(Chunk::Size);
+        let mut buf = BytesMut::from(input);
+        let mut data = Vec::new();
+        let mut trailers = None;
+        while let Some(frame) = decode_chunk(&mut state, &mut buf)? {
+            let Some(frame) = frame else { break };
+            match frame.into_data() {
+                Ok(d) => data.extend_from_slice(&d),
+                Err(f) => trailers = f.into_trailers().ok(),
+            }
+        }
+        assert_eq!(state, In::Done, "incomplete");
+        Ok((data, trailers))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_and_trailers() {
+        let (d, t) = decode_all(b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n").unwrap();
+        assert_eq!(d, b"hello world");
+        assert_eq!(t.unwrap()["x-t"], "1");
+        let (d, t) = decode_all(b"A\r\n0123456789\r\n0\r\n\r\n").unwrap();
+        assert_eq!(d, b"0123456789");
+        assert!(t.is_none());
+    }
+
+    #[test]
+    fn bad_chunk_framing_is_an_error() {
+        assert!(decode_all(b"zz\r\n").is_err());
+        assert!(decode_all(b"+5\r\nhello\r\n0\r\n\r\n").is_err());
+        assert!(decode_all(b"5\r\nhelloX\r\n0\r\n\r\n").is_err());
+        assert!(decode_all(b"11111111111111111\r\n").is_err());
+    }
+
+    #[test]
+    fn encoder_round_trips() {
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static("0"));
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&chunk_size_line(3));
+        wire.extend_from_slice(b"abc\r\n");
+        wire.extend_from_slice(&last_chunk(Some(&t)));
+        let (d, got) = decode_all(&wire).unwrap();
+        assert_eq!(d, b"abc");
+        assert_eq!(got.unwrap()["grpc-status"], "0");
+        assert_eq!(&last_chunk(None)[..], b"0\r\n\r\n");
+    }
+
+    #[test]
+    fn tokens() {
+        assert!(ends_chunked(b"gzip, Chunked"));
+        assert!(!ends_chunked(b"chunked, gzip"));
+        assert!(has_token(b"keep-alive, Upgrade", b"upgrade"));
+        assert!(!has_token(b"keep-alive", b"close"));
+    }
+}
