@@ -1390,3 +1390,27 @@ async fn http11_request_without_host_is_400() {
     assert_eq!(r.status, 400);
     assert_eq!(up.requests.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn request_headers_timeout_answers_408_to_a_slow_head() {
+    // Envoy's `request_headers_timeout`: from a head's first byte to its last; 408 and close.
+    let (app, addr, up) = setup("h1_hdrtimeout", "          request_headers_timeout: 0.3s\n").await;
+    // A head that is complete in time is served, and the keep-alive wait before the next one
+    // is not part of the timeout.
+    let mut c = Client::connect(addr).await;
+    c.send(get("/fast")).await;
+    assert_eq!(c.response().await.status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.send(get("/again")).await;
+    assert_eq!(c.response().await.status, 200);
+    // A head that stalls halfway is not.
+    c.send("GET /slow HTTP/1.1\r\nHost: h\r\nX-Partial: ").await;
+    let r = c.response().await;
+    assert_eq!(r.status, 408, "{r:?}");
+    assert!(c.closed().await, "connection not closed after 408");
+    assert_eq!(up.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        stat(&app, "http.h1_hdrtimeout.downstream_rq_header_timeout").await,
+        Some(1)
+    );
+}

@@ -9,7 +9,8 @@
 //!   `max_headers_count` headers: 431; a malformed head: 400; both `content-length` and
 //!   `transfer-encoding`, or conflicting lengths: 400 (request smuggling); a transfer coding
 //!   other than `chunked`: 501; HTTP/1.0 without `accept_http_10`: 426; no `Host` on
-//!   HTTP/1.1: 400. These answers close the connection.
+//!   HTTP/1.1: 400; a head not complete within `request_headers_timeout`: 408. These
+//!   answers close the connection.
 //! - `Expect: 100-continue` is answered with `100 Continue` at once and removed.
 //! - Keep-alive (HTTP/1.1 unless `connection: close`; HTTP/1.0 only with `keep-alive`),
 //!   pipelining (responses in order), and `connection: close` on the response in flight once
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::header::{
     HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, TE, TRANSFER_ENCODING,
 };
@@ -86,6 +88,8 @@ struct Limits {
     max_headers: usize,
     accept_http_10: bool,
     absolute_url: bool,
+    /// `request_headers_timeout`: from a head's first byte to its last.
+    headers_timeout: Option<std::time::Duration>,
     default_host_10: Option<HeaderValue>,
 }
 
@@ -98,6 +102,7 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
         max_headers: hcm.max_headers_count as usize,
         accept_http_10: hcm.accept_http_10,
         absolute_url: hcm.allow_absolute_url,
+        headers_timeout: hcm.request_headers_timeout,
         default_host_10: hcm
             .default_host_for_http_10
             .as_deref()
@@ -114,8 +119,11 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
         queue: VecDeque::new(),
         queued: 0,
     };
-    let mut stop = pin!(stop);
+    // Polled only when its own waker fired, not on every wake-up of the connection (its
+    // timer and drain watch cost more to poll than a request's parse).
+    let mut stop = FuturesUnordered::from_iter([stop]);
     let mut stopping = false;
+    let mut headers_timer = None;
     let mut idx: Vec<[usize; 4]> = Vec::new();
     loop {
         let Some(mut reader) = home.take() else {
@@ -123,7 +131,15 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
         };
         // The next request head (or the end of the connection).
         let parsed = std::future::poll_fn(|cx| {
-            next_head(&mut reader, &limits, &mut idx, &mut stop, &mut stopping, cx)
+            next_head(
+                &mut reader,
+                &limits,
+                &mut idx,
+                &mut stop,
+                &mut stopping,
+                &mut headers_timer,
+                cx,
+            )
         })
         .await;
         let mut parsed = match parsed {
@@ -192,7 +208,7 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
                 if let Poll::Ready(r) = handler.as_mut().poll(cx) {
                     return Poll::Ready(Some(r));
                 }
-                if !stopping && stop.as_mut().poll(cx).is_ready() {
+                if !stopping && stop.poll_next_unpin(cx).is_ready() {
                     stopping = true;
                 }
                 if let Some(rx) = back.as_mut() {
@@ -306,7 +322,11 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
 
 /// The local reply to a request the codec rejected (its body is the status's reason).
 fn protocol_error(conn: &Conn, status: u16) -> Response<Body> {
-    conn.stats.downstream_cx_protocol_error.inc();
+    if status == 408 {
+        conn.stats.downstream_rq_header_timeout.inc();
+    } else {
+        conn.stats.downstream_cx_protocol_error.inc();
+    }
     conn.stats.status(status);
     let reason = StatusCode::from_u16(status)
         .ok()
@@ -341,21 +361,31 @@ fn skip_buffered(r: &mut Reader, mut rest: In) -> In {
 
 /// Reads and parses the next request head. `Ok(None)`: the connection ended (or `stop`
 /// resolved) before one arrived.
+#[allow(clippy::too_many_arguments)]
 fn next_head<S: Future<Output = ()>>(
     r: &mut Reader,
     limits: &Limits,
     idx: &mut Vec<[usize; 4]>,
-    stop: &mut Pin<&mut S>,
+    stop: &mut FuturesUnordered<S>,
     stopping: &mut bool,
+    headers_timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Option<Parsed>, Reject>> {
     loop {
         if !r.buf.is_empty() {
             if let Some(p) = parse(&mut r.buf, limits, idx)? {
+                *headers_timer = None;
                 return Poll::Ready(Ok(Some(p)));
             }
+            // A head has started: `request_headers_timeout` runs until it is complete.
+            if let Some(d) = limits.headers_timeout.filter(|_| !r.buf.is_empty()) {
+                let t = headers_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
+                if t.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(Reject(408)));
+                }
+            }
         }
-        if *stopping || stop.as_mut().poll(cx).is_ready() {
+        if *stopping || stop.poll_next_unpin(cx).is_ready() {
             *stopping = true;
             return Poll::Ready(Ok(None));
         }
@@ -421,7 +451,7 @@ fn parse(
     let method =
         Method::from_bytes(r.method.unwrap_or_default().as_bytes()).map_err(|_| Reject(400))?;
     let base = buf.as_ptr() as usize;
-    let target = r.path.unwrap_or_default();
+    let target = r.path.ok_or(Reject(400))?;
     let target_at = target.as_ptr() as usize - base;
     let target_range = target_at..target_at + target.len();
     idx.clear();
@@ -825,7 +855,7 @@ async fn write_response(
     }
     if let Some(d) = &date {
         b.extend_from_slice(b"date: ");
-        b.extend_from_slice(d.as_bytes());
+        b.extend_from_slice(d);
         b.extend_from_slice(b"\r\n");
     }
     if let Some(l) = &length_line {
@@ -927,23 +957,27 @@ async fn close(mut w: Writer, mut r: Reader) {
     .await;
 }
 
-/// The `date` header value, formatted once per second per thread.
-fn date_value() -> HeaderValue {
-    use std::cell::RefCell;
+/// The `date` header value (IMF-fixdate, 29 bytes), formatted once per second per thread.
+fn date_value() -> [u8; 29] {
+    use std::cell::Cell;
     use std::time::{SystemTime, UNIX_EPOCH};
     thread_local! {
-        static CACHED: RefCell<(u64, Option<HeaderValue>)> = const { RefCell::new((0, None)) };
+        static CACHED: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };
     }
     let now = SystemTime::now();
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     CACHED.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != secs || c.1.is_none() {
-            let v = HeaderValue::from_str(&httpdate::fmt_http_date(now))
-                .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
-            *c = (secs, Some(v));
+        let (at, v) = c.get();
+        if at == secs {
+            return v;
         }
-        c.1.clone().expect("set above")
+        let mut v = [0u8; 29];
+        let text = httpdate::fmt_http_date(now);
+        if text.len() == v.len() {
+            v.copy_from_slice(text.as_bytes());
+        }
+        c.set((secs, v));
+        v
     })
 }
 
@@ -957,6 +991,7 @@ mod tests {
             max_headers: 100,
             accept_http_10: false,
             absolute_url: true,
+            headers_timeout: None,
             default_host_10: None,
         }
     }

@@ -62,6 +62,8 @@ pub struct HcmStats {
     pub downstream_cx_protocol_error: Arc<crate::stats::Counter>,
     /// Connections the client closed with a request in flight.
     pub downstream_cx_destroy_remote_active_rq: Arc<crate::stats::Counter>,
+    /// Request heads not complete within `request_headers_timeout`.
+    pub downstream_rq_header_timeout: Arc<crate::stats::Counter>,
     pub downstream_rq_total: Arc<crate::stats::Counter>,
     pub downstream_rq_active: Arc<crate::stats::Gauge>,
     pub rq_1xx: Arc<crate::stats::Counter>,
@@ -92,6 +94,7 @@ impl HcmStats {
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
             downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
             downstream_cx_destroy_remote_active_rq: c("downstream_cx_destroy_remote_active_rq"),
+            downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
             downstream_rq_total: c("downstream_rq_total"),
             downstream_rq_active: r.gauge(&format!("http.{prefix}.downstream_rq_active")),
             rq_1xx: c("downstream_rq_1xx"),
@@ -192,6 +195,9 @@ pub struct HttpConnectionManager {
     /// in flight for this long is closed (default 1 h, `0s` disables).
     pub idle_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
+    /// `request_headers_timeout`: a request head must be complete this long after its first
+    /// byte (408 otherwise; default none).
+    pub request_headers_timeout: Option<Duration>,
     pub max_request_headers_kb: u32,
     /// `common_http_protocol_options.max_headers_count` (default 100): more is a 431.
     pub max_headers_count: u32,
@@ -445,6 +451,7 @@ pub(crate) fn http_connection_manager(
             Some(d) => Some(d),
         },
         request_timeout: duration(&h.request_timeout).filter(|d| !d.is_zero()),
+        request_headers_timeout: duration(&h.request_headers_timeout).filter(|d| !d.is_zero()),
         max_request_headers_kb: h
             .max_request_headers_kb
             .as_ref()
