@@ -19,21 +19,17 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::pool::Slot;
 use crate::body::{Body, BoxError};
+use crate::http::wire::{self, Chunk, In};
 
 /// Most headers a response (or its trailers) may have.
 const MAX_HEADERS: usize = 128;
-/// Most trailers a chunked response may end with.
-const MAX_TRAILERS: usize = 32;
 /// Largest response head (status line and headers) accepted.
 const MAX_HEAD: usize = 96 * 1024;
-/// First read size; grows while reads fill the buffer (large bodies), up to `MAX_READ`.
-const MIN_READ: usize = 8 * 1024;
-const MAX_READ: usize = 256 * 1024;
 /// Most read-buffer capacity a connection keeps while idle in the pool.
 const IDLE_BUFFER: usize = 64 * 1024;
 /// Output gathered before a write, so head and a ready body go out in one `writev`.
@@ -73,7 +69,7 @@ impl Conn {
         Conn {
             io,
             rbuf: BytesMut::new(),
-            read_hint: MIN_READ,
+            read_hint: wire::MIN_READ,
             idx: Vec::new(),
             out: VecDeque::new(),
             used: 0,
@@ -97,23 +93,8 @@ impl Conn {
     }
 
     /// Reads more bytes into the buffer; `Ok(0)` is the end of the connection.
-    #[allow(unsafe_code)]
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() - self.rbuf.len() < self.read_hint / 2 {
-            self.rbuf.reserve(self.read_hint);
-        }
-        let spare = self.rbuf.spare_capacity_mut();
-        let want = spare.len();
-        let mut rb = ReadBuf::uninit(spare);
-        ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
-        let n = rb.filled().len();
-        // SAFETY: `ReadBuf` guarantees its first `filled` bytes were initialized by the read,
-        // and they are the bytes right after the buffer's current length.
-        unsafe { self.rbuf.set_len(self.rbuf.len() + n) };
-        if n == want {
-            self.read_hint = (self.read_hint * 2).min(MAX_READ);
-        }
-        Poll::Ready(Ok(n))
+        wire::poll_fill(&mut self.io, &mut self.rbuf, &mut self.read_hint, cx)
     }
 }
 
@@ -123,23 +104,6 @@ enum Out {
     /// As is (`content-length`, or no body).
     Raw,
     Chunked,
-}
-
-/// How the response body is delimited.
-#[derive(Debug, Clone, Copy)]
-enum In {
-    Length(u64),
-    Chunked(Chunk),
-    UntilClose,
-    Done,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers,
 }
 
 /// The head of a request, encoded, plus how its body goes out. Kept so that a request that
@@ -164,12 +128,7 @@ pub fn encode(parts: &http::request::Parts, body: &Body) -> Head {
     let mut extra: Option<(&str, String)> = None;
     let te = h.get_all(TRANSFER_ENCODING).iter().next_back();
     if let Some(te) = te {
-        if te
-            .as_bytes()
-            .rsplit(|b| *b == b',')
-            .next()
-            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-        {
+        if wire::ends_chunked(te.as_bytes()) {
             out = Out::Chunked;
         } else {
             close_after = true;
@@ -365,7 +324,7 @@ impl Exchange {
             return;
         }
         if self.framing == Out::Chunked {
-            self.push(Bytes::from(format!("{:x}\r\n", data.len())));
+            self.push(wire::chunk_size_line(data.len()));
             self.push(data);
             self.push(Bytes::from_static(b"\r\n"));
         } else {
@@ -378,15 +337,7 @@ impl Exchange {
         if self.framing != Out::Chunked {
             return;
         }
-        let mut b = BytesMut::from(&b"0\r\n"[..]);
-        for (k, v) in trailers.into_iter().flatten() {
-            b.extend_from_slice(k.as_str().as_bytes());
-            b.extend_from_slice(b": ");
-            b.extend_from_slice(v.as_bytes());
-            b.extend_from_slice(b"\r\n");
-        }
-        b.extend_from_slice(b"\r\n");
-        self.push(b.freeze());
+        self.push(wire::last_chunk(trailers));
     }
 
     /// Reads until a final response head is parsed (skipping 1xx), while still writing.
@@ -474,19 +425,13 @@ impl Exchange {
                 length = Some(n);
             } else if name == TRANSFER_ENCODING {
                 te = true;
-                chunked = value
-                    .as_bytes()
-                    .rsplit(|b| *b == b',')
-                    .next()
-                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                chunked = wire::ends_chunked(value.as_bytes());
             } else if name == CONNECTION {
-                for t in value.as_bytes().split(|b| *b == b',') {
-                    let t = t.trim_ascii();
-                    if t.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if t.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                        close = false;
-                    }
+                let v = value.as_bytes();
+                if wire::has_token(v, b"close") {
+                    close = true;
+                } else if version == Version::HTTP_10 && wire::has_token(v, b"keep-alive") {
+                    close = false;
                 }
             }
             map.append(name, value);
@@ -560,99 +505,14 @@ impl Exchange {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 In::Chunked(_) => {
-                    if let Some(frame) = self.decode_chunk()? {
+                    if let Some(frame) = wire::decode_chunk(&mut self.reading, &mut self.conn.rbuf)
+                        .map_err(Error::Invalid)?
+                    {
                         return Poll::Ready(frame.map(Ok));
                     }
                     if ready!(self.conn.poll_fill(cx))? == 0 {
                         return Poll::Ready(Some(Err(Error::Closed)));
                     }
-                }
-            }
-        }
-    }
-
-    /// Decodes buffered chunked bytes: `Some(frame)` (or `Some(None)` at the end), `None`
-    /// when more bytes are needed.
-    fn decode_chunk(&mut self) -> Result<Option<Option<Frame<Bytes>>>, Error> {
-        let buf = &mut self.conn.rbuf;
-        loop {
-            let In::Chunked(state) = self.reading else {
-                return Ok(Some(None));
-            };
-            match state {
-                Chunk::Size => {
-                    let Some(end) = buf.iter().position(|b| *b == b'\n') else {
-                        if buf.len() > 4096 {
-                            return Err(Error::Invalid("chunk size line too long"));
-                        }
-                        return Ok(None);
-                    };
-                    let digits = buf[..end]
-                        .split(|b| *b == b';')
-                        .next()
-                        .unwrap_or_default()
-                        .trim_ascii();
-                    let size = std::str::from_utf8(digits)
-                        .ok()
-                        .filter(|d| !d.is_empty() && d.len() <= 16)
-                        .and_then(|d| u64::from_str_radix(d, 16).ok())
-                        .ok_or(Error::Invalid("chunk size"))?;
-                    buf.advance(end + 1);
-                    self.reading = In::Chunked(if size == 0 {
-                        Chunk::Trailers
-                    } else {
-                        Chunk::Data(size)
-                    });
-                }
-                Chunk::Data(left) => {
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    let n = (buf.len() as u64).min(left);
-                    let data = buf.split_to(n as usize).freeze();
-                    self.reading = In::Chunked(if n == left {
-                        Chunk::DataEnd
-                    } else {
-                        Chunk::Data(left - n)
-                    });
-                    return Ok(Some(Some(Frame::data(data))));
-                }
-                Chunk::DataEnd => {
-                    if buf.starts_with(b"\r\n") {
-                        buf.advance(2);
-                    } else if buf.starts_with(b"\n") {
-                        buf.advance(1);
-                    } else if buf.is_empty() || &buf[..] == b"\r" {
-                        return Ok(None);
-                    } else {
-                        return Err(Error::Invalid("chunk not followed by CRLF"));
-                    }
-                    self.reading = In::Chunked(Chunk::Size);
-                }
-                Chunk::Trailers => {
-                    if buf.starts_with(b"\r\n") || buf.starts_with(b"\n") {
-                        buf.advance(if buf[0] == b'\r' { 2 } else { 1 });
-                        self.reading = In::Done;
-                        return Ok(Some(None));
-                    }
-                    let mut headers = [httparse::EMPTY_HEADER; MAX_TRAILERS];
-                    return match httparse::parse_headers(buf, &mut headers) {
-                        Ok(httparse::Status::Complete((len, hs))) => {
-                            let mut map = HeaderMap::with_capacity(hs.len());
-                            for h in hs {
-                                let name = HeaderName::from_bytes(h.name.as_bytes())
-                                    .map_err(|_| Error::Invalid("trailer name"))?;
-                                let value = HeaderValue::from_bytes(h.value)
-                                    .map_err(|_| Error::Invalid("trailer value"))?;
-                                map.append(name, value);
-                            }
-                            buf.advance(len);
-                            self.reading = In::Done;
-                            Ok(Some(Some(Frame::trailers(map))))
-                        }
-                        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => Ok(None),
-                        _ => Err(Error::Invalid("trailers")),
-                    };
                 }
             }
         }
