@@ -65,7 +65,7 @@ fn listener_with(name: &str, vhosts: &str, hcm_extra: &str) -> String {
 /// ```
 ///
 /// Special paths: `/chunked` answers with a streamed body and no content-length (chunked on
-/// the wire); `/delay/<ms>` waits before answering.
+/// the wire); a path with `/delay/<ms>` waits before answering.
 struct EchoBody {
     addr: SocketAddr,
     requests: Arc<AtomicUsize>,
@@ -105,7 +105,7 @@ async fn echo_body_answer(req: Request<Incoming>) -> Response<EchoRespBody> {
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    if let Some(ms) = path.strip_prefix("/delay/") {
+    if let Some((_, ms)) = path.split_once("/delay/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
     }
     if path == "/chunked" {
@@ -1413,4 +1413,62 @@ async fn request_headers_timeout_answers_408_to_a_slow_head() {
         stat(&app, "http.h1_hdrtimeout.downstream_rq_header_timeout").await,
         Some(1)
     );
+}
+
+#[tokio::test]
+async fn stream_idle_timeout_of_the_connection_manager_applies_without_a_route_idle_timeout() {
+    // Envoy: the route's `idle_timeout` overrides the HCM's `stream_idle_timeout` (default
+    // 5 min); when it fires before the response head: 408 "stream timeout".
+    let up = echo_body_upstream().await;
+    let vh = "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {prefix: /off}\n                route: {cluster: h1_sidle, idle_timeout: 0s}\n              - match: {prefix: /}\n                route: {cluster: h1_sidle}\n";
+    let app = sluice(&bootstrap(
+        &listener_with("h1_sidle", vh, "          stream_idle_timeout: 0.2s\n"),
+        &cluster("h1_sidle", &[up.addr], ""),
+    ))
+    .await;
+    let addr = app.listener_address("h1_sidle").unwrap();
+    let mut c = Client::connect(addr).await;
+    let t = std::time::Instant::now();
+    c.send(get("/delay/1000")).await;
+    let r = c.response().await;
+    assert_eq!((r.status, r.body_str().as_str()), (408, "stream timeout"));
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        stat(&app, "http.h1_sidle.downstream_rq_idle_timeout").await,
+        Some(1)
+    );
+    // A route's `idle_timeout: 0s` turns it off for that route.
+    let mut c = Client::connect(addr).await;
+    c.send(get("/off/delay/400")).await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+#[tokio::test]
+async fn request_timeout_answers_408_when_the_request_body_stalls() {
+    // Envoy's `request_timeout`: the whole request must be received (or the response begun)
+    // within it; 408 "request timeout".
+    let (app, addr, up) = setup("h1_rqtimeout", "          request_timeout: 0.3s\n").await;
+    let mut c = Client::connect(addr).await;
+    c.send("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nhalf-")
+        .await;
+    let t = std::time::Instant::now();
+    let r = c.response().await;
+    assert_eq!((r.status, r.body_str().as_str()), (408, "request timeout"));
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(
+        stat(&app, "http.h1_rqtimeout.downstream_rq_timeout").await,
+        Some(1)
+    );
+    // A request that arrived whole is not cut off by a slow response.
+    let mut c = Client::connect(addr).await;
+    c.send("POST /delay/600 HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nbody")
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(up.requests.load(Ordering::SeqCst) >= 1);
 }

@@ -729,7 +729,7 @@ async fn route_idle_timeout_ends_a_silent_stream() {
     let mut c = H1::connect(app.listener_address("idle").unwrap()).await;
     let t = std::time::Instant::now();
     let r = c.get("h", "/idle").await;
-    assert_eq!((r.status, r.body.as_str()), (504, "stream timeout"));
+    assert_eq!((r.status, r.body.as_str()), (408, "stream timeout"));
     assert!(t.elapsed() < std::time::Duration::from_millis(550));
     let mut c = H1::connect(app.listener_address("idle").unwrap()).await;
     let r = c.get("h", "/other").await;

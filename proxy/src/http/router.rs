@@ -363,30 +363,82 @@ async fn route_inner(
                 };
             }
             let mut req = Request::from_parts(parts, body);
+            // The connection manager's `request_timeout`: the whole request must have
+            // arrived, or the response have begun, within it (408). Only a request with a
+            // body still to come can be waiting for that.
+            let received = match conn.hcm.request_timeout {
+                Some(limit) if !http_body::Body::is_end_stream(req.body()) => {
+                    let (r, flag) = body::EndFlag::wrap(req);
+                    req = r;
+                    Some((limit, flag))
+                }
+                _ => None,
+            };
             if !entry.request_mirrors.is_empty() {
                 req = Box::pin(forward::mirror(conn, &entry.request_mirrors, req, random)).await;
             }
             let sent = Instant::now();
-            let fwd = forward::forward(
-                conn,
-                &cluster_rt,
-                req,
-                entry,
-                &timeouts,
-                hash,
-                conn.info.local,
-            );
-            // The route's idle_timeout: no activity while waiting for the response head...
+            // Built in its box: the forwarding future is several KB, and the timeouts below
+            // would otherwise move (copy) all of it more than once per request.
+            let fwd = Box::into_pin(Box::write(
+                Box::new_uninit(),
+                forward::forward(
+                    conn,
+                    &cluster_rt,
+                    req,
+                    entry,
+                    &timeouts,
+                    hash,
+                    conn.info.local,
+                ),
+            ));
+            // The stream idle timeout (the route's `idle_timeout`, else the connection
+            // manager's `stream_idle_timeout`, default 5 min; 0 disables): no activity while
+            // waiting for the response head (408, as Envoy answers)...
+            let idle = match entry.idle_timeout {
+                Some(d) => Some(d).filter(|d| !d.is_zero()),
+                None => conn.hcm.stream_idle_timeout,
+            };
+            // While the response head is awaited, a route timeout that is no longer than
+            // the idle timeout always fires first: no second timer for that wait.
+            let head_idle = idle.filter(|d| timeouts.global.is_zero() || *d < timeouts.global);
             let fwd = async {
-                match entry.idle_timeout.filter(|d| !d.is_zero()) {
-                    Some(idle) => match tokio::time::timeout(idle, fwd).await {
-                        Ok(r) => r,
-                        Err(_) => Err(LocalReply {
-                            status: 504,
+                if head_idle.is_none() && received.is_none() {
+                    return fwd.await;
+                }
+                let idle_timer = async {
+                    match head_idle {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let request_timer = async {
+                    match &received {
+                        Some((limit, flag)) => {
+                            tokio::time::sleep(*limit).await;
+                            if flag.load(std::sync::atomic::Ordering::Acquire) {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    r = fwd => r,
+                    _ = idle_timer => {
+                        conn.stats.downstream_rq_idle_timeout.inc();
+                        Err(LocalReply {
+                            status: 408,
                             body: "stream timeout",
-                        }),
-                    },
-                    None => fwd.await,
+                        })
+                    }
+                    _ = request_timer => {
+                        conn.stats.rq_timeout.inc();
+                        Err(LocalReply {
+                            status: 408,
+                            body: "request timeout",
+                        })
+                    }
                 }
             };
             // ...and the stream's maximum duration (gRPC: DEADLINE_EXCEEDED).
@@ -408,7 +460,7 @@ async fn route_inner(
                         headers::service_time(sent.elapsed().as_millis() as u64),
                     );
                     // ...nor between frames of the response body.
-                    if let Some(idle) = entry.idle_timeout.filter(|d| !d.is_zero()) {
+                    if let Some(idle) = idle {
                         r = r.map(|b| crate::body::boxed(crate::body::IdleTimeout::new(b, idle)));
                     }
                     if let Some(at) = deadline {

@@ -64,6 +64,8 @@ pub struct HcmStats {
     pub downstream_cx_destroy_remote_active_rq: Arc<crate::stats::Counter>,
     /// Request heads not complete within `request_headers_timeout`.
     pub downstream_rq_header_timeout: Arc<crate::stats::Counter>,
+    /// Streams ended by the stream idle timeout.
+    pub downstream_rq_idle_timeout: Arc<crate::stats::Counter>,
     pub downstream_rq_total: Arc<crate::stats::Counter>,
     pub downstream_rq_active: Arc<crate::stats::Gauge>,
     pub rq_1xx: Arc<crate::stats::Counter>,
@@ -95,6 +97,7 @@ impl HcmStats {
             downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
             downstream_cx_destroy_remote_active_rq: c("downstream_cx_destroy_remote_active_rq"),
             downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
+            downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
             downstream_rq_total: c("downstream_rq_total"),
             downstream_rq_active: r.gauge(&format!("http.{prefix}.downstream_rq_active")),
             rq_1xx: c("downstream_rq_1xx"),
