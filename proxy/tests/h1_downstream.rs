@@ -1508,6 +1508,8 @@ async fn bytes_after_a_refused_upgrade_are_never_parsed_as_a_request() {
     .await;
     let r = c.response().await;
     assert_eq!(r.status, 403, "{r:?}");
+    // A local reply like any other: Envoy's server header is on it.
+    assert_eq!(r.header("server"), Some("envoy"), "{r:?}");
     assert!(c.closed().await, "the connection went on after the CONNECT");
     assert_eq!(up.requests.load(Ordering::SeqCst), 1);
 }
@@ -1732,4 +1734,29 @@ async fn an_upstream_100_continue_is_not_passed_on() {
         "more bytes or a close after the response"
     );
     assert!(c.buf.is_empty(), "stray bytes: {:?}", lossy(&c.buf));
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_request_is_served_as_plain_http1() {
+    // `curl --http2` on a cleartext URL asks for `Upgrade: h2c`. Envoy's codec ignores h2c
+    // upgrades (it removes the upgrade headers) and serves the request as HTTP/1.1: not a
+    // 403 for an upgrade type nobody enabled, and the connection stays usable.
+    let (_app, addr, up) = setup("h1_h2c", "").await;
+    let mut c = Client::connect(addr).await;
+    c.send(
+        "GET /h2c HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+         Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "{r:?} {:?}", r.body_str());
+    let seen = r.seen();
+    assert_eq!(seen.field("path"), Some("/h2c"));
+    for h in ["upgrade", "connection", "http2-settings"] {
+        assert_eq!(seen.header(h), None, "{h} forwarded: {}", seen.desc);
+    }
+    assert!(!r.connection_close(), "{r:?}");
+    c.send(get("/after")).await;
+    assert_eq!(c.response().await.seen().field("path"), Some("/after"));
+    assert_eq!(up.requests.load(Ordering::SeqCst), 2);
 }

@@ -21,7 +21,8 @@
 //!   response body waits for the upstream, cancels the request.
 //! - Upgrades: after a `101` (or a `2xx` to CONNECT) the socket and the bytes read past the
 //!   request go to the tunnel (`upgrade.rs`). An upgrade request answered otherwise closes
-//!   the connection: the bytes after its head are never parsed as requests.
+//!   the connection: the bytes after its head are never parsed as requests. `h2c` upgrade
+//!   requests are served as plain HTTP/1.1 (their upgrade headers removed), as in Envoy.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -35,6 +36,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::header::{
     HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, TE, TRANSFER_ENCODING,
+    UPGRADE,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
@@ -567,7 +569,17 @@ fn parse(
         let pq = uri.path_and_query().map_or("/", |p| p.as_str());
         uri = Uri::try_from(pq).map_err(|_| Reject(400))?;
     }
-    let upgrade = method == Method::CONNECT || (conn_upgrade && map.contains_key("upgrade"));
+    // h2c upgrades are ignored, as Envoy's codec does: the upgrade headers go and the request
+    // is an ordinary HTTP/1.1 one (`curl --http2` on a cleartext URL asks for it).
+    if map
+        .get(UPGRADE)
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c"))
+    {
+        map.remove(UPGRADE);
+        map.remove("http2-settings");
+        conn_upgrade = false;
+    }
+    let upgrade = method == Method::CONNECT || (conn_upgrade && map.contains_key(UPGRADE));
     let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
