@@ -1472,3 +1472,291 @@ async fn request_timeout_answers_408_when_the_request_body_stalls() {
     assert_eq!(r.status, 200, "{r:?}");
     assert!(up.requests.load(Ordering::SeqCst) >= 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 13. Upgrades that do not happen, streaming responses, pinned edge cases.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn bytes_after_a_refused_upgrade_are_never_parsed_as_a_request() {
+    // A client (or a front proxy that believes the upgrade will succeed) may send tunnel bytes
+    // right behind an upgrade request. When the answer is not a 101 (or a 2xx to CONNECT),
+    // those bytes are not HTTP: Envoy's codec takes everything after an upgrade head as
+    // payload, so a refused upgrade ends the connection. Parsing them as the next request
+    // would let a second request through unseen by whatever sits in front ("WebSocket
+    // smuggling").
+    let (_app, addr, up) = setup("h1_upgrade_refused", "").await;
+    // The echo upstream does not upgrade: it answers 200.
+    let mut c = Client::connect(addr).await;
+    c.send(
+        "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\
+         GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+    )
+    .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.seen().field("path"), Some("/ws"));
+    assert!(r.connection_close(), "{r:?}");
+    assert!(c.closed().await, "the connection went on after the upgrade");
+    assert_eq!(up.requests.load(Ordering::SeqCst), 1);
+    // CONNECT is not enabled on this listener: 403, and the same.
+    let mut c = Client::connect(addr).await;
+    c.send(
+        "CONNECT a.b:443 HTTP/1.1\r\nHost: a.b:443\r\n\r\n\
+         GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+    )
+    .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 403, "{r:?}");
+    // A local reply like any other: Envoy's server header is on it.
+    assert_eq!(r.header("server"), Some("envoy"), "{r:?}");
+    assert!(c.closed().await, "the connection went on after the CONNECT");
+    assert_eq!(up.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn websocket_frames_sent_with_the_request_head_reach_the_upstream() {
+    // The client's first frame arrives in the same packet as the request head: the bytes read
+    // past the head go into the tunnel ahead of the socket.
+    let a = upstream("a", Behaviour::Echo).await;
+    let app = sluice(&bootstrap(
+        &listener_with("h1_ws_early", &all_to("h1_ws_early"), ""),
+        &cluster("h1_ws_early", &[a.addr], ""),
+    ))
+    .await;
+    let mut c = Client::connect(app.listener_address("h1_ws_early").unwrap()).await;
+    c.send(
+        "GET /chat HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\
+         early frame;",
+    )
+    .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 101, "{r:?}");
+    c.send("late frame").await;
+    let echoed = c.exact(22, "the echoed frames").await;
+    assert_eq!(lossy(&echoed), "early frame;late frame");
+}
+
+#[tokio::test]
+async fn pipelined_bodies_and_a_get_in_one_write_stay_in_sync() {
+    let (_app, addr, up) = setup("h1_pipe_bodies", "").await;
+    let mut c = Client::connect(addr).await;
+    c.send(
+        "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nfirst\
+         POST /b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
+         6\r\nsecond\r\n0\r\nX-T: 1\r\n\r\n\
+         POST /c HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n\
+         GET /d HTTP/1.1\r\nHost: h\r\n\r\n",
+    )
+    .await;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let r = c.response().await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let seen = r.seen();
+        got.push((
+            seen.field("path").unwrap_or("").to_string(),
+            lossy(&seen.body),
+        ));
+    }
+    let want = [("/a", "first"), ("/b", "second"), ("/c", ""), ("/d", "")];
+    let want: Vec<_> = want
+        .iter()
+        .map(|(p, b)| (p.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(up.requests.load(Ordering::SeqCst), 4);
+    assert!(c.still_open().await);
+}
+
+#[tokio::test]
+async fn head_to_a_chunked_upstream_response_keeps_the_connection_in_sync() {
+    let (_app, addr, _up) = setup("h1_head_chunked", "").await;
+    let mut c = Client::connect(addr).await;
+    c.send("HEAD /chunked HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    let r = c.response_to(true).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    c.send(get("/after")).await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.seen().field("path"), Some("/after"));
+}
+
+#[tokio::test]
+async fn a_16_mib_chunked_request_body_streams_through() {
+    let (_app, addr, _up) = setup("h1_big_chunked", "").await;
+    let mut c = Client::connect(addr).await;
+    let body: Vec<u8> = (0..16 * 1024 * 1024).map(|i| (i % 253) as u8).collect();
+    c.send("POST /big HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await;
+    // Uneven chunks, several per write.
+    let mut wire = Vec::new();
+    for piece in body.chunks(77_777) {
+        wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        wire.extend_from_slice(piece);
+        wire.extend_from_slice(b"\r\n");
+        if wire.len() > 256 * 1024 {
+            c.send(std::mem::take(&mut wire)).await;
+        }
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    c.send(wire).await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = r.seen();
+    assert_eq!(seen.body.len(), body.len(), "{}", seen.desc);
+    assert!(seen.body == body, "body bytes differ");
+    c.send(get("/after")).await;
+    assert_eq!(c.response().await.seen().field("path"), Some("/after"));
+}
+
+#[tokio::test]
+async fn http10_connection_close_is_not_undone_by_a_later_keep_alive() {
+    let (_app, addr, _up) = setup(
+        "h1_http10_close_ka",
+        "          http_protocol_options: {accept_http_10: true}\n",
+    )
+    .await;
+    let mut c = Client::connect(addr).await;
+    c.send("GET / HTTP/1.0\r\nHost: h\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n")
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.connection_close(), "{r:?}");
+    assert!(c.closed().await, "HTTP/1.0 connection kept open");
+}
+
+/// A raw upstream for one connection: reads a request head, answers with `head` (bytes as
+/// given), then holds the connection without writing, reading whatever else comes. The
+/// receiver resolves when the proxy closes the upstream connection.
+async fn raw_upstream(head: &'static str) -> (SocketAddr, tokio::sync::oneshot::Receiver<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = l.accept().await else {
+            return;
+        };
+        let mut got = Vec::new();
+        let mut tmp = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut tmp).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&tmp[..n]),
+            }
+        }
+        let _ = s.write_all(head.as_bytes()).await;
+        // Until the proxy goes away.
+        while let Ok(n) = s.read(&mut tmp).await {
+            if n == 0 {
+                break;
+            }
+        }
+        let _ = tx.send(());
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn client_disconnect_while_the_response_body_waits_ends_the_upstream_stream() {
+    // A long poll or event stream: the response head went out, the upstream is quiet. Envoy
+    // sees the client's close at once and resets the upstream stream; the proxy must not keep
+    // the upstream connection until the stream idle timeout (5 minutes by default).
+    let (up, upstream_closed) =
+        raw_upstream("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nevent1\r\n").await;
+    let app = sluice(&bootstrap(
+        &listener_with("h1_resp_disconnect", &all_to("h1_resp_disconnect"), ""),
+        &cluster("h1_resp_disconnect", &[up], ""),
+    ))
+    .await;
+    let mut c = Client::connect(app.listener_address("h1_resp_disconnect").unwrap()).await;
+    c.send(get("/events")).await;
+    let status = lossy(&c.line("the status line").await);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    while !c.buf.windows(6).any(|w| w == b"event1") {
+        c.fill_or_panic("the first event").await;
+    }
+    drop(c);
+    tokio::time::timeout(STEP, upstream_closed)
+        .await
+        .expect("the upstream connection is still open after the client left")
+        .ok();
+    assert_eq!(
+        stat(&app, "http.h1_resp_disconnect.downstream_rq_active").await,
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn a_response_before_the_request_body_ended_closes_the_connection() {
+    // The upstream answers while the request body is still coming. Envoy then closes the
+    // HTTP/1 connection after the response (`connection: close` on it) rather than wait for
+    // the rest of the body; the client must be told, not just see the close.
+    let (up, _upstream_closed) =
+        raw_upstream("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly").await;
+    let app = sluice(&bootstrap(
+        &listener_with("h1_early_resp", &all_to("h1_early_resp"), ""),
+        &cluster("h1_early_resp", &[up], ""),
+    ))
+    .await;
+    let mut c = Client::connect(app.listener_address("h1_early_resp").unwrap()).await;
+    c.send("POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nthe first part")
+        .await;
+    let r = c.response().await;
+    assert_eq!((r.status, r.body_str().as_str()), (200, "early"), "{r:?}");
+    assert!(r.connection_close(), "{r:?}");
+    assert!(c.closed().await, "the connection stayed open");
+}
+
+#[tokio::test]
+async fn an_upstream_100_continue_is_not_passed_on() {
+    // The proxy answers `Expect: 100-continue` itself; the upstream's own 100 is skipped, so
+    // the client sees exactly one 100 and then the final response.
+    let (up, _upstream_closed) =
+        raw_upstream("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+    let app = sluice(&bootstrap(
+        &listener_with("h1_up_100", &all_to("h1_up_100"), ""),
+        &cluster("h1_up_100", &[up], ""),
+    ))
+    .await;
+    let mut c = Client::connect(app.listener_address("h1_up_100").unwrap()).await;
+    c.send("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.status, 100);
+    c.send("body").await;
+    let r = c.response().await;
+    assert_eq!((r.status, r.body_str().as_str()), (200, "ok"), "{r:?}");
+    assert!(!r.connection_close(), "{r:?}");
+    assert!(
+        c.still_open().await,
+        "more bytes or a close after the response"
+    );
+    assert!(c.buf.is_empty(), "stray bytes: {:?}", lossy(&c.buf));
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_request_is_served_as_plain_http1() {
+    // `curl --http2` on a cleartext URL asks for `Upgrade: h2c`. Envoy's codec ignores h2c
+    // upgrades (it removes the upgrade headers) and serves the request as HTTP/1.1: not a
+    // 403 for an upgrade type nobody enabled, and the connection stays usable.
+    let (_app, addr, up) = setup("h1_h2c", "").await;
+    let mut c = Client::connect(addr).await;
+    c.send(
+        "GET /h2c HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+         Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "{r:?} {:?}", r.body_str());
+    let seen = r.seen();
+    assert_eq!(seen.field("path"), Some("/h2c"));
+    for h in ["upgrade", "connection", "http2-settings"] {
+        assert_eq!(seen.header(h), None, "{h} forwarded: {}", seen.desc);
+    }
+    assert!(!r.connection_close(), "{r:?}");
+    c.send(get("/after")).await;
+    assert_eq!(c.response().await.seen().field("path"), Some("/after"));
+    assert_eq!(up.requests.load(Ordering::SeqCst), 2);
+}

@@ -15,10 +15,14 @@
 //! - Keep-alive (HTTP/1.1 unless `connection: close`; HTTP/1.0 only with `keep-alive`),
 //!   pipelining (responses in order), and `connection: close` on the response in flight once
 //!   the connection drains. A response whose request body was not read to its end closes
-//!   the connection after it.
-//! - A client that closes its connection while its request is in flight cancels the request.
+//!   the connection after it (`connection: close` on it when the body was still streaming as
+//!   the response head went out).
+//! - A client that closes its connection while its request is in flight, or while its
+//!   response body waits for the upstream, cancels the request.
 //! - Upgrades: after a `101` (or a `2xx` to CONNECT) the socket and the bytes read past the
-//!   request go to the tunnel (`upgrade.rs`).
+//!   request go to the tunnel (`upgrade.rs`). An upgrade request answered otherwise closes
+//!   the connection: the bytes after its head are never parsed as requests. `h2c` upgrade
+//!   requests are served as plain HTTP/1.1 (their upgrade headers removed), as in Envoy.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -32,6 +36,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::header::{
     HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, TE, TRANSFER_ENCODING,
+    UPGRADE,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
@@ -153,7 +158,7 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
                     trailers: false,
                     http10: false,
                 };
-                let _ = write_response(&mut w, resp, &info, false).await;
+                let _ = write_response(&mut w, resp, &info, false, None).await;
                 close(w, reader).await;
                 return;
             }
@@ -256,7 +261,7 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
             // A request body that broke its framing: Envoy's codec error, whatever the
             // upstream made of it.
             let resp = protocol_error(&conn, 400);
-            let _ = write_response(&mut w, resp, &info, false).await;
+            let _ = write_response(&mut w, resp, &info, false, None).await;
             if let Some(r) = home {
                 close(w, r).await;
             }
@@ -268,12 +273,27 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
             rest = skip_buffered(r, rest);
         }
         let body_lost = back.is_none() && home.is_none();
-        let keep_alive =
-            parsed.keep_alive && !stopping && rest == In::Done && !body_lost && !conn_close(&resp);
         let upgraded = upgrade_tx.is_some()
             && (resp.status() == StatusCode::SWITCHING_PROTOCOLS
                 || (info.connect && resp.status().is_success()));
-        match write_response(&mut w, resp, &info, keep_alive || upgraded).await {
+        // An upgrade request that was not upgraded ends the connection: what the client sent
+        // after its head is tunnel payload, not requests (Envoy's codec takes it as the
+        // request's body), and parsing it as the next request would smuggle that request
+        // past whatever sits in front and expected a tunnel.
+        // A request body still streaming (the response came first) is not waited for: the
+        // response says `connection: close` and the connection ends after it, as Envoy does
+        // when it answers before the request is complete.
+        let keep_alive = parsed.keep_alive
+            && upgrade_tx.is_none()
+            && !stopping
+            && rest == In::Done
+            && back.is_none()
+            && !body_lost
+            && !conn_close(&resp);
+        // While the response body waits, the client's close is noticed (pipelined requests
+        // are read ahead meanwhile).
+        let watch = home.as_mut().filter(|_| rest == In::Done);
+        match write_response(&mut w, resp, &info, keep_alive || upgraded, watch).await {
             Ok(true) => {}
             _ => {
                 if let Some(r) = home {
@@ -295,15 +315,10 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
             }
             return;
         }
-        // A body still streaming upstream after the response: it cannot be waited for.
-        if let Some(mut rx) = back {
-            match rx.try_recv() {
-                Ok(b) if !b.invalid => {
-                    home = Some(b.reader);
-                    rest = b.rest;
-                }
-                _ => return,
-            }
+        // A body still streaming upstream after the response: it cannot be waited for (the
+        // reader, if it is back by now, is only wanted for the delayed close).
+        if let Some(b) = back.and_then(|mut rx| rx.try_recv().ok()) {
+            home = Some(b.reader);
         }
         if !keep_alive || rest != In::Done {
             if let Some(r) = home {
@@ -477,7 +492,10 @@ fn parse(
     let mut map = HeaderMap::with_capacity(idx.len() + 6);
     let mut length: Option<u64> = None;
     let mut te: Option<Vec<u8>> = None;
-    let mut close = version == Version::HTTP_10;
+    // `close` anywhere wins over `keep-alive` (HTTP/1.0 keeps the connection only when asked
+    // to, and not told to close as well).
+    let mut close_token = false;
+    let mut keep_alive_token = false;
     let mut conn_upgrade = false;
     let mut trailers = false;
     for &[ns, ne, vs, ve] in idx.iter() {
@@ -506,17 +524,15 @@ fn parse(
             t.extend_from_slice(value.as_bytes());
         } else if name == CONNECTION {
             let v = value.as_bytes();
-            if wire::has_token(v, b"close") {
-                close = true;
-            } else if version == Version::HTTP_10 && wire::has_token(v, b"keep-alive") {
-                close = false;
-            }
+            close_token |= wire::has_token(v, b"close");
+            keep_alive_token |= wire::has_token(v, b"keep-alive");
             conn_upgrade |= wire::has_token(v, b"upgrade");
         } else if name == TE {
             trailers |= wire::has_token(value.as_bytes(), b"trailers");
         }
         map.append(name, value);
     }
+    let close = close_token || (version == Version::HTTP_10 && !keep_alive_token);
     let body = match (te, length) {
         // Both framings: which one the next hop uses is how requests get smuggled.
         (Some(_), Some(_)) => return Err(Reject(400)),
@@ -553,7 +569,17 @@ fn parse(
         let pq = uri.path_and_query().map_or("/", |p| p.as_str());
         uri = Uri::try_from(pq).map_err(|_| Reject(400))?;
     }
-    let upgrade = method == Method::CONNECT || (conn_upgrade && map.contains_key("upgrade"));
+    // h2c upgrades are ignored, as Envoy's codec does: the upgrade headers go and the request
+    // is an ordinary HTTP/1.1 one (`curl --http2` on a cleartext URL asks for it).
+    if map
+        .get(UPGRADE)
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c"))
+    {
+        map.remove(UPGRADE);
+        map.remove("http2-settings");
+        conn_upgrade = false;
+    }
+    let upgrade = method == Method::CONNECT || (conn_upgrade && map.contains_key(UPGRADE));
     let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
@@ -763,12 +789,17 @@ enum Out {
 }
 
 /// Writes the response; `Ok(true)` if it went out whole and the connection may carry another
-/// exchange (`keep_alive` as decided, and the framing allows it).
+/// exchange (`keep_alive` as decided, and the framing allows it). `watch`, the connection's
+/// reader when no request body holds it: while the response body waits, the client closing
+/// the connection (EOF or an error) aborts the response, so that a quiet upstream stream
+/// (long poll, event stream) ends with the client instead of lingering until a timeout, as
+/// Envoy resets it.
 async fn write_response(
     w: &mut Writer,
     resp: Response<Body>,
     info: &ReqInfo,
     keep_alive: bool,
+    mut watch: Option<&mut Reader>,
 ) -> io::Result<bool> {
     let (parts, body) = resp.into_parts();
     let status = parts.status;
@@ -927,11 +958,21 @@ async fn write_response(
             }
         }
         if w.queue.is_empty() {
-            return if body.is_none() {
-                Poll::Ready(Ok::<(), io::Error>(()))
-            } else {
-                Poll::Pending
-            };
+            if body.is_none() {
+                return Poll::Ready(Ok::<(), io::Error>(()));
+            }
+            if let Some(r) = watch.as_mut() {
+                while r.buf.len() < READ_AHEAD {
+                    match r.poll_fill(cx) {
+                        Poll::Pending => break,
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+                        }
+                        Poll::Ready(Ok(_)) => {}
+                    }
+                }
+            }
+            return Poll::Pending;
         }
         ready!(w.poll_flush(cx))?;
     })

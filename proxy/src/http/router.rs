@@ -168,6 +168,11 @@ async fn route_request(
 ) -> Response<Body> {
     let mut cors_latched = None;
     let mut resp = route_inner(conn, req, grpc, log_head, &mut cors_latched).await;
+    // Replies made before a route was finalized (a refused upgrade, a bad path, no route...)
+    // carry the server header too, as every response of Envoy's does.
+    if let Some(v) = &conn.hcm.server_header {
+        resp.headers_mut().insert(http::header::SERVER, v.clone());
+    }
     // The CORS filter's response side: whatever answered (upstream or a later local reply).
     if let Some(l) = cors_latched {
         l.apply(resp.headers_mut());
