@@ -53,6 +53,8 @@ use crate::body::{Body, BoxError};
 /// Headers parsed on the stack; a configured `max_headers_count` above this parses into a
 /// vector.
 const STACK_HEADERS: usize = 128;
+/// Most headers a request head may have whatever `max_headers_count` says (more: 431).
+const MAX_HEADERS_PARSED: usize = 4096;
 /// Output gathered before a write, so the head and a ready body go out in one `writev`.
 const GATHER: usize = 64 * 1024;
 /// Bytes of pipelined requests read ahead while a request is in flight.
@@ -431,8 +433,10 @@ fn parse(
     let headers: &mut [MaybeUninit<httparse::Header<'_>>] = if limits.max_headers < STACK_HEADERS {
         &mut stack
     } else {
-        heap = Vec::with_capacity(limits.max_headers + 1);
-        heap.resize_with(limits.max_headers + 1, MaybeUninit::uninit);
+        // Bounded: a huge configured count must not cost megabytes per request.
+        let n = (limits.max_headers + 1).min(MAX_HEADERS_PARSED);
+        heap = Vec::with_capacity(n);
+        heap.resize_with(n, MaybeUninit::uninit);
         &mut heap
     };
     let mut r = httparse::Request::new(&mut []);

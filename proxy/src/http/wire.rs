@@ -17,6 +17,8 @@ pub const MIN_READ: usize = 8 * 1024;
 pub const MAX_READ: usize = 256 * 1024;
 /// Most trailers a chunked body may end with.
 const MAX_TRAILERS: usize = 32;
+/// Longest chunk-size line (size and extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
 /// Longest trailer section accepted.
 const MAX_TRAILER_BYTES: usize = 96 * 1024;
 
@@ -92,8 +94,12 @@ pub fn decode_chunk(
         };
         match at {
             Chunk::Size => {
-                let Some(end) = buf.iter().position(|b| *b == b'\n') else {
-                    if buf.len() > 4096 {
+                let Some(end) = buf
+                    .iter()
+                    .take(MAX_CHUNK_LINE + 1)
+                    .position(|b| *b == b'\n')
+                else {
+                    if buf.len() > MAX_CHUNK_LINE {
                         return Err("chunk size line too long");
                     }
                     return Ok(None);
@@ -227,6 +233,8 @@ mod tests {
         assert!(decode_all(b"+5\r\nhello\r\n0\r\n\r\n").is_err());
         assert!(decode_all(b"5\r\nhelloX\r\n0\r\n\r\n").is_err());
         assert!(decode_all(b"11111111111111111\r\n").is_err());
+        let long_ext = format!("5;{}\r\nhello\r\n0\r\n\r\n", "x".repeat(5000));
+        assert!(decode_all(long_ext.as_bytes()).is_err());
     }
 
     #[test]
