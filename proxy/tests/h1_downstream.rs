@@ -1760,3 +1760,41 @@ async fn an_h2c_upgrade_request_is_served_as_plain_http1() {
     assert_eq!(c.response().await.seen().field("path"), Some("/after"));
     assert_eq!(up.requests.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_configured_stream_idle_timeout_resets_a_stalled_response_body() {
+    // A response body that stops for longer than a configured stream idle timeout is reset:
+    // the client sees the connection end before the chunked body's last chunk, and the
+    // upstream connection is closed.
+    let (up, upstream_closed) =
+        raw_upstream("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nevent1\r\n").await;
+    let app = sluice(&bootstrap(
+        &listener_with(
+            "h1_body_idle",
+            &all_to("h1_body_idle"),
+            "          stream_idle_timeout: 0.3s\n",
+        ),
+        &cluster("h1_body_idle", &[up], ""),
+    ))
+    .await;
+    let mut c = Client::connect(app.listener_address("h1_body_idle").unwrap()).await;
+    c.send(get("/events")).await;
+    let status = lossy(&c.line("the status line").await);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    // Reads until the proxy closes; the last chunk never comes.
+    while c.fill().await {}
+    assert!(
+        c.buf.windows(6).any(|w| w == b"event1"),
+        "{:?}",
+        lossy(&c.buf)
+    );
+    assert!(
+        !c.buf.windows(5).any(|w| w == b"0\r\n\r\n"),
+        "the stream was ended as if complete: {:?}",
+        lossy(&c.buf)
+    );
+    tokio::time::timeout(STEP, upstream_closed)
+        .await
+        .expect("the upstream connection is still open")
+        .ok();
+}

@@ -404,6 +404,11 @@ async fn route_inner(
                 Some(d) => Some(d).filter(|d| !d.is_zero()),
                 None => conn.hcm.stream_idle_timeout,
             };
+            // A stalled response body is bounded only by a configured timeout: Envoy's
+            // 5-minute default would put a timer (and a driver wake-up) on every response
+            // body that has to wait for its next read.
+            let body_idle =
+                idle.filter(|_| entry.idle_timeout.is_some() || conn.hcm.stream_idle_timeout_set);
             // While the response head is awaited, a route timeout that is no longer than
             // the idle timeout always fires first: no second timer for that wait.
             let head_idle = idle.filter(|d| timeouts.global.is_zero() || *d < timeouts.global);
@@ -465,7 +470,7 @@ async fn route_inner(
                         headers::service_time(sent.elapsed().as_millis() as u64),
                     );
                     // ...nor between frames of the response body.
-                    if let Some(idle) = idle {
+                    if let Some(idle) = body_idle {
                         r = r.map(|b| crate::body::boxed(crate::body::IdleTimeout::new(b, idle)));
                     }
                     if let Some(at) = deadline {

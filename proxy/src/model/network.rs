@@ -194,6 +194,10 @@ pub struct HttpConnectionManager {
     pub preserve_external_request_id: bool,
     pub always_set_request_id_in_response: bool,
     pub stream_idle_timeout: Option<Duration>,
+    /// `stream_idle_timeout` was configured (not Envoy's 5-minute default). The default
+    /// bounds the wait for a response head only; a configured value also bounds response
+    /// bodies that stall, which costs a timer per waiting body.
+    pub stream_idle_timeout_set: bool,
     /// `common_http_protocol_options.idle_timeout`: a downstream connection with no request
     /// in flight for this long is closed (default 1 h, `0s` disables).
     pub idle_timeout: Option<Duration>,
@@ -439,6 +443,7 @@ pub(crate) fn http_connection_manager(
         generate_request_id: h.generate_request_id.as_ref().is_none_or(|v| v.value),
         preserve_external_request_id: h.preserve_external_request_id,
         always_set_request_id_in_response: h.always_set_request_id_in_response,
+        stream_idle_timeout_set: h.stream_idle_timeout.is_some(),
         stream_idle_timeout: match duration(&h.stream_idle_timeout) {
             None => Some(Duration::from_secs(300)),
             Some(d) if d.is_zero() => None,
