@@ -413,8 +413,22 @@ async fn route_inner(
             // the idle timeout always fires first: no second timer for that wait.
             let head_idle = idle.filter(|d| timeouts.global.is_zero() || *d < timeouts.global);
             let fwd = async {
-                if head_idle.is_none() && received.is_none() {
-                    return fwd.await;
+                match (head_idle, &received) {
+                    (None, None) => return fwd.await,
+                    // The common case with a timer: one `Sleep`, no `select!`.
+                    (Some(idle), None) => {
+                        return match tokio::time::timeout(idle, fwd).await {
+                            Ok(r) => r,
+                            Err(_) => {
+                                conn.stats.downstream_rq_idle_timeout.inc();
+                                Err(LocalReply {
+                                    status: 408,
+                                    body: "stream timeout",
+                                })
+                            }
+                        };
+                    }
+                    _ => {}
                 }
                 let idle_timer = async {
                     match head_idle {
