@@ -115,6 +115,7 @@ impl App {
             health_check_failed: Default::default(),
         });
         tokio::spawn(admin.serve(admin_sock));
+        tokio::spawn(timer_heartbeat());
         tracing::info!(admin = %admin_address, "sluice started");
         Ok(App {
             state,
@@ -178,5 +179,18 @@ impl App {
             open = ACTIVE_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed),
             "drain finished"
         );
+    }
+}
+
+/// Keeps the timer driver's next wake-up within a second. tokio wakes its driver (an eventfd
+/// write, and one more `epoll_wait` return) whenever a new timer is due before the driver's
+/// next wake-up, even from the runtime's own thread; with only connection idle timers (1 h)
+/// registered, every request's route or stream idle timer did that. One tick a second is
+/// cheaper than one wake-up per request.
+async fn timer_heartbeat() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
     }
 }
