@@ -98,6 +98,9 @@ struct NodeArgs {
     /// overrides the `istio` ConfigMap's setting.
     #[arg(long)]
     access_log_file: Option<String>,
+    /// Accept HTTP/1.0 requests (Istio's `ISTIO_META_HTTP10=1`); otherwise they get 426.
+    #[arg(long)]
+    http10: bool,
 }
 
 impl NodeArgs {
@@ -124,6 +127,7 @@ impl NodeArgs {
                 sluice::istio::Interception::Redirect
             },
             access_log_file: self.access_log_file.clone(),
+            http10: self.http10,
         })
     }
 }

@@ -101,29 +101,17 @@ pub fn apply(listeners: &mut [Listener], mesh: &MeshConfig) {
         tracing::warn!("mesh access log settings do not make a valid access log; ignored");
         return;
     };
-    for l in listeners {
-        let chains = l
-            .filter_chains
-            .iter_mut()
-            .chain(l.default_filter_chain.as_mut());
-        for fc in chains {
-            for f in &mut fc.filters {
-                use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
-                let Some(ConfigType::TypedConfig(any)) = &mut f.config_type else {
-                    continue;
-                };
-                if any.type_url.ends_with(".HttpConnectionManager") {
-                    if let Ok(mut h) = HttpConnectionManager::decode(any.value.as_slice()) {
-                        h.access_log.push(log.clone());
-                        any.value = h.encode_to_vec();
-                    }
-                } else if any.type_url.ends_with(".TcpProxy") {
-                    if let Ok(mut t) = TcpProxy::decode(any.value.as_slice()) {
-                        t.access_log.push(log.clone());
-                        any.value = t.encode_to_vec();
-                    }
-                }
+    super::listeners::each_network_filter(listeners, |any| {
+        if any.type_url.ends_with(".HttpConnectionManager") {
+            if let Ok(mut h) = HttpConnectionManager::decode(any.value.as_slice()) {
+                h.access_log.push(log.clone());
+                any.value = h.encode_to_vec();
+            }
+        } else if any.type_url.ends_with(".TcpProxy") {
+            if let Ok(mut t) = TcpProxy::decode(any.value.as_slice()) {
+                t.access_log.push(log.clone());
+                any.value = t.encode_to_vec();
             }
         }
-    }
+    });
 }

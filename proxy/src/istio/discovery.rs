@@ -5,7 +5,8 @@
 //! - **Identity.** The first request of a stream must carry a `Node`. Its id is Istio's
 //!   `sidecar~IP~POD.NS~NS.svc.cluster.local` (or `router~...`); labels come from the
 //!   `LABELS` metadata struct, the namespace from `NAMESPACE` metadata or the id, the
-//!   interception mode from `INTERCEPTION_MODE` (`NONE`, else redirect). See [`node_from_proto`].
+//!   interception mode from `INTERCEPTION_MODE` (`NONE`, else redirect), HTTP/1.0 support from
+//!   `HTTP10` (`1`). See [`node_from_proto`].
 //! - **Translation** is cached per node identity and config generation ([`Discovery`]), so
 //!   proxies of the same workload share the work. Every resource has a version: the FNV-1a hash
 //!   of its canonical encoding (Envoy JSON with sorted keys: the binary encoding of proto maps
@@ -162,6 +163,7 @@ pub fn node_from_proto(node: Option<&NodeProto>) -> Result<Node, NodeError> {
         ip,
         interception,
         access_log_file: None,
+        http10: string("HTTP10").as_deref() == Some("1"),
     })
 }
 
@@ -929,6 +931,7 @@ mod tests {
                         },
                     ),
                     ("INTERCEPTION_MODE".to_string(), s("NONE")),
+                    ("HTTP10".to_string(), s("1")),
                 ]
                 .into_iter()
                 .collect(),
@@ -941,6 +944,7 @@ mod tests {
         assert_eq!(node.ip.as_deref(), Some("10.1.2.3"));
         assert_eq!(node.labels["version"], "v2");
         assert_eq!(node.interception, Interception::None);
+        assert!(node.http10);
 
         let gw = NodeProto {
             id: "router~~gw-1.istio-system~istio-system.svc.cluster.local".into(),
@@ -957,6 +961,7 @@ mod tests {
         let node = node_from_proto(Some(&gw)).unwrap();
         assert_eq!(node.role, Role::Router);
         assert_eq!(node.namespace, "ingress");
+        assert!(!node.http10);
         assert_eq!(node.ip.as_deref(), Some("10.0.0.9"));
         assert_eq!(node.interception, Interception::Redirect);
 

@@ -470,3 +470,43 @@ fn push(out: &mut Resources, name: &str, v: Value) {
         Err(e) => out.skipped.push(e),
     }
 }
+
+/// Calls `f` with the typed config of every network filter of `listeners` (default chains
+/// included).
+pub fn each_network_filter(
+    listeners: &mut [Listener],
+    mut f: impl FnMut(&mut envoy_types::pb::google::protobuf::Any),
+) {
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    for l in listeners {
+        let chains = l
+            .filter_chains
+            .iter_mut()
+            .chain(l.default_filter_chain.as_mut());
+        for fc in chains {
+            for filter in &mut fc.filters {
+                if let Some(ConfigType::TypedConfig(any)) = &mut filter.config_type {
+                    f(any);
+                }
+            }
+        }
+    }
+}
+
+/// Every HTTP connection manager of `listeners` accepts HTTP/1.0 (node metadata `HTTP10`).
+pub fn accept_http10(listeners: &mut [Listener]) {
+    use envoy_types::pb::envoy::config::core::v3::Http1ProtocolOptions;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use prost::Message;
+    each_network_filter(listeners, |any| {
+        if !any.type_url.ends_with(".HttpConnectionManager") {
+            return;
+        }
+        if let Ok(mut h) = HttpConnectionManager::decode(any.value.as_slice()) {
+            h.http_protocol_options
+                .get_or_insert_with(Http1ProtocolOptions::default)
+                .accept_http_10 = true;
+            any.value = h.encode_to_vec();
+        }
+    });
+}

@@ -62,6 +62,9 @@ pub struct Node {
     pub interception: Interception,
     /// MeshConfig `accessLogFile` for this proxy (overrides the `istio` ConfigMap's).
     pub access_log_file: Option<String>,
+    /// Node metadata `HTTP10` is `1`: its connection managers accept HTTP/1.0, as istiod
+    /// sets `http_protocol_options.accept_http_10` for such proxies.
+    pub http10: bool,
 }
 
 impl Node {
@@ -160,6 +163,9 @@ pub fn translate(cfg: &Config, node: &Node) -> Resources {
     }
     if let Some(mesh) = access_log::settings(&reg, node) {
         access_log::apply(&mut out.listeners, &mesh);
+    }
+    if node.http10 {
+        listeners::accept_http10(&mut out.listeners);
     }
     for s in &out.skipped {
         tracing::warn!(resource = %s, "skipped generated resource");

@@ -1234,3 +1234,25 @@ data:
     let (_, j) = tr(SVC, &Node::sidecar("ns1"));
     assert!(!j["listeners"].to_string().contains("access_log"));
 }
+
+#[test]
+fn http10_node_metadata_makes_every_connection_manager_accept_http10() {
+    let node = Node {
+        http10: true,
+        ..Node::sidecar("ns1")
+    };
+    let (r, j) = tr(SVC, &node);
+    let text = j["listeners"].to_string();
+    let hcms = text.matches("HttpConnectionManager").count();
+    assert!(hcms > 0, "{text}");
+    assert_eq!(
+        text.matches("\"accept_http_10\":true").count(),
+        hcms,
+        "{text}"
+    );
+    for l in &r.listeners {
+        crate::model::listener::Listener::from_proto(l).unwrap();
+    }
+    let (_, j) = tr(SVC, &Node::sidecar("ns1"));
+    assert!(!j["listeners"].to_string().contains("accept_http_10"));
+}
