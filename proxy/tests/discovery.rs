@@ -130,6 +130,7 @@ fn node() -> Node {
         ip: Some("10.0.0.5".into()),
         interception: Interception::None,
         access_log_file: None,
+        http10: false,
     }
 }
 
@@ -367,6 +368,7 @@ async fn identities_get_their_own_translation() {
             ip: Some("10.0.0.9".into()),
             interception: Interception::Redirect,
             access_log_file: None,
+            http10: false,
         },
     )
     .unwrap();
