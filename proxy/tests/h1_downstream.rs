@@ -1686,6 +1686,14 @@ async fn client_disconnect_while_the_response_body_waits_ends_the_upstream_strea
         stat(&app, "http.h1_resp_disconnect.downstream_rq_active").await,
         Some(0)
     );
+    assert_eq!(
+        stat(
+            &app,
+            "http.h1_resp_disconnect.downstream_cx_destroy_remote_active_rq"
+        )
+        .await,
+        Some(1)
+    );
 }
 
 #[tokio::test]

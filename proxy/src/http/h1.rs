@@ -297,7 +297,11 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
         let watch = home.as_mut().filter(|_| rest == In::Done);
         match write_response(&mut w, resp, &info, keep_alive || upgraded, watch).await {
             Ok(true) => {}
-            _ => {
+            r => {
+                if matches!(&r, Err(e) if e.kind() == io::ErrorKind::ConnectionAborted) {
+                    // The client left while the response body was still coming.
+                    conn.stats.downstream_cx_destroy_remote_active_rq.inc();
+                }
                 if let Some(r) = home {
                     close(w, r).await;
                 }
