@@ -9,13 +9,12 @@
 //! (chunked, with trailers), `content-length`, or the end of the connection. 1xx responses
 //! are skipped. Upgrades (`101`) are not handled here: those requests go over hyper's client.
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
@@ -56,7 +55,7 @@ pub struct Conn {
     /// Header positions while a response head is parsed (kept to reuse its allocation).
     idx: Vec<[usize; 4]>,
     /// Output queued for the socket (kept to reuse its allocation).
-    out: VecDeque<Bytes>,
+    out: wire::Queue,
     /// Requests sent on it (for `max_requests_per_connection`).
     pub used: u32,
     /// When it last went idle.
@@ -71,7 +70,7 @@ impl Conn {
             rbuf: BytesMut::new(),
             read_hint: wire::MIN_READ,
             idx: Vec::new(),
-            out: VecDeque::new(),
+            out: wire::Queue::default(),
             used: 0,
             since: Instant::now(),
             _slot: slot,
@@ -220,8 +219,6 @@ struct Exchange {
     /// The request head, written from here (not queued: it stays whole for a resend).
     head: Head,
     head_sent: usize,
-    /// Bytes queued in `conn.out`.
-    out_len: usize,
     /// The request body still to send (`None` once it ended).
     body: Option<Body>,
     framing: Out,
@@ -238,7 +235,7 @@ impl Exchange {
     /// all of the request is written (or the server stopped taking it).
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         loop {
-            while self.out_len < GATHER {
+            while self.conn.out.len() < GATHER {
                 let Some(body) = self.body.as_mut() else {
                     break;
                 };
@@ -273,10 +270,7 @@ impl Exchange {
                 slices[0] = IoSlice::new(head_left);
                 n = 1;
             }
-            for b in self.conn.out.iter().take(slices.len() - n) {
-                slices[n] = IoSlice::new(b);
-                n += 1;
-            }
+            n += self.conn.out.slices(&mut slices[n..]);
             match Pin::new(&mut self.conn.io).poll_write_vectored(cx, &slices[..n]) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
@@ -284,51 +278,23 @@ impl Exchange {
                     self.reusable = false;
                     self.head_sent = self.head.bytes.len();
                     self.conn.out.clear();
-                    self.out_len = 0;
                     self.body = None;
                     return Poll::Ready(Ok(()));
                 }
-                Poll::Ready(Ok(mut written)) => {
+                Poll::Ready(Ok(written)) => {
                     let from_head = written.min(self.head.bytes.len() - self.head_sent);
                     self.head_sent += from_head;
-                    written -= from_head;
-                    self.out_len -= written;
-                    while written > 0 {
-                        let front = self
-                            .conn
-                            .out
-                            .front_mut()
-                            .expect("written bytes were queued");
-                        if front.len() <= written {
-                            written -= front.len();
-                            self.conn.out.pop_front();
-                        } else {
-                            front.advance(written);
-                            written = 0;
-                        }
-                    }
+                    self.conn.out.advance(written - from_head);
                 }
             }
         }
     }
 
-    fn push(&mut self, b: Bytes) {
-        if !b.is_empty() {
-            self.out_len += b.len();
-            self.conn.out.push_back(b);
-        }
-    }
-
     fn push_data(&mut self, data: Bytes) {
-        if data.is_empty() {
-            return;
-        }
         if self.framing == Out::Chunked {
-            self.push(wire::chunk_size_line(data.len()));
-            self.push(data);
-            self.push(Bytes::from_static(b"\r\n"));
+            self.conn.out.push_chunk(data);
         } else {
-            self.push(data);
+            self.conn.out.push(data);
         }
     }
 
@@ -337,7 +303,7 @@ impl Exchange {
         if self.framing != Out::Chunked {
             return;
         }
-        self.push(wire::last_chunk(trailers));
+        self.conn.out.push(wire::last_chunk(trailers));
     }
 
     /// Reads until a final response head is parsed (skipping 1xx), while still writing.
@@ -548,7 +514,6 @@ pub async fn send(
     let ended = body.is_end_stream();
     let mut ex = Exchange {
         conn,
-        out_len: 0,
         body: (!ended).then_some(body),
         framing: head.out,
         head_sent: 0,

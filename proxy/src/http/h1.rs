@@ -24,7 +24,6 @@
 //!   the connection: the bytes after its head are never parsed as requests. `h2c` upgrade
 //!   requests are served as plain HTTP/1.1 (their upgrade headers removed), as in Envoy.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
@@ -87,6 +86,8 @@ struct Parsed {
     upgrade: bool,
     /// The client may send `trailer` fields back (`te: trailers`): a chunked response keeps them.
     trailers: bool,
+    /// `Expect: 100-continue` (removed from the headers: the proxy answers it).
+    expect_continue: bool,
 }
 
 /// The HCM settings the codec applies.
@@ -123,8 +124,7 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
     });
     let mut w = Writer {
         io: wr,
-        queue: VecDeque::new(),
-        queued: 0,
+        queue: wire::Queue::default(),
     };
     // Polled only when its own waker fired, not on every wake-up of the connection (its
     // timer and drain watch cost more to poll than a request's parse).
@@ -165,13 +165,10 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
                 return;
             }
         };
-        if has_expect_continue(&parsed.parts.headers) {
-            parsed.parts.headers.remove(EXPECT);
-            if parsed.parts.version == Version::HTTP_11 {
-                w.push(Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
-                if std::future::poll_fn(|cx| w.poll_flush(cx)).await.is_err() {
-                    return;
-                }
+        if parsed.expect_continue && parsed.parts.version == Version::HTTP_11 {
+            w.push(Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
+            if std::future::poll_fn(|cx| w.poll_flush(cx)).await.is_err() {
+                return;
             }
         }
         let info = ReqInfo {
@@ -506,6 +503,7 @@ fn parse(
     let mut keep_alive_token = false;
     let mut conn_upgrade = false;
     let mut trailers = false;
+    let mut expect: Option<bool> = None;
     for &[ns, ne, vs, ve] in idx.iter() {
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| Reject(400))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| Reject(400))?;
@@ -537,6 +535,8 @@ fn parse(
             conn_upgrade |= wire::has_token(v, b"upgrade");
         } else if name == TE {
             trailers |= wire::has_token(value.as_bytes(), b"trailers");
+        } else if name == EXPECT && expect.is_none() {
+            expect = Some(value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         }
         map.append(name, value);
     }
@@ -588,6 +588,10 @@ fn parse(
         conn_upgrade = false;
     }
     let upgrade = method == Method::CONNECT || (conn_upgrade && map.contains_key(UPGRADE));
+    let expect_continue = expect == Some(true);
+    if expect_continue {
+        map.remove(EXPECT);
+    }
     let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
@@ -599,12 +603,8 @@ fn parse(
         keep_alive: !close,
         upgrade,
         trailers,
+        expect_continue,
     }))
-}
-
-fn has_expect_continue(h: &HeaderMap) -> bool {
-    h.get(EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 fn conn_close(resp: &Response<Body>) -> bool {
@@ -737,42 +737,24 @@ impl http_body::Body for RequestBody {
 /// The connection's write side, with output queued for one `writev`.
 struct Writer {
     io: OwnedWriteHalf,
-    queue: VecDeque<Bytes>,
-    queued: usize,
+    queue: wire::Queue,
 }
 
 impl Writer {
     fn push(&mut self, b: Bytes) {
-        if !b.is_empty() {
-            self.queued += b.len();
-            self.queue.push_back(b);
-        }
+        self.queue.push(b);
     }
 
     /// Writes until the queue is empty.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.queue.is_empty() {
             let mut slices = [IoSlice::new(&[]); 16];
-            let mut n = 0;
-            for b in self.queue.iter().take(slices.len()) {
-                slices[n] = IoSlice::new(b);
-                n += 1;
-            }
-            let mut written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]))?;
+            let n = self.queue.slices(&mut slices);
+            let written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]))?;
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.queued -= written;
-            while written > 0 {
-                let front = self.queue.front_mut().expect("written bytes were queued");
-                if front.len() <= written {
-                    written -= front.len();
-                    self.queue.pop_front();
-                } else {
-                    front.advance(written);
-                    written = 0;
-                }
-            }
+            self.queue.advance(written);
         }
         Poll::Ready(Ok(()))
     }
@@ -914,7 +896,7 @@ async fn write_response(
     };
     let mut failed = false;
     std::future::poll_fn(|cx| loop {
-        while w.queued < GATHER {
+        while w.queue.len() < GATHER {
             let Some(b) = body.as_mut() else { break };
             match Pin::new(b).poll_frame(cx) {
                 Poll::Pending => break,
@@ -934,11 +916,7 @@ async fn write_response(
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => match out {
-                        Out::Chunked if !data.is_empty() => {
-                            w.push(wire::chunk_size_line(data.len()));
-                            w.push(data);
-                            w.push(Bytes::from_static(b"\r\n"));
-                        }
+                        Out::Chunked => w.queue.push_chunk(data),
                         Out::Length(_) => {
                             let mut data = data;
                             if data.len() as u64 > left {

@@ -14,6 +14,17 @@ use crate::listener::{reached, Phase};
 use crate::model::network::{HttpFilter, RouteSource};
 use crate::route::{self, FormatCtx, RequestView, RouteTable, Selected};
 
+/// The stream idle timeout fired before the response head (Envoy's `onIdleTimeout`).
+const STREAM_TIMEOUT: LocalReply = LocalReply {
+    status: 408,
+    body: "stream timeout",
+};
+/// The request body had not fully arrived within the HCM's `request_timeout`.
+const REQUEST_TIMEOUT: LocalReply = LocalReply {
+    status: 408,
+    body: "request timeout",
+};
+
 /// Handles one downstream request; never fails (errors are local replies).
 pub async fn handle<B>(conn: Arc<Conn>, req: Request<B>) -> Response<Body>
 where
@@ -168,8 +179,8 @@ async fn route_request(
 ) -> Response<Body> {
     let mut cors_latched = None;
     let mut resp = route_inner(conn, req, grpc, log_head, &mut cors_latched).await;
-    // Replies made before a route was finalized (a refused upgrade, a bad path, no route...)
-    // carry the server header too, as every response of Envoy's does.
+    // Every response carries the server header, as Envoy's do (set here once, after the
+    // route's response header changes).
     if let Some(v) = &conn.hcm.server_header {
         resp.headers_mut().insert(http::header::SERVER, v.clone());
     }
@@ -298,9 +309,6 @@ async fn route_inner(
                             // Answered by the filter: no route header changes, as in Envoy.
                             let mut r = Response::new(body::empty());
                             *r.headers_mut() = h;
-                            if let Some(v) = &conn.hcm.server_header {
-                                r.headers_mut().insert(http::header::SERVER, v.clone());
-                            }
                             return r;
                         }
                     }
@@ -421,10 +429,7 @@ async fn route_inner(
                             Ok(r) => r,
                             Err(_) => {
                                 conn.stats.downstream_rq_idle_timeout.inc();
-                                Err(LocalReply {
-                                    status: 408,
-                                    body: "stream timeout",
-                                })
+                                Err(STREAM_TIMEOUT)
                             }
                         };
                     }
@@ -451,17 +456,11 @@ async fn route_inner(
                     r = fwd => r,
                     _ = idle_timer => {
                         conn.stats.downstream_rq_idle_timeout.inc();
-                        Err(LocalReply {
-                            status: 408,
-                            body: "stream timeout",
-                        })
+                        Err(STREAM_TIMEOUT)
                     }
                     _ = request_timer => {
                         conn.stats.rq_timeout.inc();
-                        Err(LocalReply {
-                            status: 408,
-                            body: "request timeout",
-                        })
+                        Err(REQUEST_TIMEOUT)
                     }
                 }
             };
@@ -541,9 +540,6 @@ fn finalize(
                 _ => None,
             },
         });
-    }
-    if let Some(v) = &conn.hcm.server_header {
-        parts.headers.insert(http::header::SERVER, v.clone());
     }
     Response::from_parts(parts, body)
 }

@@ -1,8 +1,10 @@
 //! HTTP/1.1 wire framing shared by the downstream server (`http/h1.rs`) and the upstream
-//! client (`cluster/h1.rs`): reading into a growing buffer, how a message body is delimited
-//! (RFC 9112 §6), the chunked decoder and encoder, and `Connection` header tokens.
+//! client (`cluster/h1.rs`): reading into a growing buffer, output queued for one `writev`,
+//! how a message body is delimited (RFC 9112 §6), the chunked decoder and encoder, and
+//! `Connection` header tokens.
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -46,6 +48,70 @@ pub fn poll_fill<R: AsyncRead + Unpin>(
         *hint = (*hint * 2).min(MAX_READ);
     }
     Poll::Ready(Ok(n))
+}
+
+/// Output queued for one vectored write.
+#[derive(Default)]
+pub struct Queue {
+    bufs: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Queue {
+    pub fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.len += b.len();
+            self.bufs.push_back(b);
+        }
+    }
+
+    /// `data` as one chunk of a chunked body (nothing for empty data: that would end it).
+    pub fn push_chunk(&mut self, data: Bytes) {
+        if !data.is_empty() {
+            self.push(chunk_size_line(data.len()));
+            self.push(data);
+            self.push(Bytes::from_static(b"\r\n"));
+        }
+    }
+
+    /// Bytes queued.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.bufs.clear();
+        self.len = 0;
+    }
+
+    /// Fills `slices` from the front of the queue; returns how many were filled.
+    pub fn slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, b) in slices.iter_mut().zip(&self.bufs) {
+            *slot = IoSlice::new(b);
+            n += 1;
+        }
+        n
+    }
+
+    /// Drops the first `written` bytes (a write took them).
+    pub fn advance(&mut self, mut written: usize) {
+        self.len -= written;
+        while written > 0 {
+            let front = self.bufs.front_mut().expect("written bytes were queued");
+            if front.len() <= written {
+                written -= front.len();
+                self.bufs.pop_front();
+            } else {
+                front.advance(written);
+                written = 0;
+            }
+        }
+    }
 }
 
 /// How the rest of a message body is delimited.
@@ -249,6 +315,22 @@ mod tests {
         assert_eq!(d, b"abc");
         assert_eq!(got.unwrap()["grpc-status"], "0");
         assert_eq!(&last_chunk(None)[..], b"0\r\n\r\n");
+    }
+
+    #[test]
+    fn queue_advances_across_buffers() {
+        let mut q = Queue::default();
+        q.push(Bytes::from_static(b"head"));
+        q.push_chunk(Bytes::from_static(b"abc"));
+        q.push_chunk(Bytes::new());
+        assert_eq!(q.len(), 4 + 3 + 3 + 2);
+        q.advance(6);
+        let mut slices = [IoSlice::new(&[]); 4];
+        let n = q.slices(&mut slices);
+        let rest: Vec<u8> = slices[..n].iter().flat_map(|s| s.to_vec()).collect();
+        assert_eq!(rest, b"\nabc\r\n");
+        q.advance(6);
+        assert!(q.is_empty());
     }
 
     #[test]
