@@ -496,6 +496,47 @@ async fn keep_alive_serves_many_requests_on_one_connection() {
     assert_eq!(up.requests.load(Ordering::SeqCst), 5);
 }
 
+/// Both connections keep the header map of a message that went out for the next message
+/// they parse (downstream: the response's map holds the next request; upstream: the
+/// request's map holds the next response). Nothing of one exchange may show in the next.
+#[tokio::test]
+async fn header_maps_reused_across_requests_carry_nothing_over() {
+    let (_app, addr, up) = setup("h1_reuse", "").await;
+    let mut c = Client::connect(addr).await;
+    let mut first = String::from("GET /one HTTP/1.1\r\nHost: h\r\n");
+    for i in 0..40 {
+        first.push_str(&format!("x-first-{i}: v{i}\r\n"));
+    }
+    first.push_str("x-both: from-first\r\n\r\n");
+    c.send(first).await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = r.seen();
+    assert_eq!(seen.header("x-first-39"), Some("v39"));
+    assert_eq!(seen.header("x-both"), Some("from-first"));
+    for path in ["/two", "/three"] {
+        c.send(format!(
+            "GET {path} HTTP/1.1\r\nHost: h\r\nx-both: from-{path}\r\n\r\n"
+        ))
+        .await;
+        let r = c.response().await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let seen = r.seen();
+        assert_eq!(seen.field("path"), Some(path));
+        // The request carries its own headers only: none of the first request's, none of
+        // the previous response's.
+        assert_eq!(seen.header("x-first-0"), None, "{}", seen.desc);
+        assert_eq!(seen.header("x-upstream"), None, "{}", seen.desc);
+        assert_eq!(seen.desc.matches("h:x-both=").count(), 1, "{}", seen.desc);
+        assert_eq!(seen.header("x-both"), Some(format!("from-{path}").as_str()));
+        // The response carries the upstream's headers only.
+        assert_eq!(r.header("x-first-0"), None, "{r:?}");
+        assert_eq!(r.header("x-both"), None, "{r:?}");
+        assert_eq!(r.header("x-upstream"), Some("echo-body"));
+    }
+    assert_eq!(up.requests.load(Ordering::SeqCst), 3);
+}
+
 #[tokio::test]
 async fn connection_close_request_gets_connection_close_and_the_server_closes() {
     let (_app, addr, _up) = setup("h1_connclose", "").await;

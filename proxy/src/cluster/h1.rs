@@ -56,6 +56,8 @@ pub struct Conn {
     idx: Vec<[usize; 4]>,
     /// Output queued for the socket (kept to reuse its allocation).
     out: wire::Queue,
+    /// A request's header map, emptied: the next response's headers go in it.
+    spare: wire::SpareHeaders,
     /// Requests sent on it (for `max_requests_per_connection`).
     pub used: u32,
     /// When it last went idle.
@@ -71,6 +73,7 @@ impl Conn {
             read_hint: wire::MIN_READ,
             idx: Vec::new(),
             out: wire::Queue::default(),
+            spare: wire::SpareHeaders::default(),
             used: 0,
             since: Instant::now(),
             _slot: slot,
@@ -89,6 +92,11 @@ impl Conn {
                 matches!(self.io.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
         }
+    }
+
+    /// Keeps a sent request's header map to hold the next response's headers.
+    pub fn recycle(&mut self, headers: HeaderMap) {
+        self.spare.keep(headers);
     }
 
     /// Reads more bytes into the buffer; `Ok(0)` is the end of the connection.
@@ -370,7 +378,7 @@ impl Exchange {
             return Ok(Parsed::Informational);
         }
         // Room for the headers the router adds on the way back (server, service time, ...).
-        let mut map = HeaderMap::with_capacity(count + 6);
+        let mut map = self.conn.spare.take(count + 6);
         let mut length: Option<u64> = None;
         let mut chunked = false;
         let mut te = false;

@@ -328,42 +328,60 @@ impl Pool {
         }
         let (parts, mut body) = req.into_parts();
         let mut head = h1::encode(&parts, &body);
-        drop(parts);
-        let mut pending: Option<PendingGuard> = None;
-        let slot = loop {
-            while let Some(conn) = self.checkout(settings) {
-                let back = self.give_back(settings, limits);
-                match h1::send(conn, head, body, true, back).await {
-                    Ok(resp) => return Ok(resp),
-                    Err(h1::Failed {
-                        retry: Some((h, b)),
-                        error,
-                    }) => {
-                        tracing::debug!(%addr, %error, "pooled connection closed under the request; sending it on another");
-                        (head, body) = (h, b);
-                    }
-                    Err(f) => return Err(UpstreamError::Reset(f.error.into())),
+        let mut sent_headers = Some(parts.headers);
+        // One `h1::send` await for pooled and new connections alike: every await of it is
+        // a slot of its size in this future, which the caller's futures contain in turn.
+        loop {
+            let (mut conn, reused) = match self.checkout(settings) {
+                Some(c) => (c, true),
+                // A new connection is the cold path: boxed, so that its futures do not make
+                // every request's future larger.
+                None => {
+                    Box::pin(self.connect_h1(addr, settings, limits, &on_new_connection)).await?
                 }
+            };
+            if let Some(h) = sent_headers.take() {
+                conn.recycle(h);
             }
+            let back = self.give_back(settings, limits);
+            match h1::send(conn, head, body, reused, back).await {
+                Ok(resp) => return Ok(resp),
+                Err(h1::Failed {
+                    retry: Some((h, b)),
+                    error,
+                }) => {
+                    tracing::debug!(%addr, %error, "pooled connection closed under the request; sending it on another");
+                    (head, body) = (h, b);
+                }
+                Err(f) => return Err(UpstreamError::Reset(f.error.into())),
+            }
+        }
+    }
+
+    /// A new HTTP/1 connection, once the cluster's connection limit has room for it (waiting
+    /// as a pending request meanwhile), or a pooled one that went idle while it waited
+    /// (`true`: reused).
+    async fn connect_h1(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        settings: PoolSettings,
+        limits: &Arc<ConnLimits>,
+        on_new_connection: &impl Fn(Duration),
+    ) -> Result<(h1::Conn, bool), UpstreamError> {
+        let mut pending: Option<PendingGuard> = None;
+        loop {
             if let Some(slot) = limits.try_slot() {
-                break slot;
+                drop(pending);
+                let stream = settings.open(addr, on_new_connection).await?;
+                return Ok((h1::Conn::new(stream, slot), false));
             }
             limits
                 .wait_for_room(&mut pending, || self.idle_count() > 0)
                 .await?;
-        };
-        drop(pending);
-        // A new connection is the cold path: boxed, so that its futures do not make every
-        // request's future (moved around per request) larger.
-        let conn = Box::pin(async {
-            let stream = settings.open(addr, &on_new_connection).await?;
-            Ok::<_, UpstreamError>(h1::Conn::new(stream, slot))
-        })
-        .await?;
-        let back = self.give_back(settings, limits);
-        h1::send(conn, head, body, false, back)
-            .await
-            .map_err(|f| UpstreamError::Reset(f.error.into()))
+            if let Some(c) = self.checkout(settings) {
+                return Ok((c, true));
+            }
+        }
     }
 
     /// An idle connection that is still open and within the idle timeout.

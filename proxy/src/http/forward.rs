@@ -196,7 +196,8 @@ pub async fn forward(
     } else {
         (req, None)
     };
-    let overall = async {
+    // Pinned in place, as each attempt's future is below.
+    let overall = std::pin::pin!(async {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut attempt = 0u32;
         loop {
@@ -216,7 +217,9 @@ pub async fn forward(
                         crate::route::headers::set_authority(&mut p, &host.hostname);
                         req = Request::from_parts(p, b);
                     }
-                    let send = send_once(conn, cluster, &host, req);
+                    // Pinned in place: the timeout (or the await) holds a reference, so the
+                    // attempt's future (several KB) is stored once and never moved.
+                    let send = std::pin::pin!(send_once(conn, cluster, &host, req));
                     let mut outcome = match per_try {
                         Some(t) => match tokio::time::timeout(t, send).await {
                             Ok(Ok(r)) => Outcome::Response(r),
@@ -294,7 +297,7 @@ pub async fn forward(
             req = Request::from_parts(clone_parts(&p), body::full(b.clone()));
             copy = Some((p, b));
         }
-    };
+    });
     if timeouts.global.is_zero() {
         overall.await
     } else {

@@ -37,7 +37,7 @@ use http::header::{
     HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, TE, TRANSFER_ENCODING,
     UPGRADE,
 };
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -125,6 +125,8 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
     let mut w = Writer {
         io: wr,
         queue: wire::Queue::default(),
+        head: wire::HeadBuf::default(),
+        spare: wire::SpareHeaders::default(),
     };
     // Polled only when its own waker fired, not on every wake-up of the connection (its
     // timer and drain watch cost more to poll than a request's parse).
@@ -142,6 +144,7 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
                 &mut reader,
                 &limits,
                 &mut idx,
+                &mut w.spare,
                 &mut stop,
                 &mut stopping,
                 &mut headers_timer,
@@ -384,6 +387,7 @@ fn next_head<S: Future<Output = ()>>(
     r: &mut Reader,
     limits: &Limits,
     idx: &mut Vec<[usize; 4]>,
+    spare: &mut wire::SpareHeaders,
     stop: &mut FuturesUnordered<S>,
     stopping: &mut bool,
     headers_timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
@@ -391,7 +395,7 @@ fn next_head<S: Future<Output = ()>>(
 ) -> Poll<Result<Option<Parsed>, Reject>> {
     loop {
         if !r.buf.is_empty() {
-            if let Some(p) = parse(&mut r.buf, limits, idx)? {
+            if let Some(p) = parse(&mut r.buf, limits, idx, spare)? {
                 *headers_timer = None;
                 return Poll::Ready(Ok(Some(p)));
             }
@@ -419,6 +423,7 @@ fn parse(
     buf: &mut BytesMut,
     limits: &Limits,
     idx: &mut Vec<[usize; 4]>,
+    spare: &mut wire::SpareHeaders,
 ) -> Result<Option<Parsed>, Reject> {
     // Empty lines before a request line are ignored (RFC 9112 §2.2).
     let skip = buf
@@ -494,7 +499,7 @@ fn parse(
         return Err(Reject(400));
     }
 
-    let mut map = HeaderMap::with_capacity(idx.len() + 6);
+    let mut map = spare.take(idx.len() + 6);
     let mut length: Option<u64> = None;
     let mut te: Option<Vec<u8>> = None;
     // `close` anywhere wins over `keep-alive` (HTTP/1.0 keeps the connection only when asked
@@ -738,6 +743,10 @@ impl http_body::Body for RequestBody {
 struct Writer {
     io: OwnedWriteHalf,
     queue: wire::Queue,
+    /// Response heads are written here.
+    head: wire::HeadBuf,
+    /// The last response's header map, emptied: the next request's headers go in it.
+    spare: wire::SpareHeaders,
 }
 
 impl Writer {
@@ -859,7 +868,7 @@ async fn write_response(
     if let Some(l) = &length_line {
         len += l.len();
     }
-    let mut b = BytesMut::with_capacity(len);
+    let b = w.head.start(len);
     b.extend_from_slice(b"HTTP/1.1 ");
     b.extend_from_slice(status.as_str().as_bytes());
     b.extend_from_slice(b" ");
@@ -886,8 +895,9 @@ async fn write_response(
     b.extend_from_slice(chunked);
     b.extend_from_slice(b"\r\n");
     debug_assert_eq!(b.len(), len);
-    w.push(b.freeze());
-    drop(parts);
+    let head = w.head.finish();
+    w.push(head);
+    w.spare.keep(parts.headers);
 
     let mut body = (out != Out::None).then_some(body);
     let mut left = match out {
@@ -1025,7 +1035,12 @@ mod tests {
 
     fn parse_str(s: &str, l: &Limits) -> Result<Option<Parsed>, Reject> {
         let mut buf = BytesMut::from(s.as_bytes());
-        parse(&mut buf, l, &mut Vec::new())
+        parse(
+            &mut buf,
+            l,
+            &mut Vec::new(),
+            &mut wire::SpareHeaders::default(),
+        )
     }
 
     #[test]

@@ -391,8 +391,9 @@ async fn route_inner(
                 req = Box::pin(forward::mirror(conn, &entry.request_mirrors, req, random)).await;
             }
             let sent = Instant::now();
-            // Built in its box: the forwarding future is several KB, and the timeouts below
-            // would otherwise move (copy) all of it more than once per request.
+            // Built in its box: the forwarding future is about 4 KB (16 KB before its attempts
+            // were pinned in place), and the timeouts below would otherwise move (copy) all of
+            // it more than once per request.
             let fwd = Box::into_pin(Box::write(
                 Box::new_uninit(),
                 forward::forward(

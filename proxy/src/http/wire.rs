@@ -263,6 +263,65 @@ pub fn last_chunk(trailers: Option<&HeaderMap>) -> Bytes {
     b.freeze()
 }
 
+/// A header map kept by a connection between exchanges: the map of a message that went out
+/// is emptied and becomes the map of the next one parsed, so that a steady exchange allocates
+/// no header map (two allocations and two frees each, at glibc's slowest sizes).
+#[derive(Default)]
+pub struct SpareHeaders(Option<HeaderMap>);
+
+/// A map that grew past this many entries is not kept (one huge message must not pin its
+/// memory for the connection's life).
+const SPARE_HEADERS_MAX: usize = 128;
+
+impl SpareHeaders {
+    /// An empty map with room for `n` entries: the kept one if there is one.
+    pub fn take(&mut self, n: usize) -> HeaderMap {
+        match self.0.take() {
+            Some(mut m) => {
+                m.reserve(n);
+                m
+            }
+            None => HeaderMap::with_capacity(n),
+        }
+    }
+
+    /// Keeps `m` (emptied) for the next message, unless it is too big or one is kept already.
+    pub fn keep(&mut self, mut m: HeaderMap) {
+        if self.0.is_none() && m.capacity() <= SPARE_HEADERS_MAX {
+            m.clear();
+            self.0 = Some(m);
+        }
+    }
+}
+
+/// A buffer that message heads are written into and split off from: once the previous head
+/// went out (its `Bytes` dropped), the next one reuses the same allocation.
+#[derive(Default)]
+pub struct HeadBuf(BytesMut);
+
+/// The smallest head buffer allocated (most heads fit, so it is allocated once).
+const HEAD_BUF_MIN: usize = 1024;
+/// Heads longer than this do not keep their buffer.
+const HEAD_BUF_KEEP: usize = 16 * 1024;
+
+impl HeadBuf {
+    /// The buffer, empty, with room for `len` bytes.
+    pub fn start(&mut self, len: usize) -> &mut BytesMut {
+        self.0.clear();
+        self.0.reserve(len.max(HEAD_BUF_MIN));
+        &mut self.0
+    }
+
+    /// The head written since `start`. A big one's buffer is not kept for the next.
+    pub fn finish(&mut self) -> Bytes {
+        let head = self.0.split().freeze();
+        if head.len() > HEAD_BUF_KEEP {
+            self.0 = BytesMut::new();
+        }
+        head
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,5 +398,54 @@ mod tests {
         assert!(!ends_chunked(b"chunked, gzip"));
         assert!(has_token(b"keep-alive, Upgrade", b"upgrade"));
         assert!(!has_token(b"keep-alive", b"close"));
+    }
+
+    #[test]
+    fn a_kept_header_map_comes_back_empty_and_a_huge_one_is_not_kept() {
+        let mut spare = SpareHeaders::default();
+        let mut m = spare.take(4);
+        m.insert("x-a", HeaderValue::from_static("1"));
+        m.append("x-a", HeaderValue::from_static("2"));
+        let cap = m.capacity();
+        spare.keep(m);
+        let again = spare.take(4);
+        assert!(again.is_empty());
+        assert_eq!(again.capacity(), cap, "the kept map's allocation is reused");
+        // Only one is kept; a second one is dropped.
+        spare.keep(again);
+        spare.keep(HeaderMap::with_capacity(8));
+        assert_eq!(spare.take(0).capacity(), cap);
+        let mut huge = HeaderMap::with_capacity(1000);
+        huge.insert("x-b", HeaderValue::from_static("1"));
+        spare.keep(huge);
+        assert!(spare.take(0).capacity() < 1000);
+    }
+
+    #[test]
+    fn head_buffer_is_reused_once_the_previous_head_is_gone() {
+        let mut hb = HeadBuf::default();
+        hb.start(40).extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+        let first = hb.finish();
+        let at = first.as_ptr();
+        drop(first);
+        // Past what is left after the first head: the buffer is reclaimed, not reallocated.
+        hb.start(HEAD_BUF_MIN)
+            .extend_from_slice(b"HTTP/1.1 204 No Content\r\n\r\n");
+        let second = hb.finish();
+        assert_eq!(second.as_ptr(), at);
+        assert_eq!(&second[..], b"HTTP/1.1 204 No Content\r\n\r\n");
+        // While a head is still referenced (queued), the next one does not overwrite it.
+        hb.start(HEAD_BUF_MIN)
+            .extend_from_slice(b"HTTP/1.1 404 Not Found\r\n\r\n");
+        let third = hb.finish();
+        assert_eq!(&second[..], b"HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!(&third[..], b"HTTP/1.1 404 Not Found\r\n\r\n");
+        // A big head's buffer is let go.
+        drop((second, third));
+        let big = vec![b'a'; HEAD_BUF_KEEP + 1];
+        hb.start(big.len()).extend_from_slice(&big);
+        let b = hb.finish();
+        assert_eq!(b.len(), big.len());
+        assert_eq!(hb.0.capacity(), 0);
     }
 }
