@@ -58,6 +58,8 @@ pub struct Conn {
     out: wire::Queue,
     /// A request's header map, emptied: the next response's headers go in it.
     spare: wire::SpareHeaders,
+    /// Request heads are written here.
+    head: wire::HeadBuf,
     /// Requests sent on it (for `max_requests_per_connection`).
     pub used: u32,
     /// When it last went idle.
@@ -74,6 +76,7 @@ impl Conn {
             idx: Vec::new(),
             out: wire::Queue::default(),
             spare: wire::SpareHeaders::default(),
+            head: wire::HeadBuf::default(),
             used: 0,
             since: Instant::now(),
             _slot: slot,
@@ -94,9 +97,12 @@ impl Conn {
         }
     }
 
-    /// Keeps a sent request's header map to hold the next response's headers.
-    pub fn recycle(&mut self, headers: HeaderMap) {
-        self.spare.keep(headers);
+    /// Encodes a request's head into this connection's head buffer, and keeps the request's
+    /// header map to hold the next response's headers.
+    pub fn encode(&mut self, parts: http::request::Parts, body: &Body) -> Head {
+        let head = encode(&parts, body, &mut self.head);
+        self.spare.keep(parts.headers);
+        head
     }
 
     /// Reads more bytes into the buffer; `Ok(0)` is the end of the connection.
@@ -127,8 +133,9 @@ pub struct Head {
     close_after: bool,
 }
 
-/// Encodes the request head (origin-form target expected) and decides the body framing.
-pub fn encode(parts: &http::request::Parts, body: &Body) -> Head {
+/// Encodes the request head (origin-form target expected) into `buf` and decides the body
+/// framing.
+pub fn encode(parts: &http::request::Parts, body: &Body, buf: &mut wire::HeadBuf) -> Head {
     let h = &parts.headers;
     let mut out = Out::Raw;
     let mut close_after = false;
@@ -166,7 +173,7 @@ pub fn encode(parts: &http::request::Parts, body: &Body) -> Head {
     if let Some((k, v)) = &extra {
         len += k.len() + v.len() + 4;
     }
-    let mut b = BytesMut::with_capacity(len);
+    let b = buf.start(len);
     b.extend_from_slice(parts.method.as_str().as_bytes());
     b.extend_from_slice(b" ");
     b.extend_from_slice(target.as_bytes());
@@ -190,7 +197,7 @@ pub fn encode(parts: &http::request::Parts, body: &Body) -> Head {
     b.extend_from_slice(b"\r\n");
     debug_assert_eq!(b.len(), len);
     Head {
-        bytes: b.freeze(),
+        bytes: buf.finish(),
         out,
         head_method: parts.method == Method::HEAD,
         idempotent: matches!(

@@ -67,7 +67,7 @@ async fn collect(resp: Response<Body>) -> (Bytes, Option<HeaderMap>) {
 async fn content_length_response_and_reuse() {
     let (conn, mut s) = pair().await;
     let (parts, body) = get("/a?x=1");
-    let head = encode(&parts, &body);
+    let head = encode(&parts, &body, &mut Default::default());
     let server = tokio::spawn(async move {
         let req = read_until(&mut s, b"\r\n\r\n").await;
         assert_eq!(req, b"GET /a?x=1 HTTP/1.1\r\nhost: svc\r\n\r\n");
@@ -91,7 +91,7 @@ async fn content_length_response_and_reuse() {
 
     // Second exchange on the same connection; an empty body with content-length: 0.
     let (parts, body) = get("/b");
-    let head = encode(&parts, &body);
+    let head = encode(&parts, &body, &mut Default::default());
     let server = tokio::spawn(async move {
         read_until(&mut s, b"\r\n\r\n").await;
         s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
@@ -117,7 +117,7 @@ async fn content_length_response_and_reuse() {
 async fn chunked_response_with_extensions_and_trailers() {
     let (conn, mut s) = pair().await;
     let (parts, body) = get("/c");
-    let head = encode(&parts, &body);
+    let head = encode(&parts, &body, &mut Default::default());
     tokio::spawn(async move {
         read_until(&mut s, b"\r\n\r\n").await;
         s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhel")
@@ -146,7 +146,7 @@ async fn chunked_response_with_extensions_and_trailers() {
 async fn close_delimited_response_is_read_to_the_end_and_not_reused() {
     let (conn, mut s) = pair().await;
     let (parts, body) = get("/d");
-    let head = encode(&parts, &body);
+    let head = encode(&parts, &body, &mut Default::default());
     tokio::spawn(async move {
         read_until(&mut s, b"\r\n\r\n").await;
         s.write_all(b"HTTP/1.0 200 OK\r\n\r\nuntil ").await.unwrap();
@@ -163,7 +163,7 @@ async fn close_delimited_response_is_read_to_the_end_and_not_reused() {
 async fn informational_responses_are_skipped_and_head_has_no_body() {
     let (conn, mut s) = pair().await;
     let (parts, body) = get("/e");
-    let head = encode(&parts, &body);
+    let head = encode(&parts, &body, &mut Default::default());
     let server = tokio::spawn(async move {
         read_until(&mut s, b"\r\n\r\n").await;
         s.write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </s>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
@@ -185,7 +185,7 @@ async fn informational_responses_are_skipped_and_head_has_no_body() {
         .body(crate::body::empty())
         .unwrap()
         .into_parts();
-    let head = encode(&parts, &body);
+    let head = encode(&parts, &body, &mut Default::default());
     let (back, f) = keeper();
     let resp = send(conn, head, body, true, f).await.ok().unwrap();
     assert_eq!(resp.headers()["content-length"], "5");
@@ -207,7 +207,7 @@ async fn streaming_request_body_goes_chunked_with_trailers() {
         .body(())
         .unwrap()
         .into_parts();
-    let head = encode(&parts, &body);
+    let head = encode(&parts, &body, &mut Default::default());
     let server = tokio::spawn(async move {
         let got = read_until(&mut s, b"0\r\nx-sum: 9\r\n\r\n").await;
         s.write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n")
@@ -245,7 +245,7 @@ async fn known_length_body_gets_content_length_in_one_write() {
     let (conn, mut s) = pair().await;
     let (parts, _) = Request::put("/k").body(()).unwrap().into_parts();
     let body = crate::body::full("payload");
-    let head = encode(&parts, &body);
+    let head = encode(&parts, &body, &mut Default::default());
     let server = tokio::spawn(async move {
         let got = read_until(&mut s, b"payload").await;
         s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
@@ -269,7 +269,7 @@ async fn early_response_while_the_body_still_streams() {
         tokio_stream::wrappers::ReceiverStream::new(rx),
     ));
     let (parts, _) = Request::post("/big").body(()).unwrap().into_parts();
-    let head = encode(&parts, &body);
+    let head = encode(&parts, &body, &mut Default::default());
     tokio::spawn(async move {
         read_until(&mut s, b"\r\n\r\n").await;
         s.write_all(
@@ -299,7 +299,7 @@ async fn a_reused_connection_closed_under_an_idempotent_request_hands_it_back() 
     let (conn, s) = pair().await;
     drop(s);
     let (parts, body) = get("/r");
-    let head = encode(&parts, &body);
+    let head = encode(&parts, &body, &mut Default::default());
     let (_b, f) = keeper();
     let failed = send(conn, head, body, true, f).await.err().unwrap();
     assert!(failed.retry.is_some(), "{}", failed.error);
@@ -308,7 +308,7 @@ async fn a_reused_connection_closed_under_an_idempotent_request_hands_it_back() 
     let (conn, mut s) = pair().await;
     let (parts, _) = Request::post("/r").body(()).unwrap().into_parts();
     let body = crate::body::full("x");
-    let head = encode(&parts, &body);
+    let head = encode(&parts, &body, &mut Default::default());
     tokio::spawn(async move {
         read_until(&mut s, b"x").await;
     });
@@ -320,7 +320,7 @@ async fn a_reused_connection_closed_under_an_idempotent_request_hands_it_back() 
     let (conn, s) = pair().await;
     drop(s);
     let (parts, body) = get("/r");
-    let head = encode(&parts, &body);
+    let head = encode(&parts, &body, &mut Default::default());
     let (_b, f) = keeper();
     assert!(send(conn, head, body, false, f)
         .await
@@ -349,7 +349,7 @@ async fn malformed_and_truncated_responses_fail() {
     ] {
         let (conn, mut s) = pair().await;
         let (parts, body) = get("/m");
-        let head = encode(&parts, &body);
+        let head = encode(&parts, &body, &mut Default::default());
         tokio::spawn(async move {
             read_until(&mut s, b"\r\n\r\n").await;
             s.write_all(reply).await.unwrap();
@@ -375,7 +375,7 @@ async fn malformed_and_truncated_responses_fail() {
 async fn a_response_trickling_in_byte_by_byte_parses_the_same() {
     let (conn, mut s) = pair().await;
     let (parts, body) = get("/t");
-    let head = encode(&parts, &body);
+    let head = encode(&parts, &body, &mut Default::default());
     let reply: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-a: 1\r\n\r\n\
         4\r\nabcd\r\n3;x=y\r\nefg\r\n0\r\nx-t: done\r\n\r\n";
     tokio::spawn(async move {
@@ -400,7 +400,7 @@ async fn a_response_trickling_in_byte_by_byte_parses_the_same() {
 async fn a_large_response_does_not_leave_a_large_buffer_on_the_idle_connection() {
     let (conn, mut s) = pair().await;
     let (parts, body) = get("/big");
-    let head = encode(&parts, &body);
+    let head = encode(&parts, &body, &mut Default::default());
     const LEN: usize = 1024 * 1024;
     tokio::spawn(async move {
         read_until(&mut s, b"\r\n\r\n").await;

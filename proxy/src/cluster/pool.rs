@@ -327,8 +327,8 @@ impl Pool {
             return Box::pin(send_upgrade(addr, settings, limits, req, on_new_connection)).await;
         }
         let (parts, mut body) = req.into_parts();
-        let mut head = h1::encode(&parts, &body);
-        let mut sent_headers = Some(parts.headers);
+        // Encoded once, on the first connection (into its buffer); a resend reuses the head.
+        let mut request: Result<h1::Head, http::request::Parts> = Err(parts);
         // One `h1::send` await for pooled and new connections alike: every await of it is
         // a slot of its size in this future, which the caller's futures contain in turn.
         loop {
@@ -340,9 +340,10 @@ impl Pool {
                     Box::pin(self.connect_h1(addr, settings, limits, &on_new_connection)).await?
                 }
             };
-            if let Some(h) = sent_headers.take() {
-                conn.recycle(h);
-            }
+            let head = match request {
+                Ok(head) => head,
+                Err(parts) => conn.encode(parts, &body),
+            };
             let back = self.give_back(settings, limits);
             match h1::send(conn, head, body, reused, back).await {
                 Ok(resp) => return Ok(resp),
@@ -351,7 +352,7 @@ impl Pool {
                     error,
                 }) => {
                     tracing::debug!(%addr, %error, "pooled connection closed under the request; sending it on another");
-                    (head, body) = (h, b);
+                    (request, body) = (Ok(h), b);
                 }
                 Err(f) => return Err(UpstreamError::Reset(f.error.into())),
             }
