@@ -64,6 +64,33 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
+/// One `recv` into `buf`. A short read means the socket was drained, so its readiness is
+/// cleared on the spot (as tokio's own `poll_read` does): the next wait goes straight to the
+/// reactor instead of spending a `recv` that returns `EAGAIN`. Data arriving later raises a new
+/// edge-triggered event, so nothing is missed.
+fn read_draining(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let mut short = 0;
+    let r = from.try_io(Interest::READABLE, || {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the descriptor stays open
+        // for the call (borrowed from `from`).
+        let n = unsafe { libc::recv(from.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        if n > 0 && n < buf.len() {
+            // Not an error: `WouldBlock` tells `try_io` to clear the readiness.
+            short = n;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match r {
+        Err(_) if short > 0 => Ok(short),
+        r => r,
+    }
+}
+
 /// How a direction moves bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -90,7 +117,7 @@ async fn one_way(
         let mut buf = vec![0u8; COPY_BUF];
         loop {
             from.readable().await?;
-            let n = match from.try_read(&mut buf) {
+            let n = match read_draining(from, &mut buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
@@ -223,6 +250,43 @@ mod tests {
                 let (up, down) = proxy.await.unwrap();
                 assert_eq!((up, down), (size as u64, size as u64), "{mode:?}");
             }
+        }
+    }
+
+    /// Short reads clear the socket's readiness without a second `recv`: bytes that arrive
+    /// afterwards (the rest of a message after a pause, the next message of a ping-pong) must
+    /// still wake the direction up.
+    #[tokio::test]
+    async fn bytes_arriving_after_a_short_read_are_forwarded() {
+        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = echo.accept().await.unwrap();
+            let (mut r, mut w) = s.split();
+            tokio::io::copy(&mut r, &mut w).await.unwrap();
+        });
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front_addr = front.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (a, _) = front.accept().await.unwrap();
+            let b = TcpStream::connect(echo_addr).await.unwrap();
+            let _ = bidirectional(&a, &b, None, Mode::Copy).await;
+        });
+        let mut c = TcpStream::connect(front_addr).await.unwrap();
+        for i in 0..50u32 {
+            let msg = format!("ping {i} {}", "x".repeat(i as usize * 37));
+            let (head, tail) = msg.as_bytes().split_at(msg.len() / 2);
+            c.write_all(head).await.unwrap();
+            if i % 5 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            c.write_all(tail).await.unwrap();
+            let mut got = vec![0u8; msg.len()];
+            tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut got))
+                .await
+                .unwrap_or_else(|_| panic!("message {i} stalled"))
+                .unwrap();
+            assert_eq!(got, msg.as_bytes());
         }
     }
 
