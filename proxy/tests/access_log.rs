@@ -165,6 +165,50 @@ async fn http_and_tcp_access_logs() {
     assert_eq!(b["cluster"], "dead");
     assert_eq!(b["bytes_in"], 0);
 
+    // Requests the HTTP/1 codec rejects are logged too: no request line, the status, the
+    // codec's reason, and DPE for its protocol errors.
+    let rejected: [(&[u8], &str, &str); 3] = [
+        (
+            b"POST /x HTTP/1.1\r\nhost: shop\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 400",
+            "\"- - HTTP/1.1\" 400 DPE http1.content_length_and_chunked_not_allowed - \"-\" 0 11 ",
+        ),
+        (
+            b"GET /x HTTP/1.0\r\nhost: shop\r\n\r\n",
+            "HTTP/1.1 426",
+            "\"- - HTTP/1.0\" 426 - low_version - \"-\" 0 16 ",
+        ),
+        (
+            b"GET /x HTTP/1.1\r\n\r\n",
+            "HTTP/1.1 400",
+            "\"- - HTTP/1.1\" 400 - missing_host_header - \"-\" 0 11 ",
+        ),
+    ];
+    for (raw, status, _) in rejected {
+        let mut s = tokio::net::TcpStream::connect(web).await.unwrap();
+        s.write_all(raw).await.unwrap();
+        let mut back = Vec::new();
+        let _ = s.read_to_end(&mut back).await;
+        assert!(
+            back.starts_with(status.as_bytes()),
+            "{}",
+            String::from_utf8_lossy(&back)
+        );
+    }
+    let t = lines(&text, 6).await;
+    for (i, (_, _, want)) in rejected.iter().enumerate() {
+        let line = &t[3 + i];
+        assert!(line.contains(want), "{line}\nwants {want}");
+        assert!(line.contains(&format!(" {web} ")), "{line}");
+    }
+    let j = lines(&json, 5).await;
+    let c: serde_json::Value = serde_json::from_str(&j[2]).unwrap();
+    assert_eq!(
+        (c["code"].clone(), c["flags"].clone()),
+        (400.into(), "DPE".into())
+    );
+    assert!(c["path"].is_null(), "{c}");
+
     // TCP: one line when the connection ends, with the bytes each way.
     let mut s = tokio::net::TcpStream::connect(app.listener_address("tcp").unwrap())
         .await

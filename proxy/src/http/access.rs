@@ -96,6 +96,42 @@ impl Pending {
     }
 }
 
+/// Logs a request the HTTP/1 codec rejected before the router saw it (bad framing, a head too
+/// large, HTTP/1.0 refused, a header timeout), as Envoy logs its codec's local replies: no
+/// request line, the status, and the reason in `%RESPONSE_CODE_DETAILS%`; the codec's protocol
+/// errors carry Envoy's response flag `DPE`. `bytes_sent` is the reply's body length.
+pub fn log_rejected(conn: &Conn, status: u16, details: &str, bytes_sent: u64) {
+    if conn.hcm.access_logs.is_empty() {
+        return;
+    }
+    // The codec's own errors (`http1.*`) are protocol errors; a missing Host, HTTP/1.0 refused
+    // or a header timeout are not.
+    let flags = if details.starts_with("http1.") {
+        "DPE"
+    } else {
+        ""
+    };
+    let e = Entry {
+        start: Some(SystemTime::now()),
+        status: Some(status),
+        protocol: Some(if details == "low_version" {
+            "HTTP/1.0"
+        } else {
+            "HTTP/1.1"
+        }),
+        bytes_sent,
+        downstream_local: conn.info.local,
+        downstream_remote: conn.info.remote,
+        server_name: conn.info.server_name.as_deref(),
+        flags,
+        details: Some(details),
+        ..Entry::default()
+    };
+    for l in &conn.hcm.access_logs {
+        l.log(&e);
+    }
+}
+
 struct Record {
     conn: Arc<Conn>,
     start: SystemTime,

@@ -74,9 +74,15 @@ impl Reader {
     }
 }
 
-/// A request head that was rejected: the status to answer with before closing.
+/// A request head that was rejected: the status to answer with before closing, and why (the
+/// access log's `%RESPONSE_CODE_DETAILS%`, named as Envoy's codec names them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Reject(u16);
+struct Reject(u16, &'static str);
+
+/// Envoy's generic detail for an HTTP/1 request its codec could not parse.
+const CODEC_ERROR: &str = "http1.codec_error";
+const HEADERS_TOO_LARGE: &str = "http1.headers_too_large";
+const TOO_MANY_HEADERS: &str = "http1.too_many_headers";
 
 /// A parsed request head and what the connection needs to know about it.
 struct Parsed {
@@ -155,8 +161,14 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
         let mut parsed = match parsed {
             Ok(Some(p)) => p,
             Ok(None) => return,
-            Err(Reject(status)) => {
+            Err(Reject(status, details)) => {
                 let resp = protocol_error(&conn, status);
+                super::access::log_rejected(
+                    &conn,
+                    status,
+                    details,
+                    resp.body().size_hint().lower(),
+                );
                 let info = ReqInfo {
                     head: false,
                     connect: false,
@@ -403,7 +415,7 @@ fn next_head<S: Future<Output = ()>>(
             if let Some(d) = limits.headers_timeout.filter(|_| !r.buf.is_empty()) {
                 let t = headers_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
                 if t.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(Reject(408)));
+                    return Poll::Ready(Err(Reject(408, "request_header_timeout")));
                 }
             }
         }
@@ -454,29 +466,29 @@ fn parse(
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > limits.max_head {
-                Err(Reject(431))
+                Err(Reject(431, HEADERS_TOO_LARGE))
             } else {
                 Ok(None)
             };
         }
-        Err(httparse::Error::TooManyHeaders) => return Err(Reject(431)),
-        Err(_) => return Err(Reject(400)),
+        Err(httparse::Error::TooManyHeaders) => return Err(Reject(431, TOO_MANY_HEADERS)),
+        Err(_) => return Err(Reject(400, CODEC_ERROR)),
     };
     if len > limits.max_head {
-        return Err(Reject(431));
+        return Err(Reject(431, HEADERS_TOO_LARGE));
     }
     if r.headers.len() > limits.max_headers {
-        return Err(Reject(431));
+        return Err(Reject(431, TOO_MANY_HEADERS));
     }
     let version = match r.version {
         Some(1) => Version::HTTP_11,
-        _ if !limits.accept_http_10 => return Err(Reject(426)),
+        _ if !limits.accept_http_10 => return Err(Reject(426, "low_version")),
         _ => Version::HTTP_10,
     };
-    let method =
-        Method::from_bytes(r.method.unwrap_or_default().as_bytes()).map_err(|_| Reject(400))?;
+    let method = Method::from_bytes(r.method.unwrap_or_default().as_bytes())
+        .map_err(|_| Reject(400, CODEC_ERROR))?;
     let base = buf.as_ptr() as usize;
-    let target = r.path.ok_or(Reject(400))?;
+    let target = r.path.ok_or(Reject(400, CODEC_ERROR))?;
     let target_at = target.as_ptr() as usize - base;
     let target_range = target_at..target_at + target.len();
     idx.clear();
@@ -486,17 +498,18 @@ fn parse(
         idx.push([n, n + h.name.len(), v, v + h.value.len()]);
     }
     let head = buf.split_to(len).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(target_range)).map_err(|_| Reject(400))?;
+    let uri =
+        Uri::from_maybe_shared(head.slice(target_range)).map_err(|_| Reject(400, CODEC_ERROR))?;
     // CONNECT names an authority and nothing else; other methods a path (or an absolute URI,
     // or `*` for OPTIONS).
     if method == Method::CONNECT {
         if uri.authority().is_none() || uri.scheme().is_some() {
-            return Err(Reject(400));
+            return Err(Reject(400, CODEC_ERROR));
         }
     } else if uri.path_and_query().is_none()
         || (uri.scheme().is_none() && uri.authority().is_some())
     {
-        return Err(Reject(400));
+        return Err(Reject(400, CODEC_ERROR));
     }
 
     let mut map = spare.take(idx.len() + 6);
@@ -510,20 +523,21 @@ fn parse(
     let mut trailers = false;
     let mut expect: Option<bool> = None;
     for &[ns, ne, vs, ve] in idx.iter() {
-        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| Reject(400))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| Reject(400))?;
+        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| Reject(400, CODEC_ERROR))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| Reject(400, CODEC_ERROR))?;
         if name == CONTENT_LENGTH {
             for part in value.as_bytes().split(|b| *b == b',') {
                 let part = part.trim_ascii();
                 if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-                    return Err(Reject(400));
+                    return Err(Reject(400, CODEC_ERROR));
                 }
                 let n = std::str::from_utf8(part)
                     .ok()
                     .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or(Reject(400))?;
+                    .ok_or(Reject(400, CODEC_ERROR))?;
                 if length.is_some_and(|l| l != n) {
-                    return Err(Reject(400));
+                    return Err(Reject(400, CODEC_ERROR));
                 }
                 length = Some(n);
             }
@@ -548,14 +562,16 @@ fn parse(
     let close = close_token || (version == Version::HTTP_10 && !keep_alive_token);
     let body = match (te, length) {
         // Both framings: which one the next hop uses is how requests get smuggled.
-        (Some(_), Some(_)) => return Err(Reject(400)),
+        (Some(_), Some(_)) => {
+            return Err(Reject(400, "http1.content_length_and_chunked_not_allowed"))
+        }
         (Some(t), None) => {
             // Only `chunked` is a transfer coding a proxy can delimit and pass on.
             if version == Version::HTTP_10 {
-                return Err(Reject(400));
+                return Err(Reject(400, CODEC_ERROR));
             }
             if !t.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Err(Reject(501));
+                return Err(Reject(501, "http1.invalid_transfer_encoding"));
             }
             In::Chunked(Chunk::Size)
         }
@@ -568,7 +584,7 @@ fn parse(
             Some(h) if version == Version::HTTP_10 => {
                 map.insert(HOST, h.clone());
             }
-            _ => return Err(Reject(400)),
+            _ => return Err(Reject(400, "missing_host_header")),
         }
     }
     // An absolute-form target names the host: it replaces `Host`, and the request goes on
@@ -576,11 +592,11 @@ fn parse(
     let mut uri = uri;
     if limits.absolute_url && method != Method::CONNECT && uri.scheme().is_some() {
         if let Some(a) = uri.authority() {
-            let host = HeaderValue::from_str(a.as_str()).map_err(|_| Reject(400))?;
+            let host = HeaderValue::from_str(a.as_str()).map_err(|_| Reject(400, CODEC_ERROR))?;
             map.insert(HOST, host);
         }
         let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-        uri = Uri::try_from(pq).map_err(|_| Reject(400))?;
+        uri = Uri::try_from(pq).map_err(|_| Reject(400, CODEC_ERROR))?;
     }
     // h2c upgrades are ignored, as Envoy's codec does: the upgrade headers go and the request
     // is an ordinary HTTP/1.1 one (`curl --http2` on a cleartext URL asks for it).
@@ -1142,7 +1158,7 @@ mod tests {
         l.accept_http_10 = true;
         assert_eq!(
             parse_str("GET / HTTP/1.0\r\n\r\n", &l).err(),
-            Some(Reject(400))
+            Some(Reject(400, "missing_host_header"))
         );
         let p = parse_str("GET / HTTP/1.0\r\nhost: h\r\n\r\n", &l)
             .unwrap()
