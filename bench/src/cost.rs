@@ -68,6 +68,15 @@ pub fn scenarios(inflight: usize) -> Vec<Scenario> {
             conns,
             depth,
         },
+        // A TCP proxy's small-message cost: one 64-byte echo round trip per "request".
+        Scenario {
+            name: "tcp-echo".into(),
+            proto: Proto::TcpEcho,
+            path: String::new(),
+            mode: Mode::Max,
+            conns: inflight,
+            depth: 1,
+        },
     ]
 }
 

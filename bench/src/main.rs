@@ -48,7 +48,7 @@ enum Cmd {
         out: PathBuf,
     },
     /// Cost per request (CPU, syscalls, context switches; with --callgrind, user-space
-    /// instructions) for h1 small, h1 16 KiB and h2c small, through each target.
+    /// instructions) for h1 small, h1 16 KiB, h2c small and a TCP echo, through each target.
     Cost(CostArgs),
     /// Rewrite report.md and latency.svg from an existing results.json.
     Report {
