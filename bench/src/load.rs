@@ -211,7 +211,7 @@ pub fn run(
     Ok(out)
 }
 
-enum Conn {
+pub enum Conn {
     H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
     H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
     Tcp(TcpStream),
@@ -225,7 +225,7 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
     Ok(s)
 }
 
-async fn open(addr: SocketAddr, sc: &Scenario) -> anyhow::Result<Vec<Conn>> {
+pub async fn open(addr: SocketAddr, sc: &Scenario) -> anyhow::Result<Vec<Conn>> {
     let mut v = Vec::with_capacity(sc.conns);
     for _ in 0..sc.conns {
         let s = connect(addr).await?;

@@ -1,6 +1,7 @@
 //! `bench`: Sluice against a direct connection, nginx and haproxy, in one run on loopback.
 //! See bench/README.md.
 
+mod conns;
 mod cost;
 mod hist;
 mod load;
@@ -50,6 +51,8 @@ enum Cmd {
     /// Cost per request (CPU, syscalls, context switches; with --callgrind, user-space
     /// instructions) for h1 small, h1 16 KiB, h2c small and a TCP echo, through each target.
     Cost(CostArgs),
+    /// Resident memory per open idle connection (HTTP/1.1, h2c, TCP), through each target.
+    ConnMemory(ConnMemoryArgs),
     /// Rewrite report.md and latency.svg from an existing results.json.
     Report {
         #[arg(long, default_value_os_t = default_out())]
@@ -131,6 +134,21 @@ struct CostArgs {
     /// Count user-space instructions under valgrind's callgrind instead of perf counters.
     #[arg(long)]
     callgrind: bool,
+}
+
+#[derive(Args, Clone)]
+struct ConnMemoryArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value = "/usr/sbin/nginx")]
+    nginx: PathBuf,
+    #[arg(long, default_value = "/usr/sbin/haproxy")]
+    haproxy: PathBuf,
+    #[arg(long, value_delimiter = ',', default_value = "sluice,nginx,haproxy")]
+    targets: Vec<String>,
+    /// Client connections opened per kind.
+    #[arg(long, default_value_t = 1000)]
+    conns: usize,
 }
 
 #[derive(Args, Clone)]
@@ -303,6 +321,41 @@ fn main() -> anyhow::Result<()> {
             if !a.callgrind {
                 let _ = std::fs::remove_dir_all(&dir);
             }
+            Ok(())
+        }
+        Cmd::ConnMemory(a) => {
+            let (proxy_cpu, client_cpu) = cpus(a.common.no_pin);
+            let bins = Bins {
+                sluice: a.common.sluice.clone().unwrap_or_else(default_sluice),
+                nginx: a.nginx.clone(),
+                haproxy: a.haproxy.clone(),
+            };
+            let kinds = a
+                .targets
+                .iter()
+                .map(|t| Kind::parse(t).with_context(|| format!("unknown target {t}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            anyhow::ensure!(
+                !kinds.contains(&Kind::Direct),
+                "conn-memory measures a proxy process; direct has none"
+            );
+            let up = upstream::start(client_cpu)?;
+            let dir = std::env::temp_dir().join(format!("sluice-conns-{}", std::process::id()));
+            let table = conns::run(&kinds, &bins, &up, &dir, proxy_cpu, a.conns)?;
+            let _ = std::fs::remove_dir_all(&dir);
+            println!("{table}");
+            let md = format!(
+                "`cargo run -p bench --release -- conn-memory`\n\n# Memory per open connection\n\n\
+                 Generated {} on {}. Each kind of connection is measured in a fresh proxy \
+                 process: one connection first (one-time allocations), then {} more, each \
+                 making one exchange; the figure is the growth of the proxy's RSS divided by \
+                 their number, read once they sit idle. RSS is what the allocator has taken \
+                 from the kernel, so it also counts memory freed but kept for reuse.\n\n{table}",
+                date(),
+                machine(),
+                a.conns
+            );
+            std::fs::write(a.common.out.join("conn-memory.md"), md)?;
             Ok(())
         }
         Cmd::Report { out } => {

@@ -997,11 +997,14 @@ async fn write_response(
 /// that could destroy the response in flight (Envoy's delayed close).
 async fn close(mut w: Writer, mut r: Reader) {
     let _ = w.io.shutdown().await;
-    let mut sink = [0u8; 4096];
+    // Read into the reader's own buffer: a sink array here would sit in every connection's
+    // future (this one is part of it), used or not.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         let mut total = 0usize;
         while total < 1 << 20 {
-            match r.io.read(&mut sink).await {
+            r.buf.clear();
+            r.buf.reserve(4096);
+            match r.io.read_buf(&mut r.buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => total += n,
             }

@@ -183,24 +183,9 @@ pub async fn serve(
         }
     };
     if http2 {
-        let io = TokioIo::new(stream);
-        let max_headers = (hcm.max_request_headers_kb as usize * 1024).max(8192);
-        let mut b = http2::Builder::new(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .max_header_list_size(max_headers as u32)
-            .max_concurrent_streams(2147483647)
-            .keep_alive_interval(None);
-        // Each h2 stream's future is spawned as a task, and moved (copied) several times on
-        // the way: boxed, only a pointer moves. It is built in its box: `Box::pin(fut)` copies
-        // all of the (~10 KB, mostly not yet used) future from the stack into the box.
-        let svc = service_fn(move |req| {
-            let conn = conn.clone();
-            Handle(Box::into_pin(Box::write(
-                Box::new_uninit(),
-                router::handle(conn, req),
-            )))
-        });
-        serve_until_closed!(b.serve_connection(io, svc), stop, phase);
+        // Boxed: hyper's connection future is several KB, and inline it would make every
+        // connection's task that large, HTTP/1.1 ones included.
+        Box::pin(serve_h2(conn, stream, stop, &mut phase)).await;
     } else {
         // Past the drain time, whatever is in flight is cut off.
         tokio::select! {
@@ -209,6 +194,34 @@ pub async fn serve(
         }
     }
     stats.downstream_cx_active.dec();
+}
+
+/// Serves an HTTP/2 (h2c) connection with hyper's server until it closes, or `stop` resolves
+/// (GOAWAY, then in-flight streams finish until the drain's close phase).
+async fn serve_h2(
+    conn: Arc<Conn>,
+    stream: TcpStream,
+    stop: impl std::future::Future<Output = ()>,
+    phase: &mut watch::Receiver<Phase>,
+) {
+    let io = TokioIo::new(stream);
+    let max_headers = (conn.hcm.max_request_headers_kb as usize * 1024).max(8192);
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_header_list_size(max_headers as u32)
+        .max_concurrent_streams(2147483647)
+        .keep_alive_interval(None);
+    // Each h2 stream's future is spawned as a task, and moved (copied) several times on
+    // the way: boxed, only a pointer moves. It is built in its box: `Box::pin(fut)` copies
+    // all of the (~10 KB, mostly not yet used) future from the stack into the box.
+    let svc = service_fn(move |req| {
+        let conn = conn.clone();
+        Handle(Box::into_pin(Box::write(
+            Box::new_uninit(),
+            router::handle(conn, req),
+        )))
+    });
+    serve_until_closed!(b.serve_connection(io, svc), stop, *phase);
 }
 
 /// An h2 stream's boxed `router::handle` future, as the service's infallible result.

@@ -300,7 +300,7 @@ impl SpareHeaders {
 pub struct HeadBuf(BytesMut);
 
 /// The smallest head buffer allocated (most heads fit, so it is allocated once).
-const HEAD_BUF_MIN: usize = 1024;
+const HEAD_BUF_MIN: usize = 512;
 /// Heads longer than this do not keep their buffer.
 const HEAD_BUF_KEEP: usize = 16 * 1024;
 
