@@ -171,6 +171,31 @@ struct XdsScaleArgs {
     vhosts: usize,
 }
 
+/// The binaries and the proxy targets named on the command line (`direct` has no process to
+/// measure, so it is refused).
+fn proxy_targets(
+    common: &Common,
+    nginx: &Path,
+    haproxy: &Path,
+    targets: &[String],
+    what: &str,
+) -> anyhow::Result<(Bins, Vec<Kind>)> {
+    let bins = Bins {
+        sluice: common.sluice.clone().unwrap_or_else(default_sluice),
+        nginx: nginx.to_path_buf(),
+        haproxy: haproxy.to_path_buf(),
+    };
+    let kinds = targets
+        .iter()
+        .map(|t| Kind::parse(t).with_context(|| format!("unknown target {t}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(
+        !kinds.contains(&Kind::Direct),
+        "{what} measures a proxy process; direct has none"
+    );
+    Ok((bins, kinds))
+}
+
 fn default_out() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/bench")
 }
@@ -288,20 +313,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Cost(a) => {
             let (proxy_cpu, client_cpu) = cpus(a.common.no_pin);
-            let bins = Bins {
-                sluice: a.common.sluice.clone().unwrap_or_else(default_sluice),
-                nginx: a.nginx.clone(),
-                haproxy: a.haproxy.clone(),
-            };
-            let kinds = a
-                .targets
-                .iter()
-                .map(|t| Kind::parse(t).with_context(|| format!("unknown target {t}")))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            anyhow::ensure!(
-                !kinds.contains(&Kind::Direct),
-                "cost measures a proxy process; direct has none"
-            );
+            let (bins, kinds) = proxy_targets(&a.common, &a.nginx, &a.haproxy, &a.targets, "cost")?;
             let up = upstream::start(client_cpu)?;
             if let Some(c) = client_cpu {
                 sys::pin_current(c)?;
@@ -325,20 +337,8 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::ConnMemory(a) => {
             let (proxy_cpu, client_cpu) = cpus(a.common.no_pin);
-            let bins = Bins {
-                sluice: a.common.sluice.clone().unwrap_or_else(default_sluice),
-                nginx: a.nginx.clone(),
-                haproxy: a.haproxy.clone(),
-            };
-            let kinds = a
-                .targets
-                .iter()
-                .map(|t| Kind::parse(t).with_context(|| format!("unknown target {t}")))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            anyhow::ensure!(
-                !kinds.contains(&Kind::Direct),
-                "conn-memory measures a proxy process; direct has none"
-            );
+            let (bins, kinds) =
+                proxy_targets(&a.common, &a.nginx, &a.haproxy, &a.targets, "conn-memory")?;
             let up = upstream::start(client_cpu)?;
             let dir = std::env::temp_dir().join(format!("sluice-conns-{}", std::process::id()));
             let table = conns::run(&kinds, &bins, &up, &dir, proxy_cpu, a.conns)?;
