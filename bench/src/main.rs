@@ -73,14 +73,32 @@ struct Common {
     no_pin: bool,
 }
 
+/// The peer proxies' binaries.
 #[derive(Args, Clone)]
-struct RunArgs {
-    #[command(flatten)]
-    common: Common,
+struct Peers {
     #[arg(long, default_value = "/usr/sbin/nginx")]
     nginx: PathBuf,
     #[arg(long, default_value = "/usr/sbin/haproxy")]
     haproxy: PathBuf,
+}
+
+impl Peers {
+    /// Every target's binary: Sluice from `common`, the peers from here.
+    fn bins(&self, common: &Common) -> Bins {
+        Bins {
+            sluice: common.sluice.clone().unwrap_or_else(default_sluice),
+            nginx: self.nginx.clone(),
+            haproxy: self.haproxy.clone(),
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    peers: Peers,
     /// Targets, comma-separated (missing peer binaries are skipped with a note).
     #[arg(
         long,
@@ -119,10 +137,8 @@ struct RunArgs {
 struct CostArgs {
     #[command(flatten)]
     common: Common,
-    #[arg(long, default_value = "/usr/sbin/nginx")]
-    nginx: PathBuf,
-    #[arg(long, default_value = "/usr/sbin/haproxy")]
-    haproxy: PathBuf,
+    #[command(flatten)]
+    peers: Peers,
     #[arg(long, value_delimiter = ',', default_value = "sluice,nginx")]
     targets: Vec<String>,
     /// Requests in flight (HTTP/1.1 connections; h2c: a quarter as many connections × 4).
@@ -140,10 +156,8 @@ struct CostArgs {
 struct ConnMemoryArgs {
     #[command(flatten)]
     common: Common,
-    #[arg(long, default_value = "/usr/sbin/nginx")]
-    nginx: PathBuf,
-    #[arg(long, default_value = "/usr/sbin/haproxy")]
-    haproxy: PathBuf,
+    #[command(flatten)]
+    peers: Peers,
     #[arg(long, value_delimiter = ',', default_value = "sluice,nginx,haproxy")]
     targets: Vec<String>,
     /// Client connections opened per kind.
@@ -175,16 +189,11 @@ struct XdsScaleArgs {
 /// measure, so it is refused).
 fn proxy_targets(
     common: &Common,
-    nginx: &Path,
-    haproxy: &Path,
+    peers: &Peers,
     targets: &[String],
     what: &str,
 ) -> anyhow::Result<(Bins, Vec<Kind>)> {
-    let bins = Bins {
-        sluice: common.sluice.clone().unwrap_or_else(default_sluice),
-        nginx: nginx.to_path_buf(),
-        haproxy: haproxy.to_path_buf(),
-    };
+    let bins = peers.bins(common);
     let kinds = targets
         .iter()
         .map(|t| Kind::parse(t).with_context(|| format!("unknown target {t}")))
@@ -313,7 +322,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Cost(a) => {
             let (proxy_cpu, client_cpu) = cpus(a.common.no_pin);
-            let (bins, kinds) = proxy_targets(&a.common, &a.nginx, &a.haproxy, &a.targets, "cost")?;
+            let (bins, kinds) = proxy_targets(&a.common, &a.peers, &a.targets, "cost")?;
             let up = upstream::start(client_cpu)?;
             if let Some(c) = client_cpu {
                 sys::pin_current(c)?;
@@ -337,8 +346,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::ConnMemory(a) => {
             let (proxy_cpu, client_cpu) = cpus(a.common.no_pin);
-            let (bins, kinds) =
-                proxy_targets(&a.common, &a.nginx, &a.haproxy, &a.targets, "conn-memory")?;
+            let (bins, kinds) = proxy_targets(&a.common, &a.peers, &a.targets, "conn-memory")?;
             let up = upstream::start(client_cpu)?;
             let dir = std::env::temp_dir().join(format!("sluice-conns-{}", std::process::id()));
             let table = conns::run(&kinds, &bins, &up, &dir, proxy_cpu, a.conns)?;
@@ -379,11 +387,7 @@ impl RunArgs {
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
     let (proxy_cpu, client_cpu) = cpus(a.common.no_pin);
-    let bins = Bins {
-        sluice: a.common.sluice.clone().unwrap_or_else(default_sluice),
-        nginx: a.nginx.clone(),
-        haproxy: a.haproxy.clone(),
-    };
+    let bins = a.peers.bins(&a.common);
     let mut notes = Vec::new();
     let mut kinds = Vec::new();
     for t in &a.targets {

@@ -114,11 +114,11 @@ const COPY_BUF: usize = 64 * 1024;
 fn copy_once(from: &TcpStream, to: &TcpStream) -> io::Result<(usize, Option<Vec<u8>>)> {
     let mut buf = [MaybeUninit::<u8>::uninit(); COPY_BUF];
     let n = read_draining(from, &mut buf)?;
-    // SAFETY: `recv` wrote the first `n` bytes of `buf`.
-    let data = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
     if n == 0 {
         return Ok((0, None));
     }
+    // SAFETY: `recv` wrote the first `n` bytes of `buf`.
+    let data = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
     match to.try_write(data) {
         Ok(m) if m == n => Ok((n, None)),
         Ok(m) => Ok((n, Some(data[m..].to_vec()))),
@@ -239,6 +239,26 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
+    /// One proxied connection: a listener whose first client is forwarded to `upstream` in
+    /// `mode`; the task ends with `bidirectional`'s result.
+    async fn proxy_to(
+        upstream: std::net::SocketAddr,
+        idle: Option<Duration>,
+        mode: Mode,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<io::Result<(u64, u64)>>,
+    ) {
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (a, _) = front.accept().await.unwrap();
+            let b = TcpStream::connect(upstream).await.unwrap();
+            bidirectional(&a, &b, idle, mode).await
+        });
+        (addr, task)
+    }
+
     /// client ⇄ [a | proxy | b] ⇄ echo server, in each mode; small and bulk payloads.
     #[tokio::test]
     async fn every_mode_forwards_small_and_bulk_traffic_with_half_close() {
@@ -252,15 +272,8 @@ mod tests {
                     tokio::io::copy(&mut r, &mut w).await.unwrap();
                     w.shutdown().await.unwrap();
                 });
-                let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let front_addr = front.local_addr().unwrap();
-                let proxy = tokio::spawn(async move {
-                    let (a, _) = front.accept().await.unwrap();
-                    let b = TcpStream::connect(echo_addr).await.unwrap();
-                    bidirectional(&a, &b, Some(Duration::from_secs(10)), mode)
-                        .await
-                        .unwrap()
-                });
+                let (front_addr, proxy) =
+                    proxy_to(echo_addr, Some(Duration::from_secs(10)), mode).await;
                 let mut c = TcpStream::connect(front_addr).await.unwrap();
                 let payload: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
                 let (mut r, mut w) = c.split();
@@ -272,7 +285,7 @@ mod tests {
                 let (_, n) = tokio::join!(send, r.read_to_end(&mut got));
                 n.unwrap();
                 assert!(got == payload, "{mode:?} {size}: data differs");
-                let (up, down) = proxy.await.unwrap();
+                let (up, down) = proxy.await.unwrap().unwrap();
                 assert_eq!((up, down), (size as u64, size as u64), "{mode:?}");
             }
         }
@@ -290,13 +303,7 @@ mod tests {
             let (mut r, mut w) = s.split();
             tokio::io::copy(&mut r, &mut w).await.unwrap();
         });
-        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let front_addr = front.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (a, _) = front.accept().await.unwrap();
-            let b = TcpStream::connect(echo_addr).await.unwrap();
-            let _ = bidirectional(&a, &b, None, Mode::Copy).await;
-        });
+        let (front_addr, _proxy) = proxy_to(echo_addr, None, Mode::Copy).await;
         let mut c = TcpStream::connect(front_addr).await.unwrap();
         for i in 0..50u32 {
             let msg = format!("ping {i} {}", "x".repeat(i as usize * 37));
@@ -329,13 +336,7 @@ mod tests {
             s.read_to_end(&mut got).await.unwrap();
             got
         });
-        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let front_addr = front.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (a, _) = front.accept().await.unwrap();
-            let b = TcpStream::connect(sink_addr).await.unwrap();
-            let _ = bidirectional(&a, &b, None, Mode::Copy).await;
-        });
+        let (front_addr, _proxy) = proxy_to(sink_addr, None, Mode::Copy).await;
         let payload: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
         let mut c = TcpStream::connect(front_addr).await.unwrap();
         c.write_all(&payload).await.unwrap();
