@@ -363,6 +363,7 @@ fn main() -> anyhow::Result<()> {
                 machine(),
                 a.conns
             );
+            std::fs::create_dir_all(&a.common.out)?;
             std::fs::write(a.common.out.join("conn-memory.md"), md)?;
             Ok(())
         }
