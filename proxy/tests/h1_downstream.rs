@@ -32,22 +32,6 @@ fn bootstrap(listeners: &str, clusters: &str) -> String {
     format!("static_resources:\n  listeners:\n{listeners}  clusters:\n{clusters}")
 }
 
-/// One catch-all virtual host routing everything to `cluster`.
-fn all_to(cluster: &str) -> String {
-    format!(
-        "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {{prefix: /}}\n                route: {{cluster: {cluster}}}\n"
-    )
-}
-
-/// An HTTP listener `name` (also its stat prefix) with extra HCM fields (each line indented
-/// by 10 spaces), routing everything to the cluster `name`.
-fn listener_with(name: &str, vhosts: &str, hcm_extra: &str) -> String {
-    http_listener(name, vhosts, "").replace(
-        &format!("          stat_prefix: {name}\n"),
-        &format!("          stat_prefix: {name}\n{hcm_extra}"),
-    )
-}
-
 // ---------------------------------------------------------------------------------------------
 // A body-echoing upstream.
 // ---------------------------------------------------------------------------------------------
@@ -429,15 +413,6 @@ async fn setup(name: &str, hcm_extra: &str) -> (sluice::app::App, SocketAddr, Ec
     .await;
     let addr = app.listener_address(name).unwrap();
     (app, addr, up)
-}
-
-/// A stat's value from the admin `/stats` text.
-async fn stat(app: &sluice::app::App, name: &str) -> Option<i64> {
-    let s = admin_get(app, &format!("/stats?filter={name}")).await;
-    s.body
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Sends `req` on a fresh connection and expects `status`; returns the response and the

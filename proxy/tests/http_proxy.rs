@@ -430,6 +430,202 @@ async fn connect_tunnels_tcp_and_is_refused_when_not_enabled() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 403"));
 }
 
+/// An h2c client connection driven by the `h2` crate (streams, resets and CONNECT by hand).
+async fn h2_client(addr: std::net::SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (tx, conn) = h2::client::handshake(s).await.unwrap();
+    tokio::spawn(conn);
+    tx.ready().await.unwrap()
+}
+
+#[tokio::test]
+async fn h2_connect_streams_are_tunnels() {
+    // RFC 9113 §8.5: a CONNECT stream's DATA frames carry the tunnel's bytes both ways, and the
+    // client's END_STREAM half-closes it.
+    let echo = tcp_echo().await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {connect_matcher: {}}
+                route:
+                  cluster: connect_up
+                  upgrade_configs: [{upgrade_type: CONNECT}]
+"#;
+    let app = sluice(&bootstrap(
+        &http_listener("h2connect", vh, ""),
+        &cluster("connect_up", &[echo], ""),
+    ))
+    .await;
+    let mut tx = h2_client(app.listener_address("h2connect").unwrap()).await;
+    let req = Request::connect("echo.internal:7").body(()).unwrap();
+    let (resp, mut send) = tx.send_request(req, false).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("content-length").is_none());
+    let mut recv = resp.into_body();
+    let mut got = Vec::new();
+    for part in [&b"through the "[..], b"h2 tunnel"] {
+        send.send_data(Bytes::from_static(part), false).unwrap();
+        while got.len() < b"through the ".len() || (part == b"h2 tunnel" && got.len() < 21) {
+            let d = recv.data().await.unwrap().unwrap();
+            recv.flow_control().release_capacity(d.len()).unwrap();
+            got.extend_from_slice(&d);
+        }
+    }
+    assert_eq!(got, b"through the h2 tunnel");
+    // The client's END_STREAM reaches the echo server as EOF; its close ends the stream.
+    send.send_data(Bytes::new(), true).unwrap();
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut rest = Vec::new();
+        while let Some(d) = recv.data().await {
+            rest.extend_from_slice(&d.unwrap());
+        }
+        rest
+    })
+    .await
+    .expect("the tunnel's stream did not end");
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+#[tokio::test]
+async fn h2_client_reset_cancels_the_upstream_request() {
+    let slow = upstream("slow", Behaviour::Delay(20_000)).await;
+    let app = sluice(&bootstrap(
+        &http_listener("h2reset", &all_to("reset_up"), ""),
+        &cluster("reset_up", &[slow.addr], ""),
+    ))
+    .await;
+    let mut tx = h2_client(app.listener_address("h2reset").unwrap()).await;
+    let req = Request::get("http://slow.internal/").body(()).unwrap();
+    let (resp, mut send) = tx.send_request(req, true).unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while slow.requests.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reached upstream"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        stat(&app, "cluster.reset_up.upstream_rq_active").await,
+        Some(1)
+    );
+    send.send_reset(h2::Reason::CANCEL);
+    drop(resp);
+    let want = [
+        ("http.h2reset.downstream_rq_rx_reset", 1),
+        ("http.h2reset.downstream_rq_active", 0),
+        ("cluster.reset_up.upstream_rq_active", 0),
+        ("cluster.reset_up.upstream_rq_tx_reset", 1),
+    ];
+    loop {
+        let mut now = Vec::new();
+        for (name, _) in want {
+            now.push(stat(&app, name).await);
+        }
+        if want.iter().zip(&now).all(|((_, v), n)| *n == Some(*v)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline + std::time::Duration::from_secs(5),
+            "after the reset: {now:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The connection serves on.
+    let (resp, _) = tx
+        .send_request(
+            Request::get("http://slow.internal/x").body(()).unwrap(),
+            true,
+        )
+        .unwrap();
+    drop(resp);
+}
+
+/// The server's first SETTINGS parameters and its connection WINDOW_UPDATE increment, read
+/// off the wire after the client preface.
+async fn h2_server_settings(addr: std::net::SocketAddr) -> (HashMap<u16, u32>, u32) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let (mut settings, mut window) = (None, None);
+    while settings.is_none() || window.is_none() {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).await.unwrap();
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.unwrap();
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+        match (head[3], head[4] & 1, stream) {
+            (4, 0, 0) => {
+                settings = Some(
+                    payload
+                        .chunks(6)
+                        .map(|p| {
+                            (
+                                u16::from_be_bytes([p[0], p[1]]),
+                                u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
+                            )
+                        })
+                        .collect(),
+                )
+            }
+            (8, _, 0) => window = Some(u32::from_be_bytes(payload[..4].try_into().unwrap())),
+            _ => {}
+        }
+    }
+    (settings.unwrap(), window.unwrap())
+}
+
+#[tokio::test]
+async fn h2_settings_follow_http2_protocol_options() {
+    const MAX_CONCURRENT_STREAMS: u16 = 3;
+    const INITIAL_WINDOW_SIZE: u16 = 4;
+    let up = upstream("h2s", Behaviour::Echo).await;
+    let opts = "          http2_protocol_options: {max_concurrent_streams: 3, initial_stream_window_size: 70000, initial_connection_window_size: 2000000}\n";
+    let app = sluice(&bootstrap(
+        &format!(
+            "{}{}",
+            listener_with("h2opts", &all_to("h2s_up"), opts),
+            listener_with("h2default", &all_to("h2s_up"), "")
+        ),
+        &cluster("h2s_up", &[up.addr], ""),
+    ))
+    .await;
+    let (settings, window) = h2_server_settings(app.listener_address("h2opts").unwrap()).await;
+    assert_eq!(
+        settings.get(&MAX_CONCURRENT_STREAMS),
+        Some(&3),
+        "{settings:?}"
+    );
+    assert_eq!(
+        settings.get(&INITIAL_WINDOW_SIZE),
+        Some(&70_000),
+        "{settings:?}"
+    );
+    assert_eq!(window, 2_000_000 - 65_535);
+    let (settings, window) = h2_server_settings(app.listener_address("h2default").unwrap()).await;
+    assert_eq!(
+        settings.get(&MAX_CONCURRENT_STREAMS),
+        Some(&2_147_483_647),
+        "{settings:?}"
+    );
+    assert_eq!(
+        settings.get(&INITIAL_WINDOW_SIZE),
+        Some(&(1 << 20)),
+        "{settings:?}"
+    );
+    assert_eq!(window, (1 << 20) - 65_535);
+    // And requests are served with them; responses carry a date, as on HTTP/1.1.
+    let mut h2 = H2::connect(app.listener_address("h2opts").unwrap()).await;
+    let r = h2.get("h2s.internal", "/").await;
+    assert_eq!(r.status, 200);
+    let date = r.headers["date"].to_str().unwrap();
+    assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
+}
+
 #[tokio::test]
 async fn mirrored_requests_reach_the_shadow_cluster() {
     let main = upstream("main", Behaviour::Echo).await;

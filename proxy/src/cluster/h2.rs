@@ -9,18 +9,18 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Poll};
 
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
-use h2::{Reason, RecvStream, SendStream};
-use http::header::{HeaderName, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, Request, Response};
-use http_body::{Body as _, Frame, SizeHint};
+use h2::{Reason, RecvStream};
+use http::{Request, Response};
+use http_body::Body as _;
 use tokio::net::TcpStream;
 
 use super::pool::{Slot, UpstreamError};
 use crate::body::Body;
+use crate::http::h2stream::{strip_connection_headers, Pump, RecvBody};
 use crate::model::cluster::H2Keepalive;
 
 /// Flow-control windows and buffers, as hyper's HTTP/2 client sets them.
@@ -111,15 +111,10 @@ impl Connection {
         let resp = if end {
             resp.await
         } else {
-            send_with_body(resp, Pump::new(body, stream)).await
+            send_with_body(resp, Pump::new(body, stream, Reason::CANCEL)).await
         };
         match resp {
-            Ok(resp) => Ok(resp.map(|recv| {
-                crate::body::boxed(ResponseBody {
-                    recv,
-                    data_done: false,
-                })
-            })),
+            Ok(resp) => Ok(resp.map(|recv| crate::body::boxed(RecvBody::new(recv)))),
             Err(e) => Err(SendError::Failed(upstream_error(e))),
         }
     }
@@ -154,38 +149,6 @@ fn upstream_error(e: h2::Error) -> UpstreamError {
         UpstreamError::Refused(e.into())
     } else {
         UpstreamError::Reset(e.into())
-    }
-}
-
-/// HTTP/2 forbids connection-specific headers (RFC 9113 §8.2.2); the h2 crate refuses a
-/// request carrying one. The router already strips them except on upgrades.
-fn strip_connection_headers(h: &mut HeaderMap) {
-    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-    let present = h.keys().any(|k| {
-        k == CONNECTION
-            || k == TRANSFER_ENCODING
-            || k == UPGRADE
-            || k == TE
-            || k == KEEP_ALIVE
-            || k == PROXY_CONNECTION
-    });
-    if !present {
-        return;
-    }
-    for n in [
-        CONNECTION,
-        TRANSFER_ENCODING,
-        UPGRADE,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-    ] {
-        h.remove(n);
-    }
-    if h.get(TE)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        h.remove(TE);
     }
 }
 
@@ -237,130 +200,4 @@ async fn drive(conn: h2::client::Connection<TcpStream, Bytes>, k: H2Keepalive) {
         }
     })
     .await
-}
-
-/// Copies a request body to its stream, DATA frames within the flow-control capacity the
-/// upstream grants, then the trailers or an empty END_STREAM frame.
-struct Pump {
-    body: Body,
-    stream: SendStream<Bytes>,
-    /// A data frame being sent, and whether it is the body's last.
-    buf: Bytes,
-    last: bool,
-}
-
-impl Pump {
-    fn new(body: Body, stream: SendStream<Bytes>) -> Pump {
-        Pump {
-            body,
-            stream,
-            buf: Bytes::new(),
-            last: false,
-        }
-    }
-
-    /// Ready when the body is sent, failed, or the stream is gone.
-    fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            if !self.buf.is_empty() {
-                self.stream.reserve_capacity(self.buf.len());
-                match ready!(self.stream.poll_capacity(cx)) {
-                    Some(Ok(0)) => continue,
-                    Some(Ok(n)) => {
-                        let chunk = self.buf.split_to(n.min(self.buf.len()));
-                        let end = self.last && self.buf.is_empty();
-                        if self.stream.send_data(chunk, end).is_err() || end {
-                            return Poll::Ready(());
-                        }
-                    }
-                    // The stream was reset or the connection failed.
-                    Some(Err(_)) | None => return Poll::Ready(()),
-                }
-                continue;
-            }
-            match Pin::new(&mut self.body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        let last = self.body.is_end_stream();
-                        if data.is_empty() {
-                            if last {
-                                let _ = self.stream.send_data(Bytes::new(), true);
-                                return Poll::Ready(());
-                            }
-                        } else {
-                            self.buf = data;
-                            self.last = last;
-                        }
-                    }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            let _ = self.stream.send_trailers(trailers);
-                            return Poll::Ready(());
-                        }
-                    }
-                },
-                Poll::Ready(None) => {
-                    let _ = self.stream.send_data(Bytes::new(), true);
-                    return Poll::Ready(());
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    tracing::debug!("request body failed: {e}; resetting the upstream stream");
-                    self.stream.send_reset(Reason::CANCEL);
-                    return Poll::Ready(());
-                }
-                Poll::Pending => {
-                    // Stop reading the downstream body once the upstream reset the stream.
-                    return match self.stream.poll_reset(cx) {
-                        Poll::Ready(_) => Poll::Ready(()),
-                        Poll::Pending => Poll::Pending,
-                    };
-                }
-            }
-        }
-    }
-}
-
-/// A response body read from its h2 stream: DATA frames (their flow-control capacity given back
-/// as they are handed on), then trailers.
-struct ResponseBody {
-    recv: RecvStream,
-    data_done: bool,
-}
-
-impl http_body::Body for ResponseBody {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        let this = &mut *self;
-        while !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    if data.is_empty() {
-                        continue;
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => this.data_done = true,
-            }
-        }
-        match ready!(this.recv.poll_trailers(cx)) {
-            Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
 }

@@ -77,6 +77,8 @@ pub struct ClusterStats {
     pub upstream_rq_active: Gauge,
     pub upstream_rq_retry: Counter,
     pub upstream_rq_timeout: Counter,
+    /// Requests the proxy gave up on while in flight (the downstream went away).
+    pub upstream_rq_tx_reset: Counter,
     pub upstream_rq_pending_overflow: Counter,
     pub upstream_cx_none_healthy: Counter,
     pub upstream_cx_overflow: Counter,
@@ -98,7 +100,7 @@ pub struct ClusterHists {
 }
 
 impl ClusterStats {
-    fn counters(&self) -> [(&'static str, &Counter); 13] {
+    fn counters(&self) -> [(&'static str, &Counter); 14] {
         [
             ("upstream_cx_total", &self.upstream_cx_total),
             ("upstream_cx_connect_fail", &self.upstream_cx_connect_fail),
@@ -109,6 +111,7 @@ impl ClusterStats {
             ("upstream_rq_total", &self.upstream_rq_total),
             ("upstream_rq_retry", &self.upstream_rq_retry),
             ("upstream_rq_timeout", &self.upstream_rq_timeout),
+            ("upstream_rq_tx_reset", &self.upstream_rq_tx_reset),
             (
                 "upstream_rq_pending_overflow",
                 &self.upstream_rq_pending_overflow,
@@ -547,12 +550,12 @@ mod stats_tests {
 
     #[test]
     fn cluster_histograms_are_allocated_on_first_use() {
-        // 17 counters and gauges, one pointer-sized lazy slot for the histograms.
-        assert_eq!(std::mem::size_of::<ClusterStats>(), 17 * 8 + 16);
+        // 18 counters and gauges, one pointer-sized lazy slot for the histograms.
+        assert_eq!(std::mem::size_of::<ClusterStats>(), 18 * 8 + 16);
         let s = ClusterStats::default();
         let mut names = Vec::new();
         s.visit("c", &mut |n, _| names.push(n));
-        assert_eq!(names.len(), 17);
+        assert_eq!(names.len(), 18);
         assert!(s.hists.get().is_none());
         s.response(200, std::time::Duration::from_millis(3));
         let mut hist = None;

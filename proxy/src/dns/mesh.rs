@@ -335,7 +335,10 @@ spec:
 "#;
 
     fn registry() -> Registry {
-        let dir = std::env::temp_dir().join(format!("sluice-dns-mesh-{}", std::process::id()));
+        // One directory per call: the tests run in parallel, and each removes its own.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("sluice-dns-mesh-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("mesh.yaml");
         std::fs::write(&f, CONFIG).unwrap();

@@ -312,6 +312,44 @@ pub async fn forward(
     }
 }
 
+/// A request in flight to one host: counted in the cluster's `upstream_rq_active` and the
+/// host's active requests (least-request balancing) until it is answered, or dropped because
+/// the downstream went away (then counted in `upstream_rq_tx_reset`).
+struct UpstreamInFlight<'a> {
+    stats: &'a crate::cluster::ClusterStats,
+    host: &'a crate::cluster::Host,
+    answered: bool,
+}
+
+impl<'a> UpstreamInFlight<'a> {
+    fn new(
+        stats: &'a crate::cluster::ClusterStats,
+        host: &'a crate::cluster::Host,
+    ) -> UpstreamInFlight<'a> {
+        stats.upstream_rq_active.inc();
+        host.active.fetch_add(1, Ordering::Relaxed);
+        UpstreamInFlight {
+            stats,
+            host,
+            answered: false,
+        }
+    }
+
+    fn done(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for UpstreamInFlight<'_> {
+    fn drop(&mut self) {
+        self.host.active.fetch_sub(1, Ordering::Relaxed);
+        self.stats.upstream_rq_active.dec();
+        if !self.answered {
+            self.stats.upstream_rq_tx_reset.inc();
+        }
+    }
+}
+
 async fn send_once(
     conn: &Conn,
     cluster: &Arc<ClusterRt>,
@@ -326,8 +364,7 @@ async fn send_once(
         return Err(UpstreamError::Overflow("max_requests"));
     }
     stats.upstream_rq_total.inc();
-    stats.upstream_rq_active.inc();
-    host.active.fetch_add(1, Ordering::Relaxed);
+    let in_flight = UpstreamInFlight::new(stats, host);
     let h2 = match cluster.cfg.protocol {
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::Http1 => false,
@@ -348,8 +385,7 @@ async fn send_once(
             .send_http1(host.addr, cluster.settings, &cluster.limits, req, new_cx)
             .await
     };
-    host.active.fetch_sub(1, Ordering::Relaxed);
-    stats.upstream_rq_active.dec();
+    in_flight.done();
     match &r {
         Ok(resp) => stats.response(resp.status().as_u16(), t0.elapsed()),
         Err(e) => {

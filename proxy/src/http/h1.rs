@@ -44,7 +44,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use super::upgrade::{Http1Upgrade, Upgraded};
+use super::upgrade::{PendingUpgrade, Upgraded};
 use super::wire::{self, Chunk, In};
 use super::Conn;
 use crate::body::{Body, BoxError};
@@ -194,7 +194,7 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
         };
         let upgrade_tx = parsed.upgrade.then(|| {
             let (tx, rx) = oneshot::channel();
-            parsed.parts.extensions.insert(Http1Upgrade::new(rx));
+            parsed.parts.extensions.insert(PendingUpgrade::new(rx));
             tx
         });
         // The body, if any, takes the reader along and sends it back when it is done.
@@ -854,7 +854,7 @@ async fn write_response(
                 || k == CONNECTION
                 || (k == CONTENT_LENGTH && (out == Out::Chunked || extra_length.is_some())))
     };
-    let date = (!parts.headers.contains_key(DATE)).then(date_value);
+    let date = (!parts.headers.contains_key(DATE)).then(wire::date_value);
     let length_line = extra_length.map(|n| format!("content-length: {n}\r\n"));
     let connection: &[u8] = if upgrade {
         b""
@@ -1011,30 +1011,6 @@ async fn close(mut w: Writer, mut r: Reader) {
         }
     })
     .await;
-}
-
-/// The `date` header value (IMF-fixdate, 29 bytes), formatted once per second per thread.
-fn date_value() -> [u8; 29] {
-    use std::cell::Cell;
-    use std::time::{SystemTime, UNIX_EPOCH};
-    thread_local! {
-        static CACHED: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };
-    }
-    let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    CACHED.with(|c| {
-        let (at, v) = c.get();
-        if at == secs {
-            return v;
-        }
-        let mut v = [0u8; 29];
-        let text = httpdate::fmt_http_date(now);
-        if text.len() == v.len() {
-            v.copy_from_slice(text.as_bytes());
-        }
-        c.set((secs, v));
-        v
-    })
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The HTTP connection manager: serves HTTP/1.1 (`h1.rs`) and HTTP/2 (h2c, with hyper)
+//! The HTTP connection manager: serves HTTP/1.1 (`h1.rs`) and HTTP/2 (h2c, `h2.rs`)
 //! downstream connections and runs each request through the HTTP filters and the router (`router.rs`), which
 //! forwards upstream (`forward.rs`). On drain (server drain or the listener removed),
 //! connections finish in-flight requests and close (HTTP/1.1: `connection: close` on the
@@ -11,6 +11,8 @@ pub mod cors;
 pub mod fault;
 pub mod forward;
 pub mod h1;
+pub mod h2;
+pub mod h2stream;
 pub mod headers;
 pub mod path;
 pub mod router;
@@ -18,14 +20,10 @@ pub mod timeout;
 pub mod upgrade;
 pub mod wire;
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -106,26 +104,6 @@ async fn idle_timeout(activity: &Activity, idle: Option<Duration>) {
     }
 }
 
-/// Runs a hyper server connection until it ends; once `stop` resolves, shuts it down
-/// gracefully (HTTP/1.1 closes after the response in flight, HTTP/2 sends GOAWAY) and gives it
-/// until the listener's close phase.
-macro_rules! serve_until_closed {
-    ($conn:expr, $stop:expr, $phase:expr) => {{
-        let c = $conn;
-        tokio::pin!(c);
-        tokio::select! {
-            _ = c.as_mut() => {}
-            _ = $stop => {
-                c.as_mut().graceful_shutdown();
-                tokio::select! {
-                    _ = c.as_mut() => {}
-                    _ = reached(&mut $phase, Phase::Close) => {}
-                }
-            }
-        }
-    }};
-}
-
 /// Serves one downstream HTTP connection.
 pub async fn serve(
     state: Arc<State>,
@@ -183,9 +161,9 @@ pub async fn serve(
         }
     };
     if http2 {
-        // Boxed: hyper's connection future is several KB, and inline it would make every
+        // Boxed: the HTTP/2 connection's future is several KB, and inline it would make every
         // connection's task that large, HTTP/1.1 ones included.
-        Box::pin(serve_h2(conn, stream, stop, &mut phase)).await;
+        Box::pin(h2::serve(conn, stream, stop, &mut phase)).await;
     } else {
         // Past the drain time, whatever is in flight is cut off.
         tokio::select! {
@@ -194,46 +172,4 @@ pub async fn serve(
         }
     }
     stats.downstream_cx_active.dec();
-}
-
-/// Serves an HTTP/2 (h2c) connection with hyper's server until it closes, or `stop` resolves
-/// (GOAWAY, then in-flight streams finish until the drain's close phase).
-async fn serve_h2(
-    conn: Arc<Conn>,
-    stream: TcpStream,
-    stop: impl std::future::Future<Output = ()>,
-    phase: &mut watch::Receiver<Phase>,
-) {
-    let io = TokioIo::new(stream);
-    let max_headers = (conn.hcm.max_request_headers_kb as usize * 1024).max(8192);
-    let mut b = http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new())
-        .max_header_list_size(max_headers as u32)
-        .max_concurrent_streams(2147483647)
-        .keep_alive_interval(None);
-    // Each h2 stream's future is spawned as a task, and moved (copied) several times on
-    // the way: boxed, only a pointer moves. It is built in its box: `Box::pin(fut)` copies
-    // all of the (~10 KB, mostly not yet used) future from the stack into the box.
-    let svc = service_fn(move |req| {
-        let conn = conn.clone();
-        Handle(Box::into_pin(Box::write(
-            Box::new_uninit(),
-            router::handle(conn, req),
-        )))
-    });
-    serve_until_closed!(b.serve_connection(io, svc), stop, *phase);
-}
-
-/// An h2 stream's boxed `router::handle` future, as the service's infallible result.
-struct Handle<F>(std::pin::Pin<Box<F>>);
-
-impl<F: std::future::Future> std::future::Future for Handle<F> {
-    type Output = Result<F::Output, Infallible>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        self.0.as_mut().poll(cx).map(Ok)
-    }
 }

@@ -322,6 +322,50 @@ impl HeadBuf {
     }
 }
 
+/// The `date` header value (IMF-fixdate, 29 bytes), formatted once per second per thread.
+pub fn date_value() -> [u8; 29] {
+    use std::cell::Cell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHED: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with(|c| {
+        let (at, v) = c.get();
+        if at == secs {
+            return v;
+        }
+        let mut v = [0u8; 29];
+        let text = httpdate::fmt_http_date(now);
+        if text.len() == v.len() {
+            v.copy_from_slice(text.as_bytes());
+        }
+        c.set((secs, v));
+        v
+    })
+}
+
+/// The `date` header, for HTTP/2 responses: shared per thread and second, so setting it costs
+/// a reference count, not an allocation.
+pub fn date_header() -> http::HeaderValue {
+    use std::cell::RefCell;
+    thread_local! {
+        static CACHED: RefCell<([u8; 29], http::HeaderValue)> =
+            const { RefCell::new(([0; 29], http::HeaderValue::from_static(""))) };
+    }
+    let now = date_value();
+    CACHED.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != now {
+            if let Ok(v) = http::HeaderValue::from_bytes(&now) {
+                *c = (now, v);
+            }
+        }
+        c.1.clone()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

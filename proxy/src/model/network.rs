@@ -58,10 +58,13 @@ pub struct HcmStats {
     pub downstream_cx_http1_total: Arc<crate::stats::Counter>,
     pub downstream_cx_http2_total: Arc<crate::stats::Counter>,
     pub downstream_cx_idle_timeout: Arc<crate::stats::Counter>,
-    /// Requests the HTTP/1 codec rejected (400, 426, 431, 501).
+    /// Requests the HTTP/1 codec rejected (400, 426, 431, 501), and HTTP/2 connections
+    /// closed for a protocol error.
     pub downstream_cx_protocol_error: Arc<crate::stats::Counter>,
     /// Connections the client closed with a request in flight.
     pub downstream_cx_destroy_remote_active_rq: Arc<crate::stats::Counter>,
+    /// HTTP/2 streams the client reset before their response ended.
+    pub downstream_rq_rx_reset: Arc<crate::stats::Counter>,
     /// Request heads not complete within `request_headers_timeout`.
     pub downstream_rq_header_timeout: Arc<crate::stats::Counter>,
     /// Streams ended by the stream idle timeout.
@@ -96,6 +99,7 @@ impl HcmStats {
             downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
             downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
             downstream_cx_destroy_remote_active_rq: c("downstream_cx_destroy_remote_active_rq"),
+            downstream_rq_rx_reset: c("downstream_rq_rx_reset"),
             downstream_rq_header_timeout: c("downstream_rq_header_timeout"),
             downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
             downstream_rq_total: c("downstream_rq_total"),
@@ -216,12 +220,77 @@ pub struct HttpConnectionManager {
     /// `http_protocol_options.default_host_for_http_10`: the `Host` of HTTP/1.0 requests
     /// that have none.
     pub default_host_for_http_10: Option<String>,
+    /// `http2_protocol_options`, for HTTP/2 downstream connections.
+    pub http2: Http2Settings,
     pub upgrades: Vec<String>,
     pub via: String,
     pub path: crate::http::path::PathOptions,
     pub access_logs: Vec<Arc<crate::access_log::AccessLog>>,
     /// `http.<stat_prefix>.*`, registered when the filter is built.
     pub stats: Arc<HcmStats>,
+}
+
+/// A connection manager's `http2_protocol_options`: what the downstream HTTP/2 server
+/// announces in its SETTINGS and window updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Settings {
+    /// Envoy's default: 2^31 - 1 (no practical limit). Istio's gateways set 100.
+    pub max_concurrent_streams: u32,
+    /// Default 1 MiB, where Envoy's is 256 MiB: the `h2` crate holds what a client sends
+    /// within the window until the request body is read on, so a large default would let
+    /// one slow upstream make the proxy buffer that much per stream.
+    pub initial_stream_window_size: u32,
+    /// Default 1 MiB (Envoy: 256 MiB), as above.
+    pub initial_connection_window_size: u32,
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Http2Settings {
+            max_concurrent_streams: i32::MAX as u32,
+            initial_stream_window_size: 1 << 20,
+            initial_connection_window_size: 1 << 20,
+        }
+    }
+}
+
+/// Reads `http2_protocol_options` with Envoy's bounds: a stream or connection window of
+/// 65,535 to 2^31 - 1 bytes, 1 to 2^31 - 1 concurrent streams.
+fn http2_settings(
+    o: Option<&envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions>,
+) -> Result<Http2Settings, (String, String)> {
+    let mut s = Http2Settings::default();
+    let Some(o) = o else { return Ok(s) };
+    let field = |name: &str, v: Option<u32>, min: u32, out: &mut u32| match v {
+        None => Ok(()),
+        Some(v) if (min..=i32::MAX as u32).contains(&v) => {
+            *out = v;
+            Ok(())
+        }
+        Some(v) => Err((
+            format!("http2_protocol_options.{name}"),
+            format!("{v} is out of range: it must be from {min} to 2147483647"),
+        )),
+    };
+    field(
+        "max_concurrent_streams",
+        o.max_concurrent_streams.as_ref().map(|v| v.value),
+        1,
+        &mut s.max_concurrent_streams,
+    )?;
+    field(
+        "initial_stream_window_size",
+        o.initial_stream_window_size.as_ref().map(|v| v.value),
+        65_535,
+        &mut s.initial_stream_window_size,
+    )?;
+    field(
+        "initial_connection_window_size",
+        o.initial_connection_window_size.as_ref().map(|v| v.value),
+        65_535,
+        &mut s.initial_connection_window_size,
+    )?;
+    Ok(s)
 }
 
 fn tname(any: &prost_types::Any) -> &str {
@@ -485,6 +554,7 @@ pub(crate) fn http_connection_manager(
             .as_ref()
             .map(|o| o.default_host_for_http_10.clone())
             .filter(|d| !d.is_empty()),
+        http2: http2_settings(h.http2_protocol_options.as_ref())?,
         upgrades: h
             .upgrade_configs
             .iter()
@@ -502,4 +572,40 @@ pub(crate) fn http_connection_manager(
             },
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hcm(extra: &str) -> Result<HttpConnectionManager, (String, String)> {
+        use crate::config::proto::{decode, Format};
+        let h: hcm::HttpConnectionManager = decode(
+            &format!("stat_prefix: t\nrds: {{route_config_name: r}}\n{extra}http_filters: [{{name: envoy.filters.http.router, typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]"),
+            Format::Yaml,
+        )
+        .unwrap();
+        http_connection_manager(&h)
+    }
+
+    #[test]
+    fn http2_protocol_options_are_read_and_bounded_as_envoy_bounds_them() {
+        assert_eq!(hcm("").unwrap().http2, Http2Settings::default());
+        let s = hcm("http2_protocol_options: {max_concurrent_streams: 100, initial_stream_window_size: 65535}\n")
+            .unwrap()
+            .http2;
+        assert_eq!(s.max_concurrent_streams, 100);
+        assert_eq!(s.initial_stream_window_size, 65_535);
+        assert_eq!(s.initial_connection_window_size, 1 << 20);
+        for (field, bad) in [
+            ("max_concurrent_streams", 0u64),
+            ("initial_stream_window_size", 65_534),
+            ("initial_connection_window_size", 2_147_483_648),
+        ] {
+            let (path, msg) =
+                hcm(&format!("http2_protocol_options: {{{field}: {bad}}}\n")).unwrap_err();
+            assert_eq!(path, format!("http2_protocol_options.{field}"));
+            assert!(msg.contains(&bad.to_string()), "{msg}");
+        }
+    }
 }

@@ -362,3 +362,28 @@ pub async fn admin_get(app: &sluice::app::App, path: &str) -> Got {
         .get("admin", path)
         .await
 }
+
+/// One catch-all virtual host routing everything to `cluster`.
+pub fn all_to(cluster: &str) -> String {
+    format!(
+        "            - name: all\n              domains: [\"*\"]\n              routes:\n              - match: {{prefix: /}}\n                route: {{cluster: {cluster}}}\n"
+    )
+}
+
+/// A stat's value from the admin `/stats` text.
+pub async fn stat(app: &sluice::app::App, name: &str) -> Option<i64> {
+    let s = admin_get(app, &format!("/stats?filter={name}")).await;
+    s.body
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// An HTTP listener `name` (also its stat prefix) with `vhosts` and extra HCM fields (each
+/// line indented by 10 spaces).
+pub fn listener_with(name: &str, vhosts: &str, hcm_extra: &str) -> String {
+    http_listener(name, vhosts, "").replace(
+        &format!("          stat_prefix: {name}\n"),
+        &format!("          stat_prefix: {name}\n{hcm_extra}"),
+    )
+}

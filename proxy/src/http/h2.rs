@@ -1,0 +1,173 @@
+//! The downstream HTTP/2 (h2c) server, on the `h2` crate directly: one task per connection
+//! drives the connection and polls every stream's future itself, so a stream costs no task of
+//! its own and no cross-task wake-up. Each stream runs the request through the router and
+//! sends the response: its head, then its body within the client's flow-control window, then
+//! trailers. A client's RST_STREAM cancels the stream's request (and its upstream request). A
+//! CONNECT stream answered with a 2xx becomes a byte tunnel (`upgrade::Upgraded::H2`).
+//!
+//! SETTINGS from the HCM's `http2_protocol_options` (concurrent streams, stream and connection
+//! windows; `model::network::Http2Settings`) and `max_request_headers_kb` (the header list
+//! limit); 400 KiB of send buffer per stream. A client resetting more than 20 streams before
+//! they are accepted (rapid reset), or causing 1,024 stream errors, loses the connection.
+
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream};
+use http::header::{CONTENT_LENGTH, DATE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch};
+
+use super::h2stream::{strip_connection_headers, Pump, RecvBody, Tunnel};
+use super::upgrade::{PendingUpgrade, Upgraded};
+use super::{router, wire, Conn};
+use crate::body;
+use crate::listener::{reached, Phase};
+
+const MAX_SEND_BUFFER: usize = 400 * 1024;
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// Serves one HTTP/2 connection until it closes. Once `stop` resolves (idle timeout or drain)
+/// the server sends GOAWAY and lets the streams in flight finish, until the listener's close
+/// phase.
+pub(super) async fn serve(
+    conn: Arc<Conn>,
+    io: TcpStream,
+    stop: impl Future<Output = ()>,
+    phase: &mut watch::Receiver<Phase>,
+) {
+    let max_headers = (conn.hcm.max_request_headers_kb as usize * 1024).max(8192);
+    let settings = conn.hcm.http2;
+    let mut stop = pin!(stop);
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(settings.initial_stream_window_size)
+        .initial_connection_window_size(settings.initial_connection_window_size)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_header_list_size(max_headers as u32)
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .handshake::<_, Bytes>(io);
+    let mut h2 = tokio::select! {
+        r = handshake => match r {
+            Ok(h2) => h2,
+            Err(e) => {
+                tracing::debug!("downstream h2 handshake: {e}");
+                return;
+            }
+        },
+        _ = stop.as_mut() => return,
+    };
+    let mut streams = FuturesUnordered::new();
+    let mut stopping = false;
+    loop {
+        // Streams first: what they send goes out in the same turn, when the connection is
+        // polled below.
+        tokio::select! {
+            biased;
+            Some(()) = streams.next(), if !streams.is_empty() => {}
+            accepted = h2.accept() => match accepted {
+                Some(Ok((req, respond))) => {
+                    // Built in its box: the stream's future is large (the router's), and
+                    // `Box::pin(fut)` would copy it from the stack.
+                    let fut = Box::into_pin(Box::write(
+                        Box::new_uninit(),
+                        stream(conn.clone(), req, respond),
+                    ));
+                    streams.push(fut);
+                }
+                Some(Err(e)) => {
+                    if !e.is_io() && e.reason().is_some_and(|r| r != Reason::NO_ERROR) {
+                        conn.stats.downstream_cx_protocol_error.inc();
+                    }
+                    tracing::debug!("downstream h2 connection: {e}");
+                    break;
+                }
+                None => break,
+            },
+            _ = stop.as_mut(), if !stopping => {
+                stopping = true;
+                h2.graceful_shutdown();
+            }
+            _ = reached(phase, Phase::Close), if stopping => break,
+        }
+    }
+}
+
+/// One stream: the request through the router, then the response out.
+async fn stream(conn: Arc<Conn>, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+    let (mut parts, recv) = req.into_parts();
+    // A CONNECT stream's DATA frames are the tunnel's bytes, not a request body.
+    let mut tunnel = None;
+    let body = if parts.method == Method::CONNECT {
+        let (tx, rx) = oneshot::channel();
+        parts.extensions.insert(PendingUpgrade::new(rx));
+        tunnel = Some((tx, recv));
+        body::empty()
+    } else if recv.is_end_stream() {
+        body::empty()
+    } else {
+        body::boxed(RecvBody::new(recv))
+    };
+    let stats = conn.stats.clone();
+    let handle = router::handle(conn, Request::from_parts(parts, body));
+    let mut handle = pin!(handle);
+    // A client's RST_STREAM drops the request future, which cancels the upstream request.
+    let resp = poll_fn(|cx| {
+        if let Poll::Ready(r) = handle.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        match respond.poll_reset(cx) {
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
+    let Some(resp) = resp else {
+        stats.downstream_rq_rx_reset.inc();
+        return;
+    };
+    let (mut parts, body) = resp.into_parts();
+    strip_connection_headers(&mut parts.headers);
+    if !parts.headers.contains_key(DATE) {
+        parts.headers.insert(DATE, wire::date_header());
+    }
+    if let Some((tx, recv)) = tunnel {
+        if parts.status.is_success() {
+            parts.headers.remove(CONTENT_LENGTH);
+            match respond.send_response(Response::from_parts(parts, ()), false) {
+                Ok(send) => {
+                    let _ = tx.send(Upgraded::H2(Tunnel::new(send, recv)));
+                }
+                Err(e) => tracing::debug!("downstream h2 CONNECT response: {e}"),
+            }
+            return;
+        }
+    }
+    let end = body.is_end_stream();
+    let bodyless = matches!(
+        parts.status,
+        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+    ) || parts.status.is_informational();
+    if !bodyless && !parts.headers.contains_key(CONTENT_LENGTH) {
+        if let Some(n) = body.size_hint().exact() {
+            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+    match respond.send_response(Response::from_parts(parts, ()), end) {
+        Ok(send) if !end => {
+            let mut pump = Pump::new(body, send, Reason::INTERNAL_ERROR);
+            poll_fn(|cx| pump.poll_pump(cx)).await;
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!("downstream h2 response: {e}"),
+    }
+}
