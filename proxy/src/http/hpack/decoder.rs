@@ -1,0 +1,185 @@
+//! Decoding header blocks (RFC 7541 §6): indexed fields, literals with or without indexing,
+//! never-indexed literals and dynamic table size updates. Names and values that are sent as
+//! plain literals are slices of the block (no copy); Huffman-encoded ones are decoded into
+//! new buffers.
+
+use bytes::Bytes;
+
+use super::table::{Dynamic, ENTRY_OVERHEAD, STATIC};
+use super::{huffman, DecodeError};
+
+/// One decoded header field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub name: Bytes,
+    pub value: Bytes,
+    /// Sent as never indexed: an intermediary must send it on the same way.
+    pub never_indexed: bool,
+}
+
+/// The decoding side of one connection's HPACK context.
+#[derive(Debug)]
+pub struct Decoder {
+    table: Dynamic,
+    /// The table size this side allows (its SETTINGS_HEADER_TABLE_SIZE); size updates may not
+    /// exceed it.
+    allowed: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new(4096)
+    }
+}
+
+impl Decoder {
+    pub fn new(allowed: usize) -> Decoder {
+        Decoder {
+            table: Dynamic::new(allowed),
+            allowed,
+        }
+    }
+
+    /// The dynamic table (for tests and diagnostics).
+    pub fn table(&self) -> &Dynamic {
+        &self.table
+    }
+
+    /// Decodes one complete header block, calling `field` for each field in order. Fails once
+    /// the fields' size (RFC 9113 §6.5.2: name + value + 32 each) passes `max_list`, so a small
+    /// block cannot expand into a huge header list. A failure leaves the context unusable: the
+    /// connection must end with COMPRESSION_ERROR.
+    pub fn decode(
+        &mut self,
+        block: &Bytes,
+        max_list: usize,
+        mut field: impl FnMut(Field),
+    ) -> Result<(), DecodeError> {
+        let mut at = 0;
+        let mut list = 0usize;
+        let mut fields_seen = false;
+        while at < block.len() {
+            let b = block[at];
+            let f = if b & 0x80 != 0 {
+                // Indexed field.
+                let i = integer(block, &mut at, 7)?;
+                let (name, value) = self.lookup(i)?;
+                Field {
+                    name,
+                    value,
+                    never_indexed: false,
+                }
+            } else if b & 0xc0 == 0x40 {
+                // Literal with incremental indexing.
+                let f = self.literal(block, &mut at, 6, false)?;
+                self.table.insert(f.name.clone(), f.value.clone());
+                f
+            } else if b & 0xe0 == 0x20 {
+                // Dynamic table size update: only before the first field of a block.
+                if fields_seen {
+                    return Err(DecodeError::LateSizeUpdate);
+                }
+                let size = integer(block, &mut at, 5)?;
+                if size > self.allowed {
+                    return Err(DecodeError::SizeUpdateTooLarge(size, self.allowed));
+                }
+                self.table.set_max(size);
+                continue;
+            } else {
+                // Literal without indexing (0000) or never indexed (0001).
+                self.literal(block, &mut at, 4, b & 0x10 != 0)?
+            };
+            fields_seen = true;
+            list = list.saturating_add(f.name.len() + f.value.len() + ENTRY_OVERHEAD);
+            if list > max_list {
+                return Err(DecodeError::ListTooLarge(max_list));
+            }
+            field(f);
+        }
+        Ok(())
+    }
+
+    /// A field by index: static (1..=61), then dynamic.
+    fn lookup(&self, i: usize) -> Result<(Bytes, Bytes), DecodeError> {
+        match i {
+            0 => Err(DecodeError::BadIndex(0)),
+            1..=61 => {
+                let (n, v) = STATIC[i - 1];
+                Ok((
+                    Bytes::from_static(n.as_bytes()),
+                    Bytes::from_static(v.as_bytes()),
+                ))
+            }
+            _ => self
+                .table
+                .get(i - 62)
+                .cloned()
+                .ok_or(DecodeError::BadIndex(i)),
+        }
+    }
+
+    /// A literal field whose first byte carries a `prefix`-bit name index (0: a literal name).
+    fn literal(
+        &mut self,
+        block: &Bytes,
+        at: &mut usize,
+        prefix: u8,
+        never_indexed: bool,
+    ) -> Result<Field, DecodeError> {
+        let i = integer(block, at, prefix)?;
+        let name = if i == 0 {
+            self.string(block, at)?
+        } else {
+            self.lookup(i)?.0
+        };
+        let value = self.string(block, at)?;
+        Ok(Field {
+            name,
+            value,
+            never_indexed,
+        })
+    }
+
+    /// A string literal (RFC 7541 §5.2).
+    fn string(&self, block: &Bytes, at: &mut usize) -> Result<Bytes, DecodeError> {
+        let huff = block.get(*at).ok_or(DecodeError::Truncated)? & 0x80 != 0;
+        let len = integer(block, at, 7)?;
+        let end = at.checked_add(len).ok_or(DecodeError::Truncated)?;
+        if end > block.len() {
+            return Err(DecodeError::Truncated);
+        }
+        let raw = block.slice(*at..end);
+        *at = end;
+        if !huff {
+            return Ok(raw);
+        }
+        let mut out = Vec::new();
+        huffman::decode(&raw, &mut out)?;
+        Ok(Bytes::from(out))
+    }
+}
+
+/// An integer with an `n`-bit prefix (RFC 7541 §5.1) starting at `block[*at]`. Values past
+/// 2^28 are refused: no legitimate index, length or size comes near.
+pub(super) fn integer(block: &[u8], at: &mut usize, n: u8) -> Result<usize, DecodeError> {
+    let max_prefix = (1usize << n) - 1;
+    let first = *block.get(*at).ok_or(DecodeError::Truncated)? as usize & max_prefix;
+    *at += 1;
+    if first < max_prefix {
+        return Ok(first);
+    }
+    let mut value = max_prefix;
+    let mut shift = 0;
+    loop {
+        let b = *block.get(*at).ok_or(DecodeError::Truncated)? as usize;
+        *at += 1;
+        value += (b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(value);
+        }
+        shift += 7;
+        if shift > 21 {
+            return Err(DecodeError::IntegerOverflow);
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! RFC 7541 Appendix C's examples, round trips through both sides, and bad input.
+
+use bytes::{Bytes, BytesMut};
+
+use super::*;
+
+fn hex(s: &str) -> Bytes {
+    let s: String = s.split_whitespace().collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+fn decode(d: &mut Decoder, block: &Bytes) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    d.decode(block, 1 << 20, |f| {
+        out.push((
+            String::from_utf8(f.name.to_vec()).unwrap(),
+            String::from_utf8(f.value.to_vec()).unwrap(),
+        ))
+    })
+    .unwrap();
+    out
+}
+
+fn fields(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+fn encode(e: &mut Encoder, list: &[(&str, &str)]) -> Bytes {
+    let mut out = BytesMut::new();
+    e.begin(&mut out);
+    for (n, v) in list {
+        e.field(n.as_bytes(), v.as_bytes(), false, &mut out);
+    }
+    out.freeze()
+}
+
+const REQ1: [(&str, &str); 4] = [
+    (":method", "GET"),
+    (":scheme", "http"),
+    (":path", "/"),
+    (":authority", "www.example.com"),
+];
+const REQ2: [(&str, &str); 5] = [
+    (":method", "GET"),
+    (":scheme", "http"),
+    (":path", "/"),
+    (":authority", "www.example.com"),
+    ("cache-control", "no-cache"),
+];
+const REQ3: [(&str, &str); 5] = [
+    (":method", "GET"),
+    (":scheme", "https"),
+    (":path", "/index.html"),
+    (":authority", "www.example.com"),
+    ("custom-key", "custom-value"),
+];
+
+#[test]
+fn c2_single_representations() {
+    let mut d = Decoder::default();
+    let got = decode(
+        &mut d,
+        &hex("400a 6375 7374 6f6d 2d6b 6579 0d63 7573 746f 6d2d 6865 6164 6572"),
+    );
+    assert_eq!(got, fields(&[("custom-key", "custom-header")]));
+    assert_eq!(d.table().size(), 55);
+    let mut d = Decoder::default();
+    let got = decode(&mut d, &hex("040c 2f73 616d 706c 652f 7061 7468"));
+    assert_eq!(got, fields(&[(":path", "/sample/path")]));
+    assert_eq!(d.table().len(), 0);
+    let mut seen = Vec::new();
+    Decoder::default()
+        .decode(
+            &hex("1008 7061 7373 776f 7264 0673 6563 7265 74"),
+            1 << 20,
+            |f| seen.push(f),
+        )
+        .unwrap();
+    assert_eq!(&seen[0].name[..], b"password");
+    assert_eq!(&seen[0].value[..], b"secret");
+    assert!(seen[0].never_indexed);
+    assert_eq!(decode(&mut d, &hex("82")), fields(&[(":method", "GET")]));
+}
+
+#[test]
+fn c3_requests_without_huffman() {
+    let mut d = Decoder::default();
+    let got = decode(
+        &mut d,
+        &hex("8286 8441 0f77 7777 2e65 7861 6d70 6c65 2e63 6f6d"),
+    );
+    assert_eq!(got, fields(&REQ1));
+    assert_eq!(d.table().size(), 57);
+    let got = decode(&mut d, &hex("8286 84be 5808 6e6f 2d63 6163 6865"));
+    assert_eq!(got, fields(&REQ2));
+    assert_eq!(d.table().size(), 110);
+    let got = decode(
+        &mut d,
+        &hex("8287 85bf 400a 6375 7374 6f6d 2d6b 6579 0c63 7573 746f 6d2d 7661 6c75 65"),
+    );
+    assert_eq!(got, fields(&REQ3));
+    assert_eq!(d.table().size(), 164);
+}
+
+#[test]
+fn c4_requests_with_huffman_both_ways() {
+    let blocks = [
+        hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff"),
+        hex("8286 84be 5886 a8eb 1064 9cbf"),
+        hex("8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf"),
+    ];
+    let reqs: [&[(&str, &str)]; 3] = [&REQ1, &REQ2, &REQ3];
+    let mut d = Decoder::default();
+    let mut e = Encoder::new();
+    for (block, req) in blocks.iter().zip(reqs) {
+        assert_eq!(decode(&mut d, block), fields(req));
+        // The encoder makes the same choices as the RFC's example.
+        assert_eq!(encode(&mut e, req), block);
+    }
+    assert_eq!(d.table().size(), 164);
+    assert_eq!(e.table().size(), 164);
+}
+
+#[test]
+fn c5_responses_evict_within_a_256_byte_table() {
+    // RFC 7541 C.5.1 and C.5.2, built field by field.
+    let mut block = BytesMut::new();
+    for (index, value) in [
+        (8u8, "302"),
+        (24, "private"),
+        (33, "Mon, 21 Oct 2013 20:13:21 GMT"),
+        (46, "https://www.example.com"),
+    ] {
+        block.extend_from_slice(&[0x40 | index, value.len() as u8]);
+        block.extend_from_slice(value.as_bytes());
+    }
+    let mut d = Decoder::new(256);
+    decode(&mut d, &block.freeze());
+    assert_eq!(d.table().size(), 222);
+    let got = decode(&mut d, &hex("4803 3330 37c1 c0bf"));
+    assert_eq!(
+        got,
+        fields(&[
+            (":status", "307"),
+            ("cache-control", "private"),
+            ("date", "Mon, 21 Oct 2013 20:13:21 GMT"),
+            ("location", "https://www.example.com"),
+        ])
+    );
+    // `:status: 302` was evicted to make room for `:status: 307`.
+    assert_eq!(d.table().size(), 222);
+    assert_eq!(d.table().len(), 4);
+}
+
+#[test]
+fn encoder_and_decoder_agree_over_many_blocks() {
+    let mut e = Encoder::new();
+    let mut d = Decoder::default();
+    for i in 0..500 {
+        let id = format!("{i:036}");
+        let big = "v".repeat(i * 7 % 3000);
+        let list = [
+            (":status", "200"),
+            ("content-type", "application/grpc"),
+            ("x-request-id", id.as_str()),
+            ("server", "envoy"),
+            ("x-big", big.as_str()),
+            (
+                "x-envoy-upstream-service-time",
+                if i % 2 == 0 { "0" } else { "1" },
+            ),
+        ];
+        let block = encode(&mut e, &list);
+        assert_eq!(decode(&mut d, &block), fields(&list), "block {i}");
+        assert!(d.table().size() <= 4096);
+        if i == 250 {
+            // The peer shrinks its table, then allows it again.
+            e.set_max_size(100);
+            e.set_max_size(4096);
+        }
+    }
+    // Request ids never went into the table; the repeated fields did, once.
+    assert!(e.table().iter().all(|(n, _)| &n[..] != b"x-request-id"));
+    let servers = e
+        .table()
+        .iter()
+        .filter(|(n, _)| &n[..] == b"server")
+        .count();
+    assert_eq!(servers, 1);
+}
+
+#[test]
+fn sensitive_fields_are_never_indexed() {
+    let mut e = Encoder::new();
+    let mut out = BytesMut::new();
+    e.begin(&mut out);
+    e.field(b"authorization", b"Bearer abc", true, &mut out);
+    let mut seen = Vec::new();
+    Decoder::default()
+        .decode(&out.freeze(), 1 << 20, |f| seen.push(f))
+        .unwrap();
+    assert!(seen[0].never_indexed);
+    assert_eq!(e.table().len(), 0);
+}
+
+#[test]
+fn table_size_updates_are_announced_and_bounded() {
+    let mut e = Encoder::new();
+    e.set_max_size(0);
+    let block = encode(&mut e, &[("x-a", "1")]);
+    assert_eq!(block[0], 0x20, "size update to 0 first");
+    let mut d = Decoder::default();
+    assert_eq!(decode(&mut d, &block), fields(&[("x-a", "1")]));
+    assert_eq!(d.table().max(), 0);
+    // Over what this side allows, or after a field: errors.
+    let mut d = Decoder::new(100);
+    let mut over = BytesMut::new();
+    over.extend_from_slice(&[0x3f, 0xe1, 0x1f]); // 4096
+    assert_eq!(
+        d.decode(&over.freeze(), 1 << 20, |_| {}),
+        Err(DecodeError::SizeUpdateTooLarge(4096, 100))
+    );
+    assert_eq!(
+        Decoder::default().decode(&hex("8220"), 1 << 20, |_| {}),
+        Err(DecodeError::LateSizeUpdate)
+    );
+}
+
+#[test]
+fn bad_blocks_are_errors_not_panics() {
+    for (block, want) in [
+        ("80", DecodeError::BadIndex(0)),
+        ("be", DecodeError::BadIndex(62)),
+        ("ff", DecodeError::Truncated),
+        ("ff ff ff ff ff 0f", DecodeError::IntegerOverflow),
+        ("40 05 61", DecodeError::Truncated),
+        ("00", DecodeError::Truncated),
+        (
+            "40 81 ff 01 61",
+            DecodeError::Huffman(huffman::HuffmanError::Padding),
+        ),
+    ] {
+        assert_eq!(
+            Decoder::default().decode(&hex(block), 1 << 20, |_| {}),
+            Err(want),
+            "{block}"
+        );
+    }
+    // A small block may not expand past the list limit (each indexed field counts 32 + its
+    // name and value).
+    let many = Bytes::from(vec![0x82u8; 1000]);
+    assert_eq!(
+        Decoder::default().decode(&many, 16 * 1024, |_| {}),
+        Err(DecodeError::ListTooLarge(16 * 1024))
+    );
+    // Random input: any result, never a panic.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for len in 0..2000 {
+        let block: Vec<u8> = (0..len % 64)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let _ = Decoder::default().decode(&Bytes::from(block), 1 << 16, |_| {});
+    }
+}
