@@ -29,8 +29,6 @@ use crate::http::wire::{self, Chunk, In};
 const MAX_HEADERS: usize = 128;
 /// Largest response head (status line and headers) accepted.
 const MAX_HEAD: usize = 96 * 1024;
-/// Most read-buffer capacity a connection keeps while idle in the pool.
-const IDLE_BUFFER: usize = 64 * 1024;
 /// Output gathered before a write, so head and a ready body go out in one `writev`.
 const GATHER: usize = 64 * 1024;
 
@@ -588,10 +586,10 @@ impl<F: FnOnce(Conn)> ResponseBody<F> {
         if clean {
             let mut conn = ex.conn;
             conn.since = Instant::now();
-            // A large response grew the read buffer; an idle connection does not keep it.
-            if conn.rbuf.capacity() > IDLE_BUFFER {
-                conn.rbuf = BytesMut::new();
-            }
+            // An idle connection holds no buffers and no header map.
+            wire::release(&mut conn.rbuf);
+            conn.head.release();
+            conn.spare.release();
             if let Some(f) = self.give_back.take() {
                 f(conn);
             }

@@ -420,14 +420,7 @@ async fn a_large_response_does_not_leave_a_large_buffer_on_the_idle_connection()
     }
     assert_eq!(total, LEN);
     let conn = back.lock().unwrap().take().expect("reusable");
-    assert!(
-        conn.read_hint > IDLE_BUFFER,
-        "reads grew: {}",
-        conn.read_hint
-    );
-    assert!(
-        conn.rbuf.capacity() <= IDLE_BUFFER,
-        "{}",
-        conn.rbuf.capacity()
-    );
+    assert!(conn.read_hint > 64 * 1024, "reads grew: {}", conn.read_hint);
+    // Idle, the connection holds no read buffer at all.
+    assert_eq!(conn.rbuf.capacity(), 0);
 }

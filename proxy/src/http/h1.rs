@@ -58,8 +58,6 @@ const MAX_HEADERS_PARSED: usize = 4096;
 const GATHER: usize = 64 * 1024;
 /// Bytes of pipelined requests read ahead while a request is in flight.
 const READ_AHEAD: usize = 64 * 1024;
-/// Most read-buffer capacity an idle connection keeps.
-const IDLE_BUFFER: usize = 64 * 1024;
 
 /// The connection's read side: the socket and what was read from it but not parsed yet.
 struct Reader {
@@ -344,10 +342,13 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
             }
             return;
         }
+        // Waiting for the next request, the connection holds no buffers and no header map.
         if let Some(r) = home.as_mut() {
-            if r.buf.is_empty() && r.buf.capacity() > IDLE_BUFFER {
-                r.buf = BytesMut::new();
+            if r.buf.is_empty() {
+                wire::release(&mut r.buf);
                 r.hint = wire::MIN_READ;
+                w.head.release();
+                w.spare.release();
             }
         }
     }

@@ -24,15 +24,83 @@ const MAX_CHUNK_LINE: usize = 4096;
 /// Longest trailer section accepted.
 const MAX_TRAILER_BYTES: usize = 96 * 1024;
 
+/// A socket whose readability can be awaited without reading (so without a buffer).
+pub trait ReadReady {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl ReadReady for tokio::net::tcp::OwnedReadHalf {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.as_ref().poll_read_ready(cx)
+    }
+}
+
+/// What connections going idle give back, kept per thread for the next connection that has
+/// something to read or write: read buffers ([`release`]), header maps and head buffers
+/// ([`SpareHeaders::release`], [`HeadBuf::release`]). A thousand idle keep-alive connections
+/// then hold none of them.
+const POOLED: usize = 64;
+/// Read buffers larger than this (grown by large bodies) are freed, not kept.
+const POOLED_MAX: usize = 64 * 1024;
+
+thread_local! {
+    static READ_BUFFERS: std::cell::RefCell<Vec<BytesMut>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+    static HEAD_BUFFERS: std::cell::RefCell<Vec<BytesMut>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+    static HEADER_MAPS: std::cell::RefCell<Vec<HeaderMap>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn pool_put<T>(pool: &'static std::thread::LocalKey<std::cell::RefCell<Vec<T>>>, t: T) {
+    pool.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOLED {
+            p.push(t);
+        }
+    });
+}
+
+fn pool_take<T>(pool: &'static std::thread::LocalKey<std::cell::RefCell<Vec<T>>>) -> Option<T> {
+    pool.with(|p| p.borrow_mut().pop())
+}
+
+/// Gives back the read buffer of a connection going idle, if nothing is left in it; the next
+/// [`poll_fill`] waits for the socket to be readable before it takes a buffer.
+pub fn release(buf: &mut BytesMut) {
+    if !buf.is_empty() || buf.capacity() == 0 {
+        return;
+    }
+    let b = std::mem::take(buf);
+    if (MIN_READ / 2..=POOLED_MAX).contains(&b.capacity()) {
+        pool_put(&READ_BUFFERS, b);
+    }
+}
+
+fn take_buffer() -> BytesMut {
+    pool_take(&READ_BUFFERS).unwrap_or_else(|| BytesMut::with_capacity(MIN_READ))
+}
+
 /// Reads more bytes into `buf`; `Ok(0)` is the end of the stream. The read size doubles
-/// while reads fill it (`hint`, up to `MAX_READ`).
+/// while reads fill it (`hint`, up to `MAX_READ`). A connection without a buffer (released
+/// while idle) takes one once the socket is readable.
 #[allow(unsafe_code)]
-pub fn poll_fill<R: AsyncRead + Unpin>(
+pub fn poll_fill<R: AsyncRead + ReadReady + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
     hint: &mut usize,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
+    if buf.capacity() == 0 {
+        ready!(io.poll_read_ready(cx))?;
+        *buf = take_buffer();
+    }
     if buf.capacity() - buf.len() < *hint / 2 {
         buf.reserve(*hint);
     }
@@ -274,14 +342,22 @@ pub struct SpareHeaders(Option<HeaderMap>);
 const SPARE_HEADERS_MAX: usize = 128;
 
 impl SpareHeaders {
-    /// An empty map with room for `n` entries: the kept one if there is one.
+    /// An empty map with room for `n` entries: the kept one if there is one, else one from the
+    /// thread's pool.
     pub fn take(&mut self, n: usize) -> HeaderMap {
-        match self.0.take() {
+        match self.0.take().or_else(|| pool_take(&HEADER_MAPS)) {
             Some(mut m) => {
                 m.reserve(n);
                 m
             }
             None => HeaderMap::with_capacity(n),
+        }
+    }
+
+    /// The connection goes idle: its map goes to the thread's pool.
+    pub fn release(&mut self) {
+        if let Some(m) = self.0.take() {
+            pool_put(&HEADER_MAPS, m);
         }
     }
 
@@ -307,9 +383,24 @@ const HEAD_BUF_KEEP: usize = 16 * 1024;
 impl HeadBuf {
     /// The buffer, empty, with room for `len` bytes.
     pub fn start(&mut self, len: usize) -> &mut BytesMut {
+        if self.0.capacity() == 0 {
+            if let Some(b) = pool_take(&HEAD_BUFFERS) {
+                self.0 = b;
+            }
+        }
         self.0.clear();
         self.0.reserve(len.max(HEAD_BUF_MIN));
         &mut self.0
+    }
+
+    /// The connection goes idle (its last head written): the buffer goes to the thread's pool.
+    pub fn release(&mut self) {
+        // Its capacity may be what is left after the last head was split off: `start`
+        // reclaims the whole allocation once that head is gone.
+        let b = std::mem::take(&mut self.0);
+        if b.capacity() > 0 {
+            pool_put(&HEAD_BUFFERS, b);
+        }
     }
 
     /// The head written since `start`. A big one's buffer is not kept for the next.
@@ -368,6 +459,43 @@ pub fn date_header() -> http::HeaderValue {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn an_idle_reader_holds_no_buffer_until_its_socket_is_readable() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut hint = MIN_READ;
+        // One exchange, read to the end: the connection then goes idle.
+        c.write_all(b"first").await.unwrap();
+        std::future::poll_fn(|cx| poll_fill(&mut s, &mut buf, &mut hint, cx))
+            .await
+            .unwrap();
+        assert_eq!(&buf[..], b"first");
+        buf.clear();
+        release(&mut buf);
+        assert_eq!(buf.capacity(), 0);
+        let pooled = READ_BUFFERS.with(|p| p.borrow().len());
+        assert!(pooled >= 1);
+        // Nothing to read: pending, and still no buffer taken.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(poll_fill(&mut s, &mut buf, &mut hint, &mut cx).is_pending());
+        assert_eq!(buf.capacity(), 0);
+        c.write_all(b"GET").await.unwrap();
+        let n = std::future::poll_fn(|cx| poll_fill(&mut s, &mut buf, &mut hint, cx))
+            .await
+            .unwrap();
+        assert_eq!(&buf[..n], b"GET");
+        // The pooled buffer was reused, not a new one allocated.
+        assert_eq!(READ_BUFFERS.with(|p| p.borrow().len()), pooled - 1);
+        // A buffer with bytes left in it stays with its connection.
+        release(&mut buf);
+        assert_eq!(&buf[..], b"GET");
+    }
+
     use super::*;
 
     fn decode_all(input: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>), &'static str> {
@@ -491,5 +619,35 @@ mod tests {
         let b = hb.finish();
         assert_eq!(b.len(), big.len());
         assert_eq!(hb.0.capacity(), 0);
+    }
+
+    #[test]
+    fn an_idle_connections_head_buffer_and_header_map_serve_the_next_connection() {
+        // One connection's exchange, then it goes idle.
+        let mut a_head = HeadBuf::default();
+        let mut a_spare = SpareHeaders::default();
+        a_head
+            .start(40)
+            .extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+        let head = a_head.finish();
+        let at = head.as_ptr();
+        drop(head);
+        let mut m = a_spare.take(4);
+        m.insert("x-a", HeaderValue::from_static("1"));
+        let cap = m.capacity();
+        a_spare.keep(m);
+        a_head.release();
+        a_spare.release();
+        assert_eq!(a_head.0.capacity(), 0);
+        assert!(a_spare.0.is_none());
+        // Another connection's next message reuses both allocations.
+        let mut b_head = HeadBuf::default();
+        b_head
+            .start(40)
+            .extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(b_head.finish().as_ptr(), at);
+        let m = SpareHeaders::default().take(4);
+        assert!(m.is_empty());
+        assert_eq!(m.capacity(), cap);
     }
 }
