@@ -10,6 +10,7 @@ pub mod config;
 pub mod detect;
 pub mod dns;
 pub mod http;
+pub mod http2;
 pub mod istio;
 pub mod listener;
 pub mod model;

@@ -14,7 +14,6 @@ pub mod h1;
 pub mod h2;
 pub mod h2stream;
 pub mod headers;
-pub mod hpack;
 pub mod path;
 pub mod router;
 pub mod timeout;
