@@ -4,6 +4,7 @@
 mod conns;
 mod cost;
 mod hist;
+mod hpack;
 mod load;
 mod report;
 mod routes;
@@ -47,6 +48,12 @@ enum Cmd {
     RouteSelect {
         #[arg(long, default_value_os_t = default_out())]
         out: PathBuf,
+    },
+    /// HPACK time per proxied h2c exchange with Sluice's own codec (no network): two header
+    /// blocks decoded and two encoded, as the proxy does per request.
+    Hpack {
+        #[arg(long, default_value_t = 200_000)]
+        exchanges: usize,
     },
     /// Cost per request (CPU, syscalls, context switches; with --callgrind, user-space
     /// instructions) for h1 small, h1 16 KiB, h2c small and a TCP echo, through each target.
@@ -304,6 +311,19 @@ fn main() -> anyhow::Result<()> {
             print!("{md}");
             std::fs::create_dir_all(&a.common.out)?;
             std::fs::write(a.common.out.join("xds-scale.md"), md)?;
+            Ok(())
+        }
+        Cmd::Hpack { exchanges } => {
+            let m = hpack::measure(exchanges);
+            println!(
+                "{} exchanges: {:.0} ns per exchange (decode + encode of the request and of the response); steady-state blocks: request in {} B, out {} B; response in {} B, out {} B",
+                m.exchanges,
+                m.per_exchange.as_nanos(),
+                m.block_bytes[0],
+                m.block_bytes[1],
+                m.block_bytes[2],
+                m.block_bytes[3]
+            );
             Ok(())
         }
         Cmd::RouteSelect { out } => {

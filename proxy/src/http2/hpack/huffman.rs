@@ -76,23 +76,39 @@ pub fn encoded_len(src: &[u8]) -> usize {
     bits.div_ceil(8)
 }
 
-/// Appends `src` Huffman-encoded, padded with the most significant bits of EOS (ones).
+/// Appends `src` Huffman-encoded, padded with the most significant bits of EOS (ones). Output
+/// goes out 32 bits at a time through a small stack buffer, not byte by byte.
 pub fn encode(src: &[u8], dst: &mut impl BufMut) {
+    let mut chunk = [0u8; 64];
+    let mut at = 0;
+    // Pending bits, right-aligned; at most 31 + 30 of them.
     let mut acc: u64 = 0;
     let mut n: u32 = 0;
     for b in src {
         let len = LEN[*b as usize] as u32;
         acc = (acc << len) | CODE.codes[*b as usize] as u64;
         n += len;
-        while n >= 8 {
-            n -= 8;
-            dst.put_u8((acc >> n) as u8);
+        if n >= 32 {
+            n -= 32;
+            chunk[at..at + 4].copy_from_slice(&((acc >> n) as u32).to_be_bytes());
+            at += 4;
+            acc &= (1 << n) - 1;
+            if at == chunk.len() {
+                dst.put_slice(&chunk);
+                at = 0;
+            }
         }
-        acc &= (1 << n) - 1;
+    }
+    while n >= 8 {
+        n -= 8;
+        chunk[at] = (acc >> n) as u8;
+        at += 1;
     }
     if n > 0 {
-        dst.put_u8(((acc << (8 - n)) as u8) | (0xff >> n));
+        chunk[at] = ((acc << (8 - n)) as u8) | (0xff >> n);
+        at += 1;
     }
+    dst.put_slice(&chunk[..at]);
 }
 
 /// Why a Huffman-encoded string could not be decoded.

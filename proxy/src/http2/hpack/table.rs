@@ -74,22 +74,70 @@ pub const STATIC: [(&str, &str); 61] = [
 /// The first static index (1-based) with this name, and the one with this name and value if
 /// there is one.
 pub fn find_static(name: &[u8], value: &[u8]) -> Option<(usize, Option<usize>)> {
-    // Entries of one name are adjacent; a match on the name picks the range.
+    // Entries of one name are adjacent: the name picks the range (one dispatch on the name,
+    // not a scan of the table), then the values in it are compared.
     let (first, count) = match name {
         b":authority" => (1, 1),
         b":method" => (2, 2),
         b":path" => (4, 2),
         b":scheme" => (6, 2),
         b":status" => (8, 7),
+        b"accept-charset" => (15, 1),
         b"accept-encoding" => (16, 1),
-        _ => {
-            let i = STATIC[14..]
-                .iter()
-                .position(|(n, _)| n.as_bytes() == name)?;
-            return Some((i + 15, None));
-        }
+        b"accept-language" => (17, 0),
+        b"accept-ranges" => (18, 0),
+        b"accept" => (19, 0),
+        b"access-control-allow-origin" => (20, 0),
+        b"age" => (21, 0),
+        b"allow" => (22, 0),
+        b"authorization" => (23, 0),
+        b"cache-control" => (24, 0),
+        b"content-disposition" => (25, 0),
+        b"content-encoding" => (26, 0),
+        b"content-language" => (27, 0),
+        b"content-length" => (28, 0),
+        b"content-location" => (29, 0),
+        b"content-range" => (30, 0),
+        b"content-type" => (31, 0),
+        b"cookie" => (32, 0),
+        b"date" => (33, 0),
+        b"etag" => (34, 0),
+        b"expect" => (35, 0),
+        b"expires" => (36, 0),
+        b"from" => (37, 0),
+        b"host" => (38, 0),
+        b"if-match" => (39, 0),
+        b"if-modified-since" => (40, 0),
+        b"if-none-match" => (41, 0),
+        b"if-range" => (42, 0),
+        b"if-unmodified-since" => (43, 0),
+        b"last-modified" => (44, 0),
+        b"link" => (45, 0),
+        b"location" => (46, 0),
+        b"max-forwards" => (47, 0),
+        b"proxy-authenticate" => (48, 0),
+        b"proxy-authorization" => (49, 0),
+        b"range" => (50, 0),
+        b"referer" => (51, 0),
+        b"refresh" => (52, 0),
+        b"retry-after" => (53, 0),
+        b"server" => (54, 0),
+        b"set-cookie" => (55, 0),
+        b"strict-transport-security" => (56, 0),
+        b"transfer-encoding" => (57, 0),
+        b"user-agent" => (58, 0),
+        b"vary" => (59, 0),
+        b"via" => (60, 0),
+        b"www-authenticate" => (61, 0),
+        _ => return None,
     };
-    let exact = (first..first + count).find(|i| STATIC[i - 1].1.as_bytes() == value);
+    // Only the entries counted above have a value to match (the rest have an empty one,
+    // which a field with an empty value still matches).
+    let exact = if count == 0 {
+        (value.is_empty()).then_some(first)
+    } else {
+        (first..first + count).find(|i| STATIC[i - 1].1.as_bytes() == value)
+    };
     Some((first, exact))
 }
 

@@ -273,3 +273,17 @@ fn bad_blocks_are_errors_not_panics() {
         let _ = Decoder::default().decode(&Bytes::from(block), 1 << 16, |_| {});
     }
 }
+
+#[test]
+fn every_static_entry_is_found_by_name_and_value() {
+    for (i, (n, v)) in table::STATIC.iter().enumerate() {
+        let first = table::STATIC.iter().position(|(m, _)| m == n).unwrap() + 1;
+        assert_eq!(
+            table::find_static(n.as_bytes(), v.as_bytes()),
+            Some((first, Some(i + 1))),
+            "{n}: {v}"
+        );
+    }
+    assert_eq!(table::find_static(b":status", b"201"), Some((8, None)));
+    assert_eq!(table::find_static(b"x-custom", b""), None);
+}
