@@ -371,11 +371,8 @@ async fn websocket_upgrade_passes_through() {
     assert_eq!(&echo, b"frames both ways");
 }
 
-#[tokio::test]
-async fn connect_tunnels_tcp_and_is_refused_when_not_enabled() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let echo = tcp_echo().await;
-    let vh = r#"            - name: all
+/// CONNECT requests tunnel to the cluster `connect_up`; others get a direct 200.
+const CONNECT_VH: &str = r#"            - name: all
               domains: ["*"]
               routes:
               - match: {connect_matcher: {}}
@@ -385,8 +382,13 @@ async fn connect_tunnels_tcp_and_is_refused_when_not_enabled() {
               - match: {prefix: /}
                 direct_response: {status: 200}
 "#;
+
+#[tokio::test]
+async fn connect_tunnels_tcp_and_is_refused_when_not_enabled() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = tcp_echo().await;
     let app = sluice(&bootstrap(
-        &http_listener("connect", vh, ""),
+        &http_listener("connect", CONNECT_VH, ""),
         &cluster("connect_up", &[echo], ""),
     ))
     .await;
@@ -443,16 +445,8 @@ async fn h2_connect_streams_are_tunnels() {
     // RFC 9113 §8.5: a CONNECT stream's DATA frames carry the tunnel's bytes both ways, and the
     // client's END_STREAM half-closes it.
     let echo = tcp_echo().await;
-    let vh = r#"            - name: all
-              domains: ["*"]
-              routes:
-              - match: {connect_matcher: {}}
-                route:
-                  cluster: connect_up
-                  upgrade_configs: [{upgrade_type: CONNECT}]
-"#;
     let app = sluice(&bootstrap(
-        &http_listener("h2connect", vh, ""),
+        &http_listener("h2connect", CONNECT_VH, ""),
         &cluster("connect_up", &[echo], ""),
     ))
     .await;
@@ -624,6 +618,37 @@ async fn h2_settings_follow_http2_protocol_options() {
     assert_eq!(r.status, 200);
     let date = r.headers["date"].to_str().unwrap();
     assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
+}
+
+#[tokio::test]
+async fn h2_head_responses_have_no_body_and_no_invented_length() {
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /}
+                direct_response: {status: 200, body: {inline_string: "hello"}}
+"#;
+    let app = sluice(&bootstrap(&http_listener("h2head", vh, ""), "")).await;
+    let mut h2 = H2::connect(app.listener_address("h2head").unwrap()).await;
+    let get = h2.get("h.internal", "/").await;
+    assert_eq!((get.status, get.body.as_str()), (200, "hello"));
+    assert_eq!(get.headers["content-length"], "5");
+    let head = h2
+        .send(
+            Request::head("http://h.internal/")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    assert_ne!(
+        head.headers
+            .get("content-length")
+            .map(|v| v.to_str().unwrap()),
+        Some("0"),
+        "{:?}",
+        head.headers
+    );
 }
 
 #[tokio::test]

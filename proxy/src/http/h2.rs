@@ -105,6 +105,8 @@ pub(super) async fn serve(
 /// One stream: the request through the router, then the response out.
 async fn stream(conn: Arc<Conn>, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
     let (mut parts, recv) = req.into_parts();
+    // A HEAD response's (empty) body says nothing about the length of the resource.
+    let head = parts.method == Method::HEAD;
     // A CONNECT stream's DATA frames are the tunnel's bytes, not a request body.
     let mut tunnel = None;
     let body = if parts.method == Method::CONNECT {
@@ -152,11 +154,13 @@ async fn stream(conn: Arc<Conn>, req: Request<RecvStream>, mut respond: SendResp
             return;
         }
     }
-    let end = body.is_end_stream();
+    // A HEAD response ends with its head, whatever body the route produced.
+    let end = head || body.is_end_stream();
     let bodyless = matches!(
         parts.status,
         StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
-    ) || parts.status.is_informational();
+    ) || parts.status.is_informational()
+        || head;
     if !bodyless && !parts.headers.contains_key(CONTENT_LENGTH) {
         if let Some(n) = body.size_hint().exact() {
             parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
