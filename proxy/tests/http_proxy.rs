@@ -652,6 +652,46 @@ async fn h2_head_responses_have_no_body_and_no_invented_length() {
 }
 
 #[tokio::test]
+async fn h2_protocol_errors_close_the_connection_and_are_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream("h2perr", Behaviour::Echo).await;
+    let app = sluice(&bootstrap(
+        &http_listener("h2perr", &all_to("h2perr_up"), ""),
+        &cluster("h2perr_up", &[up.addr], ""),
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(app.listener_address("h2perr").unwrap())
+        .await
+        .unwrap();
+    // The preface and SETTINGS, then a DATA frame on stream 0 (RFC 9113 §6.1: a connection
+    // error of type PROTOCOL_ERROR).
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0\0\0\x01\0\0\0\0\0\0x")
+        .await
+        .unwrap();
+    // The server answers with GOAWAY(PROTOCOL_ERROR) and closes.
+    let mut got = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("connection not closed")
+        .unwrap();
+    let (mut at, mut code) = (0, None);
+    while at + 9 <= got.len() {
+        let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+        if got[at + 3] == 7 {
+            code = Some(u32::from_be_bytes(
+                got[at + 13..at + 17].try_into().unwrap(),
+            ));
+        }
+        at += 9 + len;
+    }
+    assert_eq!(code, Some(1), "GOAWAY(PROTOCOL_ERROR) expected in {got:?}");
+    assert_eq!(
+        stat(&app, "http.h2perr.downstream_cx_protocol_error").await,
+        Some(1)
+    );
+}
+
+#[tokio::test]
 async fn mirrored_requests_reach_the_shadow_cluster() {
     let main = upstream("main", Behaviour::Echo).await;
     let shadow = upstream("shadow", Behaviour::Status(500)).await;
