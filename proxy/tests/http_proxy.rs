@@ -692,6 +692,46 @@ async fn h2_protocol_errors_close_the_connection_and_are_counted() {
 }
 
 #[tokio::test]
+async fn h2_client_reset_during_the_response_body_is_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that sends a response head and a first chunk, then stalls.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    });
+    let app = sluice(&bootstrap(
+        &http_listener("h2bodyreset", &all_to("stall_up"), ""),
+        &cluster("stall_up", &[up], ""),
+    ))
+    .await;
+    let mut tx = h2_client(app.listener_address("h2bodyreset").unwrap()).await;
+    let req = Request::get("http://stall.internal/").body(()).unwrap();
+    let (resp, _) = tx.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    assert_eq!(&body.data().await.unwrap().unwrap()[..], b"first");
+    // Dropping the body (the only handle on the stream left) resets it.
+    drop(body);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let n = stat(&app, "http.h2bodyreset.downstream_rq_rx_reset").await;
+        if n == Some(1) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "rx_reset: {n:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn mirrored_requests_reach_the_shadow_cluster() {
     let main = upstream("main", Behaviour::Echo).await;
     let shadow = upstream("shadow", Behaviour::Status(500)).await;

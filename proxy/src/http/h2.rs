@@ -25,7 +25,7 @@ use http_body::Body as _;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 
-use super::h2stream::{strip_connection_headers, Pump, RecvBody, Tunnel};
+use super::h2stream::{strip_connection_headers, Ended, Pump, RecvBody, Tunnel};
 use super::upgrade::{PendingUpgrade, Upgraded};
 use super::{router, wire, Conn};
 use crate::body;
@@ -169,7 +169,9 @@ async fn stream(conn: Arc<Conn>, req: Request<RecvStream>, mut respond: SendResp
     match respond.send_response(Response::from_parts(parts, ()), end) {
         Ok(send) if !end => {
             let mut pump = Pump::new(body, send, Reason::INTERNAL_ERROR);
-            poll_fn(|cx| pump.poll_pump(cx)).await;
+            if poll_fn(|cx| pump.poll_pump_ended(cx)).await == Ended::Reset {
+                stats.downstream_rq_rx_reset.inc();
+            }
         }
         Ok(_) => {}
         Err(e) => tracing::debug!("downstream h2 response: {e}"),

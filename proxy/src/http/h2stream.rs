@@ -70,6 +70,17 @@ impl http_body::Body for RecvBody {
     }
 }
 
+/// How a [`Pump`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The whole body (and trailers) went into the stream.
+    Sent,
+    /// The body failed; the stream was reset with the pump's error code.
+    BodyFailed,
+    /// The peer reset the stream, or the connection failed, before the body was sent.
+    Reset,
+}
+
 /// Copies a body into its stream: DATA frames within the flow-control capacity the peer
 /// grants, then the trailers or an empty END_STREAM frame. A body that fails resets the stream
 /// with `on_error`.
@@ -95,6 +106,11 @@ impl Pump {
 
     /// Ready when the body is sent, failed, or the stream is gone (reset by the peer).
     pub fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_pump_ended(cx).map(|_| ())
+    }
+
+    /// As [`Pump::poll_pump`], and whether the peer reset the stream before the body was sent.
+    pub fn poll_pump_ended(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
         loop {
             if !self.buf.is_empty() {
                 self.stream.reserve_capacity(self.buf.len());
@@ -103,12 +119,15 @@ impl Pump {
                     Some(Ok(n)) => {
                         let chunk = self.buf.split_to(n.min(self.buf.len()));
                         let end = self.last && self.buf.is_empty();
-                        if self.stream.send_data(chunk, end).is_err() || end {
-                            return Poll::Ready(());
+                        if self.stream.send_data(chunk, end).is_err() {
+                            return Poll::Ready(Ended::Reset);
+                        }
+                        if end {
+                            return Poll::Ready(Ended::Sent);
                         }
                     }
                     // The stream was reset or the connection failed.
-                    Some(Err(_)) | None => return Poll::Ready(()),
+                    Some(Err(_)) | None => return Poll::Ready(Ended::Reset),
                 }
                 continue;
             }
@@ -119,7 +138,7 @@ impl Pump {
                         if data.is_empty() {
                             if last {
                                 let _ = self.stream.send_data(Bytes::new(), true);
-                                return Poll::Ready(());
+                                return Poll::Ready(Ended::Sent);
                             }
                         } else {
                             self.buf = data;
@@ -129,23 +148,23 @@ impl Pump {
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
                             let _ = self.stream.send_trailers(trailers);
-                            return Poll::Ready(());
+                            return Poll::Ready(Ended::Sent);
                         }
                     }
                 },
                 Poll::Ready(None) => {
                     let _ = self.stream.send_data(Bytes::new(), true);
-                    return Poll::Ready(());
+                    return Poll::Ready(Ended::Sent);
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::debug!("body failed: {e}; resetting its h2 stream");
                     self.stream.send_reset(self.on_error);
-                    return Poll::Ready(());
+                    return Poll::Ready(Ended::BodyFailed);
                 }
                 Poll::Pending => {
                     // Stop reading the body once the peer reset the stream.
                     return match self.stream.poll_reset(cx) {
-                        Poll::Ready(_) => Poll::Ready(()),
+                        Poll::Ready(_) => Poll::Ready(Ended::Reset),
                         Poll::Pending => Poll::Pending,
                     };
                 }

@@ -63,7 +63,8 @@ pub struct HcmStats {
     pub downstream_cx_protocol_error: Arc<crate::stats::Counter>,
     /// Connections the client closed with a request in flight.
     pub downstream_cx_destroy_remote_active_rq: Arc<crate::stats::Counter>,
-    /// HTTP/2 streams the client reset before their response ended.
+    /// HTTP/2 streams the client reset (or whose connection failed) before their response
+    /// ended.
     pub downstream_rq_rx_reset: Arc<crate::stats::Counter>,
     /// Request heads not complete within `request_headers_timeout`.
     pub downstream_rq_header_timeout: Arc<crate::stats::Counter>,
