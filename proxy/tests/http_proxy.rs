@@ -732,6 +732,47 @@ async fn h2_client_reset_during_the_response_body_is_counted() {
 }
 
 #[tokio::test]
+async fn h2_keepalive_pings_close_a_silent_client_and_keep_a_live_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream("h2ka", Behaviour::Echo).await;
+    let opts = "          http2_protocol_options: {connection_keepalive: {interval: 0.2s, timeout: 0.3s}}\n";
+    let app = sluice(&bootstrap(
+        &listener_with("h2ka", &all_to("h2ka_up"), opts),
+        &cluster("h2ka_up", &[up.addr], ""),
+    ))
+    .await;
+    let addr = app.listener_address("h2ka").unwrap();
+    // A client that never answers PINGs: the server PINGs it, then closes.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        silent.read_to_end(&mut got),
+    )
+    .await
+    .expect("a client that does not answer PINGs is kept")
+    .unwrap();
+    let (mut at, mut pings) = (0, 0);
+    while at + 9 <= got.len() {
+        let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+        if got[at + 3] == 6 && got[at + 4] & 1 == 0 {
+            pings += 1;
+        }
+        at += 9 + len;
+    }
+    assert_eq!(pings, 1, "{got:?}");
+    // A client that answers (the h2 crate does) stays connected past several intervals.
+    let mut live = H2::connect(addr).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert!(!live.is_closed());
+    assert_eq!(live.get("h2ka.internal", "/").await.status, 200);
+}
+
+#[tokio::test]
 async fn mirrored_requests_reach_the_shadow_cluster() {
     let main = upstream("main", Behaviour::Echo).await;
     let shadow = upstream("shadow", Behaviour::Status(500)).await;

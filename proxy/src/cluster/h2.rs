@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 
 use super::pool::{Slot, UpstreamError};
 use crate::body::Body;
-use crate::http::h2stream::{strip_connection_headers, Pump, RecvBody};
+use crate::http::h2stream::{strip_connection_headers, Keepalive, Pump, RecvBody};
 use crate::model::cluster::H2Keepalive;
 
 /// Flow-control windows and buffers, as hyper's HTTP/2 client sets them.
@@ -152,52 +152,18 @@ fn upstream_error(e: h2::Error) -> UpstreamError {
     }
 }
 
-/// Runs the connection until it ends, with keep-alive pings: a PING `interval` after the last
-/// PONG, the connection closed when a PONG is more than `timeout` late.
+/// Runs the connection until it ends, or a keep-alive PONG is late.
 async fn drive(conn: h2::client::Connection<TcpStream, Bytes>, k: H2Keepalive) {
     let mut conn = conn;
-    let mut pings = conn.ping_pong();
+    let mut keepalive = Keepalive::new(conn.ping_pong(), k);
     let mut conn = std::pin::pin!(conn);
-    let timer = tokio::time::sleep(k.interval);
-    let mut timer = std::pin::pin!(timer);
-    let mut awaiting_pong = false;
     poll_fn(|cx| {
         if conn.as_mut().poll(cx).is_ready() {
             return Poll::Ready(());
         }
-        let Some(pp) = pings.as_mut() else {
-            return Poll::Pending;
-        };
-        loop {
-            if awaiting_pong {
-                match pp.poll_pong(cx) {
-                    Poll::Ready(Ok(_)) => {
-                        awaiting_pong = false;
-                        timer
-                            .as_mut()
-                            .reset(tokio::time::Instant::now() + k.interval);
-                    }
-                    Poll::Ready(Err(_)) => {
-                        pings = None;
-                        return Poll::Pending;
-                    }
-                    Poll::Pending => {}
-                }
-            }
-            ready!(timer.as_mut().poll(cx));
-            if awaiting_pong {
-                tracing::debug!("upstream h2 connection: no PONG in time, closing");
-                return Poll::Ready(());
-            }
-            if pp.send_ping(h2::Ping::opaque()).is_err() {
-                pings = None;
-                return Poll::Pending;
-            }
-            awaiting_pong = true;
-            timer
-                .as_mut()
-                .reset(tokio::time::Instant::now() + k.timeout);
-        }
+        ready!(keepalive.poll_late(cx));
+        tracing::debug!("upstream h2 connection: no PONG in time, closing");
+        Poll::Ready(())
     })
     .await
 }

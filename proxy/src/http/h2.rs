@@ -7,7 +7,8 @@
 //!
 //! SETTINGS from the HCM's `http2_protocol_options` (concurrent streams, stream and connection
 //! windows; `model::network::Http2Settings`) and `max_request_headers_kb` (the header list
-//! limit); 400 KiB of send buffer per stream. A client resetting more than 20 streams before
+//! limit); 400 KiB of send buffer per stream. With `connection_keepalive`, the client is sent
+//! PINGs and the connection closed when a PONG is late. A client resetting more than 20 streams before
 //! they are accepted (rapid reset), or causing 1,024 stream errors, loses the connection.
 
 use std::future::{poll_fn, Future};
@@ -25,7 +26,7 @@ use http_body::Body as _;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 
-use super::h2stream::{strip_connection_headers, Ended, Pump, RecvBody, Tunnel};
+use super::h2stream::{strip_connection_headers, Ended, Keepalive, Pump, RecvBody, Tunnel};
 use super::upgrade::{PendingUpgrade, Upgraded};
 use super::{router, wire, Conn};
 use crate::body;
@@ -66,6 +67,9 @@ pub(super) async fn serve(
         },
         _ = stop.as_mut() => return,
     };
+    let mut keepalive = settings
+        .keepalive
+        .map(|k| Keepalive::new(h2.ping_pong(), k));
     let mut streams = FuturesUnordered::new();
     let mut stopping = false;
     loop {
@@ -98,6 +102,11 @@ pub(super) async fn serve(
                 h2.graceful_shutdown();
             }
             _ = reached(phase, Phase::Close), if stopping => break,
+            _ = poll_fn(|cx| keepalive.as_mut().map_or(Poll::Pending, |k| k.poll_late(cx))),
+                if keepalive.is_some() => {
+                tracing::debug!("downstream h2 connection: no PONG in time, closing");
+                break;
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! stream as a body, a body pumped into a stream within the peer's flow-control window, a
 //! CONNECT stream as a byte tunnel, and the connection-specific headers HTTP/2 forbids.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -15,6 +16,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::body::Body;
+use crate::model::cluster::H2Keepalive;
 
 /// A body read from a received h2 stream: DATA frames (their flow-control capacity given back
 /// as they are handed on), then trailers.
@@ -268,6 +270,62 @@ impl AsyncWrite for Tunnel {
             this.send.send_data(Bytes::new(), true).map_err(io_error)?;
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Keep-alive PINGs on one connection (`http2_protocol_options.connection_keepalive`): a PING
+/// `interval` after the last PONG; the peer is taken for gone when a PONG is more than
+/// `timeout` late.
+pub struct Keepalive {
+    pings: Option<h2::PingPong>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    awaiting_pong: bool,
+    k: H2Keepalive,
+}
+
+impl Keepalive {
+    /// `None` when the connection's PING handle was taken already.
+    pub fn new(pings: Option<h2::PingPong>, k: H2Keepalive) -> Keepalive {
+        Keepalive {
+            pings,
+            timer: Box::pin(tokio::time::sleep(k.interval)),
+            awaiting_pong: false,
+            k,
+        }
+    }
+
+    /// Ready once a PONG is late: the connection should be closed.
+    pub fn poll_late(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(pp) = self.pings.as_mut() else {
+            return Poll::Pending;
+        };
+        loop {
+            if self.awaiting_pong {
+                match pp.poll_pong(cx) {
+                    Poll::Ready(Ok(_)) => {
+                        self.awaiting_pong = false;
+                        let next = tokio::time::Instant::now() + self.k.interval;
+                        self.timer.as_mut().reset(next);
+                    }
+                    Poll::Ready(Err(_)) => {
+                        self.pings = None;
+                        return Poll::Pending;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            ready!(self.timer.as_mut().poll(cx));
+            if self.awaiting_pong {
+                return Poll::Ready(());
+            }
+            if pp.send_ping(h2::Ping::opaque()).is_err() {
+                self.pings = None;
+                return Poll::Pending;
+            }
+            self.awaiting_pong = true;
+            let next = tokio::time::Instant::now() + self.k.timeout;
+            self.timer.as_mut().reset(next);
+        }
     }
 }
 

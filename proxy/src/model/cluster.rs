@@ -526,7 +526,14 @@ fn h2_keepalive(c: &cpb::Cluster) -> Option<H2Keepalive> {
         Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(d)) => d.http2_protocol_options,
         _ => c.http2_protocol_options.clone(),
     };
-    let k = h2?.connection_keepalive?;
+    keepalive(h2?.connection_keepalive.as_ref()?)
+}
+
+/// `connection_keepalive`: PINGs every `interval` (none without one), a PONG due within
+/// `timeout` (5 s when unset).
+pub(crate) fn keepalive(
+    k: &envoy_types::pb::envoy::config::core::v3::KeepaliveSettings,
+) -> Option<H2Keepalive> {
     let interval = duration(&k.interval).filter(|d| !d.is_zero())?;
     Some(H2Keepalive {
         interval,

@@ -243,6 +243,8 @@ pub struct Http2Settings {
     pub initial_stream_window_size: u32,
     /// Default 1 MiB (Envoy: 256 MiB), as above.
     pub initial_connection_window_size: u32,
+    /// `connection_keepalive`: PINGs to the client, the connection closed when a PONG is late.
+    pub keepalive: Option<crate::model::cluster::H2Keepalive>,
 }
 
 impl Default for Http2Settings {
@@ -251,6 +253,7 @@ impl Default for Http2Settings {
             max_concurrent_streams: i32::MAX as u32,
             initial_stream_window_size: 1 << 20,
             initial_connection_window_size: 1 << 20,
+            keepalive: None,
         }
     }
 }
@@ -291,6 +294,10 @@ fn http2_settings(
         65_535,
         &mut s.initial_connection_window_size,
     )?;
+    s.keepalive = o
+        .connection_keepalive
+        .as_ref()
+        .and_then(crate::model::cluster::keepalive);
     Ok(s)
 }
 
