@@ -651,40 +651,48 @@ async fn h2_head_responses_have_no_body_and_no_invented_length() {
     );
 }
 
+/// Sends `bytes` (a client preface and frames) on a new connection to `addr`; the frames the
+/// server sent until it closed the connection, as (type, flags, payload).
+async fn h2_raw_until_closed(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<(u8, u8, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("the server kept the connection open")
+        .unwrap();
+    let (mut at, mut frames) = (0, Vec::new());
+    while at + 9 <= got.len() {
+        let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+        let end = (at + 9 + len).min(got.len());
+        frames.push((got[at + 3], got[at + 4], got[at + 9..end].to_vec()));
+        at += 9 + len;
+    }
+    frames
+}
+
 #[tokio::test]
 async fn h2_protocol_errors_close_the_connection_and_are_counted() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = upstream("h2perr", Behaviour::Echo).await;
     let app = sluice(&bootstrap(
         &http_listener("h2perr", &all_to("h2perr_up"), ""),
         &cluster("h2perr_up", &[up.addr], ""),
     ))
     .await;
-    let mut s = tokio::net::TcpStream::connect(app.listener_address("h2perr").unwrap())
-        .await
-        .unwrap();
     // The preface and SETTINGS, then a DATA frame on stream 0 (RFC 9113 §6.1: a connection
-    // error of type PROTOCOL_ERROR).
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0\0\0\x01\0\0\0\0\0\0x")
-        .await
-        .unwrap();
-    // The server answers with GOAWAY(PROTOCOL_ERROR) and closes.
-    let mut got = Vec::new();
-    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut got))
-        .await
-        .expect("connection not closed")
-        .unwrap();
-    let (mut at, mut code) = (0, None);
-    while at + 9 <= got.len() {
-        let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
-        if got[at + 3] == 7 {
-            code = Some(u32::from_be_bytes(
-                got[at + 13..at + 17].try_into().unwrap(),
-            ));
-        }
-        at += 9 + len;
-    }
-    assert_eq!(code, Some(1), "GOAWAY(PROTOCOL_ERROR) expected in {got:?}");
+    // error of type PROTOCOL_ERROR). The server answers with GOAWAY(PROTOCOL_ERROR) and closes.
+    let frames = h2_raw_until_closed(
+        app.listener_address("h2perr").unwrap(),
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0\0\0\x01\0\0\0\0\0\0x",
+    )
+    .await;
+    let goaway = frames.iter().find(|(t, _, _)| *t == 7);
+    assert_eq!(
+        goaway.map(|(_, _, p)| &p[4..8]),
+        Some(&[0u8, 0, 0, 1][..]),
+        "GOAWAY(PROTOCOL_ERROR) expected in {frames:?}"
+    );
     assert_eq!(
         stat(&app, "http.h2perr.downstream_cx_protocol_error").await,
         Some(1)
@@ -733,7 +741,6 @@ async fn h2_client_reset_during_the_response_body_is_counted() {
 
 #[tokio::test]
 async fn h2_keepalive_pings_close_a_silent_client_and_keep_a_live_one() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = upstream("h2ka", Behaviour::Echo).await;
     let opts = "          http2_protocol_options: {connection_keepalive: {interval: 0.2s, timeout: 0.3s}}\n";
     let app = sluice(&bootstrap(
@@ -743,28 +750,16 @@ async fn h2_keepalive_pings_close_a_silent_client_and_keep_a_live_one() {
     .await;
     let addr = app.listener_address("h2ka").unwrap();
     // A client that never answers PINGs: the server PINGs it, then closes.
-    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
-    silent
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        silent.read_to_end(&mut got),
+    let frames = h2_raw_until_closed(
+        addr,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
     )
-    .await
-    .expect("a client that does not answer PINGs is kept")
-    .unwrap();
-    let (mut at, mut pings) = (0, 0);
-    while at + 9 <= got.len() {
-        let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
-        if got[at + 3] == 6 && got[at + 4] & 1 == 0 {
-            pings += 1;
-        }
-        at += 9 + len;
-    }
-    assert_eq!(pings, 1, "{got:?}");
+    .await;
+    let pings = frames
+        .iter()
+        .filter(|(t, flags, _)| *t == 6 && flags & 1 == 0)
+        .count();
+    assert_eq!(pings, 1, "{frames:?}");
     // A client that answers (the h2 crate does) stays connected past several intervals.
     let mut live = H2::connect(addr).await;
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
