@@ -621,7 +621,7 @@ async fn h2_settings_follow_http2_protocol_options() {
 }
 
 #[tokio::test]
-async fn h2_head_responses_have_no_body_and_no_invented_length() {
+async fn h2_head_and_204_responses_have_no_body_and_no_invented_length() {
     let vh = r#"            - name: all
               domains: ["*"]
               routes:
@@ -649,6 +649,18 @@ async fn h2_head_responses_have_no_body_and_no_invented_length() {
         "{:?}",
         head.headers
     );
+    // A 204 has no content whatever the route says.
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /}
+                direct_response: {status: 204, body: {inline_string: "ignored"}}
+"#;
+    let app = sluice(&bootstrap(&http_listener("h2nocontent", vh, ""), "")).await;
+    let mut h2 = H2::connect(app.listener_address("h2nocontent").unwrap()).await;
+    let r = h2.get("h.internal", "/").await;
+    assert_eq!((r.status, r.body.as_str()), (204, ""));
+    assert!(r.headers.get("content-length").is_none(), "{:?}", r.headers);
 }
 
 /// Sends `bytes` (a client preface and frames) on a new connection to `addr`; the frames the
@@ -765,6 +777,40 @@ async fn h2_keepalive_pings_close_a_silent_client_and_keep_a_live_one() {
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     assert!(!live.is_closed());
     assert_eq!(live.get("h2ka.internal", "/").await.status, 200);
+}
+
+#[tokio::test]
+async fn http1_204_responses_have_no_content_length_or_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /}
+                direct_response: {status: 204, body: {inline_string: "ignored"}}
+"#;
+    let app = sluice(&bootstrap(&http_listener("h1nocontent", vh, ""), "")).await;
+    let mut s = tokio::net::TcpStream::connect(app.listener_address("h1nocontent").unwrap())
+        .await
+        .unwrap();
+    // Two pipelined requests: the second response follows the first head directly.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.windows(4).filter(|w| w == b"\r\n\r\n").count() < 2 {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(
+        text.matches("HTTP/1.1 204 No Content\r\n").count(),
+        2,
+        "{text}"
+    );
+    assert!(!text.contains("content-length"), "{text}");
+    assert!(!text.contains("ignored"), "{text}");
 }
 
 #[tokio::test]

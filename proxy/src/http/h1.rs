@@ -848,12 +848,15 @@ async fn write_response(
     } else {
         Out::Chunked
     };
-    // Framing and connection headers are ours (the router removed the upstream's).
+    // Framing and connection headers are ours (the router removed the upstream's). A 204 or
+    // 1xx has no content-length at all (RFC 9110 §8.6); a 304's is the resource's.
+    let no_length = status == StatusCode::NO_CONTENT || status.is_informational();
     let skip = |k: &HeaderName| {
         !upgrade
             && (k == TRANSFER_ENCODING
                 || k == CONNECTION
-                || (k == CONTENT_LENGTH && (out == Out::Chunked || extra_length.is_some())))
+                || (k == CONTENT_LENGTH
+                    && (out == Out::Chunked || extra_length.is_some() || no_length)))
     };
     let date = (!parts.headers.contains_key(DATE)).then(wire::date_value);
     let length_line = extra_length.map(|n| format!("content-length: {n}\r\n"));

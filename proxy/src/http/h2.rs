@@ -163,14 +163,18 @@ async fn stream(conn: Arc<Conn>, req: Request<RecvStream>, mut respond: SendResp
             return;
         }
     }
-    // A HEAD response ends with its head, whatever body the route produced.
-    let end = head || body.is_end_stream();
-    let bodyless = matches!(
+    // 204 and 304 have no content (RFC 9110 §15.3.5, §15.4.5), and a HEAD response ends with
+    // its head: whatever body the route produced is not sent.
+    let no_content = matches!(
         parts.status,
         StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
-    ) || parts.status.is_informational()
-        || head;
-    if !bodyless && !parts.headers.contains_key(CONTENT_LENGTH) {
+    ) || parts.status.is_informational();
+    let end = head || no_content || body.is_end_stream();
+    // A 204 carries no content-length either (RFC 9110 §8.6); a 304's is the resource's.
+    if parts.status == StatusCode::NO_CONTENT || parts.status.is_informational() {
+        parts.headers.remove(CONTENT_LENGTH);
+    }
+    if !(head || no_content || parts.headers.contains_key(CONTENT_LENGTH)) {
         if let Some(n) = body.size_hint().exact() {
             parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
         }
