@@ -88,8 +88,8 @@ fn take_buffer() -> BytesMut {
 }
 
 /// Reads more bytes into `buf`; `Ok(0)` is the end of the stream. The read size doubles
-/// while reads fill it (`hint`, up to `MAX_READ`). A connection without a buffer (released
-/// while idle) takes one once the socket is readable.
+/// while reads fill it (`hint`, up to `MAX_READ`). A connection that has to wait gives its
+/// empty buffer back, and takes one once the socket is readable.
 #[allow(unsafe_code)]
 pub fn poll_fill<R: AsyncRead + ReadReady + Unpin>(
     io: &mut R,
@@ -107,7 +107,16 @@ pub fn poll_fill<R: AsyncRead + ReadReady + Unpin>(
     let spare = buf.spare_capacity_mut();
     let want = spare.len();
     let mut rb = ReadBuf::uninit(spare);
-    ready!(Pin::new(io).poll_read(cx, &mut rb))?;
+    let read = Pin::new(io).poll_read(cx, &mut rb);
+    let Poll::Ready(read) = read else {
+        // Nothing to read yet: an empty buffer goes back to the pool while the connection
+        // waits (a large one, grown by a body in flight, stays for the rest of it).
+        if buf.is_empty() && buf.capacity() <= POOLED_MAX {
+            release(buf);
+        }
+        return Poll::Pending;
+    };
+    read?;
     let n = rb.filled().len();
     // SAFETY: `ReadBuf` guarantees its first `filled` bytes were initialized by the read,
     // and they are the bytes right after the buffer's current length.
@@ -459,43 +468,6 @@ pub fn date_header() -> http::HeaderValue {
 
 #[cfg(test)]
 mod tests {
-    #[tokio::test]
-    async fn an_idle_reader_holds_no_buffer_until_its_socket_is_readable() {
-        use tokio::io::AsyncWriteExt;
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut s, _) = l.accept().await.unwrap();
-        let mut buf = BytesMut::new();
-        let mut hint = MIN_READ;
-        // One exchange, read to the end: the connection then goes idle.
-        c.write_all(b"first").await.unwrap();
-        std::future::poll_fn(|cx| poll_fill(&mut s, &mut buf, &mut hint, cx))
-            .await
-            .unwrap();
-        assert_eq!(&buf[..], b"first");
-        buf.clear();
-        release(&mut buf);
-        assert_eq!(buf.capacity(), 0);
-        let pooled = READ_BUFFERS.with(|p| p.borrow().len());
-        assert!(pooled >= 1);
-        // Nothing to read: pending, and still no buffer taken.
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        assert!(poll_fill(&mut s, &mut buf, &mut hint, &mut cx).is_pending());
-        assert_eq!(buf.capacity(), 0);
-        c.write_all(b"GET").await.unwrap();
-        let n = std::future::poll_fn(|cx| poll_fill(&mut s, &mut buf, &mut hint, cx))
-            .await
-            .unwrap();
-        assert_eq!(&buf[..n], b"GET");
-        // The pooled buffer was reused, not a new one allocated.
-        assert_eq!(READ_BUFFERS.with(|p| p.borrow().len()), pooled - 1);
-        // A buffer with bytes left in it stays with its connection.
-        release(&mut buf);
-        assert_eq!(&buf[..], b"GET");
-    }
-
     use super::*;
 
     fn decode_all(input: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>), &'static str> {
@@ -512,6 +484,39 @@ mod tests {
         }
         assert_eq!(state, In::Done, "incomplete");
         Ok((data, trailers))
+    }
+
+    #[tokio::test]
+    async fn a_waiting_reader_holds_no_buffer_until_its_socket_is_readable() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut hint = MIN_READ;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // A new connection with nothing to read: pending, and no buffer kept.
+        assert!(poll_fill(&mut s, &mut buf, &mut hint, &mut cx).is_pending());
+        assert_eq!(buf.capacity(), 0);
+        let pooled = READ_BUFFERS.with(|p| p.borrow().len());
+        assert!(pooled >= 1, "the buffer went back to the pool");
+        c.write_all(b"GET").await.unwrap();
+        let n = std::future::poll_fn(|cx| poll_fill(&mut s, &mut buf, &mut hint, cx))
+            .await
+            .unwrap();
+        assert_eq!(&buf[..n], b"GET");
+        // The pooled buffer was reused, not a new one allocated.
+        assert_eq!(READ_BUFFERS.with(|p| p.borrow().len()), pooled - 1);
+        // Bytes not parsed yet stay with their connection while it waits for more...
+        assert!(poll_fill(&mut s, &mut buf, &mut hint, &mut cx).is_pending());
+        assert_eq!(&buf[..], b"GET");
+        // ...and once they are taken, the next wait gives the buffer back.
+        buf.clear();
+        assert!(poll_fill(&mut s, &mut buf, &mut hint, &mut cx).is_pending());
+        assert_eq!(buf.capacity(), 0);
+        assert_eq!(READ_BUFFERS.with(|p| p.borrow().len()), pooled);
     }
 
     #[test]
