@@ -135,7 +135,7 @@ async fn send_with_body(
     })
     .await;
     if pumping && r.is_ok() {
-        tokio::spawn(poll_fn(move |cx| pump.poll_pump(cx)));
+        tokio::spawn(poll_fn(move |cx| pump.poll_pump(cx).map(drop)));
     }
     r
 }

@@ -182,7 +182,7 @@ async fn stream(conn: Arc<Conn>, req: Request<RecvStream>, mut respond: SendResp
     match respond.send_response(Response::from_parts(parts, ()), end) {
         Ok(send) if !end => {
             let mut pump = Pump::new(body, send, Reason::INTERNAL_ERROR);
-            if poll_fn(|cx| pump.poll_pump_ended(cx)).await == Ended::Reset {
+            if poll_fn(|cx| pump.poll_pump(cx)).await == Ended::Reset {
                 stats.downstream_rq_rx_reset.inc();
             }
         }

@@ -106,13 +106,9 @@ impl Pump {
         }
     }
 
-    /// Ready when the body is sent, failed, or the stream is gone (reset by the peer).
-    pub fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.poll_pump_ended(cx).map(|_| ())
-    }
-
-    /// As [`Pump::poll_pump`], and whether the peer reset the stream before the body was sent.
-    pub fn poll_pump_ended(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
+    /// Ready when the body is sent, failed, or the stream is gone (reset by the peer), saying
+    /// which.
+    pub fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
         loop {
             if !self.buf.is_empty() {
                 self.stream.reserve_capacity(self.buf.len());
