@@ -12,7 +12,7 @@
 //! they are accepted (rapid reset), or causing 1,024 stream errors, loses the connection.
 
 use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -30,16 +30,40 @@ use super::h2stream::{strip_connection_headers, Ended, Keepalive, Pump, RecvBody
 use super::upgrade::{PendingUpgrade, Upgraded};
 use super::{router, wire, Conn};
 use crate::body;
+use crate::http2::frame::ErrorCode;
+use crate::http2::server;
+use crate::http2::stream::{Respond, Tunnel as OwnTunnel};
 use crate::listener::{reached, Phase};
 
 const MAX_SEND_BUFFER: usize = 400 * 1024;
 const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
+/// Whether connections are served by Sluice's own HTTP/2 codec (`http2::server`, the
+/// default) or by the `h2` crate (`SLUICE_H2_SERVER=h2`, kept while the codec is new).
+fn own_codec() -> bool {
+    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| std::env::var("SLUICE_H2_SERVER").map_or(true, |v| v != "h2"))
+}
+
 /// Serves one HTTP/2 connection until it closes. Once `stop` resolves (idle timeout or drain)
 /// the server sends GOAWAY and lets the streams in flight finish, until the listener's close
 /// phase.
 pub(super) async fn serve(
+    conn: Arc<Conn>,
+    io: TcpStream,
+    stop: impl Future<Output = ()>,
+    phase: &mut watch::Receiver<Phase>,
+) {
+    if own_codec() {
+        serve_own(conn, io, stop, phase).await
+    } else {
+        serve_h2(conn, io, stop, phase).await
+    }
+}
+
+/// The `h2` crate's server.
+async fn serve_h2(
     conn: Arc<Conn>,
     io: TcpStream,
     stop: impl Future<Output = ()>,
@@ -189,4 +213,186 @@ async fn stream(conn: Arc<Conn>, req: Request<RecvStream>, mut respond: SendResp
         Ok(_) => {}
         Err(e) => tracing::debug!("downstream h2 response: {e}"),
     }
+}
+
+/// Sluice's own server (`http2::server`). One turn of the task polls the streams, then the
+/// connection (frames in, output out); handles polled in the turn do not wake the task.
+async fn serve_own(
+    conn: Arc<Conn>,
+    io: TcpStream,
+    stop: impl Future<Output = ()>,
+    phase: &mut watch::Receiver<Phase>,
+) {
+    let max_headers = (conn.hcm.max_request_headers_kb as usize * 1024).max(8192);
+    let settings = conn.hcm.http2;
+    let mut connection = server::Connection::new(
+        io,
+        server::Config {
+            max_concurrent_streams: settings.max_concurrent_streams,
+            initial_stream_window: settings.initial_stream_window_size,
+            initial_connection_window: settings.initial_connection_window_size,
+            max_header_list: max_headers as u32,
+            keepalive: settings.keepalive.map(|k| (k.interval, k.timeout)),
+        },
+    );
+    let mut stop = pin!(stop);
+    let mut close_phase = phase.clone();
+    let mut close = pin!(async move { reached(&mut close_phase, Phase::Close).await });
+    let mut stopping = false;
+    let mut streams = FuturesUnordered::new();
+    poll_fn(|cx| {
+        connection.set_driving(true);
+        loop {
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            if !stopping && stop.as_mut().poll(cx).is_ready() {
+                stopping = true;
+                connection.graceful_shutdown();
+            }
+            if stopping && close.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            match connection.poll_event(cx) {
+                Poll::Ready(server::Event::Request(a)) => {
+                    // Built in its box: the stream's future is large (the router's).
+                    let fut =
+                        Box::into_pin(Box::write(Box::new_uninit(), stream_own(conn.clone(), a)));
+                    streams.push(fut);
+                    continue;
+                }
+                Poll::Ready(server::Event::Closed(code)) => {
+                    if code.is_some_and(|c| c != ErrorCode::NO_ERROR) {
+                        conn.stats.downstream_cx_protocol_error.inc();
+                    }
+                    return Poll::Ready(());
+                }
+                Poll::Pending => {}
+            }
+            if !connection.set_driving(false) {
+                return Poll::Pending;
+            }
+            connection.set_driving(true);
+        }
+    })
+    .await;
+}
+
+/// One stream on the own server: the request through the router, then the response out.
+async fn stream_own(conn: Arc<Conn>, a: server::Accepted) {
+    let server::Accepted {
+        head: mut parts,
+        body: recv,
+        mut respond,
+    } = a;
+    let head = parts.method == Method::HEAD;
+    let mut tunnel = None;
+    let body = if parts.method == Method::CONNECT {
+        let (tx, rx) = oneshot::channel();
+        parts.extensions.insert(PendingUpgrade::new(rx));
+        tunnel = recv.map(|r| (tx, r));
+        body::empty()
+    } else {
+        match recv {
+            None => body::empty(),
+            Some(r) => body::boxed(r),
+        }
+    };
+    let stats = conn.stats.clone();
+    let handle = router::handle(conn, Request::from_parts(parts, body));
+    let mut handle = pin!(handle);
+    // A client's RST_STREAM drops the request future, which cancels the upstream request.
+    let resp = poll_fn(|cx| {
+        if let Poll::Ready(r) = handle.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        match respond.poll_reset(cx) {
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
+    let Some(resp) = resp else {
+        stats.downstream_rq_rx_reset.inc();
+        return;
+    };
+    let (mut parts, body) = resp.into_parts();
+    strip_connection_headers(&mut parts.headers);
+    if !parts.headers.contains_key(DATE) {
+        parts.headers.insert(DATE, wire::date_header());
+    }
+    if let Some((tx, recv)) = tunnel {
+        if parts.status.is_success() {
+            parts.headers.remove(CONTENT_LENGTH);
+            match respond.send_head(parts.status, &parts.headers, false) {
+                Ok(()) => {
+                    let _ = tx.send(Upgraded::Own(OwnTunnel::new(recv, respond)));
+                }
+                Err(e) => tracing::debug!("downstream h2 CONNECT response: {e}"),
+            }
+            return;
+        }
+    }
+    let no_content = matches!(
+        parts.status,
+        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+    ) || parts.status.is_informational();
+    let end = head || no_content || body.is_end_stream();
+    if parts.status == StatusCode::NO_CONTENT || parts.status.is_informational() {
+        parts.headers.remove(CONTENT_LENGTH);
+    }
+    if !(head || no_content || parts.headers.contains_key(CONTENT_LENGTH)) {
+        if let Some(n) = body.size_hint().exact() {
+            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+    if let Err(e) = respond.send_head(parts.status, &parts.headers, end) {
+        tracing::debug!("downstream h2 response: {e}");
+        return;
+    }
+    if !end && pump(body, &mut respond).await == Ended::Reset {
+        stats.downstream_rq_rx_reset.inc();
+    }
+}
+
+/// Sends a response body into its stream: DATA within the client's windows (the last one
+/// with END_STREAM when the body says it is the last), then trailers or an empty END_STREAM.
+async fn pump(mut body: crate::body::Body, respond: &mut Respond) -> Ended {
+    let mut buf = Bytes::new();
+    let mut last = false;
+    poll_fn(|cx| loop {
+        if !buf.is_empty() || last {
+            match respond.poll_send(cx, &mut buf, last) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(Ended::Reset),
+                Poll::Ready(Ok(())) if last => return Poll::Ready(Ended::Sent),
+                Poll::Ready(Ok(())) => {}
+            }
+        }
+        match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    last = body.is_end_stream();
+                    buf = data;
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        let _ = respond.send_trailers(&trailers);
+                        return Poll::Ready(Ended::Sent);
+                    }
+                }
+            },
+            Poll::Ready(None) => last = true,
+            Poll::Ready(Some(Err(e))) => {
+                tracing::debug!("body failed: {e}; resetting its h2 stream");
+                respond.reset(ErrorCode::INTERNAL_ERROR);
+                return Poll::Ready(Ended::BodyFailed);
+            }
+            Poll::Pending => {
+                return match respond.poll_reset(cx) {
+                    Poll::Ready(_) => Poll::Ready(Ended::Reset),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+        }
+    })
+    .await
 }

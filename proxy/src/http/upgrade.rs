@@ -51,6 +51,8 @@ pub enum Upgraded {
     Http1 { io: TcpStream, read_ahead: Bytes },
     /// An HTTP/2 CONNECT stream.
     H2(Tunnel),
+    /// An HTTP/2 CONNECT stream on Sluice's own codec.
+    Own(crate::http2::stream::Tunnel),
 }
 
 impl AsyncRead for Upgraded {
@@ -70,6 +72,7 @@ impl AsyncRead for Upgraded {
                 Pin::new(io).poll_read(cx, buf)
             }
             Upgraded::H2(u) => Pin::new(u).poll_read(cx, buf),
+            Upgraded::Own(u) => Pin::new(u).poll_read(cx, buf),
         }
     }
 }
@@ -83,6 +86,7 @@ impl AsyncWrite for Upgraded {
         match self.get_mut() {
             Upgraded::Http1 { io, .. } => Pin::new(io).poll_write(cx, buf),
             Upgraded::H2(u) => Pin::new(u).poll_write(cx, buf),
+            Upgraded::Own(u) => Pin::new(u).poll_write(cx, buf),
         }
     }
 
@@ -90,6 +94,7 @@ impl AsyncWrite for Upgraded {
         match self.get_mut() {
             Upgraded::Http1 { io, .. } => Pin::new(io).poll_flush(cx),
             Upgraded::H2(u) => Pin::new(u).poll_flush(cx),
+            Upgraded::Own(u) => Pin::new(u).poll_flush(cx),
         }
     }
 
@@ -97,6 +102,7 @@ impl AsyncWrite for Upgraded {
         match self.get_mut() {
             Upgraded::Http1 { io, .. } => Pin::new(io).poll_shutdown(cx),
             Upgraded::H2(u) => Pin::new(u).poll_shutdown(cx),
+            Upgraded::Own(u) => Pin::new(u).poll_shutdown(cx),
         }
     }
 }

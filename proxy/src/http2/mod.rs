@@ -6,3 +6,9 @@
 
 pub mod frame;
 pub mod hpack;
+mod request;
+pub mod server;
+mod shared;
+pub mod stream;
+
+pub use shared::StreamError;

@@ -17,7 +17,7 @@ pub const MAX_WINDOW: u32 = (1 << 31) - 1;
 
 const HEAD: usize = 9;
 
-mod kind {
+pub(crate) mod kind {
     pub const DATA: u8 = 0;
     pub const HEADERS: u8 = 1;
     pub const PRIORITY: u8 = 2;
@@ -30,7 +30,7 @@ mod kind {
     pub const CONTINUATION: u8 = 9;
 }
 
-mod flag {
+pub(crate) mod flag {
     pub const END_STREAM: u8 = 0x1;
     pub const ACK: u8 = 0x1;
     pub const END_HEADERS: u8 = 0x4;

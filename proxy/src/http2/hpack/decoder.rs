@@ -47,8 +47,10 @@ impl Decoder {
 
     /// Decodes one complete header block, calling `field` for each field in order. Fails once
     /// the fields' size (RFC 9113 §6.5.2: name + value + 32 each) passes `max_list`, so a small
-    /// block cannot expand into a huge header list. A failure leaves the context unusable: the
-    /// connection must end with COMPRESSION_ERROR.
+    /// block cannot expand into a huge header list. `ListTooLarge` is reported once the whole
+    /// block is decoded, so the context stays usable (the request can be refused on its own);
+    /// any other failure leaves the context unusable: the connection must end with
+    /// COMPRESSION_ERROR.
     pub fn decode(
         &mut self,
         block: &Bytes,
@@ -91,10 +93,14 @@ impl Decoder {
             };
             fields_seen = true;
             list = list.saturating_add(f.name.len() + f.value.len() + ENTRY_OVERHEAD);
-            if list > max_list {
-                return Err(DecodeError::ListTooLarge(max_list));
+            // Past the bound the rest of the block is still decoded (its insertions keep the
+            // table in step with the peer's), but no more fields are handed on.
+            if list <= max_list {
+                field(f);
             }
-            field(f);
+        }
+        if list > max_list {
+            return Err(DecodeError::ListTooLarge(max_list));
         }
         Ok(())
     }
