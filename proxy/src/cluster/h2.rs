@@ -21,6 +21,10 @@ use tokio::net::TcpStream;
 use super::pool::{Slot, UpstreamError};
 use crate::body::Body;
 use crate::http::h2stream::{strip_connection_headers, Keepalive, Pump, RecvBody};
+use crate::http2::client as own;
+use crate::http2::frame::ErrorCode;
+use crate::http2::stream::BodyPump;
+use crate::http2::StreamError;
 use crate::model::cluster::H2Keepalive;
 
 /// Flow-control windows and buffers, as hyper's HTTP/2 client sets them.
@@ -31,9 +35,22 @@ const MAX_HEADER_LIST: u32 = 64 * 1024;
 
 /// A handle on one HTTP/2 connection; clones share the connection.
 #[derive(Clone)]
-pub struct Connection {
-    tx: SendRequest<Bytes>,
-    closed: Arc<AtomicBool>,
+pub struct Connection(Client);
+
+/// Sluice's own client (`http2::client`, the default) or the `h2` crate's
+/// (`SLUICE_H2_CLIENT=h2`, kept while the codec is new).
+#[derive(Clone)]
+enum Client {
+    Own(own::Connection),
+    Crate {
+        tx: SendRequest<Bytes>,
+        closed: Arc<AtomicBool>,
+    },
+}
+
+fn own_codec() -> bool {
+    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| std::env::var("SLUICE_H2_CLIENT").map_or(true, |v| v != "h2"))
 }
 
 /// Why [`Connection::send`] did not return a response.
@@ -60,6 +77,22 @@ impl Connection {
         slot: Slot,
         keepalive: Option<H2Keepalive>,
     ) -> Result<Connection, UpstreamError> {
+        if own_codec() {
+            let (conn, driver) = own::start(
+                io,
+                own::Config {
+                    initial_stream_window: STREAM_WINDOW,
+                    initial_connection_window: CONN_WINDOW,
+                    max_header_list: MAX_HEADER_LIST,
+                    keepalive: keepalive.map(|k| (k.interval, k.timeout)),
+                },
+            );
+            tokio::spawn(async move {
+                driver.await;
+                drop(slot);
+            });
+            return Ok(Connection(Client::Own(conn)));
+        }
         let (tx, conn) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONN_WINDOW)
@@ -81,22 +114,32 @@ impl Connection {
             done.store(true, Ordering::Release);
             drop(slot);
         });
-        Ok(Connection { tx, closed })
+        Ok(Connection(Client::Crate { tx, closed }))
     }
 
-    /// True once the connection has ended.
+    /// True once the connection has ended (or, on the own codec, can take no new stream).
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        match &self.0 {
+            Client::Own(c) => c.is_closed(),
+            Client::Crate { closed, .. } => closed.load(Ordering::Acquire),
+        }
     }
 
     /// Identifies the connection (equal for handles on the same one).
     pub fn key(&self) -> usize {
-        Arc::as_ptr(&self.closed) as usize
+        match &self.0 {
+            Client::Own(c) => c.key(),
+            Client::Crate { closed, .. } => Arc::as_ptr(closed) as usize,
+        }
     }
 
     /// Sends `req` (its URI carries scheme and authority) and waits for the response head.
     pub async fn send(self, req: Request<Body>) -> Result<Response<Body>, SendError> {
-        let mut tx = match self.tx.ready().await {
+        let tx = match self.0 {
+            Client::Own(c) => return send_own(c, req).await,
+            Client::Crate { tx, .. } => tx,
+        };
+        let mut tx = match tx.ready().await {
             Ok(tx) => tx,
             Err(_) => return Err(SendError::Unsent(Box::new(req))),
         };
@@ -117,6 +160,62 @@ impl Connection {
             Ok(resp) => Ok(resp.map(|recv| crate::body::boxed(RecvBody::new(recv)))),
             Err(e) => Err(SendError::Failed(upstream_error(e))),
         }
+    }
+}
+
+/// Sends a request on the own codec: the head, then the body while waiting for the response
+/// head; a body still streaming when the head arrives goes on in a task of its own.
+async fn send_own(conn: own::Connection, req: Request<Body>) -> Result<Response<Body>, SendError> {
+    let (mut parts, body) = req.into_parts();
+    strip_connection_headers(&mut parts.headers);
+    let end = body.is_end_stream();
+    let (send, mut resp) = match conn.open(&parts, end).await {
+        Ok(opened) => {
+            crate::http::wire::recycle_header_map(std::mem::take(&mut parts.headers));
+            opened
+        }
+        // No stream was opened: nothing reached the upstream.
+        Err(_) => {
+            return Err(SendError::Unsent(Box::new(Request::from_parts(
+                parts, body,
+            ))))
+        }
+    };
+    drop(conn);
+    let r = match send {
+        None => resp.await,
+        Some(send) => {
+            let mut pump = BodyPump::new(body, send, ErrorCode::CANCEL);
+            let mut pumping = true;
+            let r = poll_fn(|cx| {
+                if pumping && pump.poll_pump(cx).is_ready() {
+                    pumping = false;
+                }
+                Pin::new(&mut resp).poll(cx)
+            })
+            .await;
+            if pumping && r.is_ok() {
+                tokio::spawn(poll_fn(move |cx| pump.poll_pump(cx).map(drop)));
+            }
+            r
+        }
+    };
+    match r {
+        Ok((status, headers, recv)) => {
+            let body = match recv {
+                Some(b) => crate::body::boxed(b),
+                None => crate::body::empty(),
+            };
+            let mut resp = Response::new(body);
+            *resp.status_mut() = status;
+            *resp.version_mut() = http::Version::HTTP_2;
+            *resp.headers_mut() = headers;
+            Ok(resp)
+        }
+        Err(e @ StreamError::Refused(_)) => {
+            Err(SendError::Failed(UpstreamError::Refused(e.into())))
+        }
+        Err(e) => Err(SendError::Failed(UpstreamError::Reset(e.into()))),
     }
 }
 

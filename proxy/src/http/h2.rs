@@ -12,7 +12,7 @@
 //! they are accepted (rapid reset), or causing 1,024 stream errors, loses the connection.
 
 use std::future::{poll_fn, Future};
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -32,7 +32,7 @@ use super::{router, wire, Conn};
 use crate::body;
 use crate::http2::frame::ErrorCode;
 use crate::http2::server;
-use crate::http2::stream::{Respond, Tunnel as OwnTunnel};
+use crate::http2::stream::{BodyPump, Tunnel as OwnTunnel};
 use crate::listener::{reached, Phase};
 
 const MAX_SEND_BUFFER: usize = 400 * 1024;
@@ -344,55 +344,14 @@ async fn stream_own(conn: Arc<Conn>, a: server::Accepted) {
             parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
         }
     }
-    if let Err(e) = respond.send_head(parts.status, &parts.headers, end) {
+    let sent = respond.send_head(parts.status, &parts.headers, end);
+    wire::recycle_header_map(std::mem::take(&mut parts.headers));
+    if let Err(e) = sent {
         tracing::debug!("downstream h2 response: {e}");
         return;
     }
-    if !end && pump(body, &mut respond).await == Ended::Reset {
+    let mut pump = BodyPump::new(body, respond, ErrorCode::INTERNAL_ERROR);
+    if !end && poll_fn(|cx| pump.poll_pump(cx)).await == Ended::Reset {
         stats.downstream_rq_rx_reset.inc();
     }
-}
-
-/// Sends a response body into its stream: DATA within the client's windows (the last one
-/// with END_STREAM when the body says it is the last), then trailers or an empty END_STREAM.
-async fn pump(mut body: crate::body::Body, respond: &mut Respond) -> Ended {
-    let mut buf = Bytes::new();
-    let mut last = false;
-    poll_fn(|cx| loop {
-        if !buf.is_empty() || last {
-            match respond.poll_send(cx, &mut buf, last) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(_)) => return Poll::Ready(Ended::Reset),
-                Poll::Ready(Ok(())) if last => return Poll::Ready(Ended::Sent),
-                Poll::Ready(Ok(())) => {}
-            }
-        }
-        match Pin::new(&mut body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => {
-                    last = body.is_end_stream();
-                    buf = data;
-                }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        let _ = respond.send_trailers(&trailers);
-                        return Poll::Ready(Ended::Sent);
-                    }
-                }
-            },
-            Poll::Ready(None) => last = true,
-            Poll::Ready(Some(Err(e))) => {
-                tracing::debug!("body failed: {e}; resetting its h2 stream");
-                respond.reset(ErrorCode::INTERNAL_ERROR);
-                return Poll::Ready(Ended::BodyFailed);
-            }
-            Poll::Pending => {
-                return match respond.poll_reset(cx) {
-                    Poll::Ready(_) => Poll::Ready(Ended::Reset),
-                    Poll::Pending => Poll::Pending,
-                };
-            }
-        }
-    })
-    .await
 }

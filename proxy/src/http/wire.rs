@@ -379,6 +379,26 @@ impl SpareHeaders {
     }
 }
 
+/// An empty header map with room for `n` entries, from the thread's pool when it has one (for
+/// HTTP/2 streams, whose maps come and go out of order, so no connection keeps one).
+pub fn take_header_map(n: usize) -> HeaderMap {
+    match pool_take(&HEADER_MAPS) {
+        Some(mut m) => {
+            m.reserve(n);
+            m
+        }
+        None => HeaderMap::with_capacity(n),
+    }
+}
+
+/// Gives a map that is done with (its message went out) to the thread's pool, emptied.
+pub fn recycle_header_map(mut m: HeaderMap) {
+    if m.capacity() <= SPARE_HEADERS_MAX && m.capacity() > 0 {
+        m.clear();
+        pool_put(&HEADER_MAPS, m);
+    }
+}
+
 /// A buffer that message heads are written into and split off from: once the previous head
 /// went out (its `Bytes` dropped), the next one reuses the same allocation.
 #[derive(Default)]

@@ -4,6 +4,8 @@
 //! `hpack` (header compression, RFC 7541) and `frame` (RFC 9113 §4 and §6: reading frames off a
 //! buffer, header blocks with their CONTINUATIONs assembled, and writing frames).
 
+pub mod client;
+mod conn;
 pub mod frame;
 pub mod hpack;
 mod request;

@@ -8,13 +8,22 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, COOKIE};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, Method, Request, Uri, Version};
+use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 
 use super::hpack::Field;
 
-/// Collects a request's fields as they are decoded.
+/// What a header block is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Request,
+    Response,
+    Trailers,
+}
+
+/// Collects a request's (or a response's) fields as they are decoded.
 #[derive(Default)]
 pub(crate) struct Head {
+    status: Option<Bytes>,
     method: Option<Bytes>,
     scheme: Option<Bytes>,
     authority: Option<Bytes>,
@@ -39,7 +48,11 @@ fn connection_specific(name: &HeaderName, value: &[u8]) -> bool {
 impl Head {
     pub(crate) fn with_capacity(n: usize) -> Head {
         Head {
-            headers: HeaderMap::with_capacity(n),
+            headers: if n == 0 {
+                HeaderMap::new()
+            } else {
+                crate::http::wire::take_header_map(n)
+            },
             ..Head::default()
         }
     }
@@ -48,8 +61,9 @@ impl Head {
         self.malformed.get_or_insert(why);
     }
 
-    /// One decoded field; `trailers` for a trailer section.
-    pub(crate) fn field(&mut self, f: Field, trailers: bool) {
+    /// One decoded field.
+    pub(crate) fn field(&mut self, f: Field, kind: Kind) {
+        let trailers = kind == Kind::Trailers;
         if self.malformed.is_some() {
             return;
         }
@@ -61,13 +75,16 @@ impl Head {
             if trailers {
                 return self.bad("pseudo-header field in trailers");
             }
-            let slot = match pseudo {
-                b"method" => &mut self.method,
-                b"scheme" => &mut self.scheme,
-                b"authority" => &mut self.authority,
-                b"path" => &mut self.path,
-                b"protocol" => &mut self.protocol,
-                _ => return self.bad("unknown or response pseudo-header field"),
+            let slot = match (pseudo, kind) {
+                (b"status", Kind::Response) => &mut self.status,
+                (_, Kind::Response) => return self.bad("request pseudo-header in a response"),
+                (b"status", _) => return self.bad("response pseudo-header in a request"),
+                (b"method", _) => &mut self.method,
+                (b"scheme", _) => &mut self.scheme,
+                (b"authority", _) => &mut self.authority,
+                (b"path", _) => &mut self.path,
+                (b"protocol", _) => &mut self.protocol,
+                _ => return self.bad("unknown pseudo-header field"),
             };
             if slot.is_some() {
                 return self.bad("pseudo-header field repeated");
@@ -85,7 +102,7 @@ impl Head {
         if connection_specific(&hn, &f.value) {
             return self.bad("connection-specific field");
         }
-        if hn == COOKIE && !trailers {
+        if hn == COOKIE && kind == Kind::Request {
             // Cookie crumbs are joined into one field for HTTP/1.1 upstreams (RFC 9113 §8.2.3).
             match &mut self.cookies {
                 Some(c) => {
@@ -173,6 +190,16 @@ impl Head {
         parts.version = Version::HTTP_2;
         parts.headers = self.headers;
         Ok((parts, content_length))
+    }
+
+    /// A response head: its status and fields, or why it is malformed.
+    pub(crate) fn into_response(self) -> Result<(StatusCode, HeaderMap), &'static str> {
+        if let Some(why) = self.malformed {
+            return Err(why);
+        }
+        let status = self.status.ok_or("no :status")?;
+        let status = StatusCode::from_bytes(&status).map_err(|_| "invalid :status")?;
+        Ok((status, self.headers))
     }
 
     /// The trailer section, or why it is malformed.

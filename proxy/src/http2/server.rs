@@ -10,24 +10,20 @@
 //! the output queued for it is past a high-water mark, so a client that does not read cannot
 //! make the server queue without bound (PING or SETTINGS floods).
 
-use std::future::Future;
-use std::io::{self, IoSlice};
-use std::pin::Pin;
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::request::Parts;
-use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use super::frame::{self, ErrorCode, Frame, FrameError, Reader, Settings, PREFACE};
-use super::hpack::{DecodeError, Decoder};
-use super::request::Head;
-use super::shared::{ConnError, Inner, Shared};
-use super::stream::{RecvBody, Respond};
-use crate::http::wire;
+use super::conn::{Core, Read};
+use super::frame::{self, ErrorCode, Frame, FrameError, Settings, PREFACE};
+use super::hpack::DecodeError;
+use super::request::{Head, Kind};
+use super::shared::{ConnError, Inner};
+use super::stream::{RecvBody, SendStream};
 
 const MAX_LOCAL_RESETS: u32 = 1024;
 const RAPID_RESETS: u32 = 100;
@@ -48,7 +44,7 @@ pub struct Accepted {
     pub head: Parts,
     /// `None` when the HEADERS frame ended the stream.
     pub body: Option<RecvBody>,
-    pub respond: Respond,
+    pub respond: SendStream,
 }
 
 /// What the connection has for its owner. Not boxed: every request is one, and a box would
@@ -60,43 +56,25 @@ pub enum Event {
     Closed(Option<ErrorCode>),
 }
 
-struct Keepalive {
-    interval: Duration,
-    timeout: Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
-    awaiting: bool,
-}
-
 pub struct Connection {
-    io: TcpStream,
-    shared: Arc<Shared>,
-    reader: Reader,
-    decoder: Decoder,
-    rbuf: BytesMut,
-    hint: usize,
+    core: Core,
     config: Config,
     preface: bool,
-    settings_seen: bool,
     /// The highest stream id the client opened.
     last_stream: u32,
     /// GOAWAY sent: streams past `last_stream` then are refused.
     goaway_sent: Option<u32>,
     goaway_received: bool,
-    read_closed: bool,
-    /// The last write would block: the socket wakes the task when it takes more.
-    write_blocked: bool,
-    /// A connection error was queued: flush, then close.
-    failed: Option<ErrorCode>,
     local_resets: u32,
     premature_resets: u32,
     streams_opened: u32,
-    accepted: std::collections::VecDeque<Accepted>,
-    keepalive: Option<Keepalive>,
+    accepted: VecDeque<Accepted>,
 }
 
 impl Connection {
     pub fn new(io: TcpStream, config: Config) -> Connection {
         let mut inner = Inner::new(
+            true,
             config.initial_connection_window,
             config.initial_stream_window,
         );
@@ -113,41 +91,22 @@ impl Connection {
         // its encoding.
         let max_block = config.max_header_list as usize + 16 * 1024;
         Connection {
-            io,
-            shared: Arc::new(Shared::new(inner)),
-            reader: Reader::new(frame::DEFAULT_MAX_FRAME_SIZE, max_block),
-            decoder: Decoder::new(4096),
-            rbuf: BytesMut::new(),
-            hint: 16 * 1024,
+            core: Core::new(io, inner, max_block, config.keepalive),
             config,
             preface: false,
-            settings_seen: false,
             last_stream: 0,
             goaway_sent: None,
             goaway_received: false,
-            read_closed: false,
-            write_blocked: false,
-            failed: None,
             local_resets: 0,
             premature_resets: 0,
             streams_opened: 0,
-            accepted: Default::default(),
-            keepalive: config.keepalive.map(|(interval, timeout)| Keepalive {
-                interval,
-                timeout,
-                timer: Box::pin(tokio::time::sleep(interval)),
-                awaiting: false,
-            }),
+            accepted: VecDeque::new(),
         }
     }
 
-    /// Marks the owner's turn as running (handles polled in it need not wake the task) or
-    /// over. Ending a turn reports whether output was queued since the last flush: then the
-    /// turn goes on.
+    /// See [`Core::set_driving`].
     pub fn set_driving(&self, driving: bool) -> bool {
-        let mut inner = self.shared.lock();
-        inner.driving = driving;
-        !driving && inner.output_len() > 0 && !self.write_blocked && self.failed.is_none()
+        self.core.set_driving(driving)
     }
 
     /// Sends GOAWAY: streams opened so far finish, later ones are refused; the connection
@@ -156,7 +115,7 @@ impl Connection {
         if self.goaway_sent.is_none() {
             self.goaway_sent = Some(self.last_stream);
             frame::write_goaway(
-                self.shared.lock().out_mut(),
+                self.core.shared.lock().out_mut(),
                 self.last_stream,
                 ErrorCode::NO_ERROR,
                 b"",
@@ -167,44 +126,34 @@ impl Connection {
     /// Reads and handles frames, writes queued output; ready with the next request or the
     /// connection's end.
     pub fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
-        self.shared.lock().set_conn_waker(cx.waker());
+        self.core.shared.lock().set_conn_waker(cx.waker());
         loop {
             if let Some(a) = self.accepted.pop_front() {
                 return Poll::Ready(Event::Request(a));
             }
-            if let Some(code) = self.failed {
+            if let Some(code) = self.core.failed {
                 // Best effort: the GOAWAY goes out if the socket takes it now.
-                let _ = self.poll_flush(cx);
+                let _ = self.core.poll_flush(cx);
                 return Poll::Ready(Event::Closed(Some(code)));
             }
-            if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
+            if let Poll::Ready(Err(e)) = self.core.poll_flush(cx) {
                 tracing::debug!("downstream h2 write: {e}");
                 return Poll::Ready(Event::Closed(None));
             }
             if self.done() {
                 return Poll::Ready(Event::Closed(None));
             }
-            if self.poll_keepalive(cx).is_ready() {
+            if self.core.poll_keepalive(cx).is_ready() {
                 tracing::debug!("downstream h2 connection: no PONG in time, closing");
                 return Poll::Ready(Event::Closed(None));
             }
-            if self.read_closed || !self.shared.lock().below_high_water() {
-                return Poll::Pending;
-            }
-            match wire::poll_fill(&mut self.io, &mut self.rbuf, &mut self.hint, cx) {
+            match self.core.poll_read(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => {
-                    self.read_closed = true;
-                    return Poll::Ready(Event::Closed(None));
-                }
-                Poll::Ready(Ok(_)) => {
+                Poll::Ready(Read::Closed) => return Poll::Ready(Event::Closed(None)),
+                Poll::Ready(Read::Bytes) => {
                     if let Err(ConnError(code, why)) = self.on_bytes() {
-                        self.fail(code, why);
+                        self.core.fail(self.last_stream, code, why);
                     }
-                }
-                Poll::Ready(Err(e)) => {
-                    tracing::debug!("downstream h2 read: {e}");
-                    return Poll::Ready(Event::Closed(None));
                 }
             }
         }
@@ -213,66 +162,19 @@ impl Connection {
     /// The connection has nothing left to do: GOAWAY went both or one way and no stream is
     /// open, and the output is written.
     fn done(&self) -> bool {
-        let inner = self.shared.lock();
+        let inner = self.core.shared.lock();
         (self.goaway_sent.is_some() || self.goaway_received)
             && inner.open == 0
             && self.accepted.is_empty()
             && inner.output_len() == 0
     }
 
-    fn fail(&mut self, code: ErrorCode, why: &'static str) {
-        tracing::debug!("downstream h2 connection error {code:?}: {why}");
-        let last = self.last_stream;
-        let mut inner = self.shared.lock();
-        frame::write_goaway(inner.out_mut(), last, code, why.as_bytes());
-        self.failed = Some(code);
-    }
-
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut inner = self.shared.lock();
-        self.write_blocked = false;
-        loop {
-            let queue = inner.pending_output();
-            if queue.is_empty() {
-                return Poll::Ready(Ok(()));
-            }
-            let mut slices = [IoSlice::new(&[]); 64];
-            let n = queue.slices(&mut slices);
-            let written = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(w)) => w,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    self.write_blocked = true;
-                    return Poll::Pending;
-                }
-            };
-            queue.advance(written);
-            inner.wrote();
-        }
-    }
-
-    fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(k) = self.keepalive.as_mut() else {
-            return Poll::Pending;
-        };
-        while k.timer.as_mut().poll(cx).is_ready() {
-            if k.awaiting {
-                return Poll::Ready(());
-            }
-            frame::write_ping(self.shared.lock().out_mut(), false, *b"sluice\0\0");
-            k.awaiting = true;
-            let next = tokio::time::Instant::now() + k.timeout;
-            k.timer.as_mut().reset(next);
-        }
-        Poll::Pending
-    }
-
     /// Handles every whole frame read.
     fn on_bytes(&mut self) -> Result<(), ConnError> {
         if !self.preface {
-            let n = self.rbuf.len().min(PREFACE.len());
-            if self.rbuf[..n] != PREFACE[..n] {
+            let buf = self.core.read_buffer();
+            let n = buf.len().min(PREFACE.len());
+            if buf[..n] != PREFACE[..n] {
                 return Err(ConnError(
                     ErrorCode::PROTOCOL_ERROR,
                     "bad connection preface",
@@ -281,33 +183,18 @@ impl Connection {
             if n < PREFACE.len() {
                 return Ok(());
             }
-            let _ = self.rbuf.split_to(PREFACE.len());
+            let _ = buf.split_to(PREFACE.len());
             self.preface = true;
         }
-        loop {
-            let f = match self.reader.next(&mut self.rbuf) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(FrameError::Connection(code, why)) => return Err(ConnError(code, why)),
+        while let Some(f) = self.core.next_frame()? {
+            match f {
+                Ok(f) => self.on_frame(f)?,
                 Err(FrameError::Stream(id, code, why)) => {
                     tracing::debug!("downstream h2 stream {id} error {code:?}: {why}");
                     self.local_reset(id, code)?;
-                    continue;
                 }
-            };
-            if !self.settings_seen {
-                if !matches!(f, Frame::Settings(_)) {
-                    return Err(ConnError(
-                        ErrorCode::PROTOCOL_ERROR,
-                        "first frame is not SETTINGS",
-                    ));
-                }
-                self.settings_seen = true;
+                Err(FrameError::Connection(code, why)) => return Err(ConnError(code, why)),
             }
-            self.on_frame(f)?;
-        }
-        if self.rbuf.is_empty() {
-            wire::release(&mut self.rbuf);
         }
         Ok(())
     }
@@ -319,17 +206,19 @@ impl Connection {
                 data,
                 end_stream,
                 flow_len,
-            } => self
-                .shared
-                .lock()
-                .on_data(stream, data, end_stream, flow_len, self.last_stream),
+            } => self.core.shared.lock().on_data(
+                stream,
+                data,
+                end_stream,
+                flow_len,
+                self.last_stream,
+            ),
             Frame::Headers {
                 stream,
                 block,
                 end_stream,
                 ..
             } => self.on_headers(stream, block, end_stream),
-            Frame::Priority { .. } | Frame::Unknown { .. } | Frame::SettingsAck => Ok(()),
             Frame::RstStream { stream, code } => {
                 if stream > self.last_stream {
                     return Err(ConnError(
@@ -337,7 +226,7 @@ impl Connection {
                         "RST_STREAM on an idle stream",
                     ));
                 }
-                if self.shared.lock().on_reset(stream, code) {
+                if self.core.shared.lock().on_reset(stream, code) {
                     self.premature_resets += 1;
                     if self.premature_resets >= RAPID_RESETS
                         && self.premature_resets * 2 > self.streams_opened
@@ -350,38 +239,10 @@ impl Connection {
                 }
                 Ok(())
             }
-            Frame::Settings(s) => {
-                let mut inner = self.shared.lock();
-                if let Some(size) = s.header_table_size {
-                    inner.set_peer_table_size(size);
-                }
-                if let Some(size) = s.max_frame_size {
-                    inner.set_peer_max_frame(size);
-                }
-                if let Some(size) = s.initial_window_size {
-                    inner.set_peer_initial_window(size)?;
-                }
-                frame::write_settings_ack(inner.out_mut());
-                Ok(())
-            }
             Frame::PushPromise { .. } => Err(ConnError(
                 ErrorCode::PROTOCOL_ERROR,
                 "PUSH_PROMISE from a client",
             )),
-            Frame::Ping { ack, data } => {
-                if ack {
-                    if let Some(k) = self.keepalive.as_mut() {
-                        if k.awaiting {
-                            k.awaiting = false;
-                            let next = tokio::time::Instant::now() + k.interval;
-                            k.timer.as_mut().reset(next);
-                        }
-                    }
-                } else {
-                    frame::write_ping(self.shared.lock().out_mut(), true, data);
-                }
-                Ok(())
-            }
             Frame::GoAway { code, .. } => {
                 if code != ErrorCode::NO_ERROR {
                     tracing::debug!("downstream h2 client sent GOAWAY {code:?}");
@@ -396,14 +257,16 @@ impl Connection {
                         "WINDOW_UPDATE on an idle stream",
                     ));
                 }
-                self.shared.lock().on_window_update(stream, increment)
+                self.core.shared.lock().on_window_update(stream, increment)
             }
+            // The connection's own frames are handled by `Core`.
+            _ => Ok(()),
         }
     }
 
     /// A stream error found here: the stream is reset; too many and the connection goes.
     fn local_reset(&mut self, id: u32, code: ErrorCode) -> Result<(), ConnError> {
-        let mut inner = self.shared.lock();
+        let mut inner = self.core.shared.lock();
         if inner.contains(id) {
             inner.reset(id, code);
         } else {
@@ -420,11 +283,17 @@ impl Connection {
     }
 
     fn decode(&mut self, block: &Bytes, trailers: bool) -> Result<Result<Head, ()>, ConnError> {
-        let mut head = Head::with_capacity(if trailers { 0 } else { 12 });
+        let (kind, n) = if trailers {
+            (Kind::Trailers, 0)
+        } else {
+            (Kind::Request, 12)
+        };
+        let mut head = Head::with_capacity(n);
         match self
+            .core
             .decoder
             .decode(block, self.config.max_header_list as usize, |f| {
-                head.field(f, trailers)
+                head.field(f, kind)
             }) {
             Ok(()) => Ok(Ok(head)),
             Err(DecodeError::ListTooLarge(_)) => Ok(Err(())),
@@ -448,7 +317,7 @@ impl Connection {
         if id <= self.last_stream {
             // Trailers, or a frame on a stream that is closed.
             let decoded = self.decode(&block, true)?;
-            let inner = self.shared.lock();
+            let inner = self.core.shared.lock();
             if !inner.contains(id) {
                 if inner.recently_reset(id) {
                     return Ok(());
@@ -464,7 +333,7 @@ impl Connection {
             }
             match decoded.map(|h| h.into_trailers()) {
                 Ok(Ok(trailers)) => {
-                    let mut inner = self.shared.lock();
+                    let mut inner = self.core.shared.lock();
                     if inner.recv_ended(id) {
                         drop(inner);
                         return self.local_reset(id, ErrorCode::STREAM_CLOSED);
@@ -482,7 +351,7 @@ impl Connection {
                 return Ok(());
             }
             self.streams_opened += 1;
-            let open = self.shared.lock().open;
+            let open = self.core.shared.lock().open;
             if open >= self.config.max_concurrent_streams as usize {
                 return self.local_reset(id, ErrorCode::REFUSED_STREAM);
             }
@@ -490,8 +359,8 @@ impl Connection {
                 Ok(h) => h,
                 Err(()) => {
                     // The header list is over the limit: 431, as Envoy answers.
-                    self.shared.lock().open_stream(id, end, None, 1);
-                    let mut respond = Respond::new(self.shared.clone(), id);
+                    self.core.shared.lock().open_stream(id, end, None, 1);
+                    let mut respond = SendStream::new(self.core.shared.clone(), id);
                     let _ = respond.send_head(
                         http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                         &http::HeaderMap::new(),
@@ -511,14 +380,15 @@ impl Connection {
                 return self.local_reset(id, ErrorCode::PROTOCOL_ERROR);
             }
             let handles = if end { 1 } else { 2 };
-            self.shared
+            self.core
+                .shared
                 .lock()
                 .open_stream(id, end, content_length, handles);
-            let body = (!end).then(|| RecvBody::new(self.shared.clone(), id, content_length));
+            let body = (!end).then(|| RecvBody::new(self.core.shared.clone(), id, content_length));
             self.accepted.push_back(Accepted {
                 head: parts,
                 body,
-                respond: Respond::new(self.shared.clone(), id),
+                respond: SendStream::new(self.core.shared.clone(), id),
             });
             Ok(())
         }
@@ -527,6 +397,6 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.shared.lock().close_all();
+        self.core.shared.lock().close_all();
     }
 }

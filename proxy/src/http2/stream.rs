@@ -1,5 +1,5 @@
 //! One stream's handles, as the server hands them out: [`RecvBody`] reads the request body (DATA
-//! then trailers, giving flow-control window back as it is read), [`Respond`] sends the
+//! then trailers, giving flow-control window back as it is read), [`SendStream`] sends the
 //! response (head, DATA within the peer's windows, trailers) and sees a reset, and [`Tunnel`]
 //! is a CONNECT stream after its 2xx, as a byte stream both ways. Each holds the connection's
 //! shared state (`shared.rs`) and its stream id.
@@ -15,7 +15,8 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::frame::ErrorCode;
-use super::shared::{Shared, StreamError};
+use super::shared::{Pseudo, Shared, StreamError};
+use crate::http::h2stream::Ended;
 
 /// A request body read from its stream.
 pub struct RecvBody {
@@ -80,16 +81,16 @@ impl Drop for RecvBody {
     }
 }
 
-/// The sending side of a stream: the response.
-pub struct Respond {
+/// The sending side of a stream: the response (server), the request body (client).
+pub struct SendStream {
     shared: Arc<Shared>,
     id: u32,
     ended: bool,
 }
 
-impl Respond {
-    pub(crate) fn new(shared: Arc<Shared>, id: u32) -> Respond {
-        Respond {
+impl SendStream {
+    pub(crate) fn new(shared: Arc<Shared>, id: u32) -> SendStream {
+        SendStream {
             shared,
             id,
             ended: false,
@@ -110,7 +111,7 @@ impl Respond {
         self.ended |= end;
         self.shared
             .lock()
-            .send_headers(self.id, Some(status), headers, end)
+            .send_headers(self.id, Pseudo::Response(status), headers, end)
     }
 
     /// Sends `data` as the windows allow; ready once all of it is queued.
@@ -129,7 +130,7 @@ impl Respond {
         self.ended = true;
         self.shared
             .lock()
-            .send_headers(self.id, None, trailers, true)
+            .send_headers(self.id, Pseudo::None, trailers, true)
     }
 
     /// Ready once the stream is reset (by the peer, or the connection is gone).
@@ -143,7 +144,7 @@ impl Respond {
     }
 }
 
-impl Drop for Respond {
+impl Drop for SendStream {
     fn drop(&mut self) {
         let mut inner = self.shared.lock();
         if !self.ended {
@@ -156,13 +157,13 @@ impl Drop for Respond {
 /// A CONNECT stream after its 2xx response: DATA frames both ways as a byte stream.
 pub struct Tunnel {
     recv: RecvBody,
-    send: Respond,
+    send: SendStream,
     /// Received bytes not yet read.
     buf: Bytes,
 }
 
 impl Tunnel {
-    pub fn new(recv: RecvBody, send: Respond) -> Tunnel {
+    pub fn new(recv: RecvBody, send: SendStream) -> Tunnel {
         Tunnel {
             recv,
             send,
@@ -229,6 +230,110 @@ impl AsyncWrite for Tunnel {
         match ready!(self.send.poll_send(cx, &mut empty, true)) {
             Ok(()) => Poll::Ready(Ok(())),
             Err(e) => Poll::Ready(Err(io_error(e))),
+        }
+    }
+}
+
+/// Copies a body into its stream: DATA frames within the peer's windows (the last with
+/// END_STREAM when the body says it is the last), then trailers or an empty END_STREAM. A
+/// body that fails resets the stream with `on_error`.
+pub struct BodyPump {
+    body: crate::body::Body,
+    send: SendStream,
+    on_error: ErrorCode,
+    buf: Bytes,
+    last: bool,
+}
+
+impl BodyPump {
+    pub fn new(body: crate::body::Body, send: SendStream, on_error: ErrorCode) -> BodyPump {
+        BodyPump {
+            body,
+            send,
+            on_error,
+            buf: Bytes::new(),
+            last: false,
+        }
+    }
+
+    /// Ready when the body is sent, failed, or the stream is gone, saying which.
+    pub fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
+        use http_body::Body as _;
+        loop {
+            if !self.buf.is_empty() || self.last {
+                match ready!(self.send.poll_send(cx, &mut self.buf, self.last)) {
+                    Err(_) => return Poll::Ready(Ended::Reset),
+                    Ok(()) if self.last => return Poll::Ready(Ended::Sent),
+                    Ok(()) => {}
+                }
+            }
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        self.last = self.body.is_end_stream();
+                        self.buf = data;
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            let _ = self.send.send_trailers(&trailers);
+                            return Poll::Ready(Ended::Sent);
+                        }
+                    }
+                },
+                Poll::Ready(None) => self.last = true,
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::debug!("body failed: {e}; resetting its h2 stream");
+                    self.send.reset(self.on_error);
+                    return Poll::Ready(Ended::BodyFailed);
+                }
+                Poll::Pending => {
+                    return match self.send.poll_reset(cx) {
+                        Poll::Ready(_) => Poll::Ready(Ended::Reset),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// A request's response head (client), then its body.
+pub struct ResponseFuture {
+    shared: Arc<Shared>,
+    id: u32,
+    /// The handle went to the body.
+    taken: bool,
+}
+
+impl ResponseFuture {
+    pub(crate) fn new(shared: Arc<Shared>, id: u32) -> ResponseFuture {
+        ResponseFuture {
+            shared,
+            id,
+            taken: false,
+        }
+    }
+}
+
+impl std::future::Future for ResponseFuture {
+    type Output = Result<(StatusCode, HeaderMap, Option<RecvBody>), StreamError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (status, headers, end) = ready!(self.shared.lock().poll_response(cx, self.id))?;
+        let body = if end {
+            None
+        } else {
+            self.taken = true;
+            Some(RecvBody::new(self.shared.clone(), self.id, None))
+        };
+        Poll::Ready(Ok((status, headers, body)))
+    }
+}
+
+impl Drop for ResponseFuture {
+    fn drop(&mut self) {
+        if !self.taken {
+            self.shared.lock().drop_reader(self.id);
         }
     }
 }

@@ -3,7 +3,7 @@
 //! plain literals are slices of the block (no copy); Huffman-encoded ones are decoded into
 //! new buffers.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::table::{Dynamic, ENTRY_OVERHEAD, STATIC};
 use super::{huffman, DecodeError};
@@ -24,7 +24,12 @@ pub struct Decoder {
     /// The table size this side allows (its SETTINGS_HEADER_TABLE_SIZE); size updates may not
     /// exceed it.
     allowed: usize,
+    /// Where Huffman-coded strings are decoded to.
+    scratch: BytesMut,
 }
+
+/// The size of the chunks Huffman-coded strings are decoded into.
+const SCRATCH: usize = 2048;
 
 impl Default for Decoder {
     fn default() -> Self {
@@ -37,6 +42,7 @@ impl Decoder {
         Decoder {
             table: Dynamic::new(allowed),
             allowed,
+            scratch: BytesMut::new(),
         }
     }
 
@@ -74,7 +80,9 @@ impl Decoder {
             } else if b & 0xc0 == 0x40 {
                 // Literal with incremental indexing.
                 let f = self.literal(block, &mut at, 6, false)?;
-                self.table.insert(f.name.clone(), f.value.clone());
+                // The table keeps copies: a slice of the block would keep the connection's
+                // whole read buffer alive for as long as the entry lives.
+                self.table.insert(owned(&f.name), owned(&f.value));
                 f
             } else if b & 0xe0 == 0x20 {
                 // Dynamic table size update: only before the first field of a block.
@@ -147,7 +155,7 @@ impl Decoder {
     }
 
     /// A string literal (RFC 7541 §5.2).
-    fn string(&self, block: &Bytes, at: &mut usize) -> Result<Bytes, DecodeError> {
+    fn string(&mut self, block: &Bytes, at: &mut usize) -> Result<Bytes, DecodeError> {
         let huff = block.get(*at).ok_or(DecodeError::Truncated)? & 0x80 != 0;
         let len = integer(block, at, 7)?;
         let end = at.checked_add(len).ok_or(DecodeError::Truncated)?;
@@ -159,10 +167,28 @@ impl Decoder {
         if !huff {
             return Ok(raw);
         }
-        let mut out = Vec::new();
-        huffman::decode(&raw, &mut out)?;
-        Ok(Bytes::from(out))
+        // Decoded into a chunk shared by the block's strings (and later blocks'), not an
+        // allocation each; the chunk is reused once every string cut from it is dropped.
+        if self.scratch.capacity() - self.scratch.len() < raw.len() * 8 / 5 {
+            self.scratch.reserve(SCRATCH.max(raw.len() * 8 / 5));
+        }
+        if let Err(e) = huffman::decode(&raw, &mut self.scratch) {
+            self.scratch.clear();
+            return Err(e.into());
+        }
+        Ok(self.scratch.split().freeze())
     }
+}
+
+/// `b` in an allocation of its own, unless it is static already.
+fn owned(b: &Bytes) -> Bytes {
+    if b.is_empty() {
+        return Bytes::new();
+    }
+    if STATIC.iter().any(|(n, v)| n.as_ptr() == b.as_ptr() || v.as_ptr() == b.as_ptr()) {
+        return b.clone();
+    }
+    Bytes::copy_from_slice(b)
 }
 
 /// An integer with an `n`-bit prefix (RFC 7541 §5.1) starting at `block[*at]`. Values past

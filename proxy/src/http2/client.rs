@@ -1,0 +1,299 @@
+//! The client side of an HTTP/2 connection (h2c with prior knowledge): [`Connection`] handles
+//! open streams for requests from the requests' own tasks; [`Driver`] is the connection's task,
+//! which reads the server's frames (response heads, DATA, trailers, resets, GOAWAY) and writes
+//! what the streams queued. Streams past the server's GOAWAY, or refused with
+//! REFUSED_STREAM, fail as [`StreamError::Refused`]: they were not processed and may be retried.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::request::Parts;
+
+use super::conn::{Core, Read};
+use super::frame::{self, ErrorCode, Frame, FrameError, Settings, PREFACE};
+use super::hpack::DecodeError;
+use super::request::{Head, Kind};
+use super::shared::{ConnError, Inner, Shared, StreamError};
+use super::stream::{ResponseFuture, SendStream};
+
+/// This side's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    pub initial_stream_window: u32,
+    pub initial_connection_window: u32,
+    pub max_header_list: u32,
+    /// PING every `interval`; close when the PONG takes longer than `timeout`.
+    pub keepalive: Option<(Duration, Duration)>,
+}
+
+/// A handle on one connection; clones share it. The connection ends once every handle is
+/// gone and no stream is open.
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+impl Clone for Connection {
+    fn clone(&self) -> Connection {
+        self.shared.lock().users += 1;
+        Connection {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.shared.lock().drop_user();
+    }
+}
+
+/// Starts a connection over `io`: the handle, and the task that must be spawned to run it.
+pub fn start(io: tokio::net::TcpStream, config: Config) -> (Connection, Driver) {
+    let mut inner = Inner::new(
+        false,
+        config.initial_connection_window,
+        config.initial_stream_window,
+    );
+    inner.out_mut().extend_from_slice(PREFACE);
+    let ours = Settings {
+        enable_push: Some(false),
+        initial_window_size: Some(config.initial_stream_window),
+        max_header_list_size: Some(config.max_header_list),
+        ..Settings::default()
+    };
+    frame::write_settings(inner.out_mut(), &ours);
+    inner.open_conn_window();
+    inner.users = 1;
+    let max_block = config.max_header_list as usize + 16 * 1024;
+    let core = Core::new(io, inner, max_block, config.keepalive);
+    let conn = Connection {
+        shared: core.shared.clone(),
+    };
+    (
+        conn,
+        Driver {
+            core,
+            max_header_list: config.max_header_list as usize,
+        },
+    )
+}
+
+impl Connection {
+    /// True once the connection can take no new stream (closed, or GOAWAY received).
+    pub fn is_closed(&self) -> bool {
+        let inner = self.shared.lock();
+        inner.gone || inner.goaway
+    }
+
+    /// Identifies the connection (equal for handles on the same one).
+    pub fn key(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
+    }
+
+    /// Opens a stream and queues the request head (`end`: no body follows), once the server's
+    /// concurrency limit allows. Fails, with nothing sent, when the connection is closed or
+    /// going away.
+    pub async fn open(
+        &self,
+        head: &Parts,
+        end: bool,
+    ) -> Result<(Option<SendStream>, ResponseFuture), StreamError> {
+        let id =
+            std::future::poll_fn(|cx| self.shared.lock().poll_open_request(cx, head, end)).await?;
+        let send = (!end).then(|| SendStream::new(self.shared.clone(), id));
+        Ok((send, ResponseFuture::new(self.shared.clone(), id)))
+    }
+}
+
+/// The connection's task.
+pub struct Driver {
+    core: Core,
+    max_header_list: usize,
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        this.core.shared.lock().set_conn_waker(cx.waker());
+        loop {
+            if this.core.failed.is_some() {
+                let _ = this.core.poll_flush(cx);
+                return Poll::Ready(());
+            }
+            if let Poll::Ready(Err(e)) = this.core.poll_flush(cx) {
+                tracing::debug!("upstream h2 write: {e}");
+                return Poll::Ready(());
+            }
+            {
+                let inner = this.core.shared.lock();
+                if inner.open == 0 && (inner.goaway || inner.users == 0) {
+                    if inner.users == 0 && !inner.goaway {
+                        drop(inner);
+                        let last = this.core.shared.lock().last_opened();
+                        frame::write_goaway(
+                            this.core.shared.lock().out_mut(),
+                            last,
+                            ErrorCode::NO_ERROR,
+                            b"",
+                        );
+                        let _ = this.core.poll_flush(cx);
+                    }
+                    return Poll::Ready(());
+                }
+            }
+            if this.core.poll_keepalive(cx).is_ready() {
+                tracing::debug!("upstream h2 connection: no PONG in time, closing");
+                return Poll::Ready(());
+            }
+            match this.core.poll_read(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Read::Closed) => return Poll::Ready(()),
+                Poll::Ready(Read::Bytes) => {
+                    if let Err(ConnError(code, why)) = this.on_bytes() {
+                        let last = this.core.shared.lock().last_opened();
+                        this.core.fail(last, code, why);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Driver {
+    fn on_bytes(&mut self) -> Result<(), ConnError> {
+        while let Some(f) = self.core.next_frame()? {
+            match f {
+                Ok(f) => self.on_frame(f)?,
+                Err(FrameError::Stream(id, code, why)) => {
+                    tracing::debug!("upstream h2 stream {id} error {code:?}: {why}");
+                    self.core.shared.lock().reset(id, code);
+                }
+                Err(FrameError::Connection(code, why)) => return Err(ConnError(code, why)),
+            }
+        }
+        Ok(())
+    }
+
+    fn on_frame(&mut self, f: Frame) -> Result<(), ConnError> {
+        let last = self.core.shared.lock().last_opened();
+        match f {
+            Frame::Data {
+                stream,
+                data,
+                end_stream,
+                flow_len,
+            } => self
+                .core
+                .shared
+                .lock()
+                .on_data(stream, data, end_stream, flow_len, last),
+            Frame::Headers {
+                stream,
+                block,
+                end_stream,
+                ..
+            } => self.on_headers(stream, block, end_stream, last),
+            Frame::RstStream { stream, code } => {
+                if stream > last {
+                    return Err(ConnError(
+                        ErrorCode::PROTOCOL_ERROR,
+                        "RST_STREAM on an idle stream",
+                    ));
+                }
+                self.core.shared.lock().on_reset(stream, code);
+                Ok(())
+            }
+            Frame::PushPromise { .. } => Err(ConnError(
+                ErrorCode::PROTOCOL_ERROR,
+                "PUSH_PROMISE with push disabled",
+            )),
+            Frame::GoAway {
+                last_stream, code, ..
+            } => {
+                if code != ErrorCode::NO_ERROR {
+                    tracing::debug!("upstream h2 server sent GOAWAY {code:?}");
+                }
+                self.core.shared.lock().on_goaway(last_stream);
+                Ok(())
+            }
+            Frame::WindowUpdate { stream, increment } => {
+                if stream > last {
+                    return Err(ConnError(
+                        ErrorCode::PROTOCOL_ERROR,
+                        "WINDOW_UPDATE on an idle stream",
+                    ));
+                }
+                self.core.shared.lock().on_window_update(stream, increment)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn on_headers(&mut self, id: u32, block: Bytes, end: bool, last: u32) -> Result<(), ConnError> {
+        if id.is_multiple_of(2) || id > last {
+            return Err(ConnError(
+                ErrorCode::PROTOCOL_ERROR,
+                "HEADERS on a stream this client did not open",
+            ));
+        }
+        let awaits = self.core.shared.lock().awaits_head(id);
+        let kind = match awaits {
+            Some(true) => Kind::Response,
+            _ => Kind::Trailers,
+        };
+        let mut head = Head::with_capacity(if kind == Kind::Response { 8 } else { 0 });
+        match self
+            .core
+            .decoder
+            .decode(&block, self.max_header_list, |f| head.field(f, kind))
+        {
+            Ok(()) => {}
+            Err(DecodeError::ListTooLarge(_)) => {
+                self.core.shared.lock().reset(id, ErrorCode::PROTOCOL_ERROR);
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::debug!("upstream h2 header block: {e}");
+                return Err(ConnError(
+                    ErrorCode::COMPRESSION_ERROR,
+                    "header block cannot be decoded",
+                ));
+            }
+        }
+        let mut inner = self.core.shared.lock();
+        match awaits {
+            // A stream closed or reset already: the block only kept HPACK in step.
+            None => Ok(()),
+            Some(true) => {
+                match head.into_response() {
+                    Ok((status, _)) if status.is_informational() => {
+                        // Interim responses (100, 103) are not passed on; one that ends the
+                        // stream, or a 101, breaks the protocol.
+                        if end || status == http::StatusCode::SWITCHING_PROTOCOLS {
+                            inner.reset(id, ErrorCode::PROTOCOL_ERROR);
+                        }
+                    }
+                    Ok((status, headers)) => inner.on_response_head(id, status, headers, end),
+                    Err(why) => {
+                        tracing::debug!("upstream h2 stream {id}: malformed response: {why}");
+                        inner.reset(id, ErrorCode::PROTOCOL_ERROR);
+                    }
+                }
+                Ok(())
+            }
+            Some(false) => {
+                match head.into_trailers() {
+                    Ok(t) if end => inner.on_trailers(id, t),
+                    _ => inner.reset(id, ErrorCode::PROTOCOL_ERROR),
+                }
+                Ok(())
+            }
+        }
+    }
+}
