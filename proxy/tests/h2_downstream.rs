@@ -3255,3 +3255,54 @@ async fn h2load_completes_without_failures() {
     assert!(out.contains("status codes: 2000 2xx"), "{out}");
     assert_eq!(up.count(), 2000);
 }
+
+// 11. Robustness: random frames.
+
+/// Sequences of random frames (random types, flags, small stream ids, payloads of random bytes,
+/// some header blocks of random HPACK) after a valid preface and SETTINGS: whatever the server
+/// answers, no task of the proxy panics, and the listener serves a good request afterwards.
+/// Bounded: 1,500 connections of up to 12 frames, seeded, so a failure reproduces.
+#[tokio::test]
+async fn random_frames_never_panic_the_server() {
+    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        previous(info);
+    }));
+    let (_app, addr, _up) = setup("h2d_fuzz", "").await;
+    let mut rng = fastrand::Rng::with_seed(0x5eed_0d2d);
+    for _ in 0..1500 {
+        let mut bytes = frame(4, 0, 0, &[]);
+        for _ in 0..rng.usize(1..12) {
+            let ty = rng.u8(0..11);
+            let flags = *rng.choice(&[0u8, 1, 4, 5, 8, 0x20, 0x25, 0xff]).unwrap();
+            let stream = *rng.choice(&[0u32, 1, 2, 3, 5, 7, 0x7fff_ffff]).unwrap();
+            let len = rng.usize(0..48);
+            let mut payload: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            if ty == 1 && rng.bool() {
+                // A header block that starts well: static :method/:scheme/:path.
+                payload = cat(&[vec![0x82, 0x86, 0x84], payload]);
+            }
+            bytes.extend(frame(ty, flags, stream, &payload));
+        }
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut all = PREFACE.to_vec();
+        all.extend(bytes);
+        let _ = s.write_all(&all).await;
+        let mut buf = vec![0u8; 4096];
+        // Read what comes back until the server closes or goes quiet.
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(30), s.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    assert_eq!(PANICS.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let mut c = H2c::open(addr).await;
+    c.send(&headers(1, &request("GET", "/after-fuzz", &[]), true))
+        .await;
+    assert_eq!(c.response(1).await.status, 200);
+}

@@ -1,7 +1,7 @@
-//! An HTTP/2 (h2c, prior knowledge) client connection to one upstream host, driven with the
-//! `h2` crate directly: one task per connection (the `h2` connection state machine and, with
-//! the cluster's `connection_keepalive`, PINGs), and each request sent from the request's own
-//! task. A request body is streamed from that task until the response head arrives, so a
+//! An HTTP/2 (h2c, prior knowledge) client connection to one upstream host, on Sluice's own
+//! codec (`http2::client`; the `h2` crate's client with `SLUICE_H2_CLIENT=h2`): one task per
+//! connection (reading frames, writing what the streams queued, with the cluster's
+//! `connection_keepalive` PINGs), and each request sent from the request's own task. A request body is streamed from that task until the response head arrives, so a
 //! body-less request or a small one (gRPC unary) costs no extra task; only a body still
 //! streaming when the response starts moves to a task of its own.
 

@@ -1,15 +1,20 @@
-//! The downstream HTTP/2 (h2c) server, on the `h2` crate directly: one task per connection
-//! drives the connection and polls every stream's future itself, so a stream costs no task of
-//! its own and no cross-task wake-up. Each stream runs the request through the router and
-//! sends the response: its head, then its body within the client's flow-control window, then
-//! trailers. A client's RST_STREAM cancels the stream's request (and its upstream request). A
-//! CONNECT stream answered with a 2xx becomes a byte tunnel (`upgrade::Upgraded::H2`).
+//! The downstream HTTP/2 (h2c) server: one task per connection drives the connection
+//! (`http2::server`, Sluice's own codec) and polls every stream's future itself, so a stream
+//! costs no task of its own and no cross-task wake-up. Each stream runs the request through the
+//! router and sends the response: its head, then its body within the client's flow-control
+//! windows, then trailers. A client's RST_STREAM cancels the stream's request (and its upstream
+//! request). A CONNECT stream answered with a 2xx becomes a byte tunnel
+//! (`upgrade::Upgraded::Own`).
 //!
 //! SETTINGS from the HCM's `http2_protocol_options` (concurrent streams, stream and connection
 //! windows; `model::network::Http2Settings`) and `max_request_headers_kb` (the header list
-//! limit); 400 KiB of send buffer per stream. With `connection_keepalive`, the client is sent
-//! PINGs and the connection closed when a PONG is late. A client resetting more than 20 streams before
-//! they are accepted (rapid reset), or causing 1,024 stream errors, loses the connection.
+//! limit). With `connection_keepalive`, the client is sent PINGs and the connection closed when
+//! a PONG is late. The connection's own limits (rapid reset, stream errors, output queued for
+//! a client that does not read) are `http2::server`'s.
+//!
+//! With `SLUICE_H2_SERVER=h2` the `h2` crate's server runs instead (`serve_h2`), as it did
+//! before the codec: 400 KiB of send buffer per stream, a client resetting more than 20
+//! streams before they are accepted, or causing 1,024 stream errors, loses the connection.
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;

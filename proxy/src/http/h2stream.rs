@@ -1,7 +1,8 @@
-//! HTTP/2 streams (the `h2` crate's `SendStream`/`RecvStream`) as the proxy sees them, shared
-//! by the downstream server (`http/h2.rs`) and the upstream client (`cluster/h2.rs`): a received
-//! stream as a body, a body pumped into a stream within the peer's flow-control window, a
-//! CONNECT stream as a byte tunnel, and the connection-specific headers HTTP/2 forbids.
+//! HTTP/2 streams of the `h2` crate (`SendStream`/`RecvStream`) as the proxy sees them, for the
+//! crate's server and client kept behind `SLUICE_H2_SERVER=h2` / `SLUICE_H2_CLIENT=h2`: a
+//! received stream as a body, a body pumped into a stream within the peer's flow-control
+//! window, a CONNECT stream as a byte tunnel. Also the connection-specific headers HTTP/2
+//! forbids (`strip_connection_headers`), which both codecs use.
 
 use std::future::Future;
 use std::io;

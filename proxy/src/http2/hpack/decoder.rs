@@ -185,7 +185,10 @@ fn owned(b: &Bytes) -> Bytes {
     if b.is_empty() {
         return Bytes::new();
     }
-    if STATIC.iter().any(|(n, v)| n.as_ptr() == b.as_ptr() || v.as_ptr() == b.as_ptr()) {
+    if STATIC
+        .iter()
+        .any(|(n, v)| n.as_ptr() == b.as_ptr() || v.as_ptr() == b.as_ptr())
+    {
         return b.clone();
     }
     Bytes::copy_from_slice(b)

@@ -2,8 +2,8 @@
 //! connection's two directions, the static and dynamic tables (`table.rs`) and the Huffman code
 //! (`huffman.rs`).
 //!
-//! Part of Sluice's own HTTP/2 codec (`http2/`): the data path still uses the `h2` crate, whose
-//! HPACK spends about a quarter of the proxy's instructions per h2c request
+//! Part of Sluice's own HTTP/2 codec (`http2/`); the `h2` crate's HPACK, which it replaced,
+//! spent about a quarter of the proxy's instructions per h2c request
 //! (`docs/bench/profile.md`). This one is written for a proxy: decoded values are slices of
 //! the received block when they were not Huffman-encoded, a field already in a table is an
 //! index compare away, and values that rarely repeat (request ids, paths) are not inserted into

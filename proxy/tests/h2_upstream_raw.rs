@@ -1,0 +1,1437 @@
+//! The HTTP/2 upstream client (`cluster/h2.rs` over `http2/client.rs`, or the `h2` crate's
+//! with `SLUICE_H2_CLIENT=h2`) against a raw HTTP/2 upstream: a TCP listener whose frames are
+//! written and parsed by hand, with a small HPACK decoder of its own (static and dynamic table,
+//! Huffman) for Sluice's request header blocks, and responses encoded as literals without
+//! indexing. Each test scripts the upstream connection frame by frame, so it can do what a
+//! well-behaved server library will not: interim responses, tiny flow-control windows, resets
+//! mid-body, GOAWAY with streams left unprocessed, malformed responses, PUSH_PROMISE, closing
+//! the socket under a pending request. The downstream is plain HTTP/1.1 (hyper, or raw bytes
+//! where headers or a cut body matter) or h2c (hyper).
+
+mod support;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// How long any single step (accept, a frame, a write) may take.
+const STEP: Duration = Duration::from_secs(5);
+/// How long a whole test may take.
+const TEST: Duration = Duration::from_secs(60);
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+// Frame types (RFC 9113 §6).
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PUSH_PROMISE: u8 = 0x5;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+const CONTINUATION: u8 = 0x9;
+
+// Flags.
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY_FLAG: u8 = 0x20;
+
+// Error codes (RFC 9113 §7).
+const NO_ERROR: u32 = 0x0;
+const PROTOCOL_ERROR: u32 = 0x1;
+const INTERNAL_ERROR: u32 = 0x2;
+const REFUSED_STREAM: u32 = 0x7;
+const CANCEL: u32 = 0x8;
+
+// SETTINGS parameters (RFC 9113 §6.5.2).
+const HEADER_TABLE_SIZE: u16 = 0x1;
+const ENABLE_PUSH: u16 = 0x2;
+const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+const INITIAL_WINDOW_SIZE: u16 = 0x4;
+const MAX_FRAME_SIZE: u16 = 0x5;
+
+const MAX_WINDOW: u32 = (1 << 31) - 1;
+
+fn code_name(code: u32) -> String {
+    const NAMES: [&str; 14] = [
+        "NO_ERROR",
+        "PROTOCOL_ERROR",
+        "INTERNAL_ERROR",
+        "FLOW_CONTROL_ERROR",
+        "SETTINGS_TIMEOUT",
+        "STREAM_CLOSED",
+        "FRAME_SIZE_ERROR",
+        "REFUSED_STREAM",
+        "CANCEL",
+        "COMPRESSION_ERROR",
+        "CONNECT_ERROR",
+        "ENHANCE_YOUR_CALM",
+        "INADEQUATE_SECURITY",
+        "HTTP_1_1_REQUIRED",
+    ];
+    NAMES
+        .get(code as usize)
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| format!("0x{code:x}"))
+}
+
+/// Runs a test body under the overall time limit.
+async fn within<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(TEST, f)
+        .await
+        .expect("the test finished in time")
+}
+
+/// Awaits a spawned downstream client within STEP.
+async fn joined<T>(what: &str, h: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(STEP, h)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer in time"))
+        .unwrap_or_else(|e| panic!("{what}: the client task failed: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sluice set-up.
+// ---------------------------------------------------------------------------------------------
+
+const H2_OPTS: &str = r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+"#;
+
+const RETRY_REFUSED: &str = ", retry_policy: {retry_on: refused-stream, num_retries: 1}";
+
+/// Listener `raw` routing everything to cluster `up` (h2c to `up`), route timeout 10s plus
+/// `route_extra`.
+fn bootstrap(up: SocketAddr, route_extra: &str) -> String {
+    let vh = format!(
+        r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: /}}
+                route: {{cluster: up, timeout: 10s{route_extra}}}
+"#
+    );
+    format!(
+        "static_resources:\n  listeners:\n{}  clusters:\n{}",
+        http_listener("raw", &vh, ""),
+        cluster("up", &[up], H2_OPTS)
+    )
+}
+
+async fn setup(route_extra: &str) -> (sluice::app::App, SocketAddr, RawUpstream) {
+    let up = raw_upstream().await;
+    let app = sluice(&bootstrap(up.addr, route_extra)).await;
+    let addr = app.listener_address("raw").unwrap();
+    (app, addr, up)
+}
+
+/// An h2c client to Sluice (hyper's), keeping response trailers and body errors.
+async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    tx
+}
+
+/// `n` bytes: `abc...z` repeated.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frames, written by hand.
+// ---------------------------------------------------------------------------------------------
+
+fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    assert!(len < 1 << 24);
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.push(ty);
+    f.push(flags);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn settings(params: &[(u16, u32)]) -> Vec<u8> {
+    let mut p = Vec::new();
+    for (id, v) in params {
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(&v.to_be_bytes());
+    }
+    frame(SETTINGS, 0, 0, &p)
+}
+
+fn settings_params(payload: &[u8]) -> HashMap<u16, u32> {
+    payload
+        .chunks(6)
+        .map(|p| {
+            (
+                u16::from_be_bytes([p[0], p[1]]),
+                u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
+            )
+        })
+        .collect()
+}
+
+fn settings_ack() -> Vec<u8> {
+    frame(SETTINGS, ACK, 0, &[])
+}
+
+/// A HEADERS frame carrying a whole header block (END_HEADERS), with END_STREAM if `end`.
+fn headers(stream: u32, block: &[u8], end: bool) -> Vec<u8> {
+    let flags = END_HEADERS | if end { END_STREAM } else { 0 };
+    frame(HEADERS, flags, stream, block)
+}
+
+fn data(stream: u32, bytes: &[u8], end: bool) -> Vec<u8> {
+    frame(DATA, if end { END_STREAM } else { 0 }, stream, bytes)
+}
+
+fn window_update(stream: u32, increment: u32) -> Vec<u8> {
+    frame(WINDOW_UPDATE, 0, stream, &increment.to_be_bytes())
+}
+
+fn rst(stream: u32, code: u32) -> Vec<u8> {
+    frame(RST_STREAM, 0, stream, &code.to_be_bytes())
+}
+
+fn ping(payload: [u8; 8]) -> Vec<u8> {
+    frame(PING, 0, 0, &payload)
+}
+
+fn goaway(last_stream: u32, code: u32) -> Vec<u8> {
+    let mut p = last_stream.to_be_bytes().to_vec();
+    p.extend_from_slice(&code.to_be_bytes());
+    frame(GOAWAY, 0, 0, &p)
+}
+
+fn push_promise(stream: u32, promised: u32, block: &[u8]) -> Vec<u8> {
+    let mut p = promised.to_be_bytes().to_vec();
+    p.extend_from_slice(block);
+    frame(PUSH_PROMISE, END_HEADERS, stream, &p)
+}
+
+fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+    parts.concat()
+}
+
+// ---------------------------------------------------------------------------------------------
+// HPACK (RFC 7541): literals without indexing for what the upstream sends, a decoder for what
+// Sluice sends.
+// ---------------------------------------------------------------------------------------------
+
+/// An integer with a `prefix`-bit prefix; `first` holds the bits above the prefix (§5.1).
+fn hpack_int(first: u8, prefix: u8, value: usize) -> Vec<u8> {
+    let max = (1usize << prefix) - 1;
+    if value < max {
+        return vec![first | value as u8];
+    }
+    let mut out = vec![first | max as u8];
+    let mut rest = value - max;
+    while rest >= 128 {
+        out.push((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    out.push(rest as u8);
+    out
+}
+
+/// A string literal without Huffman coding (§5.2).
+fn hpack_str(s: &[u8]) -> Vec<u8> {
+    let mut out = hpack_int(0, 7, s.len());
+    out.extend_from_slice(s);
+    out
+}
+
+/// A literal field without indexing, with a literal name (§6.2.2).
+fn lit(name: &str, value: &str) -> Vec<u8> {
+    cat(&[
+        vec![0x00],
+        hpack_str(name.as_bytes()),
+        hpack_str(value.as_bytes()),
+    ])
+}
+
+/// A header block of literal fields, in this order.
+fn block(fields: &[(&str, &str)]) -> Vec<u8> {
+    fields
+        .iter()
+        .map(|(n, v)| lit(n, v))
+        .collect::<Vec<_>>()
+        .concat()
+}
+
+/// A response head's block: `:status` then `extra`.
+fn response_block(status: u16, extra: &[(&str, &str)]) -> Vec<u8> {
+    let status = status.to_string();
+    let mut fields = vec![(":status", status.as_str())];
+    fields.extend_from_slice(extra);
+    block(&fields)
+}
+
+const STATIC_TABLE: [(&str, &str); 61] = [
+    (":authority", ""),
+    (":method", "GET"),
+    (":method", "POST"),
+    (":path", "/"),
+    (":path", "/index.html"),
+    (":scheme", "http"),
+    (":scheme", "https"),
+    (":status", "200"),
+    (":status", "204"),
+    (":status", "206"),
+    (":status", "304"),
+    (":status", "400"),
+    (":status", "404"),
+    (":status", "500"),
+    ("accept-charset", ""),
+    ("accept-encoding", "gzip, deflate"),
+    ("accept-language", ""),
+    ("accept-ranges", ""),
+    ("accept", ""),
+    ("access-control-allow-origin", ""),
+    ("age", ""),
+    ("allow", ""),
+    ("authorization", ""),
+    ("cache-control", ""),
+    ("content-disposition", ""),
+    ("content-encoding", ""),
+    ("content-language", ""),
+    ("content-length", ""),
+    ("content-location", ""),
+    ("content-range", ""),
+    ("content-type", ""),
+    ("cookie", ""),
+    ("date", ""),
+    ("etag", ""),
+    ("expect", ""),
+    ("expires", ""),
+    ("from", ""),
+    ("host", ""),
+    ("if-match", ""),
+    ("if-modified-since", ""),
+    ("if-none-match", ""),
+    ("if-range", ""),
+    ("if-unmodified-since", ""),
+    ("last-modified", ""),
+    ("link", ""),
+    ("location", ""),
+    ("max-forwards", ""),
+    ("proxy-authenticate", ""),
+    ("proxy-authorization", ""),
+    ("range", ""),
+    ("referer", ""),
+    ("refresh", ""),
+    ("retry-after", ""),
+    ("server", ""),
+    ("set-cookie", ""),
+    ("strict-transport-security", ""),
+    ("transfer-encoding", ""),
+    ("user-agent", ""),
+    ("vary", ""),
+    ("via", ""),
+    ("www-authenticate", ""),
+];
+
+/// The Huffman code's lengths in bits, for symbols 0..=255 and EOS (RFC 7541 Appendix B). The
+/// code is canonical, so the codes follow from the lengths.
+const HUFFMAN_LENGTHS: [u8; 257] = [
+    13, 23, 28, 28, 28, 28, 28, 28, 28, 24, 30, 28, 28, 30, 28, 28, 28, 28, 28, 28, 28, 28, 30, 28,
+    28, 28, 28, 28, 28, 28, 28, 28, 6, 10, 10, 12, 13, 6, 8, 11, 10, 10, 8, 11, 8, 6, 6, 6, 5, 5,
+    5, 6, 6, 6, 6, 6, 6, 6, 7, 8, 15, 6, 12, 10, 13, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+    7, 7, 7, 7, 7, 7, 7, 7, 8, 7, 8, 13, 19, 13, 14, 6, 15, 5, 6, 5, 6, 5, 6, 6, 6, 5, 7, 7, 6, 6,
+    6, 5, 6, 7, 6, 5, 5, 6, 7, 7, 7, 7, 7, 15, 11, 14, 13, 28, 20, 22, 20, 20, 22, 22, 22, 23, 22,
+    23, 23, 23, 23, 23, 24, 23, 24, 24, 22, 23, 24, 23, 23, 23, 23, 21, 22, 23, 22, 23, 23, 24, 22,
+    21, 20, 22, 22, 23, 23, 21, 23, 22, 22, 24, 21, 22, 23, 23, 21, 21, 22, 21, 23, 22, 23, 23, 20,
+    22, 22, 22, 23, 22, 22, 23, 26, 26, 20, 19, 22, 23, 22, 25, 26, 26, 26, 27, 27, 26, 24, 25, 19,
+    21, 26, 27, 27, 26, 27, 24, 21, 21, 26, 26, 28, 27, 27, 27, 20, 24, 20, 21, 22, 21, 21, 23, 22,
+    22, 25, 25, 24, 24, 26, 23, 26, 27, 26, 26, 27, 27, 27, 27, 27, 28, 27, 27, 27, 27, 27, 26, 30,
+];
+
+/// (length, code) → symbol, for the canonical Huffman code.
+fn huffman() -> &'static HashMap<(u8, u32), u16> {
+    static H: OnceLock<HashMap<(u8, u32), u16>> = OnceLock::new();
+    H.get_or_init(|| {
+        let mut symbols: Vec<usize> = (0..257).collect();
+        symbols.sort_by_key(|&s| (HUFFMAN_LENGTHS[s], s));
+        let mut decode = HashMap::new();
+        let (mut code, mut len) = (0u32, HUFFMAN_LENGTHS[symbols[0]]);
+        for (i, &s) in symbols.iter().enumerate() {
+            let l = HUFFMAN_LENGTHS[s];
+            if i > 0 {
+                code = (code + 1) << (l - len);
+            }
+            len = l;
+            decode.insert((l, code), s as u16);
+        }
+        decode
+    })
+}
+
+fn huffman_decode(src: &[u8]) -> Result<Vec<u8>, String> {
+    let h = huffman();
+    let (mut acc, mut bits, mut out) = (0u32, 0u8, Vec::new());
+    for &byte in src {
+        for i in (0..8).rev() {
+            acc = (acc << 1) | ((byte >> i) & 1) as u32;
+            bits += 1;
+            if let Some(&s) = h.get(&(bits, acc)) {
+                if s == 256 {
+                    return Err("EOS in a Huffman string".into());
+                }
+                out.push(s as u8);
+                (acc, bits) = (0, 0);
+            } else if bits >= 30 {
+                return Err("invalid Huffman code".into());
+            }
+        }
+    }
+    if bits > 7 || acc != (1 << bits) - 1 {
+        return Err("invalid Huffman padding".into());
+    }
+    Ok(out)
+}
+
+fn hpack_read_int(b: &mut &[u8], prefix: u8) -> Result<usize, String> {
+    let max = (1usize << prefix) - 1;
+    let (&first, rest) = b.split_first().ok_or("truncated integer")?;
+    *b = rest;
+    let mut v = (first as usize) & max;
+    if v < max {
+        return Ok(v);
+    }
+    let mut shift = 0;
+    loop {
+        let (&next, rest) = b.split_first().ok_or("truncated integer")?;
+        *b = rest;
+        v += ((next & 0x7f) as usize) << shift;
+        shift += 7;
+        if next & 0x80 == 0 {
+            return Ok(v);
+        }
+        if shift > 28 {
+            return Err("integer overflow".into());
+        }
+    }
+}
+
+fn hpack_read_str(b: &mut &[u8]) -> Result<Vec<u8>, String> {
+    let huff = b.first().ok_or("truncated string")? & 0x80 != 0;
+    let len = hpack_read_int(b, 7)?;
+    if b.len() < len {
+        return Err("truncated string".into());
+    }
+    let (s, rest) = b.split_at(len);
+    *b = rest;
+    if huff {
+        huffman_decode(s)
+    } else {
+        Ok(s.to_vec())
+    }
+}
+
+/// An HPACK decoder for Sluice's header blocks (the dynamic table at its default 4,096).
+struct Hpack {
+    table: VecDeque<(Vec<u8>, Vec<u8>)>,
+    size: usize,
+    max: usize,
+}
+
+impl Hpack {
+    fn new() -> Hpack {
+        Hpack {
+            table: VecDeque::new(),
+            size: 0,
+            max: 4096,
+        }
+    }
+
+    fn get(&self, index: usize) -> Result<(Vec<u8>, Vec<u8>), String> {
+        match index {
+            0 => Err("index 0".into()),
+            1..=61 => {
+                let (n, v) = STATIC_TABLE[index - 1];
+                Ok((n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            }
+            _ => self
+                .table
+                .get(index - 62)
+                .cloned()
+                .ok_or_else(|| format!("index {index} past the table")),
+        }
+    }
+
+    fn evict(&mut self) {
+        while self.size > self.max {
+            let (n, v) = self.table.pop_back().unwrap();
+            self.size -= n.len() + v.len() + 32;
+        }
+    }
+
+    fn decode(&mut self, mut b: &[u8]) -> Result<Vec<(String, String)>, String> {
+        let mut out = Vec::new();
+        while let Some(&first) = b.first() {
+            let (name, value) = if first & 0x80 != 0 {
+                self.get(hpack_read_int(&mut b, 7)?)?
+            } else if first & 0xe0 == 0x20 {
+                let max = hpack_read_int(&mut b, 5)?;
+                if max > 4096 {
+                    return Err(format!("table size update to {max}"));
+                }
+                self.max = max;
+                self.evict();
+                continue;
+            } else {
+                let incremental = first & 0xc0 == 0x40;
+                let index = hpack_read_int(&mut b, if incremental { 6 } else { 4 })?;
+                let name = if index == 0 {
+                    hpack_read_str(&mut b)?
+                } else {
+                    self.get(index)?.0
+                };
+                let value = hpack_read_str(&mut b)?;
+                if incremental {
+                    self.size += name.len() + value.len() + 32;
+                    self.table.push_front((name.clone(), value.clone()));
+                    self.evict();
+                }
+                (name, value)
+            };
+            out.push((
+                String::from_utf8_lossy(&name).into_owned(),
+                String::from_utf8_lossy(&value).into_owned(),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The raw upstream: a listener handing out its connections, and one connection's server side.
+// ---------------------------------------------------------------------------------------------
+
+/// One frame from Sluice; a header block (HEADERS and its CONTINUATIONs) comes as one HEADERS
+/// frame with its decoded `fields`.
+#[derive(Debug, Clone)]
+struct Frame {
+    ty: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+    fields: Vec<(String, String)>,
+}
+
+impl Frame {
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+    /// The error code of a RST_STREAM or GOAWAY.
+    fn code(&self) -> u32 {
+        let at = if self.ty == GOAWAY { 4 } else { 0 };
+        u32::from_be_bytes(self.payload[at..at + 4].try_into().unwrap())
+    }
+    fn last_stream(&self) -> u32 {
+        u32::from_be_bytes(self.payload[..4].try_into().unwrap()) & MAX_WINDOW
+    }
+    /// DATA without its padding.
+    fn data(&self) -> &[u8] {
+        if self.has(PADDED) {
+            let pad = self.payload[0] as usize;
+            &self.payload[1..self.payload.len() - pad]
+        } else {
+            &self.payload
+        }
+    }
+    fn describe(&self) -> String {
+        let name = [
+            "DATA",
+            "HEADERS",
+            "PRIORITY",
+            "RST_STREAM",
+            "SETTINGS",
+            "PUSH_PROMISE",
+            "PING",
+            "GOAWAY",
+            "WINDOW_UPDATE",
+            "CONTINUATION",
+        ]
+        .get(self.ty as usize)
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| format!("type 0x{:x}", self.ty));
+        let what = match self.ty {
+            DATA => format!("{} bytes", self.payload.len()),
+            HEADERS => format!("{:?}", self.fields),
+            RST_STREAM => code_name(self.code()),
+            GOAWAY => format!(
+                "last={} {} {:?}",
+                self.last_stream(),
+                code_name(self.code()),
+                String::from_utf8_lossy(&self.payload[8..])
+            ),
+            WINDOW_UPDATE => format!(
+                "+{}",
+                u32::from_be_bytes(self.payload[..4].try_into().unwrap())
+            ),
+            SETTINGS => format!("{:?}", settings_params(&self.payload)),
+            _ => format!("{:?}", self.payload),
+        };
+        format!(
+            "{name}(stream {}, flags 0x{:x}, {what})",
+            self.stream, self.flags
+        )
+    }
+}
+
+enum Read {
+    Frame(Frame),
+    /// EOF or a reset.
+    Closed,
+    /// Nothing within the wait.
+    Quiet,
+}
+
+/// A request as the upstream received it.
+#[derive(Debug, Clone, Default)]
+struct Req {
+    stream: u32,
+    /// The request head's fields, in order.
+    fields: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// The sizes of its DATA frames.
+    frames: Vec<usize>,
+    trailers: Vec<(String, String)>,
+    /// END_STREAM received.
+    end: bool,
+}
+
+impl Req {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    fn path(&self) -> &str {
+        self.field(":path").unwrap_or("")
+    }
+}
+
+struct RawUpstream {
+    addr: SocketAddr,
+    conns: mpsc::UnboundedReceiver<Conn>,
+    accepted: Arc<AtomicUsize>,
+}
+
+async fn raw_upstream() -> RawUpstream {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, conns) = mpsc::unbounded_channel();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            s.set_nodelay(true).unwrap();
+            if tx.send(Conn::new(s, n)).is_err() {
+                return;
+            }
+        }
+    });
+    RawUpstream {
+        addr,
+        conns,
+        accepted,
+    }
+}
+
+impl RawUpstream {
+    /// The next connection from Sluice, nothing read yet.
+    async fn accept(&mut self) -> Conn {
+        tokio::time::timeout(STEP, self.conns.recv())
+            .await
+            .expect("Sluice connects to the upstream in time")
+            .unwrap()
+    }
+
+    /// The next connection, handshaken with these SETTINGS.
+    async fn accept_with(&mut self, params: &[(u16, u32)]) -> Conn {
+        let mut c = self.accept().await;
+        c.handshake(params).await;
+        c
+    }
+
+    fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// The server side of one connection from Sluice. Every frame read is accounted for as it
+/// comes: Sluice's SETTINGS (later ones are acknowledged) and its ACKs of ours, PINGs
+/// (answered), WINDOW_UPDATEs (this side's send windows), requests (heads, DATA, trailers),
+/// RST_STREAMs and GOAWAYs. DATA is given back at once unless `auto_window` is off.
+struct Conn {
+    id: usize,
+    s: TcpStream,
+    buf: Vec<u8>,
+    hpack: Hpack,
+    /// Descriptions of every frame read, for failure messages.
+    log: Vec<String>,
+    closed: bool,
+    /// Sluice's SETTINGS parameters, and how many SETTINGS frames came.
+    client_settings: HashMap<u16, u32>,
+    settings_frames: usize,
+    /// Sluice acknowledged this side's SETTINGS.
+    settings_acked: bool,
+    ping_acks: Vec<Vec<u8>>,
+    /// WINDOW_UPDATEs received: (stream, increment).
+    window_updates: Vec<(u32, u32)>,
+    /// What this side may still send: on the connection, and per stream.
+    conn_window: i64,
+    stream_windows: HashMap<u32, i64>,
+    /// Sluice's SETTINGS_INITIAL_WINDOW_SIZE and SETTINGS_MAX_FRAME_SIZE.
+    peer_initial_window: i64,
+    peer_max_frame: usize,
+    auto_window: bool,
+    /// Requests by stream, and the streams in the order their heads came.
+    reqs: HashMap<u32, Req>,
+    order: Vec<u32>,
+    heads_taken: HashSet<u32>,
+    reqs_taken: HashSet<u32>,
+    /// RST_STREAMs and GOAWAYs received: (stream or last stream, code).
+    resets: Vec<(u32, u32)>,
+    goaways: Vec<(u32, u32)>,
+}
+
+impl Conn {
+    fn new(s: TcpStream, id: usize) -> Conn {
+        Conn {
+            id,
+            s,
+            buf: Vec::new(),
+            hpack: Hpack::new(),
+            log: Vec::new(),
+            closed: false,
+            client_settings: HashMap::new(),
+            settings_frames: 0,
+            settings_acked: false,
+            ping_acks: Vec::new(),
+            window_updates: Vec::new(),
+            conn_window: 65_535,
+            stream_windows: HashMap::new(),
+            peer_initial_window: 65_535,
+            peer_max_frame: 16_384,
+            auto_window: true,
+            reqs: HashMap::new(),
+            order: Vec::new(),
+            heads_taken: HashSet::new(),
+            reqs_taken: HashSet::new(),
+            resets: Vec::new(),
+            goaways: Vec::new(),
+        }
+    }
+
+    fn history(&self) -> String {
+        format!(
+            "upstream connection {}:\n  {}",
+            self.id,
+            self.log.join("\n  ")
+        )
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        match tokio::time::timeout(STEP, self.s.write_all(bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("upstream write: {e}; {}", self.history()),
+            Err(_) => panic!("upstream write not taken in time; {}", self.history()),
+        }
+    }
+
+    /// Sends, ignoring errors (Sluice may have closed already).
+    async fn try_send(&mut self, bytes: &[u8]) {
+        let _ = tokio::time::timeout(STEP, self.s.write_all(bytes)).await;
+    }
+
+    /// `n` raw bytes (the preface).
+    async fn take_bytes(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            let mut tmp = vec![0u8; 65536];
+            match tokio::time::timeout(STEP, self.s.read(&mut tmp)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => panic!("closed before {n} bytes: {:?}", self.buf),
+                Ok(Ok(k)) => self.buf.extend_from_slice(&tmp[..k]),
+                Err(_) => panic!("no {n} bytes in time: {:?}", self.buf),
+            }
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// One raw frame off the wire, waiting up to `wait`: `None` when quiet, `Some(None)` when
+    /// closed.
+    async fn raw(&mut self, wait: Duration) -> Option<Option<(u8, u8, u32, Vec<u8>)>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self.buf.len() >= 9 {
+                let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
+                if self.buf.len() >= 9 + len {
+                    let head: Vec<u8> = self.buf.drain(..9).collect();
+                    let payload: Vec<u8> = self.buf.drain(..len).collect();
+                    let stream = u32::from_be_bytes(head[5..9].try_into().unwrap()) & MAX_WINDOW;
+                    return Some(Some((head[3], head[4], stream, payload)));
+                }
+            }
+            if self.closed {
+                return Some(None);
+            }
+            let mut tmp = vec![0u8; 65536];
+            match tokio::time::timeout_at(deadline, self.s.read(&mut tmp)).await {
+                Err(_) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    self.closed = true;
+                    return Some(None);
+                }
+                Ok(Ok(n)) => self.buf.extend_from_slice(&tmp[..n]),
+            }
+        }
+    }
+
+    /// The next frame within `wait`, accounted for. Header blocks are decoded (CONTINUATIONs
+    /// joined).
+    async fn read(&mut self, wait: Duration) -> Read {
+        let (ty, flags, stream, payload) = match self.raw(wait).await {
+            None => return Read::Quiet,
+            Some(None) => {
+                if self.log.last().map(String::as_str) != Some("(closed)") {
+                    self.log.push("(closed)".into());
+                }
+                return Read::Closed;
+            }
+            Some(Some(f)) => f,
+        };
+        let mut f = Frame {
+            ty,
+            flags,
+            stream,
+            payload,
+            fields: Vec::new(),
+        };
+        if ty == HEADERS {
+            let mut block = f.payload.clone();
+            if f.has(PADDED) {
+                let pad = block[0] as usize;
+                block = block[1..block.len() - pad].to_vec();
+            }
+            if f.has(PRIORITY_FLAG) {
+                block.drain(..5);
+            }
+            while !f.has(END_HEADERS) {
+                match self.raw(STEP).await {
+                    Some(Some((CONTINUATION, flags, s, more))) if s == stream => {
+                        block.extend_from_slice(&more);
+                        f.flags |= flags & END_HEADERS;
+                    }
+                    other => panic!(
+                        "header block on stream {stream} not continued: {other:?}; {}",
+                        self.history()
+                    ),
+                }
+            }
+            f.fields = self.hpack.decode(&block).unwrap_or_else(|e| {
+                panic!(
+                    "Sluice's header block does not decode: {e}: {block:02x?}; {}",
+                    self.history()
+                )
+            });
+        }
+        self.log.push(f.describe());
+        self.account(&f).await;
+        Read::Frame(f)
+    }
+
+    async fn account(&mut self, f: &Frame) {
+        match f.ty {
+            SETTINGS if f.has(ACK) => {
+                assert!(
+                    f.payload.is_empty() && f.stream == 0,
+                    "a SETTINGS ACK with a payload or on a stream; {}",
+                    self.history()
+                );
+                self.settings_acked = true;
+            }
+            SETTINGS => {
+                let p = settings_params(&f.payload);
+                if let Some(&w) = p.get(&INITIAL_WINDOW_SIZE) {
+                    let delta = i64::from(w) - self.peer_initial_window;
+                    self.peer_initial_window = i64::from(w);
+                    for v in self.stream_windows.values_mut() {
+                        *v += delta;
+                    }
+                }
+                if let Some(&m) = p.get(&MAX_FRAME_SIZE) {
+                    self.peer_max_frame = m as usize;
+                }
+                self.client_settings.extend(p);
+                self.settings_frames += 1;
+                // The first is acknowledged by `handshake`.
+                if self.settings_frames > 1 {
+                    self.try_send(&settings_ack()).await;
+                }
+            }
+            PING if f.has(ACK) => self.ping_acks.push(f.payload.clone()),
+            PING => {
+                let ack = frame(PING, ACK, 0, &f.payload);
+                self.try_send(&ack).await;
+            }
+            WINDOW_UPDATE => {
+                let inc = u32::from_be_bytes(f.payload[..4].try_into().unwrap()) & MAX_WINDOW;
+                self.window_updates.push((f.stream, inc));
+                if f.stream == 0 {
+                    self.conn_window += i64::from(inc);
+                } else if let Some(w) = self.stream_windows.get_mut(&f.stream) {
+                    *w += i64::from(inc);
+                }
+            }
+            HEADERS => match self.reqs.get_mut(&f.stream) {
+                None => {
+                    self.order.push(f.stream);
+                    self.stream_windows
+                        .insert(f.stream, self.peer_initial_window);
+                    self.reqs.insert(
+                        f.stream,
+                        Req {
+                            stream: f.stream,
+                            fields: f.fields.clone(),
+                            end: f.has(END_STREAM),
+                            ..Req::default()
+                        },
+                    );
+                }
+                Some(r) => {
+                    r.trailers = f.fields.clone();
+                    r.end = true;
+                }
+            },
+            DATA => {
+                if let Some(r) = self.reqs.get_mut(&f.stream) {
+                    r.body.extend_from_slice(f.data());
+                    r.frames.push(f.payload.len());
+                    r.end |= f.has(END_STREAM);
+                }
+                let n = f.payload.len() as u32;
+                if self.auto_window && n > 0 {
+                    let mut out = window_update(0, n);
+                    if !f.has(END_STREAM) {
+                        out.extend(window_update(f.stream, n));
+                    }
+                    self.try_send(&out).await;
+                }
+            }
+            RST_STREAM => self.resets.push((f.stream, f.code())),
+            GOAWAY => self.goaways.push((f.last_stream(), f.code())),
+            _ => {}
+        }
+    }
+
+    /// The next frame; panics on close or after STEP.
+    async fn next(&mut self, what: &str) -> Frame {
+        match self.read(STEP).await {
+            Read::Frame(f) => f,
+            Read::Closed => panic!("closed waiting for {what}; {}", self.history()),
+            Read::Quiet => panic!("nothing in time waiting for {what}; {}", self.history()),
+        }
+    }
+
+    /// Reads until `done` holds.
+    async fn wait_until(&mut self, what: &str, done: impl Fn(&Conn) -> bool) {
+        while !done(self) {
+            self.next(what).await;
+        }
+    }
+
+    /// Reads until the connection closes (within STEP).
+    async fn wait_closed(&mut self, what: &str) {
+        loop {
+            match self.read(STEP).await {
+                Read::Frame(_) => {}
+                Read::Closed => return,
+                Read::Quiet => panic!("{what}: connection not closed; {}", self.history()),
+            }
+        }
+    }
+
+    /// Reads Sluice's preface and first SETTINGS, sends this side's SETTINGS (`params`) and the
+    /// ACK of Sluice's.
+    async fn handshake(&mut self, params: &[(u16, u32)]) -> Frame {
+        let preface = self.take_bytes(PREFACE.len()).await;
+        assert_eq!(preface, PREFACE, "the client connection preface");
+        let first = self.next("Sluice's SETTINGS").await;
+        assert!(
+            first.ty == SETTINGS && !first.has(ACK) && first.stream == 0,
+            "the frame after the preface is not SETTINGS: {}",
+            first.describe()
+        );
+        self.send(&cat(&[settings(params), settings_ack()])).await;
+        first
+    }
+
+    /// The next request whose head came (its body may still be on its way).
+    async fn head(&mut self) -> Req {
+        loop {
+            let found = self
+                .order
+                .iter()
+                .copied()
+                .find(|id| !self.heads_taken.contains(id));
+            if let Some(id) = found {
+                self.heads_taken.insert(id);
+                return self.reqs[&id].clone();
+            }
+            self.next("a request head").await;
+        }
+    }
+
+    /// The next whole request (END_STREAM received).
+    async fn request(&mut self) -> Req {
+        loop {
+            let found = self
+                .order
+                .iter()
+                .copied()
+                .find(|id| self.reqs[id].end && !self.reqs_taken.contains(id));
+            if let Some(id) = found {
+                self.heads_taken.insert(id);
+                self.reqs_taken.insert(id);
+                return self.reqs[&id].clone();
+            }
+            self.next("a request").await;
+        }
+    }
+
+    /// Reads until Sluice resets `stream` (or sends GOAWAY); the RST_STREAM's code, `None` for a
+    /// GOAWAY.
+    async fn reset_of(&mut self, stream: u32) -> Option<u32> {
+        loop {
+            if let Some(&(_, code)) = self.resets.iter().find(|(s, _)| *s == stream) {
+                return Some(code);
+            }
+            if !self.goaways.is_empty() {
+                return None;
+            }
+            self.next(&format!("RST_STREAM on stream {stream}")).await;
+        }
+    }
+
+    async fn send_head(&mut self, stream: u32, status: u16, extra: &[(&str, &str)], end: bool) {
+        self.send(&headers(stream, &response_block(status, extra), end))
+            .await;
+    }
+
+    /// Sends `body` on `stream` in DATA frames of at most `chunk` bytes, within the windows
+    /// Sluice gave (reading its WINDOW_UPDATEs while blocked); END_STREAM on the last if `end`.
+    async fn send_data(&mut self, stream: u32, body: &[u8], chunk: usize, end: bool) {
+        let mut rest = body;
+        if rest.is_empty() && end {
+            self.send(&data(stream, &[], true)).await;
+        }
+        while !rest.is_empty() {
+            let stream_window = self.stream_windows.get(&stream).copied().unwrap_or(0);
+            let window = self.conn_window.min(stream_window);
+            if window <= 0 {
+                match self.read(STEP).await {
+                    Read::Frame(_) => continue,
+                    Read::Closed => panic!("closed while sending DATA; {}", self.history()),
+                    Read::Quiet => panic!(
+                        "no window to send the rest ({} bytes) in time: connection window {}, \
+                         stream window {stream_window}; {}",
+                        rest.len(),
+                        self.conn_window,
+                        self.history()
+                    ),
+                }
+            }
+            let n = rest
+                .len()
+                .min(window as usize)
+                .min(chunk)
+                .min(self.peer_max_frame);
+            let (now, later) = rest.split_at(n);
+            self.conn_window -= n as i64;
+            *self.stream_windows.get_mut(&stream).unwrap() -= n as i64;
+            self.send(&data(stream, now, end && later.is_empty())).await;
+            rest = later;
+        }
+    }
+
+    async fn send_trailers(&mut self, stream: u32, trailers: &[(&str, &str)]) {
+        self.send(&headers(stream, &block(trailers), true)).await;
+    }
+
+    /// A whole response: `status`, `extra` headers, `body` (none: the head ends the stream).
+    async fn respond(&mut self, stream: u32, status: u16, extra: &[(&str, &str)], body: &[u8]) {
+        self.send_head(stream, status, extra, body.is_empty()).await;
+        if !body.is_empty() {
+            self.send_data(stream, body, 16_384, true).await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A raw HTTP/1.1 downstream client, for exact request bytes and cut responses.
+// ---------------------------------------------------------------------------------------------
+
+struct H1Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct H1Resp {
+    status: u16,
+    /// Interim (1xx) statuses that came first.
+    interim: Vec<u16>,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    trailers: Vec<(String, String)>,
+    /// The body came whole (its length, the last chunk, or the close that delimits it).
+    complete: bool,
+}
+
+impl H1Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl H1Raw {
+    async fn connect(addr: SocketAddr) -> H1Raw {
+        let s = tokio::time::timeout(STEP, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        s.set_nodelay(true).unwrap();
+        H1Raw { s, buf: Vec::new() }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(STEP, self.s.write_all(bytes))
+            .await
+            .expect("write in time")
+            .expect("write");
+    }
+
+    /// Reads more; false at EOF.
+    async fn fill(&mut self) -> bool {
+        let mut tmp = vec![0u8; 65536];
+        match tokio::time::timeout(STEP, self.s.read(&mut tmp)).await {
+            Err(_) => panic!(
+                "downstream: nothing more in time after {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => false,
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&tmp[..n]);
+                true
+            }
+        }
+    }
+
+    async fn line(&mut self) -> Option<String> {
+        loop {
+            if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = self.buf.drain(..p + 2).collect();
+                return Some(String::from_utf8_lossy(&line[..p]).into_owned());
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    async fn fields(&mut self) -> Option<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        loop {
+            let l = self.line().await?;
+            if l.is_empty() {
+                return Some(out);
+            }
+            let (n, v) = l.split_once(':').expect("a header line");
+            out.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+
+    /// One response; interim ones are noted and skipped.
+    async fn response(&mut self) -> H1Resp {
+        let mut interim = Vec::new();
+        loop {
+            let status_line = self
+                .line()
+                .await
+                .expect("a response (the connection closed first)");
+            let status: u16 = status_line
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("a status line: {status_line:?}"));
+            let headers = self.fields().await.expect("a whole response head");
+            if (100..200).contains(&status) {
+                interim.push(status);
+                continue;
+            }
+            let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+            let mut r = H1Resp {
+                status,
+                interim,
+                headers: headers.clone(),
+                body: Vec::new(),
+                trailers: Vec::new(),
+                complete: false,
+            };
+            if get("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+                self.chunked(&mut r).await;
+            } else if let Some(n) = get("content-length") {
+                let n: usize = n.parse().unwrap();
+                while self.buf.len() < n && self.fill().await {}
+                let k = n.min(self.buf.len());
+                r.body = self.buf.drain(..k).collect();
+                r.complete = k == n;
+            } else if status == 204 || status == 304 {
+                r.complete = true;
+            } else {
+                while self.fill().await {}
+                r.body = std::mem::take(&mut self.buf);
+                r.complete = true;
+            }
+            return r;
+        }
+    }
+
+    async fn chunked(&mut self, r: &mut H1Resp) {
+        loop {
+            let Some(line) = self.line().await else {
+                return;
+            };
+            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16)
+                .unwrap_or_else(|_| panic!("a chunk size: {line:?}"));
+            if size == 0 {
+                if let Some(t) = self.fields().await {
+                    r.trailers = t;
+                    r.complete = true;
+                }
+                return;
+            }
+            while self.buf.len() < size + 2 {
+                if !self.fill().await {
+                    let k = size.min(self.buf.len());
+                    r.body.extend(self.buf.drain(..k));
+                    return;
+                }
+            }
+            r.body.extend(self.buf.drain(..size));
+            self.buf.drain(..2);
+        }
+    }
+
+    /// True once Sluice closed the connection (within STEP).
+    async fn closed(&mut self) -> bool {
+        !self.fill().await
+    }
+}
+
+/// One request on a new downstream connection.
+async fn h1_exchange(addr: SocketAddr, request: &[u8]) -> H1Resp {
+    let mut c = H1Raw::connect(addr).await;
+    c.send(request).await;
+    c.response().await
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: example.com\r\n\r\n").into_bytes()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The connection preface, SETTINGS and PING.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn preface_settings_without_push_then_acks_and_ping_answers() {
+    within(async {
+        let (_app, addr, mut up) = setup("").await;
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/preface")).await });
+        let mut c = up.accept().await;
+        let preface = c.take_bytes(PREFACE.len()).await;
+        assert_eq!(preface, PREFACE, "the client connection preface");
+        let first = c.next("Sluice's SETTINGS").await;
+        assert!(
+            first.ty == SETTINGS && !first.has(ACK) && first.stream == 0,
+            "the first frame after the preface: {}",
+            first.describe()
+        );
+        let params = settings_params(&first.payload);
+        assert_eq!(
+            params.get(&ENABLE_PUSH),
+            Some(&0),
+            "SETTINGS_ENABLE_PUSH=0 in {params:?}"
+        );
+        if let Some(w) = params.get(&INITIAL_WINDOW_SIZE) {
+            assert!(*w <= MAX_WINDOW, "{params:?}");
+        }
+        if let Some(m) = params.get(&MAX_FRAME_SIZE) {
+            assert!((16_384..=16_777_215).contains(m), "{params:?}");
+        }
+
+        // The server's SETTINGS, its ACK of Sluice's, and a PING: Sluice acknowledges the
+        // SETTINGS and answers the PING with the same payload.
+        c.send(&cat(&[
+            settings(&[(MAX_CONCURRENT_STREAMS, 100), (HEADER_TABLE_SIZE, 4096)]),
+            settings_ack(),
+            ping(*b"sluice?!"),
+        ]))
+        .await;
+        c.wait_until("SETTINGS ACK and PING ACK", |c| {
+            c.settings_acked && c.ping_acks.iter().any(|p| p == b"sluice?!")
+        })
+        .await;
+
+        let req = c.request().await;
+        assert_eq!(req.path(), "/preface");
+        c.respond(req.stream, 200, &[], b"hello").await;
+        let r = joined("GET /preface", client).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"hello");
+
+        // A later PING on the established connection is answered too.
+        c.send(&ping(*b"again!!!")).await;
+        c.wait_until("the second PING ACK", |c| {
+            c.ping_acks.iter().any(|p| p == b"again!!!")
+        })
+        .await;
+        assert_eq!(c.settings_frames, 1, "{}", c.history());
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. The request head.
+// ---------------------------------------------------------------------------------------------
+
+/// Checks an HTTP/2 request head: the four pseudo-header fields, each once, before any other;
+/// lowercase names; no connection-specific field (RFC 9113 §8.2.2, §8.3.1).
+fn check_request_head(req: &Req, method: &str, path: &str) {
+    let fields = &req.fields;
+    let pseudo: Vec<&str> = fields
+        .iter()
+        .take_while(|(n, _)| n.starts_with(':'))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert!(
+        fields[pseudo.len()..]
+            .iter()
+            .all(|(n, _)| !n.starts_with(':')),
+        "pseudo-header fields after regular ones: {fields:?}"
+    );
+    let mut sorted = pseudo.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        [":authority", ":method", ":path", ":scheme"],
+        "pseudo-header fields: {fields:?}"
+    );
+    assert_eq!(req.field(":method"), Some(method), "{fields:?}");
+    assert_eq!(req.field(":scheme"), Some("http"), "{fields:?}");
+    assert_eq!(req.field(":authority"), Some("example.com"), "{fields:?}");
+    assert_eq!(req.field(":path"), Some(path), "{fields:?}");
+    for (n, v) in fields {
+        assert!(
+            !n.bytes().any(|b| b.is_ascii_uppercase()),
+            "uppercase name {n:?}: {fields:?}"
+        );
+        let forbidden = matches!(
+            n.as_str(),
+            "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade"
+        ) || (n == "te" && v != "trailers");
+        assert!(
+            !forbidden,
+            "connection-specific field {n}: {v} sent upstream: {fields:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn request_heads_have_pseudo_headers_first_and_no_connection_headers() {
+    within(async {
+        let (_app, addr, mut up) = setup("").await;
+        let client = tokio::spawn(async move {
+            let mut d = H1Raw::connect(addr).await;
+            let mut out = Vec::new();
+            d.send(
+                b"GET /path?q=1 HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive\r\n\
+                  Keep-Alive: timeout=5, max=100\r\nProxy-Connection: keep-alive\r\n\
+                  TE: trailers\r\nX-Custom: yes\r\n\r\n",
+            )
+            .await;
+            out.push(d.response().await);
+            d.send(
+                b"POST /upload HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive\r\n\
+                  Transfer-Encoding: chunked\r\nTE: gzip\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            )
+            .await;
+            out.push(d.response().await);
+            // Two TE fields: the second must not get through either.
+            d.send(
+                b"GET /two-te HTTP/1.1\r\nHost: example.com\r\nTE: trailers\r\nTE: gzip\r\n\r\n",
+            )
+            .await;
+            out.push(d.response().await);
+            out
+        });
+        let mut c = up.accept_with(&[]).await;
+
+        let r = c.request().await;
+        check_request_head(&r, "GET", "/path?q=1");
+        assert_eq!(r.field("x-custom"), Some("yes"), "{:?}", r.fields);
+        assert!(r.body.is_empty() && r.frames.is_empty(), "{r:?}");
+        c.respond(r.stream, 200, &[], b"one").await;
+
+        let r = c.request().await;
+        check_request_head(&r, "POST", "/upload");
+        assert_eq!(r.body, b"hello world");
+        c.respond(r.stream, 200, &[], b"two").await;
+
+        let r = c.request().await;
+        check_request_head(&r, "GET", "/two-te");
+        c.respond(r.stream, 200, &[], b"three").await;
+
+        let got = joined("the three requests", client).await;
+        let bodies: Vec<&[u8]> = got.iter().map(|r| r.body.as_slice()).collect();
+        assert_eq!(bodies, [&b"one"[..], b"two", b"three"]);
+        assert!(got.iter().all(|r| r.status == 200));
+        assert_eq!(up.connections(), 1);
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Interim responses.
+// ---------------------------------------------------------------------------------------------
