@@ -97,9 +97,9 @@ async fn within<T>(f: impl Future<Output = T>) -> T {
         .expect("the test finished in time")
 }
 
-/// Awaits a spawned downstream client within STEP.
+/// Awaits a spawned downstream client (within 20 s: a big body takes a while in a debug build).
 async fn joined<T>(what: &str, h: tokio::task::JoinHandle<T>) -> T {
-    tokio::time::timeout(STEP, h)
+    tokio::time::timeout(Duration::from_secs(20), h)
         .await
         .unwrap_or_else(|_| panic!("{what}: no answer in time"))
         .unwrap_or_else(|e| panic!("{what}: the client task failed: {e}"))
@@ -619,7 +619,6 @@ struct Req {
     body: Vec<u8>,
     /// The sizes of its DATA frames.
     frames: Vec<usize>,
-    trailers: Vec<(String, String)>,
     /// END_STREAM received.
     end: bool,
 }
@@ -925,10 +924,8 @@ impl Conn {
                         },
                     );
                 }
-                Some(r) => {
-                    r.trailers = f.fields.clone();
-                    r.end = true;
-                }
+                // Trailers.
+                Some(r) => r.end = true,
             },
             DATA => {
                 if let Some(r) = self.reqs.get_mut(&f.stream) {
@@ -1252,11 +1249,6 @@ impl H1Raw {
             self.buf.drain(..2);
         }
     }
-
-    /// True once Sluice closed the connection (within STEP).
-    async fn closed(&mut self) -> bool {
-        !self.fill().await
-    }
 }
 
 /// One request on a new downstream connection.
@@ -1398,12 +1390,6 @@ async fn request_heads_have_pseudo_headers_first_and_no_connection_headers() {
             )
             .await;
             out.push(d.response().await);
-            // Two TE fields: the second must not get through either.
-            d.send(
-                b"GET /two-te HTTP/1.1\r\nHost: example.com\r\nTE: trailers\r\nTE: gzip\r\n\r\n",
-            )
-            .await;
-            out.push(d.response().await);
             out
         });
         let mut c = up.accept_with(&[]).await;
@@ -1419,15 +1405,33 @@ async fn request_heads_have_pseudo_headers_first_and_no_connection_headers() {
         assert_eq!(r.body, b"hello world");
         c.respond(r.stream, 200, &[], b"two").await;
 
-        let r = c.request().await;
-        check_request_head(&r, "GET", "/two-te");
-        c.respond(r.stream, 200, &[], b"three").await;
-
-        let got = joined("the three requests", client).await;
+        let got = joined("the two requests", client).await;
         let bodies: Vec<&[u8]> = got.iter().map(|r| r.body.as_slice()).collect();
-        assert_eq!(bodies, [&b"one"[..], b"two", b"three"]);
+        assert_eq!(bodies, [&b"one"[..], b"two"]);
         assert!(got.iter().all(|r| r.status == 200));
         assert_eq!(up.connections(), 1);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_second_te_field_other_than_trailers_is_not_sent_upstream() {
+    within(async {
+        let (_app, addr, mut up) = setup("").await;
+        // Two TE fields, `trailers` first: `gzip` must not reach an HTTP/2 upstream either
+        // (RFC 9113 §8.2.2).
+        let client = tokio::spawn(async move {
+            h1_exchange(
+                addr,
+                b"GET /two-te HTTP/1.1\r\nHost: example.com\r\nTE: trailers\r\nTE: gzip\r\n\r\n",
+            )
+            .await
+        });
+        let mut c = up.accept_with(&[]).await;
+        let r = c.request().await;
+        c.respond(r.stream, 200, &[], b"ok").await;
+        assert_eq!(joined("GET /two-te", client).await.status, 200);
+        check_request_head(&r, "GET", "/two-te");
     })
     .await
 }
@@ -1435,3 +1439,818 @@ async fn request_heads_have_pseudo_headers_first_and_no_connection_headers() {
 // ---------------------------------------------------------------------------------------------
 // 3. Interim responses.
 // ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn interim_responses_before_the_final_one_are_skipped() {
+    within(async {
+        let (_app, addr, mut up) = setup("").await;
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/early-hints")).await });
+        let mut c = up.accept_with(&[]).await;
+        let req = c.request().await;
+        c.send_head(
+            req.stream,
+            103,
+            &[("link", "</style.css>; rel=preload; as=style")],
+            false,
+        )
+        .await;
+        c.send_head(req.stream, 100, &[], false).await;
+        c.send_head(req.stream, 200, &[("x-final", "yes")], false)
+            .await;
+        c.send_data(req.stream, b"final body", 16_384, true).await;
+        let r = joined("GET /early-hints", client).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("x-final"), Some("yes"), "{r:?}");
+        assert_eq!(r.body, b"final body");
+        assert!(r.complete, "{r:?}");
+        println!("interim responses seen downstream: {:?}", r.interim);
+
+        // An h2 downstream too.
+        let mut tx = h2_client(addr).await;
+        let client = tokio::spawn(async move {
+            let req = Request::get("http://example.com/early-hints-h2")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let resp = tx.send_request(req).await.unwrap();
+            let status = resp.status();
+            (status, resp.into_body().collect().await.unwrap().to_bytes())
+        });
+        let req = on_same_conn(&mut c, &mut up, false).await;
+        c.send_head(req.stream, 103, &[("link", "</a.js>; rel=preload")], false)
+            .await;
+        c.send_head(req.stream, 200, &[], false).await;
+        c.send_data(req.stream, b"h2 final", 16_384, true).await;
+        let (status, body) = joined("GET /early-hints-h2", client).await;
+        assert_eq!(status, 200);
+        assert_eq!(&body[..], b"h2 final");
+    })
+    .await
+}
+
+/// What [`on_same_conn`] saw first.
+enum Next {
+    Req(Req),
+    NewConnection,
+}
+
+/// The next request (or request head) on `c`; fails if Sluice opens a new upstream connection
+/// instead.
+async fn on_same_conn(c: &mut Conn, up: &mut RawUpstream, head_only: bool) -> Req {
+    let next = tokio::select! {
+        r = async {
+            if head_only {
+                c.head().await
+            } else {
+                c.request().await
+            }
+        } => Next::Req(r),
+        _ = up.conns.recv() => Next::NewConnection,
+    };
+    match next {
+        Next::Req(r) => r,
+        Next::NewConnection => panic!(
+            "Sluice opened a new upstream connection instead of using connection {}; {}",
+            c.id,
+            c.history()
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Response bodies: many DATA frames, trailers, more than the windows.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_body_in_many_data_frames_and_its_trailers_reach_the_downstream() {
+    within(async {
+        let (_app, addr, mut up) = setup("").await;
+        let body = pattern(5000);
+        let trailers = [("grpc-status", "0"), ("x-checksum", "5000")];
+
+        // h2 downstream: the trailers come as trailers.
+        let mut tx = h2_client(addr).await;
+        let client = tokio::spawn(async move {
+            let req = Request::get("http://example.com/trailers")
+                .header("te", "trailers")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let resp = tx.send_request(req).await.unwrap();
+            let status = resp.status();
+            let got = resp.into_body().collect().await.unwrap();
+            (status, got.trailers().cloned(), got.to_bytes())
+        });
+        let mut c = up.accept_with(&[]).await;
+        let req = c.request().await;
+        c.send_head(req.stream, 200, &[("content-type", "text/plain")], false)
+            .await;
+        // 50 DATA frames of 100 bytes.
+        c.send_data(req.stream, &body, 100, false).await;
+        c.send_trailers(req.stream, &trailers).await;
+        let (status, got_trailers, got) = joined("GET /trailers (h2)", client).await;
+        assert_eq!(status, 200);
+        assert_eq!(&got[..], &body[..]);
+        let t = got_trailers.expect("response trailers downstream (h2)");
+        assert_eq!(t["grpc-status"], "0");
+        assert_eq!(t["x-checksum"], "5000");
+
+        // HTTP/1.1 downstream that sends `TE: trailers`: chunked, the trailers after the last
+        // chunk.
+        let client = tokio::spawn(async move {
+            h1_exchange(
+                addr,
+                b"GET /trailers-h1 HTTP/1.1\r\nHost: example.com\r\nTE: trailers\r\n\r\n",
+            )
+            .await
+        });
+        let req = on_same_conn(&mut c, &mut up, false).await;
+        c.send_head(req.stream, 200, &[], false).await;
+        c.send_data(req.stream, &body, 100, false).await;
+        c.send_trailers(req.stream, &trailers).await;
+        let r = joined("GET /trailers-h1", client).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("transfer-encoding"), Some("chunked"), "{r:?}");
+        assert!(r.complete, "{r:?}");
+        assert_eq!(r.body, body);
+        assert!(
+            r.trailers
+                .iter()
+                .any(|(n, v)| n == "x-checksum" && v == "5000"),
+            "HTTP/1.1 trailers: {:?}",
+            r.trailers
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_response_larger_than_the_flow_control_windows_is_delivered_whole() {
+    within(async {
+        const SIZE: usize = 8 * 1024 * 1024;
+        let (_app, addr, mut up) = setup("").await;
+        let client = tokio::spawn(async move {
+            let mut h = H1::connect(addr).await;
+            h.get("example.com", "/big").await
+        });
+        let mut c = up.accept_with(&[]).await;
+        let req = c.request().await;
+        let stream_window = c.peer_initial_window;
+        let body = pattern(SIZE);
+        c.send_head(
+            req.stream,
+            200,
+            &[("content-length", &SIZE.to_string())],
+            false,
+        )
+        .await;
+        // Within the windows Sluice gives: 8 MiB needs its WINDOW_UPDATEs.
+        c.send_data(req.stream, &body, 16_384, true).await;
+        let r = joined("GET /big", client).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), SIZE);
+        assert!(r.body.as_bytes() == body, "the body arrived intact");
+        let on_stream: u64 = c
+            .window_updates
+            .iter()
+            .filter(|(s, _)| *s == req.stream)
+            .map(|(_, i)| u64::from(*i))
+            .sum();
+        let on_conn: Vec<u32> = c
+            .window_updates
+            .iter()
+            .filter(|(s, _)| *s == 0)
+            .map(|(_, i)| *i)
+            .collect();
+        println!(
+            "initial stream window {stream_window}; stream WINDOW_UPDATEs total {on_stream}; \
+             connection WINDOW_UPDATEs {on_conn:?}"
+        );
+        assert!(on_stream > 0, "no stream WINDOW_UPDATE; {}", c.history());
+        assert!(on_conn.len() > 1, "one connection WINDOW_UPDATE only");
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. The request body within the server's windows.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_request_body_keeps_within_a_small_initial_window() {
+    within(async {
+        const WINDOW: u32 = 100;
+        let (_app, addr, mut up) = setup("").await;
+        // A first request: the connection is up and the upstream's SETTINGS acknowledged.
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/settle")).await });
+        let mut c = up.accept_with(&[(INITIAL_WINDOW_SIZE, WINDOW)]).await;
+        let req = c.request().await;
+        c.respond(req.stream, 200, &[], b"ok").await;
+        assert_eq!(joined("GET /settle", client).await.status, 200);
+        c.wait_until("the SETTINGS ACK", |c| c.settings_acked).await;
+
+        c.auto_window = false;
+        let body = pattern(10 * 1024);
+        let mut post = format!(
+            "POST /upload HTTP/1.1\r\nHost: example.com\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        post.extend_from_slice(&body);
+        let client = tokio::spawn(async move { h1_exchange(addr, &post).await });
+        let head = on_same_conn(&mut c, &mut up, true).await;
+        let id = head.stream;
+        let (mut stream_window, mut conn_window) = (i64::from(WINDOW), 65_535i64);
+        let (mut got, mut frames, mut ended) = (Vec::new(), 0, head.end);
+        while !ended {
+            let f = c.next("the request body").await;
+            if f.stream != id {
+                continue;
+            }
+            match f.ty {
+                DATA => {
+                    let n = f.payload.len() as i64;
+                    assert!(
+                        n <= stream_window && n <= conn_window && n <= 16_384,
+                        "DATA of {n} bytes with windows stream {stream_window} connection \
+                         {conn_window}; {}",
+                        c.history()
+                    );
+                    stream_window -= n;
+                    conn_window -= n;
+                    got.extend_from_slice(f.data());
+                    frames += 1;
+                    ended = f.has(END_STREAM);
+                    let mut grant = Vec::new();
+                    if !ended && stream_window < i64::from(WINDOW) {
+                        grant.extend(window_update(id, WINDOW - stream_window as u32));
+                        stream_window = i64::from(WINDOW);
+                    }
+                    if n > 0 {
+                        grant.extend(window_update(0, n as u32));
+                        conn_window += n;
+                    }
+                    c.send(&grant).await;
+                }
+                HEADERS => ended = true,
+                RST_STREAM => panic!("the request was reset; {}", c.history()),
+                _ => {}
+            }
+        }
+        assert_eq!(got.len(), body.len());
+        assert!(got == body, "the body arrived intact");
+        assert!(
+            frames >= 10 * 1024 / WINDOW as usize,
+            "{frames} DATA frames"
+        );
+        c.respond(id, 200, &[], b"got it").await;
+        let r = joined("POST /upload", client).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body, b"got it");
+        println!("{frames} DATA frames for {} bytes", body.len());
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. SETTINGS_MAX_CONCURRENT_STREAMS.
+// ---------------------------------------------------------------------------------------------
+
+/// Serves a connection with SETTINGS_MAX_CONCURRENT_STREAMS=1, answering each request 40 ms
+/// after it came, in order; notes the most streams Sluice had open at once.
+async fn serve_one_at_a_time(mut c: Conn, max_open: Arc<AtomicUsize>, served: Arc<AtomicUsize>) {
+    c.handshake(&[(MAX_CONCURRENT_STREAMS, 1)]).await;
+    let mut answered: HashSet<u32> = HashSet::new();
+    let mut queued: HashSet<u32> = HashSet::new();
+    let mut queue: VecDeque<(u32, Instant)> = VecDeque::new();
+    loop {
+        if let Read::Closed = c.read(Duration::from_millis(5)).await {
+            return;
+        }
+        for id in c.order.clone() {
+            if c.reqs[&id].end && queued.insert(id) {
+                queue.push_back((id, Instant::now()));
+            }
+        }
+        let reset: HashSet<u32> = c.resets.iter().map(|r| r.0).collect();
+        let open = c
+            .order
+            .iter()
+            .filter(|id| !answered.contains(id) && !reset.contains(id))
+            .count();
+        if open > 1 {
+            println!(
+                "{open} streams open at once on connection {}: {:?}",
+                c.id, c.order
+            );
+        }
+        max_open.fetch_max(open, Ordering::SeqCst);
+        if let Some(&(id, since)) = queue.front() {
+            if since.elapsed() >= Duration::from_millis(40) {
+                queue.pop_front();
+                answered.insert(id);
+                let body = format!("connection {} stream {id}", c.id);
+                c.respond(id, 200, &[], body.as_bytes()).await;
+                served.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_upstreams_max_concurrent_streams_of_one_is_respected() {
+    within(async {
+        let (_app, addr, up) = setup("").await;
+        let (max_open, served) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let accepted = up.accepted.clone();
+        let (m, s) = (max_open.clone(), served.clone());
+        let mut conns = up.conns;
+        tokio::spawn(async move {
+            while let Some(c) = conns.recv().await {
+                tokio::spawn(serve_one_at_a_time(c, m.clone(), s.clone()));
+            }
+        });
+        // One request first: the upstream's SETTINGS are known.
+        let r = H1::connect(addr).await.get("example.com", "/first").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let tasks: Vec<_> = (0..4)
+            .map(|i| {
+                tokio::spawn(async move {
+                    let mut h = H1::connect(addr).await;
+                    h.get("example.com", &format!("/c{i}")).await
+                })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let r = joined(&format!("GET /c{i}"), t).await;
+            assert_eq!(r.status, 200, "request {i}: {}", r.body);
+            println!("/c{i}: {}", r.body);
+        }
+        assert_eq!(served.load(Ordering::SeqCst), 5);
+        assert_eq!(
+            max_open.load(Ordering::SeqCst),
+            1,
+            "streams open at once on one upstream connection"
+        );
+        println!("upstream connections: {}", accepted.load(Ordering::SeqCst));
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. RST_STREAM from the upstream.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_refused_stream_is_retried_with_retry_on_refused_stream() {
+    within(async {
+        let (_app, addr, mut up) = setup(RETRY_REFUSED).await;
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/refused-once")).await });
+        let mut c = up.accept_with(&[]).await;
+        let first = c.request().await;
+        c.send(&rst(first.stream, REFUSED_STREAM)).await;
+        // The retry, on this connection or a new one.
+        let retry = tokio::select! {
+            r = c.request() => Ok(r),
+            n = up.conns.recv() => Err(n.unwrap()),
+        };
+        let (mut other, again) = match retry {
+            Ok(r) => (None, r),
+            Err(mut n) => {
+                n.handshake(&[]).await;
+                let r = n.request().await;
+                (Some(n), r)
+            }
+        };
+        assert_eq!(again.path(), "/refused-once");
+        println!(
+            "retried on {} connection (stream {})",
+            if other.is_some() { "a new" } else { "the same" },
+            again.stream
+        );
+        let target = other.as_mut().unwrap_or(&mut c);
+        target.respond(again.stream, 200, &[], b"second try").await;
+        let r = joined("GET /refused-once", client).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body, b"second try");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_reset_mid_body_cuts_the_response_and_the_connection_serves_on() {
+    within(async {
+        let (_app, addr, mut up) = setup("").await;
+        // HTTP/1.1 downstream: the chunked response ends without its last chunk.
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/cut")).await });
+        let mut c = up.accept_with(&[]).await;
+        let req = c.request().await;
+        c.send_head(req.stream, 200, &[], false).await;
+        c.send_data(req.stream, &pattern(1000), 16_384, false).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.send(&rst(req.stream, INTERNAL_ERROR)).await;
+        let r = joined("GET /cut", client).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(
+            !r.complete,
+            "the cut response reached the HTTP/1.1 client as whole: {r:?}"
+        );
+        assert!(r.body.len() <= 1000 && r.body == pattern(r.body.len()));
+
+        // h2 downstream: the stream is reset.
+        let mut tx = h2_client(addr).await;
+        let client = tokio::spawn(async move {
+            let req = Request::get("http://example.com/cut-h2")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let resp = tx.send_request(req).await.unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await;
+            (
+                status,
+                body.map(|b| b.to_bytes().len()).map_err(|e| e.to_string()),
+            )
+        });
+        let req = on_same_conn(&mut c, &mut up, false).await;
+        c.send_head(req.stream, 200, &[], false).await;
+        c.send_data(req.stream, &pattern(1000), 16_384, false).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.send(&rst(req.stream, INTERNAL_ERROR)).await;
+        let (status, body) = joined("GET /cut-h2", client).await;
+        assert_eq!(status, 200);
+        assert!(body.is_err(), "the h2 body ended cleanly: {body:?}");
+        println!("h2 downstream body: {body:?}");
+
+        // The upstream connection serves on.
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/after")).await });
+        let req = on_same_conn(&mut c, &mut up, false).await;
+        c.respond(req.stream, 200, &[], b"fine").await;
+        let r = joined("GET /after", client).await;
+        assert_eq!((r.status, &r.body[..]), (200, &b"fine"[..]));
+        assert_eq!(up.connections(), 1);
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. GOAWAY with a stream past its last stream id.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_stream_past_the_goaway_is_retried_on_a_new_connection() {
+    within(async {
+        let (_app, addr, mut up) = setup(RETRY_REFUSED).await;
+        let first = tokio::spawn(async move { h1_exchange(addr, &get("/first")).await });
+        let mut a = up.accept_with(&[]).await;
+        let r1 = a.request().await;
+        let second = tokio::spawn(async move { h1_exchange(addr, &get("/second")).await });
+        let r2 = a.request().await;
+        assert_eq!((r1.path(), r2.path()), ("/first", "/second"));
+        assert!(r2.stream > r1.stream);
+        // Stream 1 will be processed, stream 3 will not.
+        a.send(&goaway(r1.stream, NO_ERROR)).await;
+        a.respond(r1.stream, 200, &[], b"first, before the GOAWAY")
+            .await;
+        let r = joined("GET /first", first).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body, b"first, before the GOAWAY");
+
+        let mut b = up.accept_with(&[]).await;
+        let again = b.request().await;
+        assert_eq!(again.path(), "/second");
+        b.respond(again.stream, 200, &[], b"second, on a new connection")
+            .await;
+        let r = joined("GET /second", second).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body, b"second, on a new connection");
+        assert_eq!(up.connections(), 2);
+
+        // The old connection, with no stream left, is closed.
+        a.wait_closed("the connection after its GOAWAY").await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn without_a_retry_policy_a_stream_past_the_goaway_fails_fast() {
+    within(async {
+        let (_app, addr, mut up) = setup("").await;
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/first")).await });
+        let mut a = up.accept_with(&[]).await;
+        let r1 = a.request().await;
+        a.respond(r1.stream, 200, &[], b"first").await;
+        assert_eq!(joined("GET /first", client).await.status, 200);
+
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/second")).await });
+        let r2 = on_same_conn(&mut a, &mut up, false).await;
+        let t = Instant::now();
+        a.send(&goaway(r1.stream, NO_ERROR)).await;
+        let r = joined("GET /second", client).await;
+        println!("without retries: {} after {:?}", r.status, t.elapsed());
+        assert_eq!(r.status, 503, "{r:?}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(r2.stream > r1.stream);
+
+        // The next request: a new connection.
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/third")).await });
+        let mut b = up.accept_with(&[]).await;
+        let r3 = b.request().await;
+        b.respond(r3.stream, 200, &[], b"third").await;
+        assert_eq!(joined("GET /third", client).await.status, 200);
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Malformed responses.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn malformed_responses_are_502_or_503_and_the_connection_serves_on() {
+    type Build = fn(u32) -> Vec<u8>;
+    let cases: [(&str, Build); 10] = [
+        ("no :status", |s| {
+            cat(&[
+                headers(s, &block(&[("content-type", "text/plain")]), false),
+                data(s, b"x", true),
+            ])
+        }),
+        ("an uppercase field name", |s| {
+            cat(&[
+                headers(s, &response_block(200, &[("X-Upper", "1")]), false),
+                data(s, b"x", true),
+            ])
+        }),
+        ("a connection field", |s| {
+            cat(&[
+                headers(s, &response_block(200, &[("connection", "close")]), false),
+                data(s, b"x", true),
+            ])
+        }),
+        ("a keep-alive field", |s| {
+            cat(&[
+                headers(
+                    s,
+                    &response_block(200, &[("keep-alive", "timeout=5")]),
+                    false,
+                ),
+                data(s, b"x", true),
+            ])
+        }),
+        ("a transfer-encoding field", |s| {
+            cat(&[
+                headers(
+                    s,
+                    &response_block(200, &[("transfer-encoding", "chunked")]),
+                    false,
+                ),
+                data(s, b"x", true),
+            ])
+        }),
+        (":status after a regular field", |s| {
+            cat(&[
+                headers(s, &block(&[("x-a", "1"), (":status", "200")]), false),
+                data(s, b"x", true),
+            ])
+        }),
+        ("a request pseudo-header field", |s| {
+            cat(&[
+                headers(s, &block(&[(":status", "200"), (":path", "/")]), false),
+                data(s, b"x", true),
+            ])
+        }),
+        ("two :status fields", |s| {
+            cat(&[
+                headers(s, &block(&[(":status", "200"), (":status", "204")]), false),
+                data(s, b"x", true),
+            ])
+        }),
+        ("an invalid :status", |s| {
+            cat(&[
+                headers(s, &block(&[(":status", "2x0")]), false),
+                data(s, b"x", true),
+            ])
+        }),
+        ("an interim response that ends the stream", |s| {
+            headers(s, &response_block(100, &[]), true)
+        }),
+    ];
+    within(async {
+        let (_app, addr, mut up) = setup("").await;
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/good")).await });
+        let mut c = up.accept_with(&[]).await;
+        let req = c.request().await;
+        c.respond(req.stream, 200, &[], b"good").await;
+        assert_eq!(joined("GET /good", client).await.status, 200);
+
+        let mut failures = Vec::new();
+        for (i, (what, build)) in cases.iter().enumerate() {
+            let path = format!("/bad{i}");
+            let client = tokio::spawn(async move { h1_exchange(addr, &get(&path)).await });
+            let req = on_same_conn(&mut c, &mut up, false).await;
+            c.send(&build(req.stream)).await;
+            let r = joined(what, client).await;
+            let reset = c.reset_of(req.stream).await;
+            println!(
+                "{what}: downstream {}, upstream stream {}: {}",
+                r.status,
+                req.stream,
+                reset.map_or("GOAWAY".into(), code_name)
+            );
+            if !matches!(r.status, 502 | 503) {
+                failures.push(format!("{what}: downstream got {} {:?}", r.status, r.body));
+            }
+            if reset != Some(PROTOCOL_ERROR) {
+                failures.push(format!(
+                    "{what}: upstream stream {} got {:?} where RST_STREAM(PROTOCOL_ERROR) was due",
+                    req.stream,
+                    reset.map(code_name)
+                ));
+            }
+            if reset.is_none() {
+                break;
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}\n{}", c.history());
+
+        // The connection serves on.
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/good-again")).await });
+        let req = on_same_conn(&mut c, &mut up, false).await;
+        c.respond(req.stream, 200, &[], b"good again").await;
+        let r = joined("GET /good-again", client).await;
+        assert_eq!((r.status, &r.body[..]), (200, &b"good again"[..]));
+        assert_eq!(up.connections(), 1);
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. PUSH_PROMISE with push disabled.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_push_promise_is_a_connection_error_and_the_next_request_gets_a_new_connection() {
+    within(async {
+        let (_app, addr, mut up) = setup("").await;
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/pushy")).await });
+        let mut a = up.accept_with(&[]).await;
+        let req = a.request().await;
+        let promised = block(&[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "example.com"),
+            (":path", "/pushed"),
+        ]);
+        a.send(&push_promise(req.stream, 2, &promised)).await;
+        a.wait_closed("after PUSH_PROMISE").await;
+        assert_eq!(
+            a.goaways.first().map(|g| g.1),
+            Some(PROTOCOL_ERROR),
+            "GOAWAY(PROTOCOL_ERROR) before the close; {}",
+            a.history()
+        );
+        let r = joined("GET /pushy", client).await;
+        println!("the request on the connection: {}", r.status);
+        assert!(matches!(r.status, 502 | 503), "{r:?}");
+
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/after-push")).await });
+        let mut b = up.accept_with(&[]).await;
+        let req = b.request().await;
+        b.respond(req.stream, 200, &[], b"fresh").await;
+        let r = joined("GET /after-push", client).await;
+        assert_eq!((r.status, &r.body[..]), (200, &b"fresh"[..]));
+        assert_eq!(up.connections(), 2);
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. The downstream goes away.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_downstream_disconnect_cancels_the_upstream_stream() {
+    within(async {
+        let (_app, addr, mut up) = setup("").await;
+        // A body-less request waiting for its response.
+        let mut d = H1Raw::connect(addr).await;
+        d.send(&get("/slow")).await;
+        let mut c = up.accept_with(&[]).await;
+        let req = c.request().await;
+        drop(d);
+        let code = c.reset_of(req.stream).await;
+        assert_eq!(
+            code.map(code_name),
+            Some(code_name(CANCEL)),
+            "a GET abandoned downstream; {}",
+            c.history()
+        );
+
+        // A request whose body is still on its way.
+        let mut d = H1Raw::connect(addr).await;
+        d.send(
+            b"POST /upload HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1000\r\n\r\n0123456789",
+        )
+        .await;
+        let head = on_same_conn(&mut c, &mut up, true).await;
+        let id = head.stream;
+        c.wait_until("the first body bytes", |c| c.reqs[&id].body.len() >= 10)
+            .await;
+        drop(d);
+        let code = c.reset_of(id).await;
+        assert_eq!(
+            code.map(code_name),
+            Some(code_name(CANCEL)),
+            "a POST cut short downstream; {}",
+            c.history()
+        );
+        assert!(
+            !c.reqs[&id].end,
+            "a cut request body was ended with END_STREAM; {}",
+            c.history()
+        );
+
+        // The connection serves on.
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/after")).await });
+        let req = on_same_conn(&mut c, &mut up, false).await;
+        c.respond(req.stream, 200, &[], b"fine").await;
+        assert_eq!(joined("GET /after", client).await.status, 200);
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12. The upstream closes the connection.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_upstream_close_under_a_pending_request_is_a_prompt_503() {
+    within(async {
+        let (_app, addr, mut up) = setup("").await;
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/pending")).await });
+        let mut c = up.accept_with(&[]).await;
+        let req = c.request().await;
+        assert_eq!(req.path(), "/pending");
+        let t = Instant::now();
+        drop(c);
+        let r = joined("GET /pending", client).await;
+        println!("{} after {:?}", r.status, t.elapsed());
+        assert_eq!(r.status, 503, "{r:?}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
+        // Mid-body: the response is cut.
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/mid-body")).await });
+        let mut c = up.accept_with(&[]).await;
+        let req = c.request().await;
+        c.send_head(req.stream, 200, &[("content-length", "2000")], false)
+            .await;
+        c.send_data(req.stream, &pattern(500), 16_384, false).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(c);
+        let r = joined("GET /mid-body", client).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(!r.complete && r.body.len() <= 500, "{r:?}");
+
+        // The next request: a new connection.
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/next")).await });
+        let mut c = up.accept_with(&[]).await;
+        let req = c.request().await;
+        c.respond(req.stream, 200, &[], b"next").await;
+        assert_eq!(joined("GET /next", client).await.status, 200);
+        assert_eq!(up.connections(), 3);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_replaced_without_failing_a_request() {
+    within(async {
+        let (_app, addr, mut up) = setup("").await;
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/one")).await });
+        let mut c = up.accept_with(&[]).await;
+        let req = c.request().await;
+        c.respond(req.stream, 200, &[], b"one").await;
+        assert_eq!(joined("GET /one", client).await.status, 200);
+        // The upstream closes the idle connection (GOAWAY, then FIN).
+        c.send(&goaway(req.stream, NO_ERROR)).await;
+        drop(c);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/two")).await });
+        let mut c = up.accept_with(&[]).await;
+        let req = c.request().await;
+        c.respond(req.stream, 200, &[], b"two").await;
+        let r = joined("GET /two", client).await;
+        assert_eq!((r.status, &r.body[..]), (200, &b"two"[..]));
+
+        // Without the GOAWAY: a bare close.
+        drop(c);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/three")).await });
+        let mut c = up.accept_with(&[]).await;
+        let req = c.request().await;
+        c.respond(req.stream, 200, &[], b"three").await;
+        let r = joined("GET /three", client).await;
+        assert_eq!((r.status, &r.body[..]), (200, &b"three"[..]));
+        assert_eq!(up.connections(), 3);
+    })
+    .await
+}

@@ -352,9 +352,54 @@ pub fn strip_connection_headers(h: &mut HeaderMap) {
     ] {
         h.remove(n);
     }
-    if h.get(TE)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        h.remove(TE);
+    // `te` may only say `trailers` (RFC 9113 §8.2.2): every field is looked at, and one
+    // `te: trailers` is kept if any of them lists that token (`gzip, trailers` included).
+    let values = h.get_all(TE);
+    let mut n = 0;
+    let mut trailers = false;
+    let mut only_trailers = true;
+    for v in values.iter() {
+        n += 1;
+        let exact = v.as_bytes().eq_ignore_ascii_case(b"trailers");
+        only_trailers &= exact;
+        trailers |= exact || crate::http::wire::has_token(v.as_bytes(), b"trailers");
+    }
+    if n == 0 || (n == 1 && only_trailers) {
+        return;
+    }
+    h.remove(TE);
+    if trailers {
+        h.insert(TE, http::HeaderValue::from_static("trailers"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn te(values: &[&str]) -> Vec<String> {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(TE, v.parse().unwrap());
+        }
+        h.insert(CONNECTION, "keep-alive".parse().unwrap());
+        strip_connection_headers(&mut h);
+        assert!(!h.contains_key(CONNECTION));
+        h.get_all(TE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn te_keeps_only_trailers_whatever_the_fields_say() {
+        assert_eq!(te(&[]), Vec::<String>::new());
+        assert_eq!(te(&["trailers"]), ["trailers"]);
+        assert_eq!(te(&["Trailers"]), ["Trailers"]);
+        assert_eq!(te(&["gzip"]), Vec::<String>::new());
+        assert_eq!(te(&["trailers", "gzip"]), ["trailers"]);
+        assert_eq!(te(&["gzip", "trailers"]), ["trailers"]);
+        assert_eq!(te(&["gzip, trailers"]), ["trailers"]);
+        assert_eq!(te(&["gzip", "deflate"]), Vec::<String>::new());
     }
 }
