@@ -62,7 +62,67 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
-type Streams = HashMap<u32, Stream, std::hash::BuildHasherDefault<IdHasher>>;
+/// A connection's streams: slots reused from one stream to the next (a new stream is written
+/// into a free slot, keeping its receive queue's allocation; nothing moves when a stream comes
+/// or goes), found by id through a small map.
+#[derive(Default)]
+struct Streams {
+    index: HashMap<u32, usize, std::hash::BuildHasherDefault<IdHasher>>,
+    slots: Vec<Stream>,
+    free: Vec<usize>,
+}
+
+/// Free slots kept once no stream is open (more were needed only for a burst).
+const KEPT_SLOTS: usize = 8;
+
+impl Streams {
+    fn get(&self, id: &u32) -> Option<&Stream> {
+        self.index.get(id).map(|&i| &self.slots[i])
+    }
+
+    fn get_mut(&mut self, id: &u32) -> Option<&mut Stream> {
+        self.index.get(id).map(|&i| &mut self.slots[i])
+    }
+
+    fn contains_key(&self, id: &u32) -> bool {
+        self.index.contains_key(id)
+    }
+
+    /// A new stream, in a reset slot.
+    fn insert(&mut self, id: u32) -> &mut Stream {
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Stream::default());
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(id, i);
+        let s = &mut self.slots[i];
+        s.live = true;
+        s
+    }
+
+    fn remove(&mut self, id: &u32) {
+        if let Some(i) = self.index.remove(id) {
+            self.slots[i].clear();
+            self.free.push(i);
+            if self.index.is_empty() && self.slots.len() > KEPT_SLOTS {
+                self.slots.truncate(KEPT_SLOTS);
+                self.free.clear();
+                self.free.extend(0..KEPT_SLOTS);
+            }
+        }
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &u32> {
+        self.index.keys()
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Stream> {
+        self.slots.iter_mut().filter(|s| s.live)
+    }
+}
 
 /// Why a stream handle cannot go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -106,6 +166,8 @@ pub(crate) struct Stream {
     pub(crate) handles: u8,
     /// Counted in `open` (not closed yet).
     open: bool,
+    /// The slot holds a stream.
+    live: bool,
     /// Client: the response head, until taken.
     head: Option<(StatusCode, HeaderMap)>,
     head_seen: bool,
@@ -114,6 +176,16 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
+    /// Back to a free slot's state; the receive queue keeps its allocation.
+    fn clear(&mut self) {
+        let mut recv = std::mem::take(&mut self.recv);
+        recv.clear();
+        *self = Stream {
+            recv,
+            ..Stream::default()
+        };
+    }
+
     fn closed(&self) -> bool {
         self.reset.is_some() || (self.recv_end && self.send_end)
     }
@@ -284,17 +356,15 @@ impl Inner {
         content_length: Option<u64>,
         handles: u8,
     ) {
-        let s = Stream {
-            recv_end,
-            handles,
-            recv_window: i64::from(self.stream_window),
-            send_window: self.peer_initial_window,
-            content_length,
-            open: true,
-            ..Stream::default()
-        };
+        let (recv_window, send_window) = (i64::from(self.stream_window), self.peer_initial_window);
+        let s = self.streams.insert(id);
+        s.recv_end = recv_end;
+        s.handles = handles;
+        s.recv_window = recv_window;
+        s.send_window = send_window;
+        s.content_length = content_length;
+        s.open = true;
         self.open += 1;
-        self.streams.insert(id, s);
     }
 
     pub(crate) fn contains(&self, id: u32) -> bool {

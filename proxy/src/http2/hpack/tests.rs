@@ -185,14 +185,30 @@ fn encoder_and_decoder_agree_over_many_blocks() {
             e.set_max_size(4096);
         }
     }
-    // Request ids never went into the table; the repeated fields did, once.
-    assert!(e.table().iter().all(|(n, _)| &n[..] != b"x-request-id"));
-    let servers = e
-        .table()
-        .iter()
-        .filter(|(n, _)| &n[..] == b"server")
-        .count();
-    assert_eq!(servers, 1);
+    // No field is in the table twice.
+    for name in [&b"x-request-id"[..], b"server"] {
+        let n = e.table().iter().filter(|(n, _)| &n[..] == name).count();
+        assert!(n <= 1, "{n} entries for {name:?}");
+    }
+
+    // Steady state: the first request id goes into the table so that its name can be named by
+    // index; later ones do not (their values never repeat), and `server` is one entry.
+    let mut e = Encoder::new();
+    let mut d = Decoder::default();
+    let mut sizes = Vec::new();
+    for i in 0..100 {
+        let id = format!("{i:036}");
+        let list = [("x-request-id", id.as_str()), ("server", "envoy")];
+        let block = encode(&mut e, &list);
+        assert_eq!(decode(&mut d, &block), fields(&list), "block {i}");
+        sizes.push(block.len());
+    }
+    let count = |name: &[u8]| e.table().iter().filter(|(n, _)| &n[..] == name).count();
+    assert_eq!(count(b"x-request-id"), 1);
+    assert_eq!(count(b"server"), 1);
+    // Later blocks: the id's name by dynamic index (2 bytes with a 4-bit prefix), its length
+    // (1) and its 36 bytes as they are; `server` indexed (1).
+    assert!(sizes[1..].iter().all(|&n| n == 40), "{sizes:?}");
 }
 
 #[test]
