@@ -114,8 +114,8 @@ impl Encoder {
             }
         }
         if name == b"x-request-id" {
-            // A random identifier: Huffman coding saves a quarter of it and costs more
-            // instructions than any other field of the request (haproxy never Huffman-codes).
+            // A random identifier, new on every request: Huffman coding would save about a
+            // quarter of its 36 bytes for about 300 instructions per request.
             integer(value.len(), 7, 0x00, out);
             out.put_slice(value);
         } else {
