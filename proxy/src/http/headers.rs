@@ -130,6 +130,31 @@ fn uuid4_bytes() -> [u8; 36] {
     out
 }
 
+/// Request ids made per batch.
+const ID_BATCH: usize = 64;
+
+thread_local! {
+    /// Request ids made ahead, back to back in one buffer: each request's id is a slice of
+    /// it, so a request id costs no allocation of its own.
+    static REQUEST_IDS: std::cell::RefCell<bytes::Bytes> =
+        const { std::cell::RefCell::new(bytes::Bytes::new()) };
+}
+
+/// The next request id (a UUID v4) from this thread's batch.
+fn next_request_id() -> bytes::Bytes {
+    REQUEST_IDS.with(|ids| {
+        let mut ids = ids.borrow_mut();
+        if ids.is_empty() {
+            let mut batch = bytes::BytesMut::with_capacity(ID_BATCH * 36);
+            for _ in 0..ID_BATCH {
+                batch.extend_from_slice(&uuid4_bytes());
+            }
+            *ids = batch.freeze();
+        }
+        ids.split_to(36)
+    })
+}
+
 /// Applies the connection manager's request header rules.
 pub fn on_request(
     h: &mut HeaderMap,
@@ -176,11 +201,10 @@ pub fn on_request(
     if hcm.generate_request_id {
         let keep = hcm.preserve_external_request_id || !hcm.use_remote_address;
         if !(keep && h.contains_key(&X_REQUEST_ID)) {
-            if let Ok(mut v) = HeaderValue::from_bytes(&uuid4_bytes()) {
-                // A value used once: HPACK sends it as a never-indexed literal instead of
-                // inserting it into the dynamic table, where each new id evicted entries
-                // and lengthened the chain of `x-request-id` values compared per request.
-                v.set_sensitive(true);
+            // Not marked sensitive: Sluice's HPACK encoder keeps request ids out of the
+            // dynamic table by their name, and a never-indexed literal would oblige every
+            // later hop to keep it out too.
+            if let Ok(v) = HeaderValue::from_maybe_shared(next_request_id()) {
                 h.insert(X_REQUEST_ID.clone(), v);
             }
         }
@@ -236,6 +260,14 @@ mod tests {
         assert!([8, 13, 18, 23].iter().all(|i| &u[*i..*i + 1] == "-"), "{u}");
         assert!(u.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
         assert_ne!(uuid4(), u);
+        // Batched ids are UUIDs too, and differ.
+        let ids: Vec<_> = (0..ID_BATCH * 2 + 1).map(|_| next_request_id()).collect();
+        for id in &ids {
+            assert_eq!(id.len(), 36);
+            assert_eq!(id[14], b'4');
+        }
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
     }
 }
 
