@@ -159,27 +159,12 @@ async fn stream(conn: Arc<Conn>, req: Request<RecvStream>, mut respond: SendResp
     };
     let stats = conn.stats.clone();
     let handle = router::handle(conn, Request::from_parts(parts, body));
-    let mut handle = pin!(handle);
-    // A client's RST_STREAM drops the request future, which cancels the upstream request.
-    let resp = poll_fn(|cx| {
-        if let Poll::Ready(r) = handle.as_mut().poll(cx) {
-            return Poll::Ready(Some(r));
-        }
-        match respond.poll_reset(cx) {
-            Poll::Ready(_) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await;
-    let Some(resp) = resp else {
+    let Some(resp) = until_reset(handle, |cx| respond.poll_reset(cx).map(drop)).await else {
         stats.downstream_rq_rx_reset.inc();
         return;
     };
     let (mut parts, body) = resp.into_parts();
-    strip_connection_headers(&mut parts.headers);
-    if !parts.headers.contains_key(DATE) {
-        parts.headers.insert(DATE, wire::date_header());
-    }
+    tidy_head(&mut parts);
     if let Some((tx, recv)) = tunnel {
         if parts.status.is_success() {
             parts.headers.remove(CONTENT_LENGTH);
@@ -192,22 +177,7 @@ async fn stream(conn: Arc<Conn>, req: Request<RecvStream>, mut respond: SendResp
             return;
         }
     }
-    // 204 and 304 have no content (RFC 9110 §15.3.5, §15.4.5), and a HEAD response ends with
-    // its head: whatever body the route produced is not sent.
-    let no_content = matches!(
-        parts.status,
-        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
-    ) || parts.status.is_informational();
-    let end = head || no_content || body.is_end_stream();
-    // A 204 carries no content-length either (RFC 9110 §8.6); a 304's is the resource's.
-    if parts.status == StatusCode::NO_CONTENT || parts.status.is_informational() {
-        parts.headers.remove(CONTENT_LENGTH);
-    }
-    if !(head || no_content || parts.headers.contains_key(CONTENT_LENGTH)) {
-        if let Some(n) = body.size_hint().exact() {
-            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
-        }
-    }
+    let end = framing(&mut parts, &body, head);
     match respond.send_response(Response::from_parts(parts, ()), end) {
         Ok(send) if !end => {
             let mut pump = Pump::new(body, send, Reason::INTERNAL_ERROR);
@@ -303,27 +273,12 @@ async fn stream_own(conn: Arc<Conn>, a: server::Accepted) {
     };
     let stats = conn.stats.clone();
     let handle = router::handle(conn, Request::from_parts(parts, body));
-    let mut handle = pin!(handle);
-    // A client's RST_STREAM drops the request future, which cancels the upstream request.
-    let resp = poll_fn(|cx| {
-        if let Poll::Ready(r) = handle.as_mut().poll(cx) {
-            return Poll::Ready(Some(r));
-        }
-        match respond.poll_reset(cx) {
-            Poll::Ready(_) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await;
-    let Some(resp) = resp else {
+    let Some(resp) = until_reset(handle, |cx| respond.poll_reset(cx).map(drop)).await else {
         stats.downstream_rq_rx_reset.inc();
         return;
     };
     let (mut parts, body) = resp.into_parts();
-    strip_connection_headers(&mut parts.headers);
-    if !parts.headers.contains_key(DATE) {
-        parts.headers.insert(DATE, wire::date_header());
-    }
+    tidy_head(&mut parts);
     if let Some((tx, recv)) = tunnel {
         if parts.status.is_success() {
             parts.headers.remove(CONTENT_LENGTH);
@@ -336,19 +291,7 @@ async fn stream_own(conn: Arc<Conn>, a: server::Accepted) {
             return;
         }
     }
-    let no_content = matches!(
-        parts.status,
-        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
-    ) || parts.status.is_informational();
-    let end = head || no_content || body.is_end_stream();
-    if parts.status == StatusCode::NO_CONTENT || parts.status.is_informational() {
-        parts.headers.remove(CONTENT_LENGTH);
-    }
-    if !(head || no_content || parts.headers.contains_key(CONTENT_LENGTH)) {
-        if let Some(n) = body.size_hint().exact() {
-            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
-        }
-    }
+    let end = framing(&mut parts, &body, head);
     let sent = respond.send_head(parts.status, &parts.headers, end);
     wire::recycle_header_map(std::mem::take(&mut parts.headers));
     if let Err(e) = sent {
@@ -359,4 +302,49 @@ async fn stream_own(conn: Arc<Conn>, a: server::Accepted) {
     if !end && poll_fn(|cx| pump.poll_pump(cx)).await == Ended::Reset {
         stats.downstream_rq_rx_reset.inc();
     }
+}
+
+/// The router's response, unless the client resets the stream first: then the request future
+/// is dropped, which cancels the upstream request.
+async fn until_reset<F: Future>(
+    handle: F,
+    mut poll_reset: impl FnMut(&mut std::task::Context<'_>) -> Poll<()>,
+) -> Option<F::Output> {
+    let mut handle = pin!(handle);
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = handle.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        poll_reset(cx).map(|()| None)
+    })
+    .await
+}
+
+/// What every response head gets: no connection-specific fields, and a `date` when the
+/// upstream sent none.
+fn tidy_head(parts: &mut http::response::Parts) {
+    strip_connection_headers(&mut parts.headers);
+    if !parts.headers.contains_key(DATE) {
+        parts.headers.insert(DATE, wire::date_header());
+    }
+}
+
+/// A response's framing; true when its head ends the stream. 204 and 304 have no content
+/// (RFC 9110 §15.3.5, §15.4.5), and a HEAD response ends with its head: whatever body the route
+/// produced is not sent. A 204 carries no `content-length` either (§8.6; a 304's is the
+/// resource's); otherwise a body of known size gets one.
+fn framing(parts: &mut http::response::Parts, body: &crate::body::Body, head: bool) -> bool {
+    let no_content = matches!(
+        parts.status,
+        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+    ) || parts.status.is_informational();
+    if parts.status == StatusCode::NO_CONTENT || parts.status.is_informational() {
+        parts.headers.remove(CONTENT_LENGTH);
+    }
+    if !(head || no_content || parts.headers.contains_key(CONTENT_LENGTH)) {
+        if let Some(n) = body.size_hint().exact() {
+            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+    head || no_content || body.is_end_stream()
 }
