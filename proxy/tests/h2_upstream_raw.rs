@@ -1,8 +1,8 @@
 //! The HTTP/2 upstream client (`cluster/h2.rs` over `http2/client.rs`, or the `h2` crate's
 //! with `SLUICE_H2_CLIENT=h2`) against a raw HTTP/2 upstream: a TCP listener whose frames are
-//! written and parsed by hand, with a small HPACK decoder of its own (static and dynamic table,
-//! Huffman) for Sluice's request header blocks, and responses encoded as literals without
-//! indexing. Each test scripts the upstream connection frame by frame, so it can do what a
+//! written and parsed by hand, with the tests' own small HPACK decoder (static and dynamic
+//! table, Huffman; `support::h2raw`) for Sluice's request header blocks, and responses encoded
+//! as literals without indexing. Each test scripts the upstream connection frame by frame, so it can do what a
 //! well-behaved server library will not: interim responses, tiny flow-control windows, resets
 //! mid-body, GOAWAY with streams left unprocessed, malformed responses, PUSH_PROMISE, closing
 //! the socket under a pending request. The downstream is plain HTTP/1.1 (hyper, or raw bytes
@@ -14,81 +14,21 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::h2raw::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// How long any single step (accept, a frame, a write) may take.
-const STEP: Duration = Duration::from_secs(5);
 /// How long a whole test may take.
 const TEST: Duration = Duration::from_secs(60);
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-// Frame types (RFC 9113 §6).
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PUSH_PROMISE: u8 = 0x5;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const WINDOW_UPDATE: u8 = 0x8;
-const CONTINUATION: u8 = 0x9;
-
-// Flags.
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY_FLAG: u8 = 0x20;
-
-// Error codes (RFC 9113 §7).
-const NO_ERROR: u32 = 0x0;
-const PROTOCOL_ERROR: u32 = 0x1;
-const INTERNAL_ERROR: u32 = 0x2;
-const REFUSED_STREAM: u32 = 0x7;
-const CANCEL: u32 = 0x8;
-
-// SETTINGS parameters (RFC 9113 §6.5.2).
-const HEADER_TABLE_SIZE: u16 = 0x1;
-const ENABLE_PUSH: u16 = 0x2;
-const MAX_CONCURRENT_STREAMS: u16 = 0x3;
-const INITIAL_WINDOW_SIZE: u16 = 0x4;
-const MAX_FRAME_SIZE: u16 = 0x5;
-
-const MAX_WINDOW: u32 = (1 << 31) - 1;
-
-fn code_name(code: u32) -> String {
-    const NAMES: [&str; 14] = [
-        "NO_ERROR",
-        "PROTOCOL_ERROR",
-        "INTERNAL_ERROR",
-        "FLOW_CONTROL_ERROR",
-        "SETTINGS_TIMEOUT",
-        "STREAM_CLOSED",
-        "FRAME_SIZE_ERROR",
-        "REFUSED_STREAM",
-        "CANCEL",
-        "COMPRESSION_ERROR",
-        "CONNECT_ERROR",
-        "ENHANCE_YOUR_CALM",
-        "INADEQUATE_SECURITY",
-        "HTTP_1_1_REQUIRED",
-    ];
-    NAMES
-        .get(code as usize)
-        .map(|n| n.to_string())
-        .unwrap_or_else(|| format!("0x{code:x}"))
-}
 
 /// Runs a test body under the overall time limit.
 async fn within<T>(f: impl Future<Output = T>) -> T {
@@ -158,127 +98,15 @@ fn pattern(n: usize) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Frames, written by hand.
+// Frames and header blocks only the upstream writes: the common ones, and the reading side with
+// its HPACK decoder, are in `support::h2raw`. What the upstream sends is literals without
+// indexing (`block`).
 // ---------------------------------------------------------------------------------------------
-
-fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    assert!(len < 1 << 24);
-    let mut f = len.to_be_bytes()[1..].to_vec();
-    f.push(ty);
-    f.push(flags);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-fn settings(params: &[(u16, u32)]) -> Vec<u8> {
-    let mut p = Vec::new();
-    for (id, v) in params {
-        p.extend_from_slice(&id.to_be_bytes());
-        p.extend_from_slice(&v.to_be_bytes());
-    }
-    frame(SETTINGS, 0, 0, &p)
-}
-
-fn settings_params(payload: &[u8]) -> HashMap<u16, u32> {
-    payload
-        .chunks(6)
-        .map(|p| {
-            (
-                u16::from_be_bytes([p[0], p[1]]),
-                u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
-            )
-        })
-        .collect()
-}
-
-fn settings_ack() -> Vec<u8> {
-    frame(SETTINGS, ACK, 0, &[])
-}
-
-/// A HEADERS frame carrying a whole header block (END_HEADERS), with END_STREAM if `end`.
-fn headers(stream: u32, block: &[u8], end: bool) -> Vec<u8> {
-    let flags = END_HEADERS | if end { END_STREAM } else { 0 };
-    frame(HEADERS, flags, stream, block)
-}
-
-fn data(stream: u32, bytes: &[u8], end: bool) -> Vec<u8> {
-    frame(DATA, if end { END_STREAM } else { 0 }, stream, bytes)
-}
-
-fn window_update(stream: u32, increment: u32) -> Vec<u8> {
-    frame(WINDOW_UPDATE, 0, stream, &increment.to_be_bytes())
-}
-
-fn rst(stream: u32, code: u32) -> Vec<u8> {
-    frame(RST_STREAM, 0, stream, &code.to_be_bytes())
-}
-
-fn ping(payload: [u8; 8]) -> Vec<u8> {
-    frame(PING, 0, 0, &payload)
-}
-
-fn goaway(last_stream: u32, code: u32) -> Vec<u8> {
-    let mut p = last_stream.to_be_bytes().to_vec();
-    p.extend_from_slice(&code.to_be_bytes());
-    frame(GOAWAY, 0, 0, &p)
-}
 
 fn push_promise(stream: u32, promised: u32, block: &[u8]) -> Vec<u8> {
     let mut p = promised.to_be_bytes().to_vec();
     p.extend_from_slice(block);
     frame(PUSH_PROMISE, END_HEADERS, stream, &p)
-}
-
-fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
-    parts.concat()
-}
-
-// ---------------------------------------------------------------------------------------------
-// HPACK (RFC 7541): literals without indexing for what the upstream sends, a decoder for what
-// Sluice sends.
-// ---------------------------------------------------------------------------------------------
-
-/// An integer with a `prefix`-bit prefix; `first` holds the bits above the prefix (§5.1).
-fn hpack_int(first: u8, prefix: u8, value: usize) -> Vec<u8> {
-    let max = (1usize << prefix) - 1;
-    if value < max {
-        return vec![first | value as u8];
-    }
-    let mut out = vec![first | max as u8];
-    let mut rest = value - max;
-    while rest >= 128 {
-        out.push((rest % 128) as u8 | 0x80);
-        rest /= 128;
-    }
-    out.push(rest as u8);
-    out
-}
-
-/// A string literal without Huffman coding (§5.2).
-fn hpack_str(s: &[u8]) -> Vec<u8> {
-    let mut out = hpack_int(0, 7, s.len());
-    out.extend_from_slice(s);
-    out
-}
-
-/// A literal field without indexing, with a literal name (§6.2.2).
-fn lit(name: &str, value: &str) -> Vec<u8> {
-    cat(&[
-        vec![0x00],
-        hpack_str(name.as_bytes()),
-        hpack_str(value.as_bytes()),
-    ])
-}
-
-/// A header block of literal fields, in this order.
-fn block(fields: &[(&str, &str)]) -> Vec<u8> {
-    fields
-        .iter()
-        .map(|(n, v)| lit(n, v))
-        .collect::<Vec<_>>()
-        .concat()
 }
 
 /// A response head's block: `:status` then `extra`.
@@ -289,326 +117,9 @@ fn response_block(status: u16, extra: &[(&str, &str)]) -> Vec<u8> {
     block(&fields)
 }
 
-const STATIC_TABLE: [(&str, &str); 61] = [
-    (":authority", ""),
-    (":method", "GET"),
-    (":method", "POST"),
-    (":path", "/"),
-    (":path", "/index.html"),
-    (":scheme", "http"),
-    (":scheme", "https"),
-    (":status", "200"),
-    (":status", "204"),
-    (":status", "206"),
-    (":status", "304"),
-    (":status", "400"),
-    (":status", "404"),
-    (":status", "500"),
-    ("accept-charset", ""),
-    ("accept-encoding", "gzip, deflate"),
-    ("accept-language", ""),
-    ("accept-ranges", ""),
-    ("accept", ""),
-    ("access-control-allow-origin", ""),
-    ("age", ""),
-    ("allow", ""),
-    ("authorization", ""),
-    ("cache-control", ""),
-    ("content-disposition", ""),
-    ("content-encoding", ""),
-    ("content-language", ""),
-    ("content-length", ""),
-    ("content-location", ""),
-    ("content-range", ""),
-    ("content-type", ""),
-    ("cookie", ""),
-    ("date", ""),
-    ("etag", ""),
-    ("expect", ""),
-    ("expires", ""),
-    ("from", ""),
-    ("host", ""),
-    ("if-match", ""),
-    ("if-modified-since", ""),
-    ("if-none-match", ""),
-    ("if-range", ""),
-    ("if-unmodified-since", ""),
-    ("last-modified", ""),
-    ("link", ""),
-    ("location", ""),
-    ("max-forwards", ""),
-    ("proxy-authenticate", ""),
-    ("proxy-authorization", ""),
-    ("range", ""),
-    ("referer", ""),
-    ("refresh", ""),
-    ("retry-after", ""),
-    ("server", ""),
-    ("set-cookie", ""),
-    ("strict-transport-security", ""),
-    ("transfer-encoding", ""),
-    ("user-agent", ""),
-    ("vary", ""),
-    ("via", ""),
-    ("www-authenticate", ""),
-];
-
-/// The Huffman code's lengths in bits, for symbols 0..=255 and EOS (RFC 7541 Appendix B). The
-/// code is canonical, so the codes follow from the lengths.
-const HUFFMAN_LENGTHS: [u8; 257] = [
-    13, 23, 28, 28, 28, 28, 28, 28, 28, 24, 30, 28, 28, 30, 28, 28, 28, 28, 28, 28, 28, 28, 30, 28,
-    28, 28, 28, 28, 28, 28, 28, 28, 6, 10, 10, 12, 13, 6, 8, 11, 10, 10, 8, 11, 8, 6, 6, 6, 5, 5,
-    5, 6, 6, 6, 6, 6, 6, 6, 7, 8, 15, 6, 12, 10, 13, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
-    7, 7, 7, 7, 7, 7, 7, 7, 8, 7, 8, 13, 19, 13, 14, 6, 15, 5, 6, 5, 6, 5, 6, 6, 6, 5, 7, 7, 6, 6,
-    6, 5, 6, 7, 6, 5, 5, 6, 7, 7, 7, 7, 7, 15, 11, 14, 13, 28, 20, 22, 20, 20, 22, 22, 22, 23, 22,
-    23, 23, 23, 23, 23, 24, 23, 24, 24, 22, 23, 24, 23, 23, 23, 23, 21, 22, 23, 22, 23, 23, 24, 22,
-    21, 20, 22, 22, 23, 23, 21, 23, 22, 22, 24, 21, 22, 23, 23, 21, 21, 22, 21, 23, 22, 23, 23, 20,
-    22, 22, 22, 23, 22, 22, 23, 26, 26, 20, 19, 22, 23, 22, 25, 26, 26, 26, 27, 27, 26, 24, 25, 19,
-    21, 26, 27, 27, 26, 27, 24, 21, 21, 26, 26, 28, 27, 27, 27, 20, 24, 20, 21, 22, 21, 21, 23, 22,
-    22, 25, 25, 24, 24, 26, 23, 26, 27, 26, 26, 27, 27, 27, 27, 27, 28, 27, 27, 27, 27, 27, 26, 30,
-];
-
-/// (length, code) → symbol, for the canonical Huffman code.
-fn huffman() -> &'static HashMap<(u8, u32), u16> {
-    static H: OnceLock<HashMap<(u8, u32), u16>> = OnceLock::new();
-    H.get_or_init(|| {
-        let mut symbols: Vec<usize> = (0..257).collect();
-        symbols.sort_by_key(|&s| (HUFFMAN_LENGTHS[s], s));
-        let mut decode = HashMap::new();
-        let (mut code, mut len) = (0u32, HUFFMAN_LENGTHS[symbols[0]]);
-        for (i, &s) in symbols.iter().enumerate() {
-            let l = HUFFMAN_LENGTHS[s];
-            if i > 0 {
-                code = (code + 1) << (l - len);
-            }
-            len = l;
-            decode.insert((l, code), s as u16);
-        }
-        decode
-    })
-}
-
-fn huffman_decode(src: &[u8]) -> Result<Vec<u8>, String> {
-    let h = huffman();
-    let (mut acc, mut bits, mut out) = (0u32, 0u8, Vec::new());
-    for &byte in src {
-        for i in (0..8).rev() {
-            acc = (acc << 1) | ((byte >> i) & 1) as u32;
-            bits += 1;
-            if let Some(&s) = h.get(&(bits, acc)) {
-                if s == 256 {
-                    return Err("EOS in a Huffman string".into());
-                }
-                out.push(s as u8);
-                (acc, bits) = (0, 0);
-            } else if bits >= 30 {
-                return Err("invalid Huffman code".into());
-            }
-        }
-    }
-    if bits > 7 || acc != (1 << bits) - 1 {
-        return Err("invalid Huffman padding".into());
-    }
-    Ok(out)
-}
-
-fn hpack_read_int(b: &mut &[u8], prefix: u8) -> Result<usize, String> {
-    let max = (1usize << prefix) - 1;
-    let (&first, rest) = b.split_first().ok_or("truncated integer")?;
-    *b = rest;
-    let mut v = (first as usize) & max;
-    if v < max {
-        return Ok(v);
-    }
-    let mut shift = 0;
-    loop {
-        let (&next, rest) = b.split_first().ok_or("truncated integer")?;
-        *b = rest;
-        v += ((next & 0x7f) as usize) << shift;
-        shift += 7;
-        if next & 0x80 == 0 {
-            return Ok(v);
-        }
-        if shift > 28 {
-            return Err("integer overflow".into());
-        }
-    }
-}
-
-fn hpack_read_str(b: &mut &[u8]) -> Result<Vec<u8>, String> {
-    let huff = b.first().ok_or("truncated string")? & 0x80 != 0;
-    let len = hpack_read_int(b, 7)?;
-    if b.len() < len {
-        return Err("truncated string".into());
-    }
-    let (s, rest) = b.split_at(len);
-    *b = rest;
-    if huff {
-        huffman_decode(s)
-    } else {
-        Ok(s.to_vec())
-    }
-}
-
-/// An HPACK decoder for Sluice's header blocks (the dynamic table at its default 4,096).
-struct Hpack {
-    table: VecDeque<(Vec<u8>, Vec<u8>)>,
-    size: usize,
-    max: usize,
-}
-
-impl Hpack {
-    fn new() -> Hpack {
-        Hpack {
-            table: VecDeque::new(),
-            size: 0,
-            max: 4096,
-        }
-    }
-
-    fn get(&self, index: usize) -> Result<(Vec<u8>, Vec<u8>), String> {
-        match index {
-            0 => Err("index 0".into()),
-            1..=61 => {
-                let (n, v) = STATIC_TABLE[index - 1];
-                Ok((n.as_bytes().to_vec(), v.as_bytes().to_vec()))
-            }
-            _ => self
-                .table
-                .get(index - 62)
-                .cloned()
-                .ok_or_else(|| format!("index {index} past the table")),
-        }
-    }
-
-    fn evict(&mut self) {
-        while self.size > self.max {
-            let (n, v) = self.table.pop_back().unwrap();
-            self.size -= n.len() + v.len() + 32;
-        }
-    }
-
-    fn decode(&mut self, mut b: &[u8]) -> Result<Vec<(String, String)>, String> {
-        let mut out = Vec::new();
-        while let Some(&first) = b.first() {
-            let (name, value) = if first & 0x80 != 0 {
-                self.get(hpack_read_int(&mut b, 7)?)?
-            } else if first & 0xe0 == 0x20 {
-                let max = hpack_read_int(&mut b, 5)?;
-                if max > 4096 {
-                    return Err(format!("table size update to {max}"));
-                }
-                self.max = max;
-                self.evict();
-                continue;
-            } else {
-                let incremental = first & 0xc0 == 0x40;
-                let index = hpack_read_int(&mut b, if incremental { 6 } else { 4 })?;
-                let name = if index == 0 {
-                    hpack_read_str(&mut b)?
-                } else {
-                    self.get(index)?.0
-                };
-                let value = hpack_read_str(&mut b)?;
-                if incremental {
-                    self.size += name.len() + value.len() + 32;
-                    self.table.push_front((name.clone(), value.clone()));
-                    self.evict();
-                }
-                (name, value)
-            };
-            out.push((
-                String::from_utf8_lossy(&name).into_owned(),
-                String::from_utf8_lossy(&value).into_owned(),
-            ));
-        }
-        Ok(out)
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The raw upstream: a listener handing out its connections, and one connection's server side.
 // ---------------------------------------------------------------------------------------------
-
-/// One frame from Sluice; a header block (HEADERS and its CONTINUATIONs) comes as one HEADERS
-/// frame with its decoded `fields`.
-#[derive(Debug, Clone)]
-struct Frame {
-    ty: u8,
-    flags: u8,
-    stream: u32,
-    payload: Vec<u8>,
-    fields: Vec<(String, String)>,
-}
-
-impl Frame {
-    fn has(&self, flag: u8) -> bool {
-        self.flags & flag != 0
-    }
-    /// The error code of a RST_STREAM or GOAWAY.
-    fn code(&self) -> u32 {
-        let at = if self.ty == GOAWAY { 4 } else { 0 };
-        u32::from_be_bytes(self.payload[at..at + 4].try_into().unwrap())
-    }
-    fn last_stream(&self) -> u32 {
-        u32::from_be_bytes(self.payload[..4].try_into().unwrap()) & MAX_WINDOW
-    }
-    /// DATA without its padding.
-    fn data(&self) -> &[u8] {
-        if self.has(PADDED) {
-            let pad = self.payload[0] as usize;
-            &self.payload[1..self.payload.len() - pad]
-        } else {
-            &self.payload
-        }
-    }
-    fn describe(&self) -> String {
-        let name = [
-            "DATA",
-            "HEADERS",
-            "PRIORITY",
-            "RST_STREAM",
-            "SETTINGS",
-            "PUSH_PROMISE",
-            "PING",
-            "GOAWAY",
-            "WINDOW_UPDATE",
-            "CONTINUATION",
-        ]
-        .get(self.ty as usize)
-        .map(|n| n.to_string())
-        .unwrap_or_else(|| format!("type 0x{:x}", self.ty));
-        let what = match self.ty {
-            DATA => format!("{} bytes", self.payload.len()),
-            HEADERS => format!("{:?}", self.fields),
-            RST_STREAM => code_name(self.code()),
-            GOAWAY => format!(
-                "last={} {} {:?}",
-                self.last_stream(),
-                code_name(self.code()),
-                String::from_utf8_lossy(&self.payload[8..])
-            ),
-            WINDOW_UPDATE => format!(
-                "+{}",
-                u32::from_be_bytes(self.payload[..4].try_into().unwrap())
-            ),
-            SETTINGS => format!("{:?}", settings_params(&self.payload)),
-            _ => format!("{:?}", self.payload),
-        };
-        format!(
-            "{name}(stream {}, flags 0x{:x}, {what})",
-            self.stream, self.flags
-        )
-    }
-}
-
-enum Read {
-    Frame(Frame),
-    /// EOF or a reset.
-    Closed,
-    /// Nothing within the wait.
-    Quiet,
-}
 
 /// A request as the upstream received it.
 #[derive(Debug, Clone, Default)]
@@ -625,10 +136,7 @@ struct Req {
 
 impl Req {
     fn field(&self, name: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        field_value(&self.fields, name)
     }
     fn path(&self) -> &str {
         self.field(":path").unwrap_or("")
@@ -691,12 +199,9 @@ impl RawUpstream {
 /// RST_STREAMs and GOAWAYs. DATA is given back at once unless `auto_window` is off.
 struct Conn {
     id: usize,
-    s: TcpStream,
-    buf: Vec<u8>,
-    hpack: Hpack,
+    wire: Wire,
     /// Descriptions of every frame read, for failure messages.
     log: Vec<String>,
-    closed: bool,
     /// Sluice's SETTINGS parameters, and how many SETTINGS frames came.
     client_settings: HashMap<u16, u32>,
     settings_frames: usize,
@@ -726,11 +231,8 @@ impl Conn {
     fn new(s: TcpStream, id: usize) -> Conn {
         Conn {
             id,
-            s,
-            buf: Vec::new(),
-            hpack: Hpack::new(),
+            wire: Wire::new(s),
             log: Vec::new(),
-            closed: false,
             client_settings: HashMap::new(),
             settings_frames: 0,
             settings_acked: false,
@@ -759,7 +261,7 @@ impl Conn {
     }
 
     async fn send(&mut self, bytes: &[u8]) {
-        match tokio::time::timeout(STEP, self.s.write_all(bytes)).await {
+        match tokio::time::timeout(STEP, self.wire.s.write_all(bytes)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => panic!("upstream write: {e}; {}", self.history()),
             Err(_) => panic!("upstream write not taken in time; {}", self.history()),
@@ -768,99 +270,36 @@ impl Conn {
 
     /// Sends, ignoring errors (Sluice may have closed already).
     async fn try_send(&mut self, bytes: &[u8]) {
-        let _ = tokio::time::timeout(STEP, self.s.write_all(bytes)).await;
+        let _ = tokio::time::timeout(STEP, self.wire.s.write_all(bytes)).await;
     }
 
     /// `n` raw bytes (the preface).
     async fn take_bytes(&mut self, n: usize) -> Vec<u8> {
-        while self.buf.len() < n {
+        while self.wire.buf.len() < n {
             let mut tmp = vec![0u8; 65536];
-            match tokio::time::timeout(STEP, self.s.read(&mut tmp)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => panic!("closed before {n} bytes: {:?}", self.buf),
-                Ok(Ok(k)) => self.buf.extend_from_slice(&tmp[..k]),
-                Err(_) => panic!("no {n} bytes in time: {:?}", self.buf),
+            match tokio::time::timeout(STEP, self.wire.s.read(&mut tmp)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => panic!("closed before {n} bytes: {:?}", self.wire.buf),
+                Ok(Ok(k)) => self.wire.buf.extend_from_slice(&tmp[..k]),
+                Err(_) => panic!("no {n} bytes in time: {:?}", self.wire.buf),
             }
         }
-        self.buf.drain(..n).collect()
-    }
-
-    /// One raw frame off the wire, waiting up to `wait`: `None` when quiet, `Some(None)` when
-    /// closed.
-    async fn raw(&mut self, wait: Duration) -> Option<Option<(u8, u8, u32, Vec<u8>)>> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if self.buf.len() >= 9 {
-                let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
-                if self.buf.len() >= 9 + len {
-                    let head: Vec<u8> = self.buf.drain(..9).collect();
-                    let payload: Vec<u8> = self.buf.drain(..len).collect();
-                    let stream = u32::from_be_bytes(head[5..9].try_into().unwrap()) & MAX_WINDOW;
-                    return Some(Some((head[3], head[4], stream, payload)));
-                }
-            }
-            if self.closed {
-                return Some(None);
-            }
-            let mut tmp = vec![0u8; 65536];
-            match tokio::time::timeout_at(deadline, self.s.read(&mut tmp)).await {
-                Err(_) => return None,
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    self.closed = true;
-                    return Some(None);
-                }
-                Ok(Ok(n)) => self.buf.extend_from_slice(&tmp[..n]),
-            }
-        }
+        self.wire.buf.drain(..n).collect()
     }
 
     /// The next frame within `wait`, accounted for. Header blocks are decoded (CONTINUATIONs
     /// joined).
     async fn read(&mut self, wait: Duration) -> Read {
-        let (ty, flags, stream, payload) = match self.raw(wait).await {
-            None => return Read::Quiet,
-            Some(None) => {
+        let f = match self.wire.read(wait).await {
+            Ok(Read::Frame(f)) => f,
+            Ok(Read::Closed) => {
                 if self.log.last().map(String::as_str) != Some("(closed)") {
                     self.log.push("(closed)".into());
                 }
                 return Read::Closed;
             }
-            Some(Some(f)) => f,
+            Ok(Read::Quiet) => return Read::Quiet,
+            Err(e) => panic!("Sluice's {e}; {}", self.history()),
         };
-        let mut f = Frame {
-            ty,
-            flags,
-            stream,
-            payload,
-            fields: Vec::new(),
-        };
-        if ty == HEADERS {
-            let mut block = f.payload.clone();
-            if f.has(PADDED) {
-                let pad = block[0] as usize;
-                block = block[1..block.len() - pad].to_vec();
-            }
-            if f.has(PRIORITY_FLAG) {
-                block.drain(..5);
-            }
-            while !f.has(END_HEADERS) {
-                match self.raw(STEP).await {
-                    Some(Some((CONTINUATION, flags, s, more))) if s == stream => {
-                        block.extend_from_slice(&more);
-                        f.flags |= flags & END_HEADERS;
-                    }
-                    other => panic!(
-                        "header block on stream {stream} not continued: {other:?}; {}",
-                        self.history()
-                    ),
-                }
-            }
-            f.fields = self.hpack.decode(&block).unwrap_or_else(|e| {
-                panic!(
-                    "Sluice's header block does not decode: {e}: {block:02x?}; {}",
-                    self.history()
-                )
-            });
-        }
         self.log.push(f.describe());
         self.account(&f).await;
         Read::Frame(f)
@@ -1114,10 +553,7 @@ struct H1Resp {
 
 impl H1Resp {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        field_value(&self.headers, name)
     }
 }
 

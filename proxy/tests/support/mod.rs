@@ -1,6 +1,9 @@
 //! Test support: upstream servers (HTTP/1.1 + h2c, TCP echo), an in-process Sluice started from
-//! a bootstrap YAML, and small HTTP clients. Everything binds 127.0.0.1 port 0.
+//! a bootstrap YAML, and small HTTP clients. Everything binds 127.0.0.1 port 0. [`h2raw`] holds
+//! raw HTTP/2 (frames and HPACK by hand) for the tests that speak it without a library.
 #![allow(dead_code)]
+
+pub mod h2raw;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
