@@ -163,7 +163,7 @@ pub(crate) struct Stream {
     send_waker: Option<Waker>,
     reset: Option<(ErrorCode, bool)>,
     /// Handles alive (the body reader, the responder).
-    pub(crate) handles: u8,
+    handles: u8,
     /// Counted in `open` (not closed yet).
     open: bool,
     /// The slot holds a stream.
