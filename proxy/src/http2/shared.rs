@@ -168,6 +168,8 @@ pub(crate) struct Stream {
     open: bool,
     /// The slot holds a stream.
     live: bool,
+    /// Listed in `Inner::blocked` (waiting for connection window).
+    blocked: bool,
     /// Client: the response head, until taken.
     head: Option<(StatusCode, HeaderMap)>,
     head_seen: bool,
@@ -545,6 +547,7 @@ impl Inner {
             }
             for id in std::mem::take(&mut self.blocked) {
                 if let Some(s) = self.streams.get_mut(&id) {
+                    s.blocked = false;
                     if let Some(w) = s.send_waker.take() {
                         w.wake();
                     }
@@ -843,7 +846,9 @@ impl Inner {
                 return Poll::Ready(Ok(()));
             }
             if self.output_len() >= HIGH_WATER {
-                self.flush_waiters.push(cx.waker().clone());
+                if !self.flush_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    self.flush_waiters.push(cx.waker().clone());
+                }
                 self.notify();
                 return Poll::Pending;
             }
@@ -851,7 +856,9 @@ impl Inner {
             let window = s.send_window.min(self.send_window);
             if window <= 0 {
                 s.send_waker = Some(cx.waker().clone());
-                if s.send_window > 0 {
+                // Waiting on the connection's window: listed once, however often polled.
+                if s.send_window > 0 && !s.blocked {
+                    s.blocked = true;
                     self.blocked.push(id);
                 }
                 self.notify();
@@ -1038,5 +1045,39 @@ impl Inner {
             self.notify();
             self.settle(id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream waiting for connection window is listed once however often it is polled (a
+    /// peer sending 1-byte stream WINDOW_UPDATEs would otherwise grow the list without end),
+    /// and goes on when the connection's window opens.
+    #[test]
+    fn a_stream_blocked_on_the_connection_window_is_listed_once() {
+        let mut inner = Inner::new(true, 1 << 20, 1 << 20);
+        inner.open_stream(1, true, None, 1);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        // 65,535 bytes go out, the connection's whole initial window.
+        let mut data = Bytes::from(vec![0u8; 70_000]);
+        assert!(inner
+            .poll_send_data(&mut cx, 1, &mut data, true)
+            .is_pending());
+        assert_eq!(data.len(), 70_000 - 65_535);
+        for _ in 0..100 {
+            inner.on_window_update(1, 1).unwrap();
+            assert!(inner
+                .poll_send_data(&mut cx, 1, &mut data, true)
+                .is_pending());
+        }
+        assert_eq!(inner.blocked.len(), 1);
+        inner.on_window_update(0, 10_000).unwrap();
+        assert!(inner.blocked.is_empty());
+        inner.on_window_update(1, 10_000).unwrap();
+        assert!(inner.poll_send_data(&mut cx, 1, &mut data, true).is_ready());
+        assert!(data.is_empty());
     }
 }
