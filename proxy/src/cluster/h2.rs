@@ -9,18 +9,18 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use h2::client::{ResponseFuture, SendRequest};
-use h2::{Reason, RecvStream};
+use h2::client::SendRequest;
+use h2::Reason;
 use http::{Request, Response};
 use http_body::Body as _;
 use tokio::net::TcpStream;
 
 use super::pool::{Slot, UpstreamError};
 use crate::body::Body;
-use crate::http::h2stream::{strip_connection_headers, Keepalive, Pump, RecvBody};
+use crate::http::h2stream::{strip_connection_headers, Ended, Keepalive, Pump, RecvBody};
 use crate::http2::client as own;
 use crate::http2::frame::ErrorCode;
 use crate::http2::stream::BodyPump;
@@ -154,7 +154,8 @@ impl Connection {
         let resp = if end {
             resp.await
         } else {
-            send_with_body(resp, Pump::new(body, stream, Reason::CANCEL)).await
+            let mut pump = Pump::new(body, stream, Reason::CANCEL);
+            send_with_body(resp, move |cx| pump.poll_pump(cx)).await
         };
         match resp {
             Ok(resp) => Ok(resp.map(|recv| crate::body::boxed(RecvBody::new(recv)))),
@@ -169,7 +170,7 @@ async fn send_own(conn: own::Connection, req: Request<Body>) -> Result<Response<
     let (mut parts, body) = req.into_parts();
     strip_connection_headers(&mut parts.headers);
     let end = body.is_end_stream();
-    let (send, mut resp) = match conn.open(&parts, end).await {
+    let (send, resp) = match conn.open(&parts, end).await {
         Ok(opened) => {
             crate::http::wire::recycle_header_map(std::mem::take(&mut parts.headers));
             opened
@@ -186,18 +187,7 @@ async fn send_own(conn: own::Connection, req: Request<Body>) -> Result<Response<
         None => resp.await,
         Some(send) => {
             let mut pump = BodyPump::new(body, send, ErrorCode::CANCEL);
-            let mut pumping = true;
-            let r = poll_fn(|cx| {
-                if pumping && pump.poll_pump(cx).is_ready() {
-                    pumping = false;
-                }
-                Pin::new(&mut resp).poll(cx)
-            })
-            .await;
-            if pumping && r.is_ok() {
-                tokio::spawn(poll_fn(move |cx| pump.poll_pump(cx).map(drop)));
-            }
-            r
+            send_with_body(resp, move |cx| pump.poll_pump(cx)).await
         }
     };
     match r {
@@ -219,22 +209,23 @@ async fn send_own(conn: own::Connection, req: Request<Body>) -> Result<Response<
     }
 }
 
-/// Streams the request body while waiting for the response head; a body still streaming when
-/// the head arrives goes on in a task of its own (full duplex, e.g. gRPC streaming).
-async fn send_with_body(
-    mut resp: ResponseFuture,
-    mut pump: Pump,
-) -> Result<Response<RecvStream>, h2::Error> {
+/// Streams the request body (`pump`) while waiting for the response head (`resp`); a body
+/// still streaming when the head arrives goes on in a task of its own (full duplex, e.g. gRPC
+/// streaming). For both clients.
+async fn send_with_body<T, E>(
+    mut resp: impl Future<Output = Result<T, E>> + Unpin,
+    mut pump: impl FnMut(&mut Context<'_>) -> Poll<Ended> + Send + 'static,
+) -> Result<T, E> {
     let mut pumping = true;
     let r = poll_fn(|cx| {
-        if pumping && pump.poll_pump(cx).is_ready() {
+        if pumping && pump(cx).is_ready() {
             pumping = false;
         }
         Pin::new(&mut resp).poll(cx)
     })
     .await;
     if pumping && r.is_ok() {
-        tokio::spawn(poll_fn(move |cx| pump.poll_pump(cx).map(drop)));
+        tokio::spawn(poll_fn(move |cx| pump(cx).map(drop)));
     }
     r
 }

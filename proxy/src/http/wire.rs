@@ -354,12 +354,12 @@ impl SpareHeaders {
     /// An empty map with room for `n` entries: the kept one if there is one, else one from the
     /// thread's pool.
     pub fn take(&mut self, n: usize) -> HeaderMap {
-        match self.0.take().or_else(|| pool_take(&HEADER_MAPS)) {
+        match self.0.take() {
             Some(mut m) => {
                 m.reserve(n);
                 m
             }
-            None => HeaderMap::with_capacity(n),
+            None => take_header_map(n),
         }
     }
 

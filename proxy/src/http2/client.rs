@@ -131,17 +131,16 @@ impl Future for Driver {
                 return Poll::Ready(());
             }
             {
-                let inner = this.core.shared.lock();
+                // Nothing open and nothing more to come: a GOAWAY when the handles are gone.
+                let mut inner = this.core.shared.lock();
                 if inner.open == 0 && (inner.goaway || inner.users == 0) {
-                    if inner.users == 0 && !inner.goaway {
-                        drop(inner);
-                        let last = this.core.shared.lock().last_opened();
-                        frame::write_goaway(
-                            this.core.shared.lock().out_mut(),
-                            last,
-                            ErrorCode::NO_ERROR,
-                            b"",
-                        );
+                    let goodbye = !inner.goaway;
+                    if goodbye {
+                        let last = inner.last_opened();
+                        frame::write_goaway(inner.out_mut(), last, ErrorCode::NO_ERROR, b"");
+                    }
+                    drop(inner);
+                    if goodbye {
                         let _ = this.core.poll_flush(cx);
                     }
                     return Poll::Ready(());
@@ -181,24 +180,25 @@ impl Driver {
     }
 
     fn on_frame(&mut self, f: Frame) -> Result<(), ConnError> {
-        let last = self.core.shared.lock().last_opened();
+        if let Frame::Headers {
+            stream,
+            block,
+            end_stream,
+            ..
+        } = f
+        {
+            return self.on_headers(stream, block, end_stream);
+        }
+        // One lock per frame: the idle-stream checks and the frame's effect.
+        let mut inner = self.core.shared.lock();
+        let last = inner.last_opened();
         match f {
             Frame::Data {
                 stream,
                 data,
                 end_stream,
                 flow_len,
-            } => self
-                .core
-                .shared
-                .lock()
-                .on_data(stream, data, end_stream, flow_len, last),
-            Frame::Headers {
-                stream,
-                block,
-                end_stream,
-                ..
-            } => self.on_headers(stream, block, end_stream, last),
+            } => inner.on_data(stream, data, end_stream, flow_len, last),
             Frame::RstStream { stream, code } => {
                 if stream > last {
                     return Err(ConnError(
@@ -206,7 +206,7 @@ impl Driver {
                         "RST_STREAM on an idle stream",
                     ));
                 }
-                self.core.shared.lock().on_reset(stream, code);
+                inner.on_reset(stream, code);
                 Ok(())
             }
             Frame::PushPromise { .. } => Err(ConnError(
@@ -219,7 +219,7 @@ impl Driver {
                 if code != ErrorCode::NO_ERROR {
                     tracing::debug!("upstream h2 server sent GOAWAY {code:?}");
                 }
-                self.core.shared.lock().on_goaway(last_stream);
+                inner.on_goaway(last_stream);
                 Ok(())
             }
             Frame::WindowUpdate { stream, increment } => {
@@ -229,20 +229,23 @@ impl Driver {
                         "WINDOW_UPDATE on an idle stream",
                     ));
                 }
-                self.core.shared.lock().on_window_update(stream, increment)
+                inner.on_window_update(stream, increment)
             }
             _ => Ok(()),
         }
     }
 
-    fn on_headers(&mut self, id: u32, block: Bytes, end: bool, last: u32) -> Result<(), ConnError> {
+    fn on_headers(&mut self, id: u32, block: Bytes, end: bool) -> Result<(), ConnError> {
+        let (last, awaits) = {
+            let inner = self.core.shared.lock();
+            (inner.last_opened(), inner.awaits_head(id))
+        };
         if id.is_multiple_of(2) || id > last {
             return Err(ConnError(
                 ErrorCode::PROTOCOL_ERROR,
                 "HEADERS on a stream this client did not open",
             ));
         }
-        let awaits = self.core.shared.lock().awaits_head(id);
         let kind = match awaits {
             Some(true) => Kind::Response,
             _ => Kind::Trailers,

@@ -97,10 +97,6 @@ impl SendStream {
         }
     }
 
-    pub fn stream_id(&self) -> u32 {
-        self.id
-    }
-
     /// Queues the response head; `end` when there is no body.
     pub fn send_head(
         &mut self,

@@ -82,7 +82,10 @@ impl Decoder {
                 let f = self.literal(block, &mut at, 6, false)?;
                 // The table keeps copies: a slice of the block would keep the connection's
                 // whole read buffer alive for as long as the entry lives.
-                self.table.insert(owned(&f.name), owned(&f.value));
+                self.table.insert(
+                    Bytes::copy_from_slice(&f.name),
+                    Bytes::copy_from_slice(&f.value),
+                );
                 f
             } else if b & 0xe0 == 0x20 {
                 // Dynamic table size update: only before the first field of a block.
@@ -178,20 +181,6 @@ impl Decoder {
         }
         Ok(self.scratch.split().freeze())
     }
-}
-
-/// `b` in an allocation of its own, unless it is static already.
-fn owned(b: &Bytes) -> Bytes {
-    if b.is_empty() {
-        return Bytes::new();
-    }
-    if STATIC
-        .iter()
-        .any(|(n, v)| n.as_ptr() == b.as_ptr() || v.as_ptr() == b.as_ptr())
-    {
-        return b.clone();
-    }
-    Bytes::copy_from_slice(b)
 }
 
 /// An integer with an `n`-bit prefix (RFC 7541 §5.1) starting at `block[*at]`. Values past

@@ -113,13 +113,11 @@ impl Encoder {
                 string(name, out);
             }
         }
-        if name == b"x-request-id" {
-            // A random identifier, new on every request: Huffman coding would save about a
-            // quarter of its 36 bytes for about 300 instructions per request.
+        if huffman_worthwhile(name) {
+            string(value, out);
+        } else {
             integer(value.len(), 7, 0x00, out);
             out.put_slice(value);
-        } else {
-            string(value, out);
         }
     }
 }
@@ -130,6 +128,12 @@ fn tag(name: &[u8]) -> u32 {
         [first, .., last] => (name.len() as u32) << 16 | (*first as u32) << 8 | *last as u32,
         [only] => 1 << 16 | (*only as u32) << 8 | *only as u32,
     }
+}
+
+/// Whether Huffman coding a value is worth its instructions: not for random identifiers, new
+/// on every request, where it saves about a quarter of 36 bytes for about 300 instructions.
+fn huffman_worthwhile(name: &[u8]) -> bool {
+    name != b"x-request-id"
 }
 
 /// Whether a literal is worth a dynamic table entry: not for values that rarely repeat.
