@@ -127,7 +127,7 @@ fn relay(
     out: &mut BytesMut,
 ) {
     fields.clear();
-    dec.decode(block, 1 << 16, |f| fields.push((f.name, f.value)))
+    dec.decode(block, 1 << 16, |f, _| fields.push((f.name, f.value)))
         .expect("valid block");
     out.clear();
     enc.begin(out);

@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod alloc;
 pub mod app;
 pub mod body;
 pub mod cluster;

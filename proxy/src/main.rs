@@ -14,6 +14,12 @@ use anyhow::Context;
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Otherwise glibc's malloc, with a per-thread cache of the mid-sized blocks every request
+/// allocates (`proxy/src/alloc.rs`).
+#[cfg(not(feature = "mimalloc"))]
+#[global_allocator]
+static GLOBAL: sluice::alloc::Cached = sluice::alloc::Cached;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::{reload, EnvFilter};
 

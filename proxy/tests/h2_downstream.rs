@@ -1613,6 +1613,39 @@ async fn uppercase_header_names_are_malformed() {
 }
 
 #[tokio::test]
+async fn a_bad_field_named_again_by_index_is_still_malformed() {
+    // The decoder keeps the regular fields of its dynamic table parsed, so that a field sent
+    // again by index is not parsed again. An entry whose name or value was refused the first
+    // time must be refused just the same when a later request names it by index.
+    let (_app, addr, up) = setup("h2d_bad_indexed", "").await;
+    let before = up.count();
+    let mut c = H2c::open(addr).await;
+    for (first, field) in [(1, ("X-Upper", "1")), (5, ("x-bad", "a\rb"))] {
+        let insert = cat(&[get("/bad"), lit_indexed(field.0, field.1)]);
+        c.send(&headers(first, &insert, true)).await;
+        // Newest entry first: index 62.
+        let again = cat(&[get("/bad-again"), indexed(62)]);
+        c.send(&headers(first + 2, &again, true)).await;
+        for stream in [first, first + 2] {
+            let f = c
+                .until("the stream's answer", |g| {
+                    g.stream == stream && (g.ty == RST_STREAM || g.ty == HEADERS)
+                })
+                .await;
+            assert_eq!(
+                f.ty,
+                RST_STREAM,
+                "{field:?} on stream {stream}: {}",
+                f.describe()
+            );
+            assert_eq!(f.code(), PROTOCOL_ERROR, "{}", f.describe());
+        }
+    }
+    assert_eq!(up.count(), before, "a malformed request was passed on");
+    c.get_ok(9, "/after-malformed").await;
+}
+
+#[tokio::test]
 async fn invalid_field_names_and_values_are_malformed() {
     // §8.2.1: no control characters, space, colon (outside pseudo-headers) in names; no NUL,
     // CR, LF, nor leading or trailing whitespace in values.

@@ -337,8 +337,16 @@ async fn fault_filter_aborts_and_delays_at_configured_rates() {
         "{aborted} of {n} aborted, want ~30%"
     );
     let t = std::time::Instant::now();
-    assert_eq!(c.get("h", "/delay").await.status, 200);
+    let r = c.get("h", "/delay").await;
+    assert_eq!(r.status, 200);
     assert!(t.elapsed() >= std::time::Duration::from_millis(300));
+    // The fault's delay is the proxy's, not the upstream's service time.
+    let service: u64 = r.headers["x-envoy-upstream-service-time"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(service < 300, "upstream service time {service} ms");
     assert_eq!(c.get("h", "/plain").await.status, 200);
 }
 

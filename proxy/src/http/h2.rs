@@ -158,7 +158,9 @@ async fn stream(conn: Arc<Conn>, req: Request<RecvStream>, mut respond: SendResp
         body::boxed(RecvBody::new(recv))
     };
     let stats = conn.stats.clone();
-    let handle = router::handle(conn, Request::from_parts(parts, body));
+    // Pinned where it is made: passing the router's future (a few KB) by value moved it once
+    // more per request.
+    let handle = pin!(router::handle(conn, Request::from_parts(parts, body)));
     let Some(resp) = until_reset(handle, |cx| respond.poll_reset(cx).map(drop)).await else {
         stats.downstream_rq_rx_reset.inc();
         return;
@@ -272,7 +274,9 @@ async fn stream_own(conn: Arc<Conn>, a: server::Accepted) {
         }
     };
     let stats = conn.stats.clone();
-    let handle = router::handle(conn, Request::from_parts(parts, body));
+    // Pinned where it is made: passing the router's future (a few KB) by value moved it once
+    // more per request.
+    let handle = pin!(router::handle(conn, Request::from_parts(parts, body)));
     let Some(resp) = until_reset(handle, |cx| respond.poll_reset(cx).map(drop)).await else {
         stats.downstream_rq_rx_reset.inc();
         return;
@@ -307,10 +311,9 @@ async fn stream_own(conn: Arc<Conn>, a: server::Accepted) {
 /// The router's response, unless the client resets the stream first: then the request future
 /// is dropped, which cancels the upstream request.
 async fn until_reset<F: Future>(
-    handle: F,
+    mut handle: std::pin::Pin<&mut F>,
     mut poll_reset: impl FnMut(&mut std::task::Context<'_>) -> Poll<()>,
 ) -> Option<F::Output> {
-    let mut handle = pin!(handle);
     poll_fn(|cx| {
         if let Poll::Ready(r) = handle.as_mut().poll(cx) {
             return Poll::Ready(Some(r));

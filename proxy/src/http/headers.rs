@@ -111,23 +111,35 @@ pub fn uuid4() -> String {
 }
 
 fn uuid4_bytes() -> [u8; 36] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&fastrand::u64(..).to_be_bytes());
-    bytes[8..].copy_from_slice(&fastrand::u64(..).to_be_bytes());
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let mut out = [b'-'; 36];
-    let mut o = 0;
-    for (i, b) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            o += 1;
-        }
-        out[o] = HEX[(b >> 4) as usize];
-        out[o + 1] = HEX[(b & 0xf) as usize];
-        o += 2;
+    uuid4_from(fastrand::u64(..), fastrand::u64(..))
+}
+
+/// The UUID v4 with these 128 random bits (6 of which become the version and variant).
+fn uuid4_from(hi: u64, lo: u64) -> [u8; 36] {
+    let hi = (hi & !0xf000) | 0x4000;
+    let lo = (lo & !(0xc0 << 56)) | (0x80 << 56);
+    let mut hex = [0u8; 32];
+    for (i, part) in [hi >> 32, hi, lo >> 32, lo].into_iter().enumerate() {
+        hex[i * 8..i * 8 + 8].copy_from_slice(&hex8(part as u32));
     }
+    let mut out = [b'-'; 36];
+    out[..8].copy_from_slice(&hex[..8]);
+    out[9..13].copy_from_slice(&hex[8..12]);
+    out[14..18].copy_from_slice(&hex[12..16]);
+    out[19..23].copy_from_slice(&hex[16..20]);
+    out[24..].copy_from_slice(&hex[20..]);
     out
+}
+
+/// Eight lowercase hex digits, all at once: each nibble spread into a byte of its own, then
+/// '0' added to each, and 39 more to those of 10 or more (to reach 'a').
+fn hex8(x: u32) -> [u8; 8] {
+    let mut v = x as u64;
+    v = (v | v << 16) & 0x0000_ffff_0000_ffff;
+    v = (v | v << 8) & 0x00ff_00ff_00ff_00ff;
+    v = (v | v << 4) & 0x0f0f_0f0f_0f0f_0f0f;
+    let letters = ((v + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (v + 0x3030_3030_3030_3030 + letters * 0x27).to_be_bytes()
 }
 
 /// Request ids made per batch.
@@ -249,6 +261,32 @@ mod tests {
         h.insert("te", HeaderValue::from_static("gzip"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn uuid_digits_are_the_bits() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        for (hi, lo) in [
+            (0, 0),
+            (u64::MAX, u64::MAX),
+            (0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210),
+        ]
+        .into_iter()
+        .chain((0..1000).map(|_| (rng.u64(..), rng.u64(..))))
+        {
+            let hi4 = (hi & !0xf000) | 0x4000;
+            let lo4 = (lo & !(0xc0 << 56)) | (0x80 << 56);
+            let all = format!("{hi4:016x}{lo4:016x}");
+            let want = format!(
+                "{}-{}-{}-{}-{}",
+                &all[..8],
+                &all[8..12],
+                &all[12..16],
+                &all[16..20],
+                &all[20..]
+            );
+            assert_eq!(std::str::from_utf8(&uuid4_from(hi, lo)).unwrap(), want);
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! rewrites, response header changes). Every failure becomes a local reply with Envoy's status.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, StatusCode};
 
@@ -44,21 +44,22 @@ where
                 body::boxed(b)
             }
         });
-        route_request(&conn, req, grpc, None).await
+        route_request(&conn, req, grpc, t0, None).await
     } else {
         let log = super::access::Pending::start();
         let counted = log.count_request(req);
         let mut head = crate::access_log::ReqHead::of_request(&counted);
-        let resp = route_request(&conn, counted, grpc, Some(&mut head)).await;
+        let resp = route_request(&conn, counted, grpc, t0, Some(&mut head)).await;
         log.finish(&conn, head, resp)
     };
     if grpc {
         resp = grpc_local_reply(resp);
     }
     conn.stats.status(resp.status().as_u16());
-    let took = t0.elapsed();
-    conn.stats.downstream_rq_time.record(took);
-    drop(in_flight);
+    // One clock read for the request's time and the connection's activity.
+    let end = Instant::now();
+    conn.stats.downstream_rq_time.record(end - t0);
+    in_flight.end(end);
     resp
 }
 
@@ -71,6 +72,15 @@ impl<'a> InFlight<'a> {
         conn.activity.begin();
         conn.stats.downstream_rq_active.inc();
         InFlight(conn)
+    }
+}
+
+impl InFlight<'_> {
+    /// Answered at `at`.
+    fn end(self, at: Instant) {
+        self.0.stats.downstream_rq_active.dec();
+        self.0.activity.end(at);
+        std::mem::forget(self);
     }
 }
 
@@ -175,10 +185,11 @@ async fn route_request(
     conn: &Arc<Conn>,
     req: Request<Body>,
     grpc: bool,
+    started: Instant,
     log_head: Option<&mut crate::access_log::ReqHead>,
 ) -> Response<Body> {
     let mut cors_latched = None;
-    let mut resp = route_inner(conn, req, grpc, log_head, &mut cors_latched).await;
+    let mut resp = route_inner(conn, req, grpc, started, log_head, &mut cors_latched).await;
     // Every response carries the server header, as Envoy's do (set here once, after the
     // route's response header changes).
     if let Some(v) = &conn.hcm.server_header {
@@ -195,6 +206,7 @@ async fn route_inner(
     conn: &Arc<Conn>,
     req: Request<Body>,
     grpc: bool,
+    started: Instant,
     log_head: Option<&mut crate::access_log::ReqHead>,
     cors_latched: &mut Option<cors::Latched>,
 ) -> Response<Body> {
@@ -262,6 +274,10 @@ async fn route_inner(
         table.select(&view, random)
     };
     let protocol = if conn.http2 { "HTTP/2" } else { "HTTP/1.1" };
+    // Where the upstream service time (`x-envoy-upstream-service-time`) counts from: the
+    // request's start, read again only after something that waits (a fault's delay, a
+    // mirror's copy of the body).
+    let mut sent = started;
     if let Some(entry) = sel.entry() {
         // Upgrades (WebSocket, CONNECT) must be enabled: the route's setting for that
         // type wins over the connection manager's, as in Envoy.
@@ -286,6 +302,7 @@ async fn route_inner(
                     if let Some(delay) = d.delay {
                         conn.stats.fault_delays.inc();
                         Box::pin(tokio::time::sleep(delay)).await;
+                        sent = Instant::now();
                     }
                     if let Some(a) = d.abort {
                         conn.stats.fault_aborts.inc();
@@ -353,7 +370,7 @@ async fn route_inner(
                 downstream_remote: conn.info.remote,
                 downstream_local: conn.info.local,
                 protocol: Some(protocol),
-                start_time: Some(SystemTime::now()),
+                started: Some(started),
                 upstream_cluster: Some(cluster),
                 insert_original_path: true,
                 ..Default::default()
@@ -389,8 +406,8 @@ async fn route_inner(
             };
             if !entry.request_mirrors.is_empty() {
                 req = Box::pin(forward::mirror(conn, &entry.request_mirrors, req, random)).await;
+                sent = Instant::now();
             }
-            let sent = Instant::now();
             // Built in its box: the forwarding future is about 4 KB (16 KB before its attempts
             // were pinned in place), and the timeouts below would otherwise move (copy) all of
             // it more than once per request.

@@ -254,8 +254,9 @@ impl Driver {
         match self
             .core
             .decoder
-            .decode(&block, self.max_header_list, |f| head.field(f, kind))
-        {
+            .decode(&block, self.max_header_list, |f, known| {
+                head.field(f, known, kind)
+            }) {
             Ok(()) => {}
             Err(DecodeError::ListTooLarge(_)) => {
                 self.core.shared.lock().reset(id, ErrorCode::PROTOCOL_ERROR);

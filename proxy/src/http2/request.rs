@@ -10,7 +10,7 @@ use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 
-use super::hpack::Field;
+use super::hpack::{Field, Known};
 
 /// What a header block is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +62,7 @@ impl Head {
     }
 
     /// One decoded field.
-    pub(crate) fn field(&mut self, f: Field, kind: Kind) {
+    pub(crate) fn field(&mut self, f: Field, known: Known<'_>, kind: Kind) {
         let trailers = kind == Kind::Trailers;
         if self.malformed.is_some() {
             return;
@@ -93,11 +93,18 @@ impl Head {
             return;
         }
         self.regular_seen = true;
-        if name.iter().any(u8::is_ascii_uppercase) {
-            return self.bad("uppercase field name");
-        }
-        let Ok(hn) = HeaderName::from_bytes(name) else {
-            return self.bad("invalid field name");
+        // A name from either HPACK table comes parsed (and checked) already.
+        let hn = match known.name {
+            Some(hn) => hn.clone(),
+            None => {
+                if name.iter().any(u8::is_ascii_uppercase) {
+                    return self.bad("uppercase field name");
+                }
+                let Ok(hn) = HeaderName::from_bytes(name) else {
+                    return self.bad("invalid field name");
+                };
+                hn
+            }
         };
         if connection_specific(&hn, &f.value) {
             return self.bad("connection-specific field");
@@ -113,8 +120,12 @@ impl Head {
             }
             return;
         }
-        let Ok(mut value) = HeaderValue::from_maybe_shared(f.value) else {
-            return self.bad("invalid field value");
+        let mut value = match known.value {
+            Some(v) => v.clone(),
+            None => match HeaderValue::from_maybe_shared(f.value) {
+                Ok(v) => v,
+                Err(_) => return self.bad("invalid field value"),
+            },
         };
         if f.never_indexed {
             value.set_sensitive(true);

@@ -292,8 +292,8 @@ impl Connection {
         match self
             .core
             .decoder
-            .decode(block, self.config.max_header_list as usize, |f| {
-                head.field(f, kind)
+            .decode(block, self.config.max_header_list as usize, |f, known| {
+                head.field(f, known, kind)
             }) {
             Ok(()) => Ok(Ok(head)),
             Err(DecodeError::ListTooLarge(_)) => Ok(Err(())),

@@ -398,7 +398,7 @@ async fn the_h2_crate_client_talks_to_this_codec() {
             Frame::Settings(_) => write_settings_ack(&mut out),
             Frame::Headers { stream, block, .. } => {
                 stream_id = stream;
-                dec.decode(&block, 1 << 16, |f| {
+                dec.decode(&block, 1 << 16, |f, _| {
                     fields.push((
                         String::from_utf8(f.name.to_vec()).unwrap(),
                         String::from_utf8(f.value.to_vec()).unwrap(),

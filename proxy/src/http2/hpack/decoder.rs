@@ -2,8 +2,16 @@
 //! never-indexed literals and dynamic table size updates. Names and values that are sent as
 //! plain literals are slices of the block (no copy); Huffman-encoded ones are decoded into
 //! new buffers.
+//!
+//! A regular field the dynamic table holds is also kept parsed (`http::HeaderName` and
+//! `HeaderValue`, checked once when it is inserted): a field sent again by index, the common
+//! case on a long-lived connection, reaches the request head without being parsed again.
+
+use std::collections::VecDeque;
+use std::sync::LazyLock;
 
 use bytes::{Bytes, BytesMut};
+use http::{HeaderName, HeaderValue};
 
 use super::table::{Dynamic, ENTRY_OVERHEAD, STATIC};
 use super::{huffman, DecodeError};
@@ -17,6 +25,46 @@ pub struct Field {
     pub never_indexed: bool,
 }
 
+/// What the tables already know of a field handed on: its name parsed and checked
+/// (lowercase, valid) when the name came from a table, and its value checked when the whole
+/// field came from the dynamic table. Passed beside the [`Field`], by reference, so that the
+/// field itself stays small to move.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Known<'a> {
+    pub name: Option<&'a HeaderName>,
+    pub value: Option<&'a HeaderValue>,
+}
+
+/// A dynamic table entry parsed for `http`: its name if it is a valid, lowercase regular field
+/// name, and then its value if that is valid.
+type Parsed = Option<(HeaderName, Option<HeaderValue>)>;
+
+fn parse(name: &Bytes, value: &Bytes) -> Parsed {
+    if name.iter().any(u8::is_ascii_uppercase) {
+        return None;
+    }
+    let n = HeaderName::from_bytes(name).ok()?;
+    Some((n, HeaderValue::from_maybe_shared(value.clone()).ok()))
+}
+
+/// The static table's regular names, parsed (the first 14 entries are pseudo-headers).
+static STATIC_NAMES: LazyLock<Vec<HeaderName>> = LazyLock::new(|| {
+    STATIC[14..]
+        .iter()
+        .map(|(n, _)| HeaderName::from_static(n))
+        .collect()
+});
+
+/// Where a field's name (and maybe value) came from, for [`Known`].
+#[derive(Clone, Copy)]
+enum Source {
+    Literal,
+    /// A static index.
+    Static(usize),
+    /// Dynamic entry `k` (0 = newest): the whole field, or only its name.
+    Dynamic(usize, bool),
+}
+
 /// The decoding side of one connection's HPACK context.
 #[derive(Debug)]
 pub struct Decoder {
@@ -26,6 +74,8 @@ pub struct Decoder {
     allowed: usize,
     /// Where Huffman-coded strings are decoded to.
     scratch: BytesMut,
+    /// The dynamic table's entries parsed, in the table's order.
+    parsed: VecDeque<Parsed>,
 }
 
 /// The size of the chunks Huffman-coded strings are decoded into.
@@ -43,6 +93,7 @@ impl Decoder {
             table: Dynamic::new(allowed),
             allowed,
             scratch: BytesMut::new(),
+            parsed: VecDeque::new(),
         }
     }
 
@@ -61,32 +112,42 @@ impl Decoder {
         &mut self,
         block: &Bytes,
         max_list: usize,
-        mut field: impl FnMut(Field),
+        mut field: impl FnMut(Field, Known<'_>),
     ) -> Result<(), DecodeError> {
         let mut at = 0;
         let mut list = 0usize;
         let mut fields_seen = false;
         while at < block.len() {
             let b = block[at];
-            let f = if b & 0x80 != 0 {
+            let (f, from) = if b & 0x80 != 0 {
                 // Indexed field.
                 let i = integer(block, &mut at, 7)?;
                 let (name, value) = self.lookup(i)?;
-                Field {
-                    name,
-                    value,
-                    never_indexed: false,
-                }
+                let from = match i.checked_sub(62) {
+                    Some(k) => Source::Dynamic(k, true),
+                    None => Source::Static(i),
+                };
+                (
+                    Field {
+                        name,
+                        value,
+                        never_indexed: false,
+                    },
+                    from,
+                )
             } else if b & 0xc0 == 0x40 {
                 // Literal with incremental indexing.
-                let f = self.literal(block, &mut at, 6, false)?;
+                let (f, _) = self.literal(block, &mut at, 6, false)?;
                 // The table keeps copies: a slice of the block would keep the connection's
                 // whole read buffer alive for as long as the entry lives.
-                self.table.insert(
+                let (name, value) = (
                     Bytes::copy_from_slice(&f.name),
                     Bytes::copy_from_slice(&f.value),
                 );
-                f
+                self.parsed.push_front(parse(&name, &value));
+                self.table.insert(name, value);
+                self.parsed.truncate(self.table.len());
+                (f, Source::Dynamic(0, true))
             } else if b & 0xe0 == 0x20 {
                 // Dynamic table size update: only before the first field of a block.
                 if fields_seen {
@@ -97,6 +158,7 @@ impl Decoder {
                     return Err(DecodeError::SizeUpdateTooLarge(size, self.allowed));
                 }
                 self.table.set_max(size);
+                self.parsed.truncate(self.table.len());
                 continue;
             } else {
                 // Literal without indexing (0000) or never indexed (0001).
@@ -107,13 +169,31 @@ impl Decoder {
             // Past the bound the rest of the block is still decoded (its insertions keep the
             // table in step with the peer's), but no more fields are handed on.
             if list <= max_list {
-                field(f);
+                field(f, self.known(from));
             }
         }
         if list > max_list {
             return Err(DecodeError::ListTooLarge(max_list));
         }
         Ok(())
+    }
+
+    /// What the tables know of a field that came from `from`.
+    fn known(&self, from: Source) -> Known<'_> {
+        match from {
+            Source::Literal => Known::default(),
+            Source::Static(i) => Known {
+                name: i.checked_sub(15).and_then(|k| STATIC_NAMES.get(k)),
+                value: None,
+            },
+            Source::Dynamic(k, whole) => match self.parsed.get(k) {
+                Some(Some((n, v))) => Known {
+                    name: Some(n),
+                    value: v.as_ref().filter(|_| whole),
+                },
+                _ => Known::default(),
+            },
+        }
     }
 
     /// A field by index: static (1..=61), then dynamic.
@@ -142,19 +222,26 @@ impl Decoder {
         at: &mut usize,
         prefix: u8,
         never_indexed: bool,
-    ) -> Result<Field, DecodeError> {
+    ) -> Result<(Field, Source), DecodeError> {
         let i = integer(block, at, prefix)?;
-        let name = if i == 0 {
-            self.string(block, at)?
+        let (name, from) = if i == 0 {
+            (self.string(block, at)?, Source::Literal)
         } else {
-            self.lookup(i)?.0
+            let from = match i.checked_sub(62) {
+                Some(k) => Source::Dynamic(k, false),
+                None => Source::Static(i),
+            };
+            (self.lookup(i)?.0, from)
         };
         let value = self.string(block, at)?;
-        Ok(Field {
-            name,
-            value,
-            never_indexed,
-        })
+        Ok((
+            Field {
+                name,
+                value,
+                never_indexed,
+            },
+            from,
+        ))
     }
 
     /// A string literal (RFC 7541 §5.2).

@@ -3,13 +3,19 @@
 //! has the name. Literals are added to the dynamic table unless they are sensitive (sent never
 //! indexed) or of a kind whose values rarely repeat (paths, lengths, cookies and the like, as
 //! nghttp2 decides). Strings are Huffman-encoded when that is shorter.
+//!
+//! A proxy sends much the same fields in the same order on every message of a connection, so
+//! the encoder remembers, for each position in the last block, the index that field was sent
+//! with. The next block's field at that position is compared with the table entry at that
+//! index first (a name and a value compare, no table lookups); the index is used only if the
+//! entry still holds that field, so the memory can never produce a wrong index.
 
 use std::collections::VecDeque;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::huffman;
-use super::table::{find_static, Dynamic, ENTRY_OVERHEAD};
+use super::table::{find_static, Dynamic, ENTRY_OVERHEAD, STATIC};
 
 /// The encoding side of one connection's HPACK context.
 #[derive(Debug)]
@@ -22,7 +28,26 @@ pub struct Encoder {
     /// The smallest maximum set since the last block, and the latest: both are announced at
     /// the start of the next block (RFC 7541 §4.2).
     pending: Option<(usize, usize)>,
+    /// By position in the last blocks: how the field there was sent (see [`Seen`]).
+    seen: Vec<Seen>,
+    /// The position of the next field in the current block.
+    at: usize,
 }
+
+/// How the field at one position of a block was sent last: the table index of the whole
+/// field, or of its name with the value a literal not indexed. Checked against the table
+/// before it is used again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Nothing,
+    /// Sent as this index (static or dynamic).
+    Field(u16),
+    /// A literal without indexing after this name index; the value Huffman-coded or not.
+    Name(u16, bool),
+}
+
+/// Positions remembered per block; fields after these take the full lookup.
+const SEEN_MAX: usize = 32;
 
 impl Default for Encoder {
     fn default() -> Self {
@@ -40,6 +65,8 @@ impl Encoder {
             table: Dynamic::new(4096),
             tags: VecDeque::new(),
             pending: None,
+            seen: Vec::new(),
+            at: 0,
         }
     }
 
@@ -63,6 +90,7 @@ impl Encoder {
 
     /// Starts a header block: any pending table size update goes first.
     pub fn begin(&mut self, out: &mut impl BufMut) {
+        self.at = 0;
         if let Some((smallest, last)) = self.pending.take() {
             if smallest != last {
                 integer(smallest, 5, 0x20, out);
@@ -73,9 +101,65 @@ impl Encoder {
 
     /// Appends one field to the block begun with [`Encoder::begin`].
     pub fn field(&mut self, name: &[u8], value: &[u8], sensitive: bool, out: &mut BytesMut) {
+        let at = self.at;
+        self.at += 1;
+        if !sensitive {
+            if let Some(&seen) = self.seen.get(at) {
+                if self.repeat(seen, name, value, out) {
+                    return;
+                }
+            }
+        }
+        let seen = self.lookup(name, value, sensitive, out);
+        if at < self.seen.len() {
+            self.seen[at] = seen;
+        } else if at == self.seen.len() && at < SEEN_MAX {
+            self.seen.push(seen);
+        }
+    }
+
+    /// Sends the field as it was sent at this position last time, if the table entry that
+    /// was used still holds it; false if the full lookup is needed.
+    fn repeat(&self, seen: Seen, name: &[u8], value: &[u8], out: &mut BytesMut) -> bool {
+        let index = match seen {
+            Seen::Nothing => return false,
+            Seen::Field(i) | Seen::Name(i, _) => i as usize,
+        };
+        let (n, v): (&[u8], &[u8]) = if index <= STATIC.len() {
+            let (n, v) = STATIC[index - 1];
+            (n.as_bytes(), v.as_bytes())
+        } else {
+            match self.table.get(index - STATIC.len() - 1) {
+                Some((n, v)) => (n, v),
+                None => return false,
+            }
+        };
+        if n != name {
+            return false;
+        }
+        match seen {
+            Seen::Field(_) if v == value => integer(index, 7, 0x80, out),
+            // A value the static table has whole is worth its index.
+            Seen::Name(_, _) if name == b":path" && (value == b"/" || value == b"/index.html") => {
+                return false
+            }
+            Seen::Name(_, huffman) => {
+                integer(index, 4, 0x00, out);
+                literal(value, huffman, out);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// The full lookup: static table, then dynamic; says how the field was sent. Kept out of
+    /// line so that the repeat path stays small.
+    #[inline(never)]
+    fn lookup(&mut self, name: &[u8], value: &[u8], sensitive: bool, out: &mut BytesMut) -> Seen {
         let statik = find_static(name, value);
         if let Some((_, Some(i))) = statik {
-            return integer(i, 7, 0x80, out);
+            integer(i, 7, 0x80, out);
+            return Seen::Field(i as u16);
         }
         let mut name_index = statik.map(|(i, _)| i);
         if !sensitive {
@@ -84,7 +168,8 @@ impl Encoder {
                 let (n, v) = self.table.get(i).expect("tags follow the table");
                 if n.as_ref() == name {
                     if v.as_ref() == value {
-                        return integer(62 + i, 7, 0x80, out);
+                        integer(62 + i, 7, 0x80, out);
+                        return Seen::Field((62 + i) as u16);
                     }
                     name_index.get_or_insert(62 + i);
                 }
@@ -113,12 +198,26 @@ impl Encoder {
                 string(name, out);
             }
         }
-        if huffman_worthwhile(name) {
-            string(value, out);
-        } else {
-            integer(value.len(), 7, 0x00, out);
-            out.put_slice(value);
+        let huffman = huffman_worthwhile(name);
+        literal(value, huffman, out);
+        // Only a name whose values are never indexed is remembered for its name index: the
+        // next value then goes out the same way whatever it is.
+        match name_index {
+            Some(i) if flags == 0x00 && !indexable(name, value) && name != b"cookie" => {
+                Seen::Name(i as u16, huffman)
+            }
+            _ => Seen::Nothing,
         }
+    }
+}
+
+/// A value after its name: a string literal, Huffman-coded when worthwhile and shorter.
+fn literal(value: &[u8], huffman: bool, out: &mut BytesMut) {
+    if huffman {
+        string(value, out);
+    } else {
+        integer(value.len(), 7, 0x00, out);
+        out.put_slice(value);
     }
 }
 
@@ -147,6 +246,7 @@ fn indexable(name: &[u8], value: &[u8]) -> bool {
 }
 
 /// An integer with an `n`-bit prefix, the byte's other bits set to `flags` (RFC 7541 §5.1).
+#[inline]
 fn integer(value: usize, n: u8, flags: u8, out: &mut impl BufMut) {
     let max_prefix = (1usize << n) - 1;
     if value < max_prefix {
@@ -166,6 +266,12 @@ fn integer(value: usize, n: u8, flags: u8, out: &mut impl BufMut) {
 /// encoded once, in place behind a one-byte length, and written plainly instead if that is
 /// not shorter; a long one is measured first.
 fn string(s: &[u8], out: &mut BytesMut) {
+    // No code is shorter than 5 bits: one or two bytes never get shorter.
+    if s.len() <= 2 {
+        out.put_u8(s.len() as u8);
+        out.put_slice(s);
+        return;
+    }
     if s.len() < 127 {
         let at = out.len();
         out.put_u8(0);

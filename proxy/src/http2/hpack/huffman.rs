@@ -70,6 +70,30 @@ const fn canonical() -> Canonical {
 
 static CODE: Canonical = canonical();
 
+/// Codes of at most 8 bits (the letters, digits and common punctuation), by the 8 bits a code
+/// starts: `len << 8 | symbol`, or 0 for a longer code. One lookup instead of the search by
+/// length for most symbols.
+static SHORT: [u16; 256] = short_codes();
+
+const fn short_codes() -> [u16; 256] {
+    let code = canonical();
+    let mut t = [0u16; 256];
+    let mut sym = 0;
+    while sym < 256 {
+        let len = LEN[sym] as usize;
+        if len <= 8 {
+            let base = (code.codes[sym] as usize) << (8 - len);
+            let mut k = 0;
+            while k < 1 << (8 - len) {
+                t[base + k] = (len as u16) << 8 | sym as u16;
+                k += 1;
+            }
+        }
+        sym += 1;
+    }
+    t
+}
+
 /// The length in bytes of `src` Huffman-encoded.
 pub fn encoded_len(src: &[u8]) -> usize {
     let bits: usize = src.iter().map(|b| LEN[*b as usize] as usize).sum();
@@ -120,9 +144,11 @@ pub enum HuffmanError {
     Padding,
 }
 
-/// Appends the decoded `src` to `dst`.
+/// Appends the decoded `src` to `dst`, through a small stack buffer.
 pub fn decode(src: &[u8], dst: &mut bytes::BytesMut) -> Result<(), HuffmanError> {
     dst.reserve(src.len() * 8 / 5);
+    let mut chunk = [0u8; 64];
+    let mut at = 0;
     // Unread bits, left-aligned.
     let mut acc: u64 = 0;
     let mut n: u32 = 0;
@@ -133,33 +159,70 @@ pub fn decode(src: &[u8], dst: &mut bytes::BytesMut) -> Result<(), HuffmanError>
             n += 8;
             i += 1;
         }
+        if at == chunk.len() {
+            dst.put_slice(&chunk);
+            at = 0;
+        }
+        if n >= 8 {
+            let short = SHORT[(acc >> 56) as usize];
+            if short != 0 {
+                chunk[at] = short as u8;
+                at += 1;
+                acc <<= short >> 8;
+                n -= (short >> 8) as u32;
+                continue;
+            }
+        }
         if n == 0 {
+            dst.put_slice(&chunk[..at]);
             return Ok(());
         }
         let peek = acc >> 32;
-        let mut len = 5;
+        let mut len = 9;
         while len < 30 && peek >= CODE.limit[len] {
             len += 1;
         }
-        if len as u32 > n {
+        if n < 8 || len as u32 > n {
             // What is left is padding: fewer than 8 bits, all ones (no code is all ones, so
-            // a real code never ends up here).
+            // a real code never ends up here; a code shorter than 8 bits would have been
+            // found above only with 8 bits to look at, so it is looked for here).
+            if let Some((sym, len)) = short_tail(acc, n) {
+                chunk[at] = sym;
+                at += 1;
+                acc <<= len;
+                n -= len;
+                continue;
+            }
             let pad = (acc >> (64 - n)) as u32;
             return if n < 8 && pad == (1 << n) - 1 {
+                dst.put_slice(&chunk[..at]);
                 Ok(())
             } else {
                 Err(HuffmanError::Padding)
             };
         }
-        let at = CODE.offset[len] as u32 + ((peek >> (32 - len)) as u32 - CODE.first[len]);
-        let sym = CODE.syms[at as usize];
+        let at_code = CODE.offset[len] as u32 + ((peek >> (32 - len)) as u32 - CODE.first[len]);
+        let sym = CODE.syms[at_code as usize];
         if sym == EOS {
             return Err(HuffmanError::Eos);
         }
-        dst.put_u8(sym as u8);
+        chunk[at] = sym as u8;
+        at += 1;
         acc <<= len;
         n -= len as u32;
     }
+}
+
+/// With fewer than 8 bits left: the code of at most `n` bits they start with, if any.
+fn short_tail(acc: u64, n: u32) -> Option<(u8, u32)> {
+    if n >= 8 {
+        return None;
+    }
+    // The bits past the input are zeros in `acc`; a code that fits within `n` bits is found
+    // whatever they are.
+    let short = SHORT[(acc >> 56) as usize];
+    let len = (short >> 8) as u32;
+    (short != 0 && len <= n).then_some((short as u8, len))
 }
 
 #[cfg(test)]
@@ -229,6 +292,27 @@ mod tests {
         out.clear();
         decode(&[0b0001_1111], &mut out).unwrap();
         assert_eq!(&out[..], b"a");
+    }
+
+    #[test]
+    fn random_strings_round_trip() {
+        // Lengths across the decoder's 64-byte output chunk, text (short codes) and any byte
+        // (long ones), mixed so that strings end on short and long codes with every padding.
+        let mut rng = fastrand::Rng::with_seed(11);
+        for len in 0..400 {
+            let s: Vec<u8> = (0..len)
+                .map(|_| match rng.u8(..4) {
+                    0 => rng.u8(..),
+                    _ => rng.u8(b'a'..=b'z'),
+                })
+                .collect();
+            let mut enc = Vec::new();
+            encode(&s, &mut enc);
+            let mut dec = bytes::BytesMut::from(&b"prefix"[..]);
+            decode(&enc, &mut dec).unwrap();
+            assert_eq!(&dec[..6], b"prefix");
+            assert_eq!(&dec[6..], &s[..], "length {len}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod encoder;
 pub mod huffman;
 pub mod table;
 
-pub use decoder::{Decoder, Field};
+pub use decoder::{Decoder, Field, Known};
 pub use encoder::Encoder;
 
 /// Why a header block could not be decoded; each is a COMPRESSION_ERROR for the connection.

@@ -15,7 +15,7 @@ fn hex(s: &str) -> Bytes {
 
 fn decode(d: &mut Decoder, block: &Bytes) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    d.decode(block, 1 << 20, |f| {
+    d.decode(block, 1 << 20, |f, _| {
         out.push((
             String::from_utf8(f.name.to_vec()).unwrap(),
             String::from_utf8(f.value.to_vec()).unwrap(),
@@ -79,7 +79,7 @@ fn c2_single_representations() {
         .decode(
             &hex("1008 7061 7373 776f 7264 0673 6563 7265 74"),
             1 << 20,
-            |f| seen.push(f),
+            |f, _| seen.push(f),
         )
         .unwrap();
     assert_eq!(&seen[0].name[..], b"password");
@@ -212,6 +212,176 @@ fn encoder_and_decoder_agree_over_many_blocks() {
 }
 
 #[test]
+fn remembered_positions_never_send_a_stale_index() {
+    // Blocks drawn from a small pool of fields in shifting orders, with large values that
+    // evict, table resizes, and fields that turn sensitive at a position that was indexed:
+    // whatever the encoder remembers, the peer must decode exactly what was sent.
+    let pool: Vec<(String, String)> = vec![
+        (":method".into(), "GET".into()),
+        (":path".into(), "/".into()),
+        (":path".into(), "/a/b".into()),
+        (":path".into(), "/index.html".into()),
+        (":authority".into(), "svc.local".into()),
+        ("x-request-id".into(), "0".into()),
+        ("server".into(), "envoy".into()),
+        ("server".into(), "sluice".into()),
+        ("content-length".into(), "2".into()),
+        ("cookie".into(), "a=b".into()),
+        ("cookie".into(), "c=ddddddddddddddddddddddddd".into()),
+        ("x-big".into(), "v".repeat(1500)),
+        ("x-big".into(), "w".repeat(1700)),
+        ("authorization".into(), "Bearer abc".into()),
+    ];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let mut e = Encoder::new();
+    let mut d = Decoder::default();
+    for i in 0..3000 {
+        if i % 97 == 0 {
+            e.set_max_size([0, 64, 200, 4096][next(4)]);
+        }
+        let len = 1 + next(8);
+        let start = next(pool.len());
+        let mut list = Vec::new();
+        let mut out = BytesMut::new();
+        e.begin(&mut out);
+        for k in 0..len {
+            // Mostly the same order as last time, sometimes shifted or replaced.
+            let (n, v) = &pool[(start + k + next(3) / 2) % pool.len()];
+            let v = if n == "x-request-id" {
+                format!("{i}")
+            } else {
+                v.clone()
+            };
+            let sensitive = n == "authorization" || next(10) == 0;
+            e.field(n.as_bytes(), v.as_bytes(), sensitive, &mut out);
+            // A field the static table holds whole is its index even when sensitive.
+            let whole = matches!(
+                table::find_static(n.as_bytes(), v.as_bytes()),
+                Some((_, Some(_)))
+            );
+            list.push((n.clone(), v, sensitive && !whole));
+        }
+        let mut got = Vec::new();
+        d.decode(&out.freeze(), 1 << 20, |f, _| {
+            got.push((
+                String::from_utf8(f.name.to_vec()).unwrap(),
+                String::from_utf8(f.value.to_vec()).unwrap(),
+                f.never_indexed,
+            ))
+        })
+        .unwrap_or_else(|err| panic!("block {i}: {err}"));
+        assert_eq!(got, list, "block {i}");
+    }
+}
+
+#[test]
+fn a_repeated_block_is_all_indices() {
+    let list = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "svc.local:8080"),
+        (":path", "/"),
+        ("x-forwarded-proto", "http"),
+        ("x-envoy-expected-rq-timeout-ms", "15000"),
+    ];
+    let mut e = Encoder::new();
+    let mut d = Decoder::default();
+    let first = encode(&mut e, &list);
+    assert_eq!(decode(&mut d, &first), fields(&list));
+    for _ in 0..3 {
+        let again = encode(&mut e, &list);
+        assert_eq!(decode(&mut d, &again), fields(&list));
+        assert_eq!(again.len(), list.len(), "{again:?}");
+    }
+    // A path the static table lacks is a literal after the name's index; "/" is then found
+    // whole again, not as a literal.
+    let other = [(":path", "/x")];
+    let mut e = Encoder::new();
+    let a = encode(&mut e, &other);
+    let b = encode(&mut e, &[(":path", "/")]);
+    assert_eq!(&b[..], &[0x84]);
+    assert_eq!(a[0], 0x04);
+}
+
+#[test]
+fn fields_from_the_tables_come_parsed_and_checked() {
+    /// Each field's name, and what the tables vouched for: the parsed name and value.
+    type Seen = (String, Option<String>, Option<String>);
+    fn fields_of(d: &mut Decoder, block: &[u8]) -> Vec<Seen> {
+        let mut out = Vec::new();
+        d.decode(&Bytes::copy_from_slice(block), 1 << 20, |f, known| {
+            out.push((
+                String::from_utf8(f.name.to_vec()).unwrap(),
+                known.name.map(|n| n.as_str().to_string()),
+                known
+                    .value
+                    .map(|v| String::from_utf8(v.as_bytes().to_vec()).unwrap()),
+            ))
+        })
+        .unwrap();
+        out
+    }
+    let seen = |name: &str, n: Option<&str>, v: Option<&str>| -> Seen {
+        (name.into(), n.map(String::from), v.map(String::from))
+    };
+    let mut d = Decoder::default();
+    // Literals with incremental indexing, literal names: "x-a: 1", "X-Up: 1" (uppercase),
+    // "x-b: <DEL>" (an invalid value). Each is parsed as it is inserted.
+    let mut block = vec![0x40, 3];
+    block.extend_from_slice(b"x-a");
+    block.extend_from_slice(&[1, b'1', 0x40, 4]);
+    block.extend_from_slice(b"X-Up");
+    block.extend_from_slice(&[1, b'1', 0x40, 3]);
+    block.extend_from_slice(b"x-b");
+    block.extend_from_slice(&[1, 0x7f]);
+    let inserted = vec![
+        seen("x-a", Some("x-a"), Some("1")),
+        // The uppercase name is not vouched for: the consumer checks it and refuses it.
+        seen("X-Up", None, None),
+        // The name is fine, the value is not: only the name is vouched for.
+        seen("x-b", Some("x-b"), None),
+    ];
+    assert_eq!(fields_of(&mut d, &block), inserted);
+    // The same by index (newest first: 62 = x-b, 63 = X-Up, 64 = x-a).
+    assert_eq!(
+        fields_of(&mut d, &[0x80 | 64, 0x80 | 63, 0x80 | 62]),
+        inserted
+    );
+    // A dynamic name with a literal value: the name only.
+    assert_eq!(
+        fields_of(&mut d, &[0x0f, 64 - 15, 1, b'9']),
+        vec![seen("x-a", Some("x-a"), None)]
+    );
+    // A static name with a literal value (content-length, index 28); a pseudo-header's
+    // (index 4, :path), which is not a regular name; a literal name, nothing known.
+    let mut block = vec![0x0f, 28 - 15, 1, b'2', 0x04, 1, b'/', 0x00, 3];
+    block.extend_from_slice(b"x-z");
+    block.extend_from_slice(&[1, b'1']);
+    assert_eq!(
+        fields_of(&mut d, &block),
+        vec![
+            seen("content-length", Some("content-length"), None),
+            seen(":path", None, None),
+            seen("x-z", None, None),
+        ]
+    );
+    // The table emptied by a size update (to 0, then back to 4,096) and refilled: index 62 is
+    // the new entry.
+    let mut block = vec![0x20, 0x3f, 0xe1, 0x1f, 0x40, 3];
+    block.extend_from_slice(b"x-c");
+    block.extend_from_slice(&[1, b'3', 0x80 | 62]);
+    let x_c = seen("x-c", Some("x-c"), Some("3"));
+    assert_eq!(fields_of(&mut d, &block), vec![x_c.clone(), x_c]);
+    assert_eq!(d.table().len(), 1);
+}
+
+#[test]
 fn sensitive_fields_are_never_indexed() {
     let mut e = Encoder::new();
     let mut out = BytesMut::new();
@@ -219,7 +389,7 @@ fn sensitive_fields_are_never_indexed() {
     e.field(b"authorization", b"Bearer abc", true, &mut out);
     let mut seen = Vec::new();
     Decoder::default()
-        .decode(&out.freeze(), 1 << 20, |f| seen.push(f))
+        .decode(&out.freeze(), 1 << 20, |f, _| seen.push(f))
         .unwrap();
     assert!(seen[0].never_indexed);
     assert_eq!(e.table().len(), 0);
@@ -239,11 +409,11 @@ fn table_size_updates_are_announced_and_bounded() {
     let mut over = BytesMut::new();
     over.extend_from_slice(&[0x3f, 0xe1, 0x1f]); // 4096
     assert_eq!(
-        d.decode(&over.freeze(), 1 << 20, |_| {}),
+        d.decode(&over.freeze(), 1 << 20, |_, _| {}),
         Err(DecodeError::SizeUpdateTooLarge(4096, 100))
     );
     assert_eq!(
-        Decoder::default().decode(&hex("8220"), 1 << 20, |_| {}),
+        Decoder::default().decode(&hex("8220"), 1 << 20, |_, _| {}),
         Err(DecodeError::LateSizeUpdate)
     );
 }
@@ -263,7 +433,7 @@ fn bad_blocks_are_errors_not_panics() {
         ),
     ] {
         assert_eq!(
-            Decoder::default().decode(&hex(block), 1 << 20, |_| {}),
+            Decoder::default().decode(&hex(block), 1 << 20, |_, _| {}),
             Err(want),
             "{block}"
         );
@@ -272,14 +442,14 @@ fn bad_blocks_are_errors_not_panics() {
     // name and value).
     let many = Bytes::from(vec![0x82u8; 1000]);
     assert_eq!(
-        Decoder::default().decode(&many, 16 * 1024, |_| {}),
+        Decoder::default().decode(&many, 16 * 1024, |_, _| {}),
         Err(DecodeError::ListTooLarge(16 * 1024))
     );
     // Random input: any result, never a panic.
     let mut rng = fastrand::Rng::with_seed(7);
     for len in 0..2000 {
         let block: Vec<u8> = (0..len % 64).map(|_| rng.u8(..)).collect();
-        let _ = Decoder::default().decode(&Bytes::from(block), 1 << 16, |_| {});
+        let _ = Decoder::default().decode(&Bytes::from(block), 1 << 16, |_, _| {});
     }
 }
 
