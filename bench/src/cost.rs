@@ -218,51 +218,141 @@ fn callgrind_files(dir: &Path, pid: u32) -> Vec<PathBuf> {
     v.into_iter().map(|(_, p)| p).collect()
 }
 
-/// Runs every target × scenario and prints one table.
-#[allow(clippy::too_many_arguments)]
+/// One proxy measured by [`run`]: a kind, the binaries it runs from, and its name in the
+/// table (`sluice-base` for a baseline build of Sluice).
+pub struct Target {
+    pub name: String,
+    pub kind: Kind,
+    pub bins: Bins,
+}
+
+/// What to measure: which scenarios (all when empty), how many times, how.
+pub struct Plan {
+    pub scenarios: Vec<String>,
+    pub reps: usize,
+    pub inflight: usize,
+    pub dur: Duration,
+    pub callgrind: bool,
+}
+
+/// Runs every target × scenario `plan.reps` times, the repetitions interleaved (every target
+/// once, then again) so that a drift of the machine touches them alike, and prints one table
+/// of medians.
 pub fn run(
-    kinds: &[Kind],
-    bins: &Bins,
+    targets: &[Target],
     up: &Upstream,
     dir: &Path,
     cpu: Option<usize>,
-    inflight: usize,
-    dur: Duration,
-    callgrind: bool,
+    plan: &Plan,
 ) -> anyhow::Result<String> {
-    let mut rows: Vec<(String, String, Cost)> = Vec::new();
+    let mut rows: Vec<(String, String, Vec<Cost>)> = Vec::new();
     let cg_dir = dir.join("callgrind");
-    if callgrind {
+    if plan.callgrind {
         std::fs::create_dir_all(&cg_dir)?;
     }
-    for k in kinds {
-        for sc in scenarios(inflight) {
-            let wrapper: Vec<String> = if callgrind {
-                vec![
-                    "valgrind".into(),
-                    "--tool=callgrind".into(),
-                    format!("--callgrind-out-file={}/callgrind.out.%p", cg_dir.display()),
-                ]
-            } else {
-                vec![]
-            };
-            // A fresh process per scenario, so one scenario's connections do not linger.
-            let running = targets::start_wrapped(*k, bins, up, dir, cpu, &wrapper)?;
-            let c = measure(&running, &sc, dur, callgrind.then_some(cg_dir.as_path()))?;
-            eprintln!(
-                "{} {}: {} requests {:?}",
-                k.name(),
-                sc.name,
-                c.requests,
-                c.per_req
-            );
-            rows.push((k.name().to_string(), sc.name.clone(), c));
+    let scenarios: Vec<Scenario> = scenarios(plan.inflight)
+        .into_iter()
+        .filter(|s| plan.scenarios.is_empty() || plan.scenarios.contains(&s.name))
+        .collect();
+    anyhow::ensure!(!scenarios.is_empty(), "no such scenario");
+    for rep in 0..plan.reps.max(1) {
+        for t in targets {
+            for sc in &scenarios {
+                let wrapper: Vec<String> = if plan.callgrind {
+                    vec![
+                        "valgrind".into(),
+                        "--tool=callgrind".into(),
+                        format!("--callgrind-out-file={}/callgrind.out.%p", cg_dir.display()),
+                    ]
+                } else {
+                    vec![]
+                };
+                // A fresh process per scenario, so one scenario's connections do not linger.
+                let running = targets::start_wrapped(t.kind, &t.bins, up, dir, cpu, &wrapper)?;
+                let c = measure(
+                    &running,
+                    sc,
+                    plan.dur,
+                    plan.callgrind.then_some(cg_dir.as_path()),
+                )?;
+                eprintln!(
+                    "[{}] {} {}: {} requests {:?}",
+                    rep + 1,
+                    t.name,
+                    sc.name,
+                    c.requests,
+                    c.per_req
+                );
+                match rows.iter_mut().find(|r| r.0 == t.name && r.1 == sc.name) {
+                    Some(r) => r.2.push(c),
+                    None => rows.push((t.name.clone(), sc.name.clone(), vec![c])),
+                }
+            }
         }
     }
-    Ok(table(&rows, inflight, callgrind))
+    let rows: Vec<(String, String, Cost, f64)> = rows
+        .into_iter()
+        .map(|(t, sc, runs)| {
+            let (c, spread) = median(
+                &runs,
+                if plan.callgrind {
+                    "instructions:u"
+                } else {
+                    "cpu-µs"
+                },
+            );
+            (t, sc, c, spread)
+        })
+        .collect();
+    Ok(table(&rows, plan.inflight, plan.callgrind, plan.reps))
 }
 
-fn table(rows: &[(String, String, Cost)], inflight: usize, callgrind: bool) -> String {
+/// Each figure's median over the runs, and the spread of `key`: half the range, relative to
+/// the median.
+fn median(runs: &[Cost], key: &str) -> (Cost, f64) {
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let mut out = Cost {
+        requests: mid(runs.iter().map(|c| c.requests as f64).collect()) as u64,
+        ..Default::default()
+    };
+    let keys: std::collections::BTreeSet<&String> =
+        runs.iter().flat_map(|c| c.per_req.keys()).collect();
+    for k in keys {
+        let v: Vec<f64> = runs
+            .iter()
+            .map(|c| c.per_req.get(k).copied().unwrap_or(0.0))
+            .collect();
+        out.per_req.insert(k.clone(), mid(v));
+    }
+    let v: Vec<f64> = runs
+        .iter()
+        .filter_map(|c| c.per_req.get(key).copied())
+        .collect();
+    let spread = match (
+        v.iter().copied().reduce(f64::min),
+        v.iter().copied().reduce(f64::max),
+        out.per_req.get(key),
+    ) {
+        (Some(lo), Some(hi), Some(m)) if *m > 0.0 => (hi - lo) / 2.0 / m,
+        _ => 0.0,
+    };
+    (out, spread)
+}
+
+fn table(
+    rows: &[(String, String, Cost, f64)],
+    inflight: usize,
+    callgrind: bool,
+    reps: usize,
+) -> String {
     let cols: Vec<&str> = if callgrind {
         vec!["instructions:u"]
     } else {
@@ -275,12 +365,16 @@ fn table(rows: &[(String, String, Cost)], inflight: usize, callgrind: bool) -> S
         .into_iter()
         .filter(|c| {
             rows.iter()
-                .any(|(_, _, r)| r.per_req.get(*c).is_some_and(|v| *v > 0.0))
+                .any(|(_, _, r, _)| r.per_req.get(*c).is_some_and(|v| *v > 0.0))
         })
         .collect();
-    let mut s = format!(
-        "per request, closed loop, {inflight} in flight\n\n| scenario | target | requests |"
-    );
+    let mut s = format!("per request, closed loop, {inflight} in flight");
+    if reps > 1 {
+        s.push_str(&format!(
+            "; medians of {reps} interleaved runs, ± half their range"
+        ));
+    }
+    s.push_str("\n\n| scenario | target | requests |");
     for c in &cols {
         s.push_str(&format!(" {c} |"));
     }
@@ -289,19 +383,22 @@ fn table(rows: &[(String, String, Cost)], inflight: usize, callgrind: bool) -> S
         s.push_str("---:|");
     }
     s.push('\n');
-    let mut sorted: Vec<&(String, String, Cost)> = rows.iter().collect();
+    let mut sorted: Vec<&(String, String, Cost, f64)> = rows.iter().collect();
     sorted.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
-    for (t, sc, c) in sorted {
+    for (t, sc, c, spread) in sorted {
         s.push_str(&format!("| {sc} | {t} | {} |", c.requests));
-        for col in &cols {
+        for (i, col) in cols.iter().enumerate() {
             let v = c.per_req.get(*col).copied().unwrap_or(0.0);
-            let cell = if v >= 1000.0 {
+            let mut cell = if v >= 1000.0 {
                 format!("{v:.0}")
             } else if v >= 10.0 {
                 format!("{v:.1}")
             } else {
                 format!("{v:.2}")
             };
+            if i == 0 && reps > 1 {
+                cell.push_str(&format!(" ±{:.0}%", spread * 100.0));
+            }
             s.push_str(&format!(" {cell} |"));
         }
         s.push('\n');

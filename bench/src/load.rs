@@ -228,44 +228,66 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
 pub async fn open(addr: SocketAddr, sc: &Scenario) -> anyhow::Result<Vec<Conn>> {
     let mut v = Vec::with_capacity(sc.conns);
     for _ in 0..sc.conns {
-        let s = connect(addr).await?;
-        let mut c = match sc.proto {
-            Proto::H1 => {
-                let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await?;
-                tokio::spawn(conn);
-                Conn::H1(tx)
-            }
-            Proto::H2 | Proto::Grpc => {
-                let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                    .handshake(TokioIo::new(s))
-                    .await?;
-                tokio::spawn(conn);
-                Conn::H2(tx)
-            }
-            Proto::TcpEcho | Proto::TcpBulk => {
-                let mut s = s;
-                let mode = if sc.proto == Proto::TcpEcho {
-                    b"E"
-                } else {
-                    b"S"
-                };
-                s.write_all(mode).await?;
-                Conn::Tcp(s)
+        // A proxy just started can refuse or reset its very first connections (nginx did, once
+        // in a full run): a connection is tried three times before the run gives up.
+        let mut attempt = 0;
+        let c = loop {
+            match open_one(addr, sc).await {
+                Ok(c) => break c,
+                Err(e) if attempt == 2 => return Err(e),
+                Err(e) => {
+                    eprintln!(
+                        "opening a connection to {addr} (attempt {}): {e:#}",
+                        attempt + 1
+                    );
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
         };
-        // Warm up: one exchange per connection (opens the proxy's upstream connection too).
-        match &mut c {
-            Conn::H1(_) | Conn::H2(_) => {
-                http_once(&mut c, &sc.path).await?;
-            }
-            Conn::Tcp(s) if sc.proto == Proto::TcpEcho => {
-                echo_once(s).await?;
-            }
-            Conn::Tcp(_) => {}
-        }
         v.push(c);
     }
     Ok(v)
+}
+
+/// One warmed connection for `sc`.
+async fn open_one(addr: SocketAddr, sc: &Scenario) -> anyhow::Result<Conn> {
+    let s = connect(addr).await?;
+    let mut c = match sc.proto {
+        Proto::H1 => {
+            let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await?;
+            tokio::spawn(conn);
+            Conn::H1(tx)
+        }
+        Proto::H2 | Proto::Grpc => {
+            let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .handshake(TokioIo::new(s))
+                .await?;
+            tokio::spawn(conn);
+            Conn::H2(tx)
+        }
+        Proto::TcpEcho | Proto::TcpBulk => {
+            let mut s = s;
+            let mode = if sc.proto == Proto::TcpEcho {
+                b"E"
+            } else {
+                b"S"
+            };
+            s.write_all(mode).await?;
+            Conn::Tcp(s)
+        }
+    };
+    // Warm up: one exchange per connection (opens the proxy's upstream connection too).
+    match &mut c {
+        Conn::H1(_) | Conn::H2(_) => {
+            http_once(&mut c, &sc.path).await?;
+        }
+        Conn::Tcp(s) if sc.proto == Proto::TcpEcho => {
+            echo_once(s).await?;
+        }
+        Conn::Tcp(_) => {}
+    }
+    Ok(c)
 }
 
 /// HTTP/1.1 requests use origin-form and a Host header; HTTP/2 ones carry the authority.

@@ -157,6 +157,16 @@ struct CostArgs {
     /// Count user-space instructions under valgrind's callgrind instead of perf counters.
     #[arg(long)]
     callgrind: bool,
+    /// Measure every target this many times, interleaved, and report medians.
+    #[arg(long, default_value_t = 1)]
+    reps: usize,
+    /// Only these scenarios (h1-small, h1-16k, h2-small, tcp-echo).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// A second Sluice binary, measured as `sluice-base` interleaved with the others: an A/B of
+    /// two builds on the same machine state.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -348,16 +358,33 @@ fn main() -> anyhow::Result<()> {
                 sys::pin_current(c)?;
             }
             let dir = std::env::temp_dir().join(format!("sluice-cost-{}", std::process::id()));
-            let table = cost::run(
-                &kinds,
-                &bins,
-                &up,
-                &dir,
-                proxy_cpu,
-                a.inflight,
-                Duration::from_secs_f64(a.duration),
-                a.callgrind,
-            )?;
+            let mut targets: Vec<cost::Target> = kinds
+                .iter()
+                .map(|k| cost::Target {
+                    name: k.name().to_string(),
+                    kind: *k,
+                    bins: bins.clone(),
+                })
+                .collect();
+            if let Some(base) = &a.baseline {
+                anyhow::ensure!(base.exists(), "no baseline binary at {}", base.display());
+                targets.push(cost::Target {
+                    name: "sluice-base".into(),
+                    kind: Kind::Sluice,
+                    bins: targets::Bins {
+                        sluice: base.clone(),
+                        ..bins.clone()
+                    },
+                });
+            }
+            let plan = cost::Plan {
+                scenarios: a.scenarios.clone(),
+                reps: a.reps,
+                inflight: a.inflight,
+                dur: Duration::from_secs_f64(a.duration),
+                callgrind: a.callgrind,
+            };
+            let table = cost::run(&targets, &up, &dir, proxy_cpu, &plan)?;
             println!("{table}");
             if !a.callgrind {
                 let _ = std::fs::remove_dir_all(&dir);

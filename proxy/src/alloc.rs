@@ -1,34 +1,38 @@
 //! The global allocator of the `sluice` binary: the system's (glibc's) malloc, with a small
-//! per-thread cache of mid-sized blocks in front of it.
+//! per-thread cache of freed mid-sized blocks in front of it.
 //!
 //! glibc serves blocks up to 1,032 bytes from its per-thread cache in a few dozen instructions,
 //! but a larger one goes through its bins: about 300 instructions to allocate and 150 to free.
 //! Every request allocates two such blocks, the boxed futures of its stream and of its
-//! forwarding (2–8 KiB each, the same sizes each time), so half of the allocator's cost per
-//! request was those two. This cache keeps up to [`KEEP`] freed blocks of each of three size
-//! classes (2, 4 and 8 KiB) per thread and hands them out again; everything else goes to the
-//! system allocator unchanged. Blocks are allocated at their class's full size, so any request
-//! in the class can take any cached block.
+//! forwarding (a few KiB each, the same size every time). This cache keeps, per thread, up to
+//! [`KEEP`] freed blocks of each of [`SIZES`] exact sizes between 1 and 8 KiB (the sizes most
+//! recently freed) and hands them out again for that exact size; everything else goes to the
+//! system allocator unchanged. Blocks keep their exact size, so memory use is what glibc's
+//! would be, plus what the caches hold.
 //!
-//! At most `KEEP` × 14 KiB stays cached per thread; blocks left in a thread's cache when it
-//! exits are not returned (the proxy's threads live as long as the process).
+//! At most `KEEP` × `SIZES` × 8 KiB stays cached per thread. [`flush_this_thread`] gives a
+//! thread's blocks back: `sys::trim_heap` calls it, so a thread that loads configuration or
+//! drops a descriptor pool and then trims does not keep blocks it never asks for again, and so
+//! does a runtime thread that stops.
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::ptr;
 
-/// Blocks kept per size class and thread.
+/// Blocks kept per size and thread.
 pub const KEEP: u32 = 32;
 
-/// The classes' sizes; requests up to 1,024 bytes are left to glibc's own cache.
-const CLASSES: [usize; 3] = [2048, 4096, 8192];
+/// Sizes cached at once per thread.
+pub const SIZES: usize = 4;
 
 /// The allocator: `System` with the per-thread cache.
 pub struct Cached;
 
-/// One class's free blocks, linked through their first word.
+/// The free blocks of one size, linked through their first word.
 struct Free {
+    /// The blocks' size; a list that is empty may be taken over by another size.
+    size: Cell<usize>,
     head: Cell<*mut u8>,
     len: Cell<u32>,
 }
@@ -36,6 +40,7 @@ struct Free {
 impl Free {
     const fn new() -> Free {
         Free {
+            size: Cell::new(0),
             head: Cell::new(ptr::null_mut()),
             len: Cell::new(0),
         }
@@ -45,41 +50,55 @@ impl Free {
 thread_local! {
     // No destructor and a constant initializer: usable at any point of a thread's life,
     // teardown included, without registering anything.
-    static CACHE: [Free; 3] = const { [Free::new(), Free::new(), Free::new()] };
+    static CACHE: [Free; SIZES] = const { [Free::new(), Free::new(), Free::new(), Free::new()] };
+    /// The list a new size takes over when every list holds blocks (round robin).
+    static VICTIM: Cell<usize> = const { Cell::new(0) };
 }
 
-/// The class of a layout, if it has one.
-#[inline]
-fn class(layout: Layout) -> Option<usize> {
-    if layout.align() > 16 || layout.size() <= 1024 || layout.size() > CLASSES[2] {
-        return None;
+/// Gives a list's blocks back to the system allocator.
+fn release(free: &Free) {
+    let mut block = free.head.replace(ptr::null_mut());
+    while !block.is_null() {
+        // SAFETY: every block on the list was put there by `keep` with the next block's
+        // address in its first word, and was allocated from the system with the list's size
+        // and an alignment of at most 16.
+        unsafe {
+            let next = block.cast::<*mut u8>().read();
+            System.dealloc(
+                block,
+                Layout::from_size_align_unchecked(free.size.get(), 16),
+            );
+            block = next;
+        }
     }
-    Some(match layout.size() {
-        1025..=2048 => 0,
-        2049..=4096 => 1,
-        _ => 2,
-    })
+    free.len.set(0);
 }
 
-/// The layout a block of class `c` is allocated with from the system.
-#[inline]
-fn class_layout(c: usize) -> Layout {
-    // SAFETY: the sizes are non-zero multiples of 16, far below isize::MAX.
-    unsafe { Layout::from_size_align_unchecked(CLASSES[c], 16) }
+/// Gives every block this thread keeps back to the system allocator.
+pub fn flush_this_thread() {
+    let _ = CACHE.try_with(|cache| cache.iter().for_each(release));
 }
 
-/// A cached block of class `c`, if this thread has one.
+/// Whether blocks of this layout are cached: larger than glibc's own per-thread cache takes,
+/// at most 8 KiB, and no more aligned than malloc's 16 bytes.
 #[inline]
-fn take(c: usize) -> Option<*mut u8> {
+fn cached(layout: Layout) -> bool {
+    (1025..=8192).contains(&layout.size()) && layout.align() <= 16
+}
+
+/// A cached block of exactly `size` bytes, if this thread has one. Not inlined: the
+/// allocator's entry points are inlined at every allocation in the program, and this body at
+/// each would add megabytes of code (and of resident memory).
+#[inline(never)]
+fn take(size: usize) -> Option<*mut u8> {
     CACHE
         .try_with(|cache| {
-            let free = &cache[c];
+            let free = cache
+                .iter()
+                .find(|f| f.size.get() == size && f.len.get() > 0)?;
             let head = free.head.get();
-            if head.is_null() {
-                return None;
-            }
-            // SAFETY: every block on the list was put there by `keep` with the next block's
-            // address in its first word; it is at least 2 KiB and 16-aligned.
+            // SAFETY: a list with blocks holds the next block's address in each block's first
+            // word (see `keep`).
             free.head.set(unsafe { head.cast::<*mut u8>().read() });
             free.len.set(free.len.get() - 1);
             Some(head)
@@ -88,17 +107,35 @@ fn take(c: usize) -> Option<*mut u8> {
         .flatten()
 }
 
-/// Keeps a freed block of class `c`; false when the cache is full.
-#[inline]
-fn keep(c: usize, block: *mut u8) -> bool {
+/// Keeps a freed block of `size` bytes; false when this thread's list for that size is full.
+/// A size with no list takes over an empty one, else the next in turn, whose blocks go back
+/// to the system: the sizes freed lately keep their lists. Not inlined (see
+/// `take`).
+#[inline(never)]
+fn keep(size: usize, block: *mut u8) -> bool {
     CACHE
         .try_with(|cache| {
-            let free = &cache[c];
+            let free = match cache.iter().find(|f| f.size.get() == size) {
+                Some(f) => f,
+                None => {
+                    let f = match cache.iter().find(|f| f.len.get() == 0) {
+                        Some(f) => f,
+                        None => {
+                            let v = VICTIM.try_with(|v| v.replace((v.get() + 1) % SIZES));
+                            let f = &cache[v.unwrap_or(0)];
+                            release(f);
+                            f
+                        }
+                    };
+                    f.size.set(size);
+                    f
+                }
+            };
             if free.len.get() >= KEEP {
                 return false;
             }
-            // SAFETY: the block is at least 2 KiB, 16-aligned and no longer in use: its first
-            // word holds the list's link.
+            // SAFETY: the block is more than 1 KiB, 16-aligned and no longer in use: its
+            // first word holds the list's link.
             unsafe { block.cast::<*mut u8>().write(free.head.get()) };
             free.head.set(block);
             free.len.set(free.len.get() + 1);
@@ -107,60 +144,40 @@ fn keep(c: usize, block: *mut u8) -> bool {
         .unwrap_or(false)
 }
 
-// SAFETY: every block handed out is either the system allocator's, for the caller's layout,
-// or a block of the layout's class (at least as large, 16-aligned) allocated from the system
-// at the class's layout and freed back to it at that layout; a block is on at most one free
-// list and is never handed out while on it.
+// Each entry point is one call, not inlined at the program's allocation sites (that cost
+// half a megabyte of code).
+//
+// SAFETY: every block handed out is the system allocator's, allocated for a layout of the
+// same size and an alignment it satisfies (malloc aligns to 16): either just now, or earlier
+// for a caller that freed it into this thread's list of that exact size. A block is on at most
+// one list and is never handed out while on it; the system frees every block with the size
+// it was allocated with.
 unsafe impl GlobalAlloc for Cached {
-    #[inline]
+    #[inline(never)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        match class(layout) {
-            Some(c) => take(c).unwrap_or_else(|| System.alloc(class_layout(c))),
-            None => System.alloc(layout),
+        if cached(layout) {
+            if let Some(block) = take(layout.size()) {
+                return block;
+            }
         }
+        System.alloc(layout)
     }
 
-    #[inline]
+    #[inline(never)]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        match class(layout) {
-            Some(_) => {
-                let p = self.alloc(layout);
-                if !p.is_null() {
-                    ptr::write_bytes(p, 0, layout.size());
-                }
-                p
-            }
-            None => System.alloc_zeroed(layout),
-        }
+        System.alloc_zeroed(layout)
     }
 
-    #[inline]
+    #[inline(never)]
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
-        match class(layout) {
-            Some(c) => {
-                if !keep(c, block) {
-                    System.dealloc(block, class_layout(c));
-                }
-            }
-            None => System.dealloc(block, layout),
+        if !(cached(layout) && keep(layout.size(), block)) {
+            System.dealloc(block, layout);
         }
     }
 
+    #[inline(never)]
     unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let new = Layout::from_size_align_unchecked(new_size, layout.align());
-        match (class(layout), class(new)) {
-            (None, None) => System.realloc(block, layout, new_size),
-            // Within one class the block already has room.
-            (Some(a), Some(b)) if a == b => block,
-            _ => {
-                let p = self.alloc(new);
-                if !p.is_null() {
-                    ptr::copy_nonoverlapping(block, p, layout.size().min(new_size));
-                    self.dealloc(block, layout);
-                }
-                p
-            }
-        }
+        System.realloc(block, layout, new_size)
     }
 }
 
@@ -172,19 +189,26 @@ mod tests {
         Layout::from_size_align(size, align).unwrap()
     }
 
-    #[test]
-    fn classes_cover_mid_sizes_only() {
-        assert_eq!(class(layout(1024, 8)), None);
-        assert_eq!(class(layout(1025, 8)), Some(0));
-        assert_eq!(class(layout(2048, 16)), Some(0));
-        assert_eq!(class(layout(2049, 8)), Some(1));
-        assert_eq!(class(layout(8192, 8)), Some(2));
-        assert_eq!(class(layout(8193, 8)), None);
-        assert_eq!(class(layout(4096, 32)), None);
+    fn lens() -> Vec<(usize, u32)> {
+        CACHE.with(|c| {
+            c.iter()
+                .filter(|f| f.len.get() > 0)
+                .map(|f| (f.size.get(), f.len.get()))
+                .collect()
+        })
     }
 
     #[test]
-    fn a_freed_block_is_handed_out_again_and_the_cache_is_bounded() {
+    fn only_mid_sizes_are_cached() {
+        assert!(!cached(layout(1024, 8)));
+        assert!(cached(layout(1025, 8)));
+        assert!(cached(layout(8192, 16)));
+        assert!(!cached(layout(8193, 8)));
+        assert!(!cached(layout(4096, 32)));
+    }
+
+    #[test]
+    fn a_freed_block_is_handed_out_again_for_its_size_and_the_cache_is_bounded() {
         let a = Cached;
         let l = layout(3000, 8);
         // SAFETY: blocks are used within their layouts and freed once with them.
@@ -192,46 +216,34 @@ mod tests {
             let p = a.alloc(l);
             p.write_bytes(0xab, l.size());
             a.dealloc(p, l);
-            // Same class, other size: the cached block (class-sized, so large enough).
-            let q = a.alloc(layout(4096, 16));
+            assert_eq!(lens(), vec![(3000, 1)]);
+            // Another size does not get it...
+            let other = a.alloc(layout(3001, 8));
+            assert_ne!(other, p);
+            a.dealloc(other, layout(3001, 8));
+            // ...the same size does.
+            let q = a.alloc(l);
             assert_eq!(p, q);
-            q.write_bytes(0xcd, 4096);
-            a.dealloc(q, layout(4096, 16));
+            a.dealloc(q, l);
             // Fill past the bound: what does not fit goes back to the system.
             let many: Vec<*mut u8> = (0..KEEP + 8).map(|_| a.alloc(l)).collect();
             for &m in &many {
                 a.dealloc(m, l);
             }
-            CACHE.with(|c| assert_eq!(c[1].len.get(), KEEP));
-            let zeroed = a.alloc_zeroed(l);
-            assert!(std::slice::from_raw_parts(zeroed, l.size())
-                .iter()
-                .all(|b| *b == 0));
-            a.dealloc(zeroed, l);
-        }
-    }
-
-    #[test]
-    fn realloc_keeps_the_contents_across_classes() {
-        let a = Cached;
-        // SAFETY: as above; each realloc's result replaces the block it was given.
-        unsafe {
-            let mut l = layout(100, 8);
-            let mut p = a.alloc(l);
-            for i in 0..100 {
-                p.add(i).write(i as u8);
+            assert!(lens().contains(&(3000, KEEP)));
+            // Every list taken by another size: a fifth size takes one over in turn (the
+            // first: 3000's blocks go back), a sixth the next.
+            for size in [4000, 5000, 6000, 7000] {
+                let b = a.alloc(layout(size, 8));
+                a.dealloc(b, layout(size, 8));
             }
-            for size in [1500, 1800, 3000, 7000, 20_000, 5000, 1100, 50] {
-                p = a.realloc(p, l, size);
-                assert!(!p.is_null());
-                let kept = l.size().min(size).min(100);
-                for i in 0..kept {
-                    assert_eq!(p.add(i).read(), i as u8, "byte {i} after {size}");
-                }
-                l = layout(size, 8);
-            }
-            a.dealloc(p, l);
+            let mut now = lens();
+            now.sort();
+            assert_eq!(now, vec![(4000, 1), (5000, 1), (6000, 1), (7000, 1)]);
         }
+        flush_this_thread();
+        assert_eq!(lens(), vec![]);
+        CACHE.with(|c| assert!(c.iter().all(|f| f.head.get().is_null())));
     }
 
     #[test]
@@ -263,6 +275,7 @@ mod tests {
                         a.dealloc(p, l);
                     }
                 }
+                flush_this_thread();
             });
         });
     }

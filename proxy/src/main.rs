@@ -425,6 +425,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => tokio::runtime::Builder::new_multi_thread(),
     };
+    // A runtime thread that ends (the blocking pool's do when idle) gives back the freed
+    // blocks it kept for reuse (`alloc.rs`).
+    rt.on_thread_stop(sluice::alloc::flush_this_thread);
     let rt = rt.enable_all().build().context("tokio runtime")?;
     let dns = match args.dns_address {
         Some(addr) => {

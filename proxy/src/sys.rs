@@ -4,6 +4,8 @@
 /// Returns freed heap memory to the operating system (glibc keeps it otherwise), after large
 /// transient structures such as the descriptor pool or a config translation are dropped.
 pub fn trim_heap() {
+    // This thread's cached blocks first (`alloc.rs`), so they can be given back too.
+    crate::alloc::flush_this_thread();
     // With mimalloc as the global allocator: return its freed pages now.
     #[cfg(feature = "mimalloc")]
     // SAFETY: mi_collect only walks mimalloc's own heaps.

@@ -200,6 +200,9 @@ async fn rewrites_redirects_and_direct_responses() {
                 route: {cluster: rw_up, prefix_rewrite: /new/, host_rewrite_literal: internal.svc}
                 request_headers_to_add:
                 - header: {key: x-client, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}
+                - header: {key: x-start, value: "%START_TIME%"}
+                response_headers_to_add:
+                - header: {key: x-start, value: "%START_TIME%"}
               - match: {prefix: /moved}
                 redirect: {host_redirect: other.example.com, path_redirect: /landing, response_code: FOUND}
               - match: {path: /ping}
@@ -220,6 +223,18 @@ async fn rewrites_redirects_and_direct_responses() {
         Some("/old/thing?q=1")
     );
     assert_eq!(r.headers["x-vhost"], "yes");
+    // %START_TIME% is the request's start both ways: the same instant in the header sent
+    // upstream and in the response's (RFC 3339, UTC, milliseconds; each is worked out from the
+    // monotonic start when printed, so they may differ by a rounding).
+    let ms_of_day = |t: &str| -> i64 {
+        assert_eq!(t.len(), "2026-11-27T20:00:00.000Z".len(), "{t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+        let n = |r: std::ops::Range<usize>| t[r].parse::<i64>().unwrap();
+        ((n(11..13) * 60 + n(14..16)) * 60 + n(17..19)) * 1000 + n(20..23)
+    };
+    let sent = ms_of_day(r.seen_header("x-start").expect("x-start sent upstream"));
+    let answered = ms_of_day(r.headers["x-start"].to_str().unwrap());
+    assert!((sent - answered).abs() <= 1, "{sent} vs {answered}");
     let r = c.get("example.com", "/moved/x").await;
     assert_eq!(r.status, 302);
     assert_eq!(r.headers["location"], "http://other.example.com/landing");

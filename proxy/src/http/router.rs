@@ -363,6 +363,7 @@ async fn route_inner(
                     local_reply(entry.cluster_not_found_response_code, ""),
                     conn,
                     protocol,
+                    started,
                 );
             };
             drop(snap);
@@ -489,7 +490,7 @@ async fn route_inner(
                     Err(_) => {
                         conn.stats.downstream_rq_max_duration_reached.inc();
                         let r = local_reply_with(504, "downstream duration timeout", Some(4));
-                        return finalize(&table, &sel, r, conn, protocol);
+                        return finalize(&table, &sel, r, conn, protocol, started);
                     }
                 },
                 None => fwd.await,
@@ -532,7 +533,7 @@ async fn route_inner(
     if let Some(id) = request_id {
         resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), id);
     }
-    finalize(&table, &sel, resp, conn, protocol)
+    finalize(&table, &sel, resp, conn, protocol, started)
 }
 
 fn finalize(
@@ -541,12 +542,15 @@ fn finalize(
     resp: Response<Body>,
     conn: &Conn,
     protocol: &str,
+    started: Instant,
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     let ctx = FormatCtx {
         downstream_remote: conn.info.remote,
         downstream_local: conn.info.local,
         protocol: Some(protocol),
+        // `%START_TIME%` in a response header is the request's start, as in Envoy.
+        started: Some(started),
         ..Default::default()
     };
     table.finalize_response_headers(sel, &mut parts, &ctx);
