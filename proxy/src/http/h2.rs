@@ -158,15 +158,12 @@ async fn stream(conn: Arc<Conn>, req: Request<RecvStream>, mut respond: SendResp
         body::boxed(RecvBody::new(recv))
     };
     let stats = conn.stats.clone();
-    // Pinned where it is made: passing the router's future (a few KB) by value moved it once
-    // more per request.
-    let handle = pin!(router::handle(conn, Request::from_parts(parts, body)));
-    let Some(resp) = until_reset(handle, |cx| respond.poll_reset(cx).map(drop)).await else {
+    let req = Request::from_parts(parts, body);
+    let Some((mut parts, body)) = route(conn, req, |cx| respond.poll_reset(cx).map(drop)).await
+    else {
         stats.downstream_rq_rx_reset.inc();
         return;
     };
-    let (mut parts, body) = resp.into_parts();
-    tidy_head(&mut parts);
     if let Some((tx, recv)) = tunnel {
         if parts.status.is_success() {
             parts.headers.remove(CONTENT_LENGTH);
@@ -274,15 +271,12 @@ async fn stream_own(conn: Arc<Conn>, a: server::Accepted) {
         }
     };
     let stats = conn.stats.clone();
-    // Pinned where it is made: passing the router's future (a few KB) by value moved it once
-    // more per request.
-    let handle = pin!(router::handle(conn, Request::from_parts(parts, body)));
-    let Some(resp) = until_reset(handle, |cx| respond.poll_reset(cx).map(drop)).await else {
+    let req = Request::from_parts(parts, body);
+    let Some((mut parts, body)) = route(conn, req, |cx| respond.poll_reset(cx).map(drop)).await
+    else {
         stats.downstream_rq_rx_reset.inc();
         return;
     };
-    let (mut parts, body) = resp.into_parts();
-    tidy_head(&mut parts);
     if let Some((tx, recv)) = tunnel {
         if parts.status.is_success() {
             parts.headers.remove(CONTENT_LENGTH);
@@ -308,19 +302,27 @@ async fn stream_own(conn: Arc<Conn>, a: server::Accepted) {
     }
 }
 
-/// The router's response, unless the client resets the stream first: then the request future
-/// is dropped, which cancels the upstream request.
-async fn until_reset<F: Future>(
-    mut handle: std::pin::Pin<&mut F>,
+/// The router's response to `req`, its head tidied (see [`tidy_head`]), unless the client
+/// resets the stream first: then the request future is dropped, which cancels the upstream
+/// request.
+async fn route(
+    conn: Arc<Conn>,
+    req: Request<crate::body::Body>,
     mut poll_reset: impl FnMut(&mut std::task::Context<'_>) -> Poll<()>,
-) -> Option<F::Output> {
-    poll_fn(|cx| {
+) -> Option<(http::response::Parts, crate::body::Body)> {
+    // Pinned where it is made: passing the router's future (a few KB) by value moved it once
+    // more per request.
+    let mut handle = pin!(router::handle(conn, req));
+    let resp = poll_fn(|cx| {
         if let Poll::Ready(r) = handle.as_mut().poll(cx) {
             return Poll::Ready(Some(r));
         }
         poll_reset(cx).map(|()| None)
     })
-    .await
+    .await;
+    let (mut parts, body) = resp?.into_parts();
+    tidy_head(&mut parts);
+    Some((parts, body))
 }
 
 /// What every response head gets: no connection-specific fields, and a `date` when the
