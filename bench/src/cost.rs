@@ -184,6 +184,16 @@ pub fn measure(
             .ok_or_else(|| anyhow::anyhow!("no total in {}", last.display()))?;
         cost.per_req.insert("instructions:u".into(), ir as f64 / n);
         eprintln!("callgrind dump: {}", last.display());
+        let atomics = crate::atomics::count(&std::fs::read_to_string(last)?, cached_lock_sites);
+        cost.per_req
+            .insert("atomics".into(), atomics.total as f64 / n);
+        let top: Vec<String> = atomics
+            .by_function
+            .iter()
+            .take(15)
+            .map(|(f, c)| format!("  {:6.2}  {f}", *c as f64 / n))
+            .collect();
+        eprintln!("atomics per request by function:\n{}", top.join("\n"));
     } else if let Some(p) = perf.take() {
         let o = p.wait_with_output()?;
         for (k, v) in parse_perf_csv(&String::from_utf8_lossy(&o.stderr)) {
@@ -198,6 +208,24 @@ pub fn measure(
         }
     }
     Ok(cost)
+}
+
+/// [`crate::atomics::lock_sites`] of an object, read once per run (`None` when the object
+/// cannot be read: valgrind's own, or gone).
+fn cached_lock_sites(object: &str) -> Option<std::collections::HashSet<u64>> {
+    type Cache = std::collections::HashMap<String, Option<std::collections::HashSet<u64>>>;
+    static CACHE: std::sync::Mutex<Option<Cache>> = std::sync::Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap();
+    cache
+        .get_or_insert_with(Default::default)
+        .entry(object.to_string())
+        .or_insert_with(|| {
+            let path = Path::new(object);
+            path.is_file()
+                .then(|| crate::atomics::lock_sites(path).ok())
+                .flatten()
+        })
+        .clone()
 }
 
 fn callgrind_files(dir: &Path, pid: u32) -> Vec<PathBuf> {
@@ -262,6 +290,8 @@ pub fn run(
                     vec![
                         "valgrind".into(),
                         "--tool=callgrind".into(),
+                        // Per-instruction counts, for the atomics count.
+                        "--dump-instr=yes".into(),
                         format!("--callgrind-out-file={}/callgrind.out.%p", cg_dir.display()),
                     ]
                 } else {
@@ -290,21 +320,85 @@ pub fn run(
             }
         }
     }
+    let key = if plan.callgrind {
+        "instructions:u"
+    } else {
+        "cpu-µs"
+    };
+    let pairs = paired(&rows, key);
     let rows: Vec<(String, String, Cost, f64)> = rows
         .into_iter()
         .map(|(t, sc, runs)| {
-            let (c, spread) = median(
-                &runs,
-                if plan.callgrind {
-                    "instructions:u"
-                } else {
-                    "cpu-µs"
-                },
-            );
+            let (c, spread) = median(&runs, key);
             (t, sc, c, spread)
         })
         .collect();
-    Ok(table(&rows, plan.inflight, plan.callgrind, plan.reps))
+    let mut out = table(&rows, plan.inflight, plan.callgrind, plan.reps);
+    if !pairs.is_empty() {
+        out.push_str(&format!(
+            "\n{key} of the first target over each other one, paired by round (the runs \
+             measured back to back): median (lowest–highest)\n\n| scenario | ratio | median | range |\n|---|---|---:|---:|\n"
+        ));
+        for (sc, a, b, m, lo, hi) in pairs {
+            out.push_str(&format!(
+                "| {sc} | {a} / {b} | {m:.3} | {lo:.3}–{hi:.3} |\n"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// For each scenario, the first target's `key` over each other target's, round by round:
+/// pairs measured back to back share the machine's state, so their ratio is steadier than
+/// the ratio of two medians. `(scenario, first, other, median, lowest, highest)`; empty with
+/// one round.
+fn paired(
+    rows: &[(String, String, Vec<Cost>)],
+    key: &str,
+) -> Vec<(String, String, String, f64, f64, f64)> {
+    let mut out = Vec::new();
+    let mut scenarios: Vec<&String> = Vec::new();
+    for (_, sc, _) in rows {
+        if !scenarios.contains(&sc) {
+            scenarios.push(sc);
+        }
+    }
+    for sc in scenarios {
+        let of: Vec<&(String, String, Vec<Cost>)> = rows.iter().filter(|r| &r.1 == sc).collect();
+        let Some((first, others)) = of.split_first() else {
+            continue;
+        };
+        for other in others {
+            let mut ratios: Vec<f64> = first
+                .2
+                .iter()
+                .zip(&other.2)
+                .filter_map(|(a, b)| {
+                    let (a, b) = (a.per_req.get(key)?, b.per_req.get(key)?);
+                    (*b > 0.0).then(|| a / b)
+                })
+                .collect();
+            if ratios.len() < 2 {
+                continue;
+            }
+            ratios.sort_by(|a, b| a.total_cmp(b));
+            let n = ratios.len();
+            let m = if n % 2 == 1 {
+                ratios[n / 2]
+            } else {
+                (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
+            };
+            out.push((
+                sc.clone(),
+                first.0.clone(),
+                other.0.clone(),
+                m,
+                ratios[0],
+                ratios[n - 1],
+            ));
+        }
+    }
+    out
 }
 
 /// Each figure's median over the runs, and the spread of `key`: half the range, relative to
@@ -354,7 +448,7 @@ fn table(
     reps: usize,
 ) -> String {
     let cols: Vec<&str> = if callgrind {
-        vec!["instructions:u"]
+        vec!["instructions:u", "atomics"]
     } else {
         let mut c = vec!["cpu-µs", "syscalls", "context-switches"];
         c.extend(SYSCALLS.iter().copied());
@@ -425,5 +519,32 @@ mod tests {
             Some(123456)
         );
         assert_eq!(parse_callgrind_total("totals: 99\n"), Some(99));
+    }
+
+    #[test]
+    fn ratios_are_paired_by_round() {
+        let cost = |v: f64| Cost {
+            requests: 1,
+            per_req: [("cpu-µs".to_string(), v)].into_iter().collect(),
+        };
+        let rows = vec![
+            (
+                "a".to_string(),
+                "s".to_string(),
+                vec![cost(10.0), cost(20.0), cost(9.0)],
+            ),
+            (
+                "b".to_string(),
+                "s".to_string(),
+                vec![cost(8.0), cost(25.0), cost(10.0)],
+            ),
+        ];
+        let p = paired(&rows, "cpu-µs");
+        assert_eq!(p.len(), 1);
+        let (sc, a, b, m, lo, hi) = &p[0];
+        assert_eq!((sc.as_str(), a.as_str(), b.as_str()), ("s", "a", "b"));
+        // Round by round: 1.25, 0.8, 0.9. The ratio of the medians would be 10/10 = 1.
+        assert_eq!((*m, *lo, *hi), (0.9, 0.8, 1.25));
+        assert!(paired(&rows[..1], "cpu-µs").is_empty());
     }
 }

@@ -127,8 +127,10 @@ fn relay(
     out: &mut BytesMut,
 ) {
     fields.clear();
-    dec.decode(block, 1 << 16, |f, _| fields.push((f.name, f.value)))
-        .expect("valid block");
+    dec.decode(block, 1 << 16, |f, _| {
+        fields.push((f.name.clone(), f.value.clone()))
+    })
+    .expect("valid block");
     out.clear();
     enc.begin(out);
     for (n, v) in fields.iter() {

@@ -1,6 +1,7 @@
 //! `bench`: Sluice against a direct connection, nginx and haproxy, in one run on loopback.
 //! See bench/README.md.
 
+mod atomics;
 mod conns;
 mod cost;
 mod hist;
@@ -56,7 +57,7 @@ enum Cmd {
         exchanges: usize,
     },
     /// Cost per request (CPU, syscalls, context switches; with --callgrind, user-space
-    /// instructions) for h1 small, h1 16 KiB, h2c small and a TCP echo, through each target.
+    /// instructions and atomics) for h1 small, h1 16 KiB, h2c small and a TCP echo, through each target.
     Cost(CostArgs),
     /// Resident memory per open idle connection (HTTP/1.1, h2c, TCP), through each target.
     ConnMemory(ConnMemoryArgs),
@@ -154,7 +155,8 @@ struct CostArgs {
     /// Seconds per measured window.
     #[arg(long, default_value_t = 3.0)]
     duration: f64,
-    /// Count user-space instructions under valgrind's callgrind instead of perf counters.
+    /// Count user-space instructions, and the atomic (locked) ones among them, under
+    /// valgrind's callgrind instead of perf counters.
     #[arg(long)]
     callgrind: bool,
     /// Measure every target this many times, interleaved, and report medians.

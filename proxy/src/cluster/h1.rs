@@ -585,7 +585,7 @@ impl<F: FnOnce(Conn)> ResponseBody<F> {
         let ex = self.ex.take().expect("checked above");
         if clean {
             let mut conn = ex.conn;
-            conn.since = Instant::now();
+            conn.since = crate::clock::now();
             // An idle connection holds no buffers and no header map.
             wire::release(&mut conn.rbuf);
             conn.head.release();

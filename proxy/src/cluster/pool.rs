@@ -391,7 +391,7 @@ impl Pool {
         while let Some(c) = idle.pop() {
             let expired = settings
                 .idle_timeout
-                .is_some_and(|t| c.since.elapsed() >= t);
+                .is_some_and(|t| crate::clock::now() - c.since >= t);
             if !expired && c.is_open() {
                 return Some(c);
             }
@@ -421,7 +421,7 @@ impl Pool {
                     !c.is_open()
                         || settings
                             .idle_timeout
-                            .is_some_and(|t| c.since.elapsed() >= t)
+                            .is_some_and(|t| crate::clock::now() - c.since >= t)
                 }) {
                     idle.remove(0);
                 }

@@ -15,6 +15,7 @@ use http::{HeaderMap, Request, Response};
 use super::Conn;
 use crate::access_log::{Entry, ReqHead};
 use crate::body::{self, Body, BoxError};
+use crate::clock;
 
 /// The upstream host that answered (set by the forwarder).
 #[derive(Debug, Clone, Copy)]
@@ -38,7 +39,7 @@ impl Pending {
     pub fn start() -> Pending {
         Pending {
             start: SystemTime::now(),
-            t0: Instant::now(),
+            t0: clock::now(),
             rx: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -163,7 +164,7 @@ impl Record {
         };
         let e = Entry {
             start: Some(self.start),
-            duration: self.t0.elapsed(),
+            duration: clock::now() - self.t0,
             request: Some(&self.head),
             status: Some(self.status),
             response_headers: Some(&self.response_headers),

@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 
 use super::Conn;
 use crate::body::{self, Body};
+use crate::clock;
 use crate::cluster::lb::request_hash as hash_parts;
 use crate::cluster::pool::UpstreamError;
 use crate::cluster::ClusterRt;
@@ -221,11 +222,13 @@ pub async fn forward(
                     // attempt's future (several KB) is stored once and never moved.
                     let send = std::pin::pin!(send_once(conn, cluster, &host, req));
                     let mut outcome = match per_try {
-                        Some(t) => match tokio::time::timeout(t, send).await {
-                            Ok(Ok(r)) => Outcome::Response(r),
-                            Ok(Err(e)) => Outcome::Failed(e),
-                            Err(_) => Outcome::TimedOut,
-                        },
+                        Some(t) => {
+                            match tokio::time::timeout_at(clock::tokio_now() + t, send).await {
+                                Ok(Ok(r)) => Outcome::Response(r),
+                                Ok(Err(e)) => Outcome::Failed(e),
+                                Err(_) => Outcome::TimedOut,
+                            }
+                        }
                         None => match send.await {
                             Ok(r) => Outcome::Response(r),
                             Err(e) => Outcome::Failed(e),
@@ -301,7 +304,7 @@ pub async fn forward(
     if timeouts.global.is_zero() {
         overall.await
     } else {
-        match tokio::time::timeout(timeouts.global, overall).await {
+        match tokio::time::timeout_at(clock::tokio_now() + timeouts.global, overall).await {
             Ok(r) => r,
             Err(_) => {
                 cluster.stats.upstream_rq_timeout.inc();
@@ -374,7 +377,7 @@ async fn send_once(
         stats.upstream_cx_total.inc();
         stats.hists().upstream_cx_connect_ms.record(connect);
     };
-    let t0 = std::time::Instant::now();
+    let t0 = clock::now();
     let r = if h2 {
         host.pool
             .send_http2(host.addr, cluster.settings, &cluster.limits, req, new_cx)
@@ -387,7 +390,7 @@ async fn send_once(
     };
     in_flight.done();
     match &r {
-        Ok(resp) => stats.response(resp.status().as_u16(), t0.elapsed()),
+        Ok(resp) => stats.response(resp.status().as_u16(), clock::now() - t0),
         Err(e) => {
             if matches!(e, UpstreamError::Overflow("max_pending_requests")) {
                 stats.upstream_rq_pending_overflow.inc();

@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::header::{
     HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, TE, TRANSFER_ENCODING,
     UPGRADE,
@@ -132,9 +131,9 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
         head: wire::HeadBuf::default(),
         spare: wire::SpareHeaders::default(),
     };
-    // Polled only when its own waker fired, not on every wake-up of the connection (its
-    // timer and drain watch cost more to poll than a request's parse).
-    let mut stop = FuturesUnordered::from_iter([stop]);
+    // The caller's `stop` is gated (`crate::gate`): polling it on every wake-up of the
+    // connection costs a load.
+    let mut stop = pin!(stop);
     let mut stopping = false;
     let mut headers_timer = None;
     let mut idx: Vec<[usize; 4]> = Vec::new();
@@ -149,7 +148,7 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
                 &limits,
                 &mut idx,
                 &mut w.spare,
-                &mut stop,
+                stop.as_mut(),
                 &mut stopping,
                 &mut headers_timer,
                 cx,
@@ -225,7 +224,7 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
                 if let Poll::Ready(r) = handler.as_mut().poll(cx) {
                     return Poll::Ready(Some(r));
                 }
-                if !stopping && stop.poll_next_unpin(cx).is_ready() {
+                if !stopping && stop.as_mut().poll(cx).is_ready() {
                     stopping = true;
                 }
                 if let Some(rx) = back.as_mut() {
@@ -401,7 +400,7 @@ fn next_head<S: Future<Output = ()>>(
     limits: &Limits,
     idx: &mut Vec<[usize; 4]>,
     spare: &mut wire::SpareHeaders,
-    stop: &mut FuturesUnordered<S>,
+    mut stop: Pin<&mut S>,
     stopping: &mut bool,
     headers_timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
     cx: &mut Context<'_>,
@@ -420,7 +419,7 @@ fn next_head<S: Future<Output = ()>>(
                 }
             }
         }
-        if *stopping || stop.poll_next_unpin(cx).is_ready() {
+        if *stopping || stop.as_mut().poll(cx).is_ready() {
             *stopping = true;
             return Poll::Ready(Ok(None));
         }

@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::detect::{self, Detected};
+use crate::gate::Gated;
 use crate::listener::{reached, Phase};
 use crate::model::network::{Codec, HttpConnectionManager};
 use crate::model::ConnInfo;
@@ -145,20 +146,21 @@ pub async fn serve(
         phase: phase.clone(),
         activity: Activity::new(),
     });
-    // Idle past the HCM's idle timeout, or the listener drains: shut down gracefully.
+    // Idle past the HCM's idle timeout, or the listener drains: shut down gracefully. Gated:
+    // the connection's task polls it on every wake-up.
     let stop = {
         let idle = hcm.idle_timeout;
         let ours = conn.clone();
         let mut phase = phase.clone();
         let stats = stats.clone();
-        async move {
+        Gated::new(async move {
             tokio::select! {
                 _ = idle_timeout(&ours.activity, idle) => {
                     stats.downstream_cx_idle_timeout.inc();
                 }
                 _ = reached(&mut phase, Phase::Drain) => {}
             }
-        }
+        })
     };
     if http2 {
         // Boxed: the HTTP/2 connection's future is several KB, and inline it would make every
@@ -168,7 +170,7 @@ pub async fn serve(
         // Past the drain time, whatever is in flight is cut off.
         tokio::select! {
             _ = h1::serve(conn, stream, stop) => {}
-            _ = reached(&mut phase, Phase::Close) => {}
+            _ = Gated::new(reached(&mut phase, Phase::Close)) => {}
         }
     }
     stats.downstream_cx_active.dec();

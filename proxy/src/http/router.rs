@@ -10,6 +10,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use super::forward::{self, LocalReply};
 use super::{cors, fault, headers, Conn};
 use crate::body::{self, Body};
+use crate::clock;
 use crate::listener::{reached, Phase};
 use crate::model::network::{HttpFilter, RouteSource};
 use crate::route::{self, FormatCtx, RequestView, RouteTable, Selected};
@@ -31,7 +32,7 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<body::BoxError>,
 {
-    let t0 = Instant::now();
+    let t0 = clock::now();
     conn.stats.downstream_rq_total.inc();
     let in_flight = InFlight::new(&conn);
     let grpc = super::timeout::is_grpc(req.headers());
@@ -57,7 +58,7 @@ where
     }
     conn.stats.status(resp.status().as_u16());
     // One clock read for the request's time and the connection's activity.
-    let end = Instant::now();
+    let end = clock::now();
     conn.stats.downstream_rq_time.record(end - t0);
     in_flight.end(end);
     resp
@@ -87,7 +88,7 @@ impl InFlight<'_> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.stats.downstream_rq_active.dec();
-        self.0.activity.end(Instant::now());
+        self.0.activity.end(clock::now());
     }
 }
 
@@ -302,7 +303,7 @@ async fn route_inner(
                     if let Some(delay) = d.delay {
                         conn.stats.fault_delays.inc();
                         Box::pin(tokio::time::sleep(delay)).await;
-                        sent = Instant::now();
+                        sent = clock::now();
                     }
                     if let Some(a) = d.abort {
                         conn.stats.fault_aborts.inc();
@@ -378,7 +379,7 @@ async fn route_inner(
             };
             table.finalize_request(&sel, &mut parts, &ctx);
             let timeouts = super::timeout::resolve(entry, &mut parts.headers, grpc);
-            let deadline = timeouts.stream.map(|d| tokio::time::Instant::now() + d);
+            let deadline = timeouts.stream.map(|d| clock::tokio_now() + d);
             let hash = forward::request_hash(&entry.hash_policy, &parts, conn.info.remote);
             if parts.method == http::Method::CONNECT {
                 return match Box::pin(forward::connect_tunnel(
@@ -407,7 +408,7 @@ async fn route_inner(
             };
             if !entry.request_mirrors.is_empty() {
                 req = Box::pin(forward::mirror(conn, &entry.request_mirrors, req, random)).await;
-                sent = Instant::now();
+                sent = clock::now();
             }
             // Built in its box: the forwarding future is about 4 KB (16 KB before its attempts
             // were pinned in place), and the timeouts below would otherwise move (copy) all of
@@ -444,7 +445,7 @@ async fn route_inner(
                     (None, None) => return fwd.await,
                     // The common case with a timer: one `Sleep`, no `select!`.
                     (Some(idle), None) => {
-                        return match tokio::time::timeout(idle, fwd).await {
+                        return match tokio::time::timeout_at(clock::tokio_now() + idle, fwd).await {
                             Ok(r) => r,
                             Err(_) => {
                                 conn.stats.downstream_rq_idle_timeout.inc();
@@ -499,7 +500,7 @@ async fn route_inner(
                 Ok(mut r) => {
                     r.headers_mut().insert(
                         headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
-                        headers::service_time(sent.elapsed().as_millis() as u64),
+                        headers::service_time((clock::now() - sent).as_millis() as u64),
                     );
                     // ...nor between frames of the response body.
                     if let Some(idle) = body_idle {

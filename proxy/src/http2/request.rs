@@ -62,7 +62,7 @@ impl Head {
     }
 
     /// One decoded field.
-    pub(crate) fn field(&mut self, f: Field, known: Known<'_>, kind: Kind) {
+    pub(crate) fn field(&mut self, f: Field<'_>, known: Known<'_>, kind: Kind) {
         let trailers = kind == Kind::Trailers;
         if self.malformed.is_some() {
             return;
@@ -89,7 +89,7 @@ impl Head {
             if slot.is_some() {
                 return self.bad("pseudo-header field repeated");
             }
-            *slot = Some(f.value);
+            *slot = Some(f.value.clone());
             return;
         }
         self.regular_seen = true;
@@ -106,7 +106,7 @@ impl Head {
                 hn
             }
         };
-        if connection_specific(&hn, &f.value) {
+        if connection_specific(&hn, f.value) {
             return self.bad("connection-specific field");
         }
         if hn == COOKIE && kind == Kind::Request {
@@ -114,7 +114,7 @@ impl Head {
             match &mut self.cookies {
                 Some(c) => {
                     c.extend_from_slice(b"; ");
-                    c.extend_from_slice(&f.value);
+                    c.extend_from_slice(f.value);
                 }
                 None => self.cookies = Some(BytesMut::from(&f.value[..])),
             }
@@ -122,7 +122,7 @@ impl Head {
         }
         let mut value = match known.value {
             Some(v) => v.clone(),
-            None => match HeaderValue::from_maybe_shared(f.value) {
+            None => match HeaderValue::from_maybe_shared(f.value.clone()) {
                 Ok(v) => v,
                 Err(_) => return self.bad("invalid field value"),
             },

@@ -246,7 +246,14 @@ async fn accept_loop(
                     let Some(state) = state.upgrade() else { return };
                     cx_total.inc();
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(handle(state, name.clone(), stream, peer, phase.clone(), phases.clone()));
+                    tokio::spawn(crate::clock::Turned::new(handle(
+                        state,
+                        name.clone(),
+                        stream,
+                        peer,
+                        phase.clone(),
+                        phases.clone(),
+                    )));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.

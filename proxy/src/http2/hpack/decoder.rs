@@ -16,11 +16,12 @@ use http::{HeaderName, HeaderValue};
 use super::table::{Dynamic, ENTRY_OVERHEAD, STATIC};
 use super::{huffman, DecodeError};
 
-/// One decoded header field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Field {
-    pub name: Bytes,
-    pub value: Bytes,
+/// One decoded header field, lent to the caller: a field sent by index is the table's own
+/// entry, so a caller that has what it needs from [`Known`] takes no reference count on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field<'a> {
+    pub name: &'a Bytes,
+    pub value: &'a Bytes,
     /// Sent as never indexed: an intermediary must send it on the same way.
     pub never_indexed: bool,
 }
@@ -52,6 +53,20 @@ static STATIC_NAMES: LazyLock<Vec<HeaderName>> = LazyLock::new(|| {
     STATIC[14..]
         .iter()
         .map(|(n, _)| HeaderName::from_static(n))
+        .collect()
+});
+
+/// The static table as `Bytes`, so that a field sent by static index can be lent like a
+/// dynamic one.
+static STATIC_BYTES: LazyLock<Vec<(Bytes, Bytes)>> = LazyLock::new(|| {
+    STATIC
+        .iter()
+        .map(|(n, v)| {
+            (
+                Bytes::from_static(n.as_bytes()),
+                Bytes::from_static(v.as_bytes()),
+            )
+        })
         .collect()
 });
 
@@ -112,14 +127,16 @@ impl Decoder {
         &mut self,
         block: &Bytes,
         max_list: usize,
-        mut field: impl FnMut(Field, Known<'_>),
+        mut field: impl FnMut(Field<'_>, Known<'_>),
     ) -> Result<(), DecodeError> {
         let mut at = 0;
         let mut list = 0usize;
         let mut fields_seen = false;
         while at < block.len() {
             let b = block[at];
-            let (f, from) = if b & 0x80 != 0 {
+            // A literal's strings live here while the field is lent out.
+            let literal: (Bytes, Bytes);
+            let (name, value, never_indexed, from) = if b & 0x80 != 0 {
                 // Indexed field.
                 let i = integer(block, &mut at, 7)?;
                 let (name, value) = self.lookup(i)?;
@@ -127,27 +144,21 @@ impl Decoder {
                     Some(k) => Source::Dynamic(k, true),
                     None => Source::Static(i),
                 };
-                (
-                    Field {
-                        name,
-                        value,
-                        never_indexed: false,
-                    },
-                    from,
-                )
+                (name, value, false, from)
             } else if b & 0xc0 == 0x40 {
                 // Literal with incremental indexing.
-                let (f, _) = self.literal(block, &mut at, 6, false)?;
+                let (name, value, _, _) = self.literal(block, &mut at, 6, false)?;
                 // The table keeps copies: a slice of the block would keep the connection's
                 // whole read buffer alive for as long as the entry lives.
-                let (name, value) = (
-                    Bytes::copy_from_slice(&f.name),
-                    Bytes::copy_from_slice(&f.value),
+                let (n, v) = (
+                    Bytes::copy_from_slice(&name),
+                    Bytes::copy_from_slice(&value),
                 );
-                self.parsed.push_front(parse(&name, &value));
-                self.table.insert(name, value);
+                self.parsed.push_front(parse(&n, &v));
+                self.table.insert(n, v);
                 self.parsed.truncate(self.table.len());
-                (f, Source::Dynamic(0, true))
+                literal = (name, value);
+                (&literal.0, &literal.1, false, Source::Dynamic(0, true))
             } else if b & 0xe0 == 0x20 {
                 // Dynamic table size update: only before the first field of a block.
                 if fields_seen {
@@ -162,13 +173,20 @@ impl Decoder {
                 continue;
             } else {
                 // Literal without indexing (0000) or never indexed (0001).
-                self.literal(block, &mut at, 4, b & 0x10 != 0)?
+                let (name, value, never, from) = self.literal(block, &mut at, 4, b & 0x10 != 0)?;
+                literal = (name, value);
+                (&literal.0, &literal.1, never, from)
             };
             fields_seen = true;
-            list = list.saturating_add(f.name.len() + f.value.len() + ENTRY_OVERHEAD);
+            list = list.saturating_add(name.len() + value.len() + ENTRY_OVERHEAD);
             // Past the bound the rest of the block is still decoded (its insertions keep the
             // table in step with the peer's), but no more fields are handed on.
             if list <= max_list {
+                let f = Field {
+                    name,
+                    value,
+                    never_indexed,
+                };
                 field(f, self.known(from));
             }
         }
@@ -197,22 +215,13 @@ impl Decoder {
     }
 
     /// A field by index: static (1..=61), then dynamic.
-    fn lookup(&self, i: usize) -> Result<(Bytes, Bytes), DecodeError> {
-        match i {
-            0 => Err(DecodeError::BadIndex(0)),
-            1..=61 => {
-                let (n, v) = STATIC[i - 1];
-                Ok((
-                    Bytes::from_static(n.as_bytes()),
-                    Bytes::from_static(v.as_bytes()),
-                ))
-            }
-            _ => self
-                .table
-                .get(i - 62)
-                .cloned()
-                .ok_or(DecodeError::BadIndex(i)),
-        }
+    fn lookup(&self, i: usize) -> Result<(&Bytes, &Bytes), DecodeError> {
+        let entry = match i {
+            0 => None,
+            1..=61 => STATIC_BYTES.get(i - 1),
+            _ => self.table.get(i - 62),
+        };
+        entry.map(|(n, v)| (n, v)).ok_or(DecodeError::BadIndex(i))
     }
 
     /// A literal field whose first byte carries a `prefix`-bit name index (0: a literal name).
@@ -222,7 +231,7 @@ impl Decoder {
         at: &mut usize,
         prefix: u8,
         never_indexed: bool,
-    ) -> Result<(Field, Source), DecodeError> {
+    ) -> Result<(Bytes, Bytes, bool, Source), DecodeError> {
         let i = integer(block, at, prefix)?;
         let (name, from) = if i == 0 {
             (self.string(block, at)?, Source::Literal)
@@ -231,17 +240,10 @@ impl Decoder {
                 Some(k) => Source::Dynamic(k, false),
                 None => Source::Static(i),
             };
-            (self.lookup(i)?.0, from)
+            (self.lookup(i)?.0.clone(), from)
         };
         let value = self.string(block, at)?;
-        Ok((
-            Field {
-                name,
-                value,
-                never_indexed,
-            },
-            from,
-        ))
+        Ok((name, value, never_indexed, from))
     }
 
     /// A string literal (RFC 7541 §5.2).
