@@ -33,13 +33,11 @@ const CONN_WINDOW: u32 = 5 * 1024 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 const MAX_HEADER_LIST: u32 = 64 * 1024;
 
-/// A handle on one HTTP/2 connection; clones share the connection.
-#[derive(Clone)]
+/// A handle on one HTTP/2 connection (a pool shares it in an `Arc`).
 pub struct Connection(Client);
 
 /// Sluice's own client (`http2::client`, the default) or the `h2` crate's
 /// (`SLUICE_H2_CLIENT=h2`, kept while the codec is new).
-#[derive(Clone)]
 enum Client {
     Own(own::Connection),
     Crate {
@@ -134,10 +132,10 @@ impl Connection {
     }
 
     /// Sends `req` (its URI carries scheme and authority) and waits for the response head.
-    pub async fn send(self, req: Request<Body>) -> Result<Response<Body>, SendError> {
-        let tx = match self.0 {
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, SendError> {
+        let tx = match &self.0 {
             Client::Own(c) => return send_own(c, req).await,
-            Client::Crate { tx, .. } => tx,
+            Client::Crate { tx, .. } => tx.clone(),
         };
         let mut tx = match tx.ready().await {
             Ok(tx) => tx,
@@ -166,7 +164,7 @@ impl Connection {
 
 /// Sends a request on the own codec: the head, then the body while waiting for the response
 /// head; a body still streaming when the head arrives goes on in a task of its own.
-async fn send_own(conn: own::Connection, req: Request<Body>) -> Result<Response<Body>, SendError> {
+async fn send_own(conn: &own::Connection, req: Request<Body>) -> Result<Response<Body>, SendError> {
     let (mut parts, body) = req.into_parts();
     strip_connection_headers(&mut parts.headers);
     let end = body.is_end_stream();
@@ -182,7 +180,6 @@ async fn send_own(conn: own::Connection, req: Request<Body>) -> Result<Response<
             ))))
         }
     };
-    drop(conn);
     let r = match send {
         None => resp.await,
         Some(send) => {

@@ -200,7 +200,9 @@ impl Drop for Slot {
 #[derive(Default)]
 pub struct Pool {
     idle: Mutex<Vec<h1::Conn>>,
-    h2: Mutex<Option<super::h2::Connection>>,
+    /// Shared by reference count: a request takes the pool's connection with one atomic
+    /// increment.
+    h2: Mutex<Option<Arc<super::h2::Connection>>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -482,7 +484,8 @@ impl Pool {
                         let stream = settings.open(addr, &on_new_connection).await?;
                         super::h2::Connection::handshake(stream, slot, settings.h2_keepalive).await
                     })
-                    .await?;
+                    .await
+                    .map(Arc::new)?;
                     *self.h2.lock().unwrap() = Some(c.clone());
                     c
                 }

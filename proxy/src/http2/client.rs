@@ -36,15 +36,6 @@ pub struct Connection {
     shared: Arc<Shared>,
 }
 
-impl Clone for Connection {
-    fn clone(&self) -> Connection {
-        self.shared.lock().users += 1;
-        Connection {
-            shared: self.shared.clone(),
-        }
-    }
-}
-
 impl Drop for Connection {
     fn drop(&mut self) {
         self.shared.lock().drop_user();
@@ -85,8 +76,7 @@ pub fn start(io: tokio::net::TcpStream, config: Config) -> (Connection, Driver) 
 impl Connection {
     /// True once the connection can take no new stream (closed, or GOAWAY received).
     pub fn is_closed(&self) -> bool {
-        let inner = self.shared.lock();
-        inner.gone || inner.goaway
+        self.shared.refuses_new_streams()
     }
 
     /// Identifies the connection (equal for handles on the same one).
@@ -220,6 +210,7 @@ impl Driver {
                     tracing::debug!("upstream h2 server sent GOAWAY {code:?}");
                 }
                 inner.on_goaway(last_stream);
+                self.core.shared.refuse_new_streams();
                 Ok(())
             }
             Frame::WindowUpdate { stream, increment } => {

@@ -230,5 +230,6 @@ impl Core {
 impl Drop for Core {
     fn drop(&mut self) {
         self.shared.lock().close_all();
+        self.shared.refuse_new_streams();
     }
 }

@@ -398,5 +398,6 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.core.shared.lock().close_all();
+        self.core.shared.refuse_new_streams();
     }
 }

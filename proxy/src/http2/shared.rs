@@ -7,6 +7,7 @@
 //! body read by an upstream connection) do.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -26,17 +27,31 @@ const COPY_MAX: usize = 1024;
 /// What the connection's task and its streams' handles share.
 pub(crate) struct Shared {
     inner: Mutex<Inner>,
+    /// Set once the connection is gone or the peer sent GOAWAY: a pool asks before every
+    /// request, and this answers without the lock.
+    no_new_streams: AtomicBool,
 }
 
 impl Shared {
     pub(crate) fn new(inner: Inner) -> Shared {
         Shared {
             inner: Mutex::new(inner),
+            no_new_streams: AtomicBool::new(false),
         }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection ended or is going away (after [`Inner::close_all`] or
+    /// [`Inner::on_goaway`]).
+    pub(crate) fn refuse_new_streams(&self) {
+        self.no_new_streams.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn refuses_new_streams(&self) -> bool {
+        self.no_new_streams.load(Ordering::Acquire)
     }
 }
 
