@@ -355,8 +355,9 @@ async fn route_inner(
         }
         Selected::Direct { status, body, .. } => local_reply(*status, body.unwrap_or("")),
         Selected::Route { entry, cluster, .. } => {
-            let snap = conn.state.load_full();
-            let Some(cluster_rt) = snap.cluster(cluster).cloned() else {
+            // The snapshot only for the lookup: a guard, not a reference count of its own.
+            let cluster_rt = conn.state.load().cluster(cluster).cloned();
+            let Some(cluster_rt) = cluster_rt else {
                 conn.stats.no_cluster.inc();
                 return finalize(
                     &table,
@@ -367,7 +368,6 @@ async fn route_inner(
                     started,
                 );
             };
-            drop(snap);
             let ctx = FormatCtx {
                 downstream_remote: conn.info.remote,
                 downstream_local: conn.info.local,

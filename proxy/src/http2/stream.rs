@@ -23,6 +23,9 @@ pub struct RecvBody {
     shared: Arc<Shared>,
     id: u32,
     data_done: bool,
+    /// Seen ended (it stays so) under the lock `poll_frame` took anyway: the body pump asks
+    /// after every DATA frame whether it was the last.
+    ended: bool,
     /// Bytes still to come, from `content-length`.
     remaining: Option<u64>,
 }
@@ -33,6 +36,7 @@ impl RecvBody {
             shared,
             id,
             data_done: false,
+            ended: false,
             remaining: content_length,
         }
     }
@@ -54,17 +58,20 @@ impl http_body::Body for RecvBody {
                     if let Some(r) = this.remaining.as_mut() {
                         *r = r.saturating_sub(data.len() as u64);
                     }
+                    this.ended = inner.recv_ended(this.id);
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => this.data_done = true,
             }
         }
-        Poll::Ready(inner.take_trailers(this.id).map(|t| Ok(Frame::trailers(t))))
+        let trailers = inner.take_trailers(this.id);
+        this.ended = inner.recv_ended(this.id);
+        Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.shared.lock().recv_ended(self.id)
+        self.ended || self.shared.lock().recv_ended(self.id)
     }
 
     fn size_hint(&self) -> SizeHint {
