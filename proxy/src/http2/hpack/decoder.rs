@@ -147,7 +147,7 @@ impl Decoder {
                 (name, value, false, from)
             } else if b & 0xc0 == 0x40 {
                 // Literal with incremental indexing.
-                let (name, value, _, _) = self.literal(block, &mut at, 6, false)?;
+                let (name, value, _) = self.literal(block, &mut at, 6)?;
                 // The table keeps copies: a slice of the block would keep the connection's
                 // whole read buffer alive for as long as the entry lives.
                 let (n, v) = (
@@ -173,9 +173,9 @@ impl Decoder {
                 continue;
             } else {
                 // Literal without indexing (0000) or never indexed (0001).
-                let (name, value, never, from) = self.literal(block, &mut at, 4, b & 0x10 != 0)?;
+                let (name, value, from) = self.literal(block, &mut at, 4)?;
                 literal = (name, value);
-                (&literal.0, &literal.1, never, from)
+                (&literal.0, &literal.1, b & 0x10 != 0, from)
             };
             fields_seen = true;
             list = list.saturating_add(name.len() + value.len() + ENTRY_OVERHEAD);
@@ -230,8 +230,7 @@ impl Decoder {
         block: &Bytes,
         at: &mut usize,
         prefix: u8,
-        never_indexed: bool,
-    ) -> Result<(Bytes, Bytes, bool, Source), DecodeError> {
+    ) -> Result<(Bytes, Bytes, Source), DecodeError> {
         let i = integer(block, at, prefix)?;
         let (name, from) = if i == 0 {
             (self.string(block, at)?, Source::Literal)
@@ -243,7 +242,7 @@ impl Decoder {
             (self.lookup(i)?.0.clone(), from)
         };
         let value = self.string(block, at)?;
-        Ok((name, value, never_indexed, from))
+        Ok((name, value, from))
     }
 
     /// A string literal (RFC 7541 §5.2).
