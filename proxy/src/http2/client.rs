@@ -30,8 +30,8 @@ pub struct Config {
     pub keepalive: Option<(Duration, Duration)>,
 }
 
-/// A handle on one connection; clones share it. The connection ends once every handle is
-/// gone and no stream is open.
+/// The handle on one connection (a pool shares it in an `Arc`). The connection ends once the
+/// handle is gone and no stream is open.
 pub struct Connection {
     shared: Arc<Shared>,
 }
@@ -290,5 +290,65 @@ impl Driver {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A pool asks `is_closed` before every request: a GOAWAY must make it true at once, while
+    /// the socket is still open.
+    #[tokio::test]
+    async fn a_goaway_closes_the_connection_to_new_streams() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (go, gone) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut preface = [0u8; 24];
+            s.read_exact(&mut preface).await.unwrap();
+            assert_eq!(&preface, PREFACE);
+            let mut out = BytesMut::new();
+            frame::write_settings(&mut out, &Settings::default());
+            s.write_all(&out).await.unwrap();
+            let _ = gone.await;
+            out.clear();
+            frame::write_goaway(&mut out, 1, ErrorCode::NO_ERROR, b"");
+            s.write_all(&out).await.unwrap();
+            // Held open: only the GOAWAY says no.
+            let mut sink = [0u8; 1024];
+            while s.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        });
+        let io = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (conn, driver) = start(
+            io,
+            Config {
+                initial_stream_window: 65_535,
+                initial_connection_window: 65_535,
+                max_header_list: 16 * 1024,
+                keepalive: None,
+            },
+        );
+        let driver = tokio::spawn(driver);
+        // A stream in flight, which the GOAWAY lets finish: the connection stays up for it.
+        let (head, ()) = http::Request::get("http://svc.internal/")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let (_, in_flight) = conn.open(&head, true).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!conn.is_closed(), "open before the GOAWAY");
+        go.send(()).unwrap();
+        let t0 = std::time::Instant::now();
+        while !conn.is_closed() {
+            assert!(t0.elapsed() < Duration::from_secs(5), "GOAWAY not seen");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop((conn, in_flight));
+        driver.abort();
+        server.abort();
     }
 }
