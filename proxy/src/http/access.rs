@@ -36,10 +36,11 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn start() -> Pending {
+    /// A request that started at `t0` (the router's reading of the clock).
+    pub fn start(t0: Instant) -> Pending {
         Pending {
             start: SystemTime::now(),
-            t0: clock::now(),
+            t0,
             rx: Arc::new(AtomicU64::new(0)),
         }
     }

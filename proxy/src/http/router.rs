@@ -47,7 +47,7 @@ where
         });
         route_request(&conn, req, grpc, t0, None).await
     } else {
-        let log = super::access::Pending::start();
+        let log = super::access::Pending::start(t0);
         let counted = log.count_request(req);
         let mut head = crate::access_log::ReqHead::of_request(&counted);
         let resp = route_request(&conn, counted, grpc, t0, Some(&mut head)).await;

@@ -210,7 +210,6 @@ impl Driver {
                     tracing::debug!("upstream h2 server sent GOAWAY {code:?}");
                 }
                 inner.on_goaway(last_stream);
-                self.core.shared.refuse_new_streams();
                 Ok(())
             }
             Frame::WindowUpdate { stream, increment } => {

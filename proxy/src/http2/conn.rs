@@ -230,6 +230,5 @@ impl Core {
 impl Drop for Core {
     fn drop(&mut self) {
         self.shared.lock().close_all();
-        self.shared.refuse_new_streams();
     }
 }

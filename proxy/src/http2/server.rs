@@ -398,6 +398,5 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.core.shared.lock().close_all();
-        self.core.shared.refuse_new_streams();
     }
 }

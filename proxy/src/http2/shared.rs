@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -27,16 +27,16 @@ const COPY_MAX: usize = 1024;
 /// What the connection's task and its streams' handles share.
 pub(crate) struct Shared {
     inner: Mutex<Inner>,
-    /// Set once the connection is gone or the peer sent GOAWAY: a pool asks before every
-    /// request, and this answers without the lock.
-    no_new_streams: AtomicBool,
+    /// `Inner`'s own flag (`gone || goaway`), read without the lock: a pool asks before every
+    /// request.
+    no_new_streams: Arc<AtomicBool>,
 }
 
 impl Shared {
     pub(crate) fn new(inner: Inner) -> Shared {
         Shared {
+            no_new_streams: inner.no_new_streams.clone(),
             inner: Mutex::new(inner),
-            no_new_streams: AtomicBool::new(false),
         }
     }
 
@@ -44,12 +44,8 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The connection ended or is going away (after [`Inner::close_all`] or
-    /// [`Inner::on_goaway`]).
-    pub(crate) fn refuse_new_streams(&self) {
-        self.no_new_streams.store(true, Ordering::Release);
-    }
-
+    /// The connection ended or is going away: set by [`Inner::close_all`] and
+    /// [`Inner::on_goaway`].
     pub(crate) fn refuses_new_streams(&self) -> bool {
         self.no_new_streams.load(Ordering::Acquire)
     }
@@ -277,6 +273,8 @@ pub(crate) struct Inner {
     pub(crate) driving: bool,
     /// The connection is closed: every handle fails.
     pub(crate) gone: bool,
+    /// Set with `gone` and `goaway`, shared with [`Shared`] for reading without the lock.
+    no_new_streams: Arc<AtomicBool>,
     /// Streams not closed.
     pub(crate) open: usize,
     /// The latest streams this side reset: frames the peer sent before it saw the reset are
@@ -312,6 +310,7 @@ impl Inner {
             conn_waker: None,
             driving: false,
             gone: false,
+            no_new_streams: Arc::default(),
             open: 0,
             recent_resets: VecDeque::new(),
         }
@@ -424,6 +423,7 @@ impl Inner {
     /// The connection ended: every handle fails from now on.
     pub(crate) fn close_all(&mut self) {
         self.gone = true;
+        self.no_new_streams.store(true, Ordering::Release);
         for s in self.streams.values_mut() {
             s.wake();
         }
@@ -985,6 +985,7 @@ impl Inner {
     /// The peer's GOAWAY: no new streams; those past `last` were not processed.
     pub(crate) fn on_goaway(&mut self, last: u32) {
         self.goaway = true;
+        self.no_new_streams.store(true, Ordering::Release);
         let past: Vec<u32> = self
             .streams
             .keys()

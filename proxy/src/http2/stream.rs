@@ -65,9 +65,9 @@ impl http_body::Body for RecvBody {
                 None => this.data_done = true,
             }
         }
-        let trailers = inner.take_trailers(this.id);
-        this.ended = inner.recv_ended(this.id);
-        Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
+        // No data left and the trailers taken: nothing more comes.
+        this.ended = true;
+        Poll::Ready(inner.take_trailers(this.id).map(|t| Ok(Frame::trailers(t))))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -21,9 +21,8 @@ pub struct FormatCtx<'a> {
     pub downstream_local: Option<SocketAddr>,
     /// `HTTP/1.1`, `HTTP/2`, ...
     pub protocol: Option<&'a str>,
-    pub start_time: Option<SystemTime>,
-    /// The request's start on the monotonic clock: without `start_time`, `%START_TIME%` is
-    /// worked out from it when printed, so no request pays a wall-clock read it does not use.
+    /// The request's start on the monotonic clock: `%START_TIME%` is worked out from it when
+    /// printed, so no request pays a wall-clock read it does not use.
     pub started: Option<std::time::Instant>,
     pub upstream_host: Option<SocketAddr>,
     pub upstream_cluster: Option<&'a str>,
@@ -109,10 +108,7 @@ impl Formatter {
                 Piece::Protocol => out.push_str(ctx.protocol.unwrap_or("")),
                 Piece::Hostname => out.push_str(ctx.hostname.unwrap_or("")),
                 Piece::StartTime => {
-                    let start = ctx
-                        .start_time
-                        .or_else(|| ctx.started.map(|i| SystemTime::now() - i.elapsed()));
-                    if let Some(t) = start {
+                    if let Some(t) = ctx.started.map(|i| SystemTime::now() - i.elapsed()) {
                         out.push_str(&rfc3339_millis(t));
                     }
                 }
@@ -591,14 +587,8 @@ mod tests {
         let hi = rfc3339_millis(SystemTime::now() - ago + Duration::from_millis(1));
         // Same fixed-width format: the strings sort as the times do.
         assert!(lo <= got && got <= hi, "{lo} <= {got} <= {hi}");
-        // A wall-clock start given outright wins.
-        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        let ctx = FormatCtx {
-            start_time: Some(t),
-            started: Some(Instant::now()),
-            ..Default::default()
-        };
-        assert_eq!(f.format(&ctx, &r, false), "2023-11-14T22:13:20.123Z");
+        // No start, no time.
+        assert_eq!(f.format(&FormatCtx::default(), &r, false), "");
     }
 
     #[allow(deprecated)]
