@@ -425,9 +425,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => tokio::runtime::Builder::new_multi_thread(),
     };
-    // A runtime thread that ends (the blocking pool's do when idle) gives back the freed
-    // blocks it kept for reuse (`alloc.rs`).
-    rt.on_thread_stop(sluice::alloc::flush_this_thread);
+    // A runtime thread writes its own cell of every stat (`stats.rs`). One that ends (the
+    // blocking pool's do when idle) gives its cell back, and the freed blocks it kept for
+    // reuse (`alloc.rs`).
+    rt.on_thread_start(sluice::stats::claim_cell);
+    rt.on_thread_stop(|| {
+        sluice::stats::release_cell();
+        sluice::alloc::flush_this_thread();
+    });
+    if workers == 1 {
+        // The single-threaded runtime runs on this thread.
+        sluice::stats::claim_cell();
+    }
     let rt = rt.enable_all().build().context("tokio runtime")?;
     let dns = match args.dns_address {
         Some(addr) => {

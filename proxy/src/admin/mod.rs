@@ -413,7 +413,7 @@ impl Admin {
                 };
                 out.push_str(&format!(
                     "{n}::{a}::rq_active::{}\n{n}::{a}::idle_connections::{}\n{n}::{a}::weight::{}\n{n}::{a}::health_flags::{health}\n{n}::{a}::region::{}\n",
-                    h.active.load(std::sync::atomic::Ordering::Relaxed),
+                    h.active.get(),
                     h.pool.idle_count(),
                     h.weight,
                     h.locality,

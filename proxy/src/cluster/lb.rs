@@ -365,7 +365,7 @@ impl Balancer {
                     let load = |s: usize| {
                         let h = &hosts[self.healthy[s]];
                         // Weighted: active requests per unit of weight.
-                        (h.active.load(Ordering::Relaxed) as u64 + 1) * 1000 / h.weight as u64
+                        (h.active.get().max(0) as u64 + 1) * 1000 / h.weight as u64
                     };
                     if load(c) < load(best) {
                         best = c;
@@ -526,7 +526,7 @@ mod tests {
     #[test]
     fn least_request_prefers_idle_host() {
         let hs = hosts(&[1, 1]);
-        hs[0].active.store(100, Ordering::Relaxed);
+        hs[0].active.set(100);
         let b = Balancer::new(LbPolicy::LeastRequest { choices: 2 }, &hs);
         let c = counts(&b, &hs, 1000, |_| None);
         // P2C with two hosts: the busy one wins only when both draws pick it (~25%).

@@ -3,7 +3,6 @@
 //! retry policy (`retry_on`, retriable status codes, back-off, previous-hosts predicate).
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -330,7 +329,7 @@ impl<'a> UpstreamInFlight<'a> {
         host: &'a crate::cluster::Host,
     ) -> UpstreamInFlight<'a> {
         stats.upstream_rq_active.inc();
-        host.active.fetch_add(1, Ordering::Relaxed);
+        host.active.inc();
         UpstreamInFlight {
             stats,
             host,
@@ -345,7 +344,7 @@ impl<'a> UpstreamInFlight<'a> {
 
 impl Drop for UpstreamInFlight<'_> {
     fn drop(&mut self) {
-        self.host.active.fetch_sub(1, Ordering::Relaxed);
+        self.host.active.dec();
         self.stats.upstream_rq_active.dec();
         if !self.answered {
             self.stats.upstream_rq_tx_reset.inc();
