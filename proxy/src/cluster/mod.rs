@@ -549,8 +549,10 @@ mod stats_tests {
 
     #[test]
     fn cluster_histograms_are_allocated_on_first_use() {
-        // 18 counters and gauges, one pointer-sized lazy slot for the histograms.
-        assert_eq!(std::mem::size_of::<ClusterStats>(), 18 * 8 + 16);
+        // 18 counters and gauges of a cell per worker and a shared one, and one pointer-sized
+        // lazy slot for the histograms.
+        let cells = crate::stats::OWNED + 1;
+        assert_eq!(std::mem::size_of::<ClusterStats>(), 18 * 8 * cells + 16);
         let s = ClusterStats::default();
         let mut names = Vec::new();
         s.visit("c", &mut |n, _| names.push(n));

@@ -110,37 +110,38 @@ impl Future for Driver {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
-        this.core.shared.lock().set_conn_waker(cx.waker());
         loop {
             if this.core.failed.is_some() {
                 let _ = this.core.poll_flush(cx);
                 return Poll::Ready(());
             }
-            if let Poll::Ready(Err(e)) = this.core.poll_flush(cx) {
-                tracing::debug!("upstream h2 write: {e}");
-                return Poll::Ready(());
-            }
-            {
+            // One lock: the output written, the task's waker set, the state read.
+            let (flushed, state) = this.core.poll_flush_then(cx, |inner| {
                 // Nothing open and nothing more to come: a GOAWAY when the handles are gone.
-                let mut inner = this.core.shared.lock();
                 if inner.open == 0 && (inner.goaway || inner.users == 0) {
-                    let goodbye = !inner.goaway;
-                    if goodbye {
+                    if !inner.goaway {
                         let last = inner.last_opened();
                         frame::write_goaway(inner.out_mut(), last, ErrorCode::NO_ERROR, b"");
                     }
-                    drop(inner);
-                    if goodbye {
-                        let _ = this.core.poll_flush(cx);
-                    }
-                    return Poll::Ready(());
+                    None
+                } else {
+                    Some(inner.below_high_water())
                 }
+            });
+            if let Poll::Ready(Err(e)) = flushed {
+                tracing::debug!("upstream h2 write: {e}");
+                return Poll::Ready(());
             }
+            let Some(below_high_water) = state else {
+                // The GOAWAY, if one was queued, goes out if the socket takes it now.
+                let _ = this.core.poll_flush(cx);
+                return Poll::Ready(());
+            };
             if this.core.poll_keepalive(cx).is_ready() {
                 tracing::debug!("upstream h2 connection: no PONG in time, closing");
                 return Poll::Ready(());
             }
-            match this.core.poll_read(cx) {
+            match this.core.poll_read(cx, below_high_water) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Read::Closed) => return Poll::Ready(()),
                 Poll::Ready(Read::Bytes) => {
@@ -226,10 +227,10 @@ impl Driver {
     }
 
     fn on_headers(&mut self, id: u32, block: Bytes, end: bool) -> Result<(), ConnError> {
-        let (last, awaits) = {
-            let inner = self.core.shared.lock();
-            (inner.last_opened(), inner.awaits_head(id))
-        };
+        // One lock for the stream's state, the block's decoding (a microsecond or so) and its
+        // effect.
+        let mut inner = self.core.shared.lock();
+        let (last, awaits) = (inner.last_opened(), inner.awaits_head(id));
         if id.is_multiple_of(2) || id > last {
             return Err(ConnError(
                 ErrorCode::PROTOCOL_ERROR,
@@ -249,7 +250,7 @@ impl Driver {
             }) {
             Ok(()) => {}
             Err(DecodeError::ListTooLarge(_)) => {
-                self.core.shared.lock().reset(id, ErrorCode::PROTOCOL_ERROR);
+                inner.reset(id, ErrorCode::PROTOCOL_ERROR);
                 return Ok(());
             }
             Err(e) => {
@@ -260,7 +261,6 @@ impl Driver {
                 ));
             }
         }
-        let mut inner = self.core.shared.lock();
         match awaits {
             // A stream closed or reset already: the block only kept HPACK in step.
             None => Ok(()),

@@ -99,29 +99,24 @@ impl Core {
         self.failed = Some(code);
     }
 
-    /// Writes the queued output until it is all written or the socket is full.
+    /// Writes the queued output until it is all written or the socket is full (see
+    /// [`Core::poll_flush_then`]).
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush_then(cx, |_| ()).0
+    }
+
+    /// [`Core::poll_flush`], then, under the same lock, registers the task's waker with the
+    /// connection and reads its state with `state`: one lock for each turn of a connection's
+    /// loop instead of one for each of these steps.
+    pub(crate) fn poll_flush_then<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        state: impl FnOnce(&mut Inner) -> R,
+    ) -> (Poll<io::Result<()>>, R) {
         let mut inner = self.shared.lock();
-        self.write_blocked = false;
-        loop {
-            let queue = inner.pending_output();
-            if queue.is_empty() {
-                return Poll::Ready(Ok(()));
-            }
-            let mut slices = [IoSlice::new(&[]); 64];
-            let n = queue.slices(&mut slices);
-            let written = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(w)) => w,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    self.write_blocked = true;
-                    return Poll::Pending;
-                }
-            };
-            queue.advance(written);
-            inner.wrote();
-        }
+        let flushed = flush(&mut self.io, &mut self.write_blocked, &mut inner, cx);
+        inner.set_conn_waker(cx.waker());
+        (flushed, state(&mut inner))
     }
 
     /// Ready once a keep-alive PONG is late.
@@ -141,10 +136,11 @@ impl Core {
         Poll::Pending
     }
 
-    /// Reads from the socket, unless the output is past its high-water mark (the peer is not
-    /// reading: no more of its frames are taken until it does).
-    pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Read> {
-        if self.read_closed || !self.shared.lock().below_high_water() {
+    /// Reads from the socket, unless the output is past its high-water mark
+    /// (`below_high_water` false, from [`Inner::below_high_water`]: the peer is not reading,
+    /// and no more of its frames are taken until it does).
+    pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>, below_high_water: bool) -> Poll<Read> {
+        if self.read_closed || !below_high_water {
             return Poll::Pending;
         }
         match wire::poll_fill(&mut self.io, &mut self.rbuf, &mut self.hint, cx) {
@@ -224,6 +220,36 @@ impl Core {
                 f => return Ok(Some(Ok(f))),
             }
         }
+    }
+}
+
+/// Writes `inner`'s queued output to `io` until it is all written or the socket is full
+/// (`blocked`: it is, and wakes the task when it takes more).
+fn flush(
+    io: &mut TcpStream,
+    blocked: &mut bool,
+    inner: &mut Inner,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    *blocked = false;
+    loop {
+        let queue = inner.pending_output();
+        if queue.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut slices = [IoSlice::new(&[]); 64];
+        let n = queue.slices(&mut slices);
+        let written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(w)) => w,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {
+                *blocked = true;
+                return Poll::Pending;
+            }
+        };
+        queue.advance(written);
+        inner.wrote();
     }
 }
 

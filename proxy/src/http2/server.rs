@@ -126,7 +126,6 @@ impl Connection {
     /// Reads and handles frames, writes queued output; ready with the next request or the
     /// connection's end.
     pub fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
-        self.core.shared.lock().set_conn_waker(cx.waker());
         loop {
             if let Some(a) = self.accepted.pop_front() {
                 return Poll::Ready(Event::Request(a));
@@ -136,18 +135,27 @@ impl Connection {
                 let _ = self.core.poll_flush(cx);
                 return Poll::Ready(Event::Closed(Some(code)));
             }
-            if let Poll::Ready(Err(e)) = self.core.poll_flush(cx) {
+            // One lock: the output written, the task's waker set, the state read.
+            let (flushed, (idle, below_high_water)) = self.core.poll_flush_then(cx, |inner| {
+                (
+                    inner.open == 0 && inner.output_len() == 0,
+                    inner.below_high_water(),
+                )
+            });
+            if let Poll::Ready(Err(e)) = flushed {
                 tracing::debug!("downstream h2 write: {e}");
                 return Poll::Ready(Event::Closed(None));
             }
-            if self.done() {
+            // Done: GOAWAY went both or one way, no stream is open and the output is written
+            // (no request is waiting to be taken: the queue was emptied above).
+            if idle && (self.goaway_sent.is_some() || self.goaway_received) {
                 return Poll::Ready(Event::Closed(None));
             }
             if self.core.poll_keepalive(cx).is_ready() {
                 tracing::debug!("downstream h2 connection: no PONG in time, closing");
                 return Poll::Ready(Event::Closed(None));
             }
-            match self.core.poll_read(cx) {
+            match self.core.poll_read(cx, below_high_water) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Read::Closed) => return Poll::Ready(Event::Closed(None)),
                 Poll::Ready(Read::Bytes) => {
@@ -157,16 +165,6 @@ impl Connection {
                 }
             }
         }
-    }
-
-    /// The connection has nothing left to do: GOAWAY went both or one way and no stream is
-    /// open, and the output is written.
-    fn done(&self) -> bool {
-        let inner = self.core.shared.lock();
-        (self.goaway_sent.is_some() || self.goaway_received)
-            && inner.open == 0
-            && self.accepted.is_empty()
-            && inner.output_len() == 0
     }
 
     /// Handles every whole frame read.
@@ -351,15 +349,25 @@ impl Connection {
                 return Ok(());
             }
             self.streams_opened += 1;
-            let open = self.core.shared.lock().open;
-            if open >= self.config.max_concurrent_streams as usize {
+            // Checked in this order: the concurrency limit, the header list's size, the
+            // request's form; the request is built before the lock is taken, and one lock
+            // covers the limit and the opening.
+            let request = decoded.map(|head| {
+                head.into_request().map_err(|why| {
+                    tracing::debug!("downstream h2 stream {id}: malformed request: {why}")
+                })
+            });
+            let mut inner = self.core.shared.lock();
+            if inner.open >= self.config.max_concurrent_streams as usize {
+                drop(inner);
                 return self.local_reset(id, ErrorCode::REFUSED_STREAM);
             }
-            let head = match decoded {
-                Ok(h) => h,
+            let (parts, content_length) = match request {
+                Ok(Ok(p)) => p,
                 Err(()) => {
                     // The header list is over the limit: 431, as Envoy answers.
-                    self.core.shared.lock().open_stream(id, end, None, 1);
+                    inner.open_stream(id, end, None, 1);
+                    drop(inner);
                     let mut respond = SendStream::new(self.core.shared.clone(), id);
                     let _ = respond.send_head(
                         http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -368,22 +376,18 @@ impl Connection {
                     );
                     return Ok(());
                 }
-            };
-            let (parts, content_length) = match head.into_request() {
-                Ok(p) => p,
-                Err(why) => {
-                    tracing::debug!("downstream h2 stream {id}: malformed request: {why}");
+                Ok(Err(())) => {
+                    drop(inner);
                     return self.local_reset(id, ErrorCode::PROTOCOL_ERROR);
                 }
             };
             if end && content_length.is_some_and(|n| n != 0) {
+                drop(inner);
                 return self.local_reset(id, ErrorCode::PROTOCOL_ERROR);
             }
             let handles = if end { 1 } else { 2 };
-            self.core
-                .shared
-                .lock()
-                .open_stream(id, end, content_length, handles);
+            inner.open_stream(id, end, content_length, handles);
+            drop(inner);
             let body = (!end).then(|| RecvBody::new(self.core.shared.clone(), id, content_length));
             self.accepted.push_back(Accepted {
                 head: parts,
