@@ -1641,3 +1641,106 @@ async fn idle_downstream_connections_close_after_the_idle_timeout() {
         .unwrap_or_else(|| panic!("{}", stats.body));
     assert!(n >= 1, "{}", stats.body);
 }
+
+/// A connection keeps one timer for its requests (HTTP/1.1) or hands it from stream to stream
+/// (HTTP/2): each request still times out at its own deadline, whether it comes before the
+/// timer's last one (the timer is filed again) or after it (the timer passes the old one by).
+#[tokio::test]
+async fn a_connections_kept_timer_fires_at_each_requests_own_deadline() {
+    // The upstream answers after the delay in milliseconds that ends the path.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let ms: u64 = req
+                            .uri()
+                            .path()
+                            .rsplit('/')
+                            .next()
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from("done"),
+                        )))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /long/}
+                route: {cluster: kept_up, timeout: 10s}
+              - match: {prefix: /short/}
+                route: {cluster: kept_up, timeout: 0.3s}
+              - match: {prefix: /mid/}
+                route: {cluster: kept_up, timeout: 0.8s}
+              - match: {prefix: /idle/}
+                route: {cluster: kept_up, timeout: 0s, idle_timeout: 0.3s}
+"#;
+    let app = sluice(&bootstrap(
+        &http_listener("kept", vh, ""),
+        &cluster("kept_up", &[up], ""),
+    ))
+    .await;
+    let addr = app.listener_address("kept").unwrap();
+    enum Conn {
+        H1(H1),
+        H2(H2),
+    }
+    for mut c in [
+        Conn::H1(H1::connect(addr).await),
+        Conn::H2(H2::connect(addr).await),
+    ] {
+        let proto = if matches!(c, Conn::H1(_)) { "h1" } else { "h2" };
+        let mut get = async |path: &str| match &mut c {
+            Conn::H1(c) => c.get("h", path).await,
+            Conn::H2(c) => c.get("h", path).await,
+        };
+        let check = |r: Got, want: (u16, &str), what: &str| {
+            assert_eq!((r.status, r.body.as_str()), want, "{proto}: {what}");
+        };
+        check(get("/long/0").await, (200, "done"), "first request");
+        // An earlier deadline than the timer's last one.
+        check(
+            get("/short/1500").await,
+            (504, "upstream request timeout"),
+            "earlier deadline",
+        );
+        // The timer fired; it is set again.
+        check(get("/long/0").await, (200, "done"), "after a timeout");
+        check(
+            get("/short/1500").await,
+            (504, "upstream request timeout"),
+            "earlier deadline again",
+        );
+        // A later deadline than the timer's last one: not the old deadline, the new one.
+        check(get("/short/0").await, (200, "done"), "short and answered");
+        let t = std::time::Instant::now();
+        check(
+            get("/mid/1500").await,
+            (504, "upstream request timeout"),
+            "later deadline",
+        );
+        assert!(
+            t.elapsed() >= std::time::Duration::from_millis(750),
+            "{proto}: {:?}",
+            t.elapsed()
+        );
+        // The stream idle timeout uses the same timer.
+        check(
+            get("/idle/1500").await,
+            (408, "stream timeout"),
+            "idle timeout",
+        );
+        check(get("/long/0").await, (200, "done"), "last request");
+    }
+}

@@ -175,7 +175,8 @@ fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
     r.into_parts().0
 }
 
-/// Forwards a request to `cluster` under the route's timeout and retry policy.
+/// Forwards a request to `cluster` under the route's timeout and retry policy; the route's
+/// timeout uses the connection's kept `timer` when it has one.
 pub async fn forward(
     conn: &Conn,
     cluster: &Arc<ClusterRt>,
@@ -183,8 +184,10 @@ pub async fn forward(
     entry: &RouteEntry,
     timeouts: &super::timeout::Timeouts,
     hash: Option<u64>,
-    orig_dst: Option<SocketAddr>,
+    timer: Option<&mut super::timeout::Deadline>,
 ) -> Result<Response<Body>, LocalReply> {
+    // An ORIGINAL_DST cluster's host: where the connection was going.
+    let orig_dst = conn.info.local;
     let per_try = Some(timeouts.per_try).filter(|t| !t.is_zero());
     let policy = entry.retry_policy.clone().filter(|p| p.num_retries > 0);
     let max_retries = policy
@@ -301,17 +304,18 @@ pub async fn forward(
         }
     });
     if timeouts.global.is_zero() {
-        overall.await
-    } else {
-        match tokio::time::timeout_at(clock::tokio_now() + timeouts.global, overall).await {
-            Ok(r) => r,
-            Err(_) => {
-                cluster.stats.upstream_rq_timeout.inc();
-                conn.stats.rq_timeout.inc();
-                Err(TIMEOUT)
-            }
-        }
+        return overall.await;
     }
+    let at = clock::tokio_now() + timeouts.global;
+    let r = match timer {
+        Some(timer) => timer.run(at, overall).await,
+        None => tokio::time::timeout_at(at, overall).await.ok(),
+    };
+    r.unwrap_or_else(|| {
+        cluster.stats.upstream_rq_timeout.inc();
+        conn.stats.rq_timeout.inc();
+        Err(TIMEOUT)
+    })
 }
 
 /// A request in flight to one host: counted in the cluster's `upstream_rq_active` and the

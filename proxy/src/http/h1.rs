@@ -136,6 +136,8 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
     let mut stop = pin!(stop);
     let mut stopping = false;
     let mut headers_timer = None;
+    // Kept for the connection's requests, one after the other (`timeout::Deadline`).
+    let mut timer = super::timeout::Deadline::default();
     let mut idx: Vec<[usize; 4]> = Vec::new();
     loop {
         let Some(mut reader) = home.take() else {
@@ -219,7 +221,7 @@ pub(super) async fn serve(conn: Arc<Conn>, io: TcpStream, stop: impl Future<Outp
         let mut rest = In::Done;
         let mut invalid = false;
         let resp = {
-            let mut handler = pin!(super::router::handle(conn.clone(), req));
+            let mut handler = pin!(super::router::handle(conn.clone(), req, &mut timer));
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = handler.as_mut().poll(cx) {
                     return Poll::Ready(Some(r));

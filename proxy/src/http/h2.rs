@@ -32,6 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 
 use super::h2stream::{strip_connection_headers, Ended, Keepalive, Pump, RecvBody, Tunnel};
+use super::timeout::Deadline;
 use super::upgrade::{PendingUpgrade, Upgraded};
 use super::{router, wire, Conn};
 use crate::body;
@@ -159,7 +160,9 @@ async fn stream(conn: Arc<Conn>, req: Request<RecvStream>, mut respond: SendResp
     };
     let stats = conn.stats.clone();
     let req = Request::from_parts(parts, body);
-    let Some((mut parts, body)) = route(conn, req, |cx| respond.poll_reset(cx).map(drop)).await
+    let mut timer = Deadline::default();
+    let Some((mut parts, body)) =
+        route(conn, req, &mut timer, |cx| respond.poll_reset(cx).map(drop)).await
     else {
         stats.downstream_rq_rx_reset.inc();
         return;
@@ -189,6 +192,10 @@ async fn stream(conn: Arc<Conn>, req: Request<RecvStream>, mut respond: SendResp
     }
 }
 
+/// How many ended streams' timers a connection keeps for its next streams (each is a few
+/// hundred bytes, and wakes the connection once when its last deadline passes).
+const SPARE_TIMERS: usize = 32;
+
 /// Sluice's own server (`http2::server`). One turn of the task polls the streams, then the
 /// connection (frames in, output out); handles polled in the turn do not wake the task.
 async fn serve_own(
@@ -214,10 +221,16 @@ async fn serve_own(
     let mut close = pin!(async move { reached(&mut close_phase, Phase::Close).await });
     let mut stopping = false;
     let mut streams = FuturesUnordered::new();
+    // Timers of streams that ended, for the next ones (`timeout::Deadline`).
+    let mut timers: Vec<Deadline> = Vec::new();
     poll_fn(|cx| {
         connection.set_driving(true);
         loop {
-            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            while let Poll::Ready(Some(t)) = streams.poll_next_unpin(cx) {
+                if timers.len() < SPARE_TIMERS {
+                    timers.push(t);
+                }
+            }
             if !stopping && stop.as_mut().poll(cx).is_ready() {
                 stopping = true;
                 connection.graceful_shutdown();
@@ -228,8 +241,11 @@ async fn serve_own(
             match connection.poll_event(cx) {
                 Poll::Ready(server::Event::Request(a)) => {
                     // Built in its box: the stream's future is large (the router's).
-                    let fut =
-                        Box::into_pin(Box::write(Box::new_uninit(), stream_own(conn.clone(), a)));
+                    let timer = timers.pop().unwrap_or_default();
+                    let fut = Box::into_pin(Box::write(
+                        Box::new_uninit(),
+                        stream_own(conn.clone(), a, timer),
+                    ));
                     streams.push(fut);
                     continue;
                 }
@@ -250,8 +266,14 @@ async fn serve_own(
     .await;
 }
 
-/// One stream on the own server: the request through the router, then the response out.
-async fn stream_own(conn: Arc<Conn>, a: server::Accepted) {
+/// One stream on the own server, with the connection's spare timer, which it gives back.
+async fn stream_own(conn: Arc<Conn>, a: server::Accepted, mut timer: Deadline) -> Deadline {
+    respond_own(conn, a, &mut timer).await;
+    timer
+}
+
+/// The request through the router, then the response out.
+async fn respond_own(conn: Arc<Conn>, a: server::Accepted, timer: &mut Deadline) {
     let server::Accepted {
         head: mut parts,
         body: recv,
@@ -272,7 +294,8 @@ async fn stream_own(conn: Arc<Conn>, a: server::Accepted) {
     };
     let stats = conn.stats.clone();
     let req = Request::from_parts(parts, body);
-    let Some((mut parts, body)) = route(conn, req, |cx| respond.poll_reset(cx).map(drop)).await
+    let Some((mut parts, body)) =
+        route(conn, req, timer, |cx| respond.poll_reset(cx).map(drop)).await
     else {
         stats.downstream_rq_rx_reset.inc();
         return;
@@ -308,11 +331,12 @@ async fn stream_own(conn: Arc<Conn>, a: server::Accepted) {
 async fn route(
     conn: Arc<Conn>,
     req: Request<crate::body::Body>,
+    timer: &mut Deadline,
     mut poll_reset: impl FnMut(&mut std::task::Context<'_>) -> Poll<()>,
 ) -> Option<(http::response::Parts, crate::body::Body)> {
     // Pinned where it is made: passing the router's future (a few KB) by value moved it once
     // more per request.
-    let mut handle = pin!(router::handle(conn, req));
+    let mut handle = pin!(router::handle(conn, req, timer));
     let resp = poll_fn(|cx| {
         if let Poll::Ready(r) = handle.as_mut().poll(cx) {
             return Poll::Ready(Some(r));

@@ -8,6 +8,7 @@ use std::time::Instant;
 use http::{HeaderValue, Request, Response, StatusCode};
 
 use super::forward::{self, LocalReply};
+use super::timeout::Deadline;
 use super::{cors, fault, headers, Conn};
 use crate::body::{self, Body};
 use crate::clock;
@@ -27,7 +28,7 @@ const REQUEST_TIMEOUT: LocalReply = LocalReply {
 };
 
 /// Handles one downstream request; never fails (errors are local replies).
-pub async fn handle<B>(conn: Arc<Conn>, req: Request<B>) -> Response<Body>
+pub async fn handle<B>(conn: Arc<Conn>, req: Request<B>, timer: &mut Deadline) -> Response<Body>
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<body::BoxError>,
@@ -45,12 +46,12 @@ where
                 body::boxed(b)
             }
         });
-        route_request(&conn, req, grpc, t0, None).await
+        route_request(&conn, req, grpc, t0, None, timer).await
     } else {
         let log = super::access::Pending::start(t0);
         let counted = log.count_request(req);
         let mut head = crate::access_log::ReqHead::of_request(&counted);
-        let resp = route_request(&conn, counted, grpc, t0, Some(&mut head)).await;
+        let resp = route_request(&conn, counted, grpc, t0, Some(&mut head), timer).await;
         log.finish(&conn, head, resp)
     };
     if grpc {
@@ -188,9 +189,10 @@ async fn route_request(
     grpc: bool,
     started: Instant,
     log_head: Option<&mut crate::access_log::ReqHead>,
+    timer: &mut Deadline,
 ) -> Response<Body> {
     let mut cors_latched = None;
-    let mut resp = route_inner(conn, req, grpc, started, log_head, &mut cors_latched).await;
+    let mut resp = route_inner(conn, req, grpc, started, log_head, &mut cors_latched, timer).await;
     // Every response carries the server header, as Envoy's do (set here once, after the
     // route's response header changes).
     if let Some(v) = &conn.hcm.server_header {
@@ -210,6 +212,7 @@ async fn route_inner(
     started: Instant,
     log_head: Option<&mut crate::access_log::ReqHead>,
     cors_latched: &mut Option<cors::Latched>,
+    timer: &mut Deadline,
 ) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     // Envoy's `max_request_headers_kb` covers the whole header section.
@@ -410,21 +413,6 @@ async fn route_inner(
                 req = Box::pin(forward::mirror(conn, &entry.request_mirrors, req, random)).await;
                 sent = clock::now();
             }
-            // Built in its box: the forwarding future is about 4 KB (16 KB before its attempts
-            // were pinned in place), and the timeouts below would otherwise move (copy) all of
-            // it more than once per request.
-            let fwd = Box::into_pin(Box::write(
-                Box::new_uninit(),
-                forward::forward(
-                    conn,
-                    &cluster_rt,
-                    req,
-                    entry,
-                    &timeouts,
-                    hash,
-                    conn.info.local,
-                ),
-            ));
             // The stream idle timeout (the route's `idle_timeout`, else the connection
             // manager's `stream_idle_timeout`, default 5 min; 0 disables): no activity while
             // waiting for the response head (408, as Envoy answers)...
@@ -440,14 +428,36 @@ async fn route_inner(
             // While the response head is awaited, a route timeout that is no longer than
             // the idle timeout always fires first: no second timer for that wait.
             let head_idle = idle.filter(|d| timeouts.global.is_zero() || *d < timeouts.global);
+            // The connection's kept timer (see `Deadline`) goes to the one timer most requests
+            // have: the idle timeout alone, else the route's timeout.
+            let (idle_timer, fwd_timer) = if head_idle.is_some() && received.is_none() {
+                (Some(timer), None)
+            } else {
+                (None, Some(timer))
+            };
+            // Built in its box: the forwarding future is about 4 KB (16 KB before its attempts
+            // were pinned in place), and the timeouts below would otherwise move (copy) all of
+            // it more than once per request.
+            let fwd = Box::into_pin(Box::write(
+                Box::new_uninit(),
+                forward::forward(
+                    conn,
+                    &cluster_rt,
+                    req,
+                    entry,
+                    &timeouts,
+                    hash,
+                    fwd_timer,
+                ),
+            ));
             let fwd = async {
-                match (head_idle, &received) {
-                    (None, None) => return fwd.await,
-                    // The common case with a timer: one `Sleep`, no `select!`.
-                    (Some(idle), None) => {
-                        return match tokio::time::timeout_at(clock::tokio_now() + idle, fwd).await {
-                            Ok(r) => r,
-                            Err(_) => {
+                match (head_idle, &received, idle_timer) {
+                    (None, None, _) => return fwd.await,
+                    // The common case with a timer: the kept one, no `select!`.
+                    (Some(idle), None, Some(timer)) => {
+                        return match timer.run(clock::tokio_now() + idle, fwd).await {
+                            Some(r) => r,
+                            None => {
                                 conn.stats.downstream_rq_idle_timeout.inc();
                                 Err(STREAM_TIMEOUT)
                             }

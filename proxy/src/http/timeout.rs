@@ -4,7 +4,11 @@
 //! `x-envoy-upstream-rq-timeout-ms` / `x-envoy-upstream-rq-per-try-timeout-ms` request headers),
 //! and the stream's maximum duration (`max_stream_duration`, optionally from `grpc-timeout`).
 //! The rules follow Envoy's router and connection manager; a zero duration means "none".
+//! [`Deadline`] is the timer a connection keeps for its requests.
 
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::task::Poll;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -27,6 +31,38 @@ pub struct Timeouts {
     pub per_try: Duration,
     /// The stream's maximum duration, response body included (`None`: unlimited).
     pub stream: Option<Duration>,
+}
+
+/// The timer a connection keeps for its requests, one request at a time (an HTTP/1.1
+/// connection's, or an HTTP/2 stream's, handed on to the next stream when it ends).
+///
+/// A new tokio timer takes the timer driver's lock twice: when it is first polled (to insert
+/// it) and when it is dropped (to remove it). Moving a kept timer to a later deadline is one
+/// atomic operation; the driver files it again when the earlier deadline comes. A kept timer
+/// costs one spurious wake-up of its last task when its old deadline passes, and is inserted
+/// again (the lock) only for an earlier deadline than its last one, or after it fired.
+#[derive(Default)]
+pub struct Deadline(Option<Pin<Box<tokio::time::Sleep>>>);
+
+impl Deadline {
+    /// `fut`'s output, or `None` when `at` comes first (then `fut` is dropped).
+    pub async fn run<F: Future>(&mut self, at: tokio::time::Instant, fut: F) -> Option<F::Output> {
+        let sleep = match &mut self.0 {
+            Some(s) => {
+                s.as_mut().reset(at);
+                s
+            }
+            None => self.0.insert(Box::pin(tokio::time::sleep_until(at))),
+        };
+        let mut fut = pin!(fut);
+        poll_fn(|cx| {
+            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(v));
+            }
+            sleep.as_mut().poll(cx).map(|()| None)
+        })
+        .await
+    }
 }
 
 /// Whether the request is gRPC (Envoy: `content-type` is `application/grpc`, optionally with a
