@@ -18,7 +18,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
-use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::pool::Slot;
@@ -284,7 +283,7 @@ impl Exchange {
                 n = 1;
             }
             n += self.conn.out.slices(&mut slices[n..]);
-            match Pin::new(&mut self.conn.io).poll_write_vectored(cx, &slices[..n]) {
+            match wire::poll_writev(&self.conn.io, cx, &slices[..n]) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     self.write_failed = true;

@@ -440,15 +440,7 @@ async fn route_inner(
             // it more than once per request.
             let fwd = Box::into_pin(Box::write(
                 Box::new_uninit(),
-                forward::forward(
-                    conn,
-                    &cluster_rt,
-                    req,
-                    entry,
-                    &timeouts,
-                    hash,
-                    fwd_timer,
-                ),
+                forward::forward(conn, &cluster_rt, req, entry, &timeouts, hash, fwd_timer),
             ));
             let fwd = async {
                 match (head_idle, &received, idle_timer) {

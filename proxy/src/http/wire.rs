@@ -5,14 +5,13 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use http_body::Frame;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::TcpStream;
 
 /// First read size; grows while reads fill the buffer (large bodies), up to `MAX_READ`.
 pub const MIN_READ: usize = 8 * 1024;
@@ -24,20 +23,93 @@ const MAX_CHUNK_LINE: usize = 4096;
 /// Longest trailer section accepted.
 const MAX_TRAILER_BYTES: usize = 96 * 1024;
 
-/// A socket whose readability can be awaited without reading (so without a buffer).
-pub trait ReadReady {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+/// A TCP socket, or the half of one, that the codecs read from and write to.
+pub trait Socket {
+    fn socket(&self) -> &TcpStream;
 }
 
-impl ReadReady for tokio::net::TcpStream {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        tokio::net::TcpStream::poll_read_ready(self, cx)
+impl Socket for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
     }
 }
 
-impl ReadReady for tokio::net::tcp::OwnedReadHalf {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.as_ref().poll_read_ready(cx)
+impl Socket for tokio::net::tcp::OwnedReadHalf {
+    fn socket(&self) -> &TcpStream {
+        self.as_ref()
+    }
+}
+
+impl Socket for tokio::net::tcp::OwnedWriteHalf {
+    fn socket(&self) -> &TcpStream {
+        self.as_ref()
+    }
+}
+
+/// Reads into `buf` once the socket is readable, by a direct system call (`sys::recv`) under
+/// tokio's readiness. As tokio's own reads do, a read that does not fill `buf` drained the
+/// socket: its readiness is cleared then, so that the next read waits for the next event
+/// instead of making a system call to learn that there is nothing.
+pub fn poll_recv(
+    s: &TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut [std::mem::MaybeUninit<u8>],
+) -> Poll<io::Result<usize>> {
+    use std::os::fd::AsRawFd;
+    let len = buf.len();
+    loop {
+        ready!(s.poll_read_ready(cx))?;
+        let mut drained = None;
+        // `try_io` clears the readiness it saw before the call when the call says
+        // `WouldBlock`: a short read says it too, and hands its count over in `drained`.
+        match s.try_io(tokio::io::Interest::READABLE, || {
+            let n = crate::sys::recv(s.as_raw_fd(), buf)?;
+            if n > 0 && n < len {
+                drained = Some(n);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        }) {
+            Ok(n) => return Poll::Ready(Ok(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if let Some(n) = drained {
+                    return Poll::Ready(Ok(n));
+                }
+            }
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// Writes `bufs` once the socket is writable, by a direct system call (`sys::writev`) under
+/// tokio's readiness; a write that takes less than all of it filled the socket's buffer, and
+/// clears its readiness (see [`poll_recv`]).
+pub fn poll_writev(
+    s: &TcpStream,
+    cx: &mut Context<'_>,
+    bufs: &[IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    use std::os::fd::AsRawFd;
+    let len: usize = bufs.iter().map(|b| b.len()).sum();
+    loop {
+        ready!(s.poll_write_ready(cx))?;
+        let mut full = None;
+        match s.try_io(tokio::io::Interest::WRITABLE, || {
+            let n = crate::sys::writev(s.as_raw_fd(), bufs)?;
+            if n > 0 && n < len {
+                full = Some(n);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        }) {
+            Ok(n) => return Poll::Ready(Ok(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if let Some(n) = full {
+                    return Poll::Ready(Ok(n));
+                }
+            }
+            Err(e) => return Poll::Ready(Err(e)),
+        }
     }
 }
 
@@ -91,14 +163,15 @@ fn take_buffer() -> BytesMut {
 /// while reads fill it (`hint`, up to `MAX_READ`). A connection that has to wait gives its
 /// empty buffer back, and takes one once the socket is readable.
 #[allow(unsafe_code)]
-pub fn poll_fill<R: AsyncRead + ReadReady + Unpin>(
-    io: &mut R,
+pub fn poll_fill<S: Socket>(
+    io: &mut S,
     buf: &mut BytesMut,
     hint: &mut usize,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
+    let s = io.socket();
     if buf.capacity() == 0 {
-        ready!(io.poll_read_ready(cx))?;
+        ready!(s.poll_read_ready(cx))?;
         *buf = take_buffer();
     }
     if buf.capacity() - buf.len() < *hint / 2 {
@@ -106,8 +179,7 @@ pub fn poll_fill<R: AsyncRead + ReadReady + Unpin>(
     }
     let spare = buf.spare_capacity_mut();
     let want = spare.len();
-    let mut rb = ReadBuf::uninit(spare);
-    let read = Pin::new(io).poll_read(cx, &mut rb);
+    let read = poll_recv(s, cx, spare);
     let Poll::Ready(read) = read else {
         // Nothing to read yet: an empty buffer goes back to the pool while the connection
         // waits (a large one, grown by a body in flight, stays for the rest of it).
@@ -116,10 +188,9 @@ pub fn poll_fill<R: AsyncRead + ReadReady + Unpin>(
         }
         return Poll::Pending;
     };
-    read?;
-    let n = rb.filled().len();
-    // SAFETY: `ReadBuf` guarantees its first `filled` bytes were initialized by the read,
-    // and they are the bytes right after the buffer's current length.
+    let n = read?;
+    // SAFETY: the kernel wrote `n` bytes at the start of the spare capacity, which are the
+    // bytes right after the buffer's current length.
     unsafe { buf.set_len(buf.len() + n) };
     if n == want {
         *hint = (*hint * 2).min(MAX_READ);
@@ -537,6 +608,90 @@ mod tests {
         assert!(poll_fill(&mut s, &mut buf, &mut hint, &mut cx).is_pending());
         assert_eq!(buf.capacity(), 0);
         assert_eq!(READ_BUFFERS.with(|p| p.borrow().len()), pooled);
+    }
+
+    #[tokio::test]
+    #[allow(unsafe_code)]
+    async fn a_short_read_waits_for_the_next_bytes_and_is_woken_by_them() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 16];
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(poll_recv(&s, &mut cx, &mut buf).is_pending());
+        c.write_all(b"ab").await.unwrap();
+        let n = std::future::poll_fn(|cx| poll_recv(&s, cx, &mut buf))
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+        // The short read drained the socket: pending, and the next bytes wake the reader.
+        assert!(poll_recv(&s, &mut cx, &mut buf).is_pending());
+        c.write_all(b"cdefgh").await.unwrap();
+        let n = std::future::poll_fn(|cx| poll_recv(&s, cx, &mut buf[..4]))
+            .await
+            .unwrap();
+        // SAFETY: the read initialized the first `n` bytes.
+        let got: Vec<u8> = buf[..n]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
+        assert_eq!(got, b"cdef");
+        // A read that filled its buffer may have left more: the next one reads it at once.
+        assert!(matches!(
+            poll_recv(&s, &mut cx, &mut buf),
+            Poll::Ready(Ok(2))
+        ));
+        drop(c);
+        let n = std::future::poll_fn(|cx| poll_recv(&s, cx, &mut buf))
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "the end of the stream");
+    }
+
+    #[tokio::test]
+    async fn vectored_writes_to_a_full_socket_wait_and_go_on_when_it_drains() {
+        use tokio::io::AsyncReadExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let data: Vec<u8> = (0..16 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // Nobody reads: the writes fill the socket and then wait.
+        let mut sent = 0;
+        loop {
+            let rest = &data[sent..];
+            let slices = [
+                IoSlice::new(&rest[..rest.len() / 2]),
+                IoSlice::new(&rest[rest.len() / 2..]),
+            ];
+            match poll_writev(&s, &mut cx, &slices) {
+                Poll::Ready(Ok(n)) => sent += n,
+                Poll::Ready(Err(e)) => panic!("{e}"),
+                Poll::Pending => break,
+            }
+            assert!(sent < data.len(), "16 MiB fit in the socket buffers");
+        }
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        while sent < data.len() {
+            let rest = &data[sent..];
+            let slices = [
+                IoSlice::new(&rest[..rest.len() / 2]),
+                IoSlice::new(&rest[rest.len() / 2..]),
+            ];
+            sent += std::future::poll_fn(|cx| poll_writev(&s, cx, &slices))
+                .await
+                .unwrap();
+        }
+        drop(s);
+        assert!(
+            reader.await.unwrap() == data,
+            "the bytes arrive whole and in order"
+        );
     }
 
     #[test]

@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::frame::{self, ErrorCode, Frame, FrameError, Reader};
@@ -239,7 +238,7 @@ fn flush(
         }
         let mut slices = [IoSlice::new(&[]); 64];
         let n = queue.slices(&mut slices);
-        let written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]) {
+        let written = match wire::poll_writev(io, cx, &slices[..n]) {
             Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
             Poll::Ready(Ok(w)) => w,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
