@@ -6,6 +6,8 @@
 //! streaming when the response starts moves to a task of its own.
 
 use std::future::{poll_fn, Future};
+
+use futures_util::future::Either;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -132,33 +134,45 @@ impl Connection {
     }
 
     /// Sends `req` (its URI carries scheme and authority) and waits for the response head.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, SendError> {
-        let tx = match &self.0 {
-            Client::Own(c) => return send_own(c, req).await,
-            Client::Crate { tx, .. } => tx.clone(),
-        };
-        let mut tx = match tx.ready().await {
-            Ok(tx) => tx,
-            Err(_) => return Err(SendError::Unsent(Box::new(req))),
-        };
-        let (mut parts, body) = req.into_parts();
-        strip_connection_headers(&mut parts.headers);
-        let end = body.is_end_stream();
-        let (resp, stream) = tx
-            .send_request(Request::from_parts(parts, ()), end)
-            // No stream was opened: nothing reached the upstream.
-            .map_err(|e| SendError::Failed(UpstreamError::Refused(e.into())))?;
-        drop(tx);
-        let resp = if end {
-            resp.await
-        } else {
-            let mut pump = Pump::new(body, stream, Reason::CANCEL);
-            send_with_body(resp, move |cx| pump.poll_pump(cx)).await
-        };
-        match resp {
-            Ok(resp) => Ok(resp.map(|recv| crate::body::boxed(RecvBody::new(recv)))),
-            Err(e) => Err(SendError::Failed(upstream_error(e))),
+    /// Not an `async fn`: a level of its own around the client's future would store the
+    /// request twice more.
+    pub fn send(
+        &self,
+        req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Body>, SendError>> + Send + '_ {
+        match &self.0 {
+            Client::Own(c) => Either::Left(send_own(c, req)),
+            Client::Crate { tx, .. } => Either::Right(send_crate(tx.clone(), req)),
         }
+    }
+}
+
+/// Sends a request on the `h2` crate's client.
+async fn send_crate(
+    tx: SendRequest<Bytes>,
+    req: Request<Body>,
+) -> Result<Response<Body>, SendError> {
+    let mut tx = match tx.ready().await {
+        Ok(tx) => tx,
+        Err(_) => return Err(SendError::Unsent(Box::new(req))),
+    };
+    let (mut parts, body) = req.into_parts();
+    strip_connection_headers(&mut parts.headers);
+    let end = body.is_end_stream();
+    let (resp, stream) = tx
+        .send_request(Request::from_parts(parts, ()), end)
+        // No stream was opened: nothing reached the upstream.
+        .map_err(|e| SendError::Failed(UpstreamError::Refused(e.into())))?;
+    drop(tx);
+    let resp = if end {
+        resp.await
+    } else {
+        let mut pump = Pump::new(body, stream, Reason::CANCEL);
+        send_with_body(resp, move |cx| pump.poll_pump(cx)).await
+    };
+    match resp {
+        Ok(resp) => Ok(resp.map(|recv| crate::body::boxed(RecvBody::new(recv)))),
+        Err(e) => Err(SendError::Failed(upstream_error(e))),
     }
 }
 

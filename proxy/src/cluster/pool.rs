@@ -320,7 +320,7 @@ impl Pool {
     pub async fn send_http1(
         self: &Arc<Self>,
         addr: SocketAddr,
-        settings: PoolSettings,
+        settings: &PoolSettings,
         limits: &Arc<ConnLimits>,
         req: Request<Body>,
         on_new_connection: impl Fn(Duration),
@@ -367,7 +367,7 @@ impl Pool {
     async fn connect_h1(
         self: &Arc<Self>,
         addr: SocketAddr,
-        settings: PoolSettings,
+        settings: &PoolSettings,
         limits: &Arc<ConnLimits>,
         on_new_connection: &impl Fn(Duration),
     ) -> Result<(h1::Conn, bool), UpstreamError> {
@@ -388,7 +388,7 @@ impl Pool {
     }
 
     /// An idle connection that is still open and within the idle timeout.
-    fn checkout(&self, settings: PoolSettings) -> Option<h1::Conn> {
+    fn checkout(&self, settings: &PoolSettings) -> Option<h1::Conn> {
         let mut idle = self.idle.lock().unwrap();
         while let Some(c) = idle.pop() {
             let expired = settings
@@ -405,25 +405,21 @@ impl Pool {
     /// reached `max_requests_per_connection`.
     fn give_back(
         self: &Arc<Self>,
-        settings: PoolSettings,
+        settings: &PoolSettings,
         limits: &Arc<ConnLimits>,
     ) -> impl FnOnce(h1::Conn) + Send + Unpin + 'static {
         let pool = self.clone();
         let limits = limits.clone();
+        let (max_requests, idle_timeout) =
+            (settings.max_requests_per_connection, settings.idle_timeout);
         move |conn: h1::Conn| {
-            if settings
-                .max_requests_per_connection
-                .is_none_or(|m| conn.used < m)
-            {
+            if max_requests.is_none_or(|m| conn.used < m) {
                 let mut idle = pool.idle.lock().unwrap();
                 // Connections are taken from the top; the oldest, at the bottom, is checked
                 // here so that ones the server closed do not linger (no system call unless
                 // its socket became readable).
                 if idle.first().is_some_and(|c| {
-                    !c.is_open()
-                        || settings
-                            .idle_timeout
-                            .is_some_and(|t| crate::clock::now() - c.since >= t)
+                    !c.is_open() || idle_timeout.is_some_and(|t| crate::clock::now() - c.since >= t)
                 }) {
                     idle.remove(0);
                 }
@@ -439,7 +435,7 @@ impl Pool {
     pub async fn send_http2(
         &self,
         addr: SocketAddr,
-        settings: PoolSettings,
+        settings: &PoolSettings,
         limits: &Arc<ConnLimits>,
         mut req: Request<Body>,
         on_new_connection: impl Fn(Duration),
@@ -512,7 +508,7 @@ impl Pool {
 /// which is never pooled: after a `101` it belongs to the tunnel.
 async fn send_upgrade(
     addr: SocketAddr,
-    settings: PoolSettings,
+    settings: &PoolSettings,
     limits: &Arc<ConnLimits>,
     req: Request<Body>,
     on_new_connection: impl Fn(Duration),

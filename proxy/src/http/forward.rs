@@ -383,12 +383,12 @@ async fn send_once(
     let t0 = clock::now();
     let r = if h2 {
         host.pool
-            .send_http2(host.addr, cluster.settings, &cluster.limits, req, new_cx)
+            .send_http2(host.addr, &cluster.settings, &cluster.limits, req, new_cx)
             .await
     } else {
         to_http1(&mut req);
         host.pool
-            .send_http1(host.addr, cluster.settings, &cluster.limits, req, new_cx)
+            .send_http1(host.addr, &cluster.settings, &cluster.limits, req, new_cx)
             .await
     };
     in_flight.done();

@@ -266,63 +266,62 @@ async fn serve_own(
     .await;
 }
 
-/// One stream on the own server, with the connection's spare timer, which it gives back.
+/// One stream on the own server: the request through the router, then the response out. The
+/// connection's spare timer comes in and goes back (one future: a level of its own would
+/// copy the request head twice more).
 async fn stream_own(conn: Arc<Conn>, a: server::Accepted, mut timer: Deadline) -> Deadline {
-    respond_own(conn, a, &mut timer).await;
-    timer
-}
-
-/// The request through the router, then the response out.
-async fn respond_own(conn: Arc<Conn>, a: server::Accepted, timer: &mut Deadline) {
-    let server::Accepted {
-        head: mut parts,
-        body: recv,
-        mut respond,
-    } = a;
-    let head = parts.method == Method::HEAD;
-    let mut tunnel = None;
-    let body = if parts.method == Method::CONNECT {
-        let (tx, rx) = oneshot::channel();
-        parts.extensions.insert(PendingUpgrade::new(rx));
-        tunnel = recv.map(|r| (tx, r));
-        body::empty()
-    } else {
-        match recv {
-            None => body::empty(),
-            Some(r) => body::boxed(r),
-        }
-    };
-    let stats = conn.stats.clone();
-    let req = Request::from_parts(parts, body);
-    let Some((mut parts, body)) =
-        route(conn, req, timer, |cx| respond.poll_reset(cx).map(drop)).await
-    else {
-        stats.downstream_rq_rx_reset.inc();
-        return;
-    };
-    if let Some((tx, recv)) = tunnel {
-        if parts.status.is_success() {
-            parts.headers.remove(CONTENT_LENGTH);
-            match respond.send_head(parts.status, &parts.headers, false) {
-                Ok(()) => {
-                    let _ = tx.send(Upgraded::Own(OwnTunnel::new(recv, respond)));
-                }
-                Err(e) => tracing::debug!("downstream h2 CONNECT response: {e}"),
+    'stream: {
+        let server::Accepted {
+            head: mut parts,
+            body: recv,
+            mut respond,
+        } = a;
+        let head = parts.method == Method::HEAD;
+        let mut tunnel = None;
+        let body = if parts.method == Method::CONNECT {
+            let (tx, rx) = oneshot::channel();
+            parts.extensions.insert(PendingUpgrade::new(rx));
+            tunnel = recv.map(|r| (tx, r));
+            body::empty()
+        } else {
+            match recv {
+                None => body::empty(),
+                Some(r) => body::boxed(r),
             }
-            return;
+        };
+        let stats = conn.stats.clone();
+        let req = Request::from_parts(parts, body);
+        let Some((mut parts, body)) =
+            route(conn, req, &mut timer, |cx| respond.poll_reset(cx).map(drop)).await
+        else {
+            stats.downstream_rq_rx_reset.inc();
+            break 'stream;
+        };
+        if let Some((tx, recv)) = tunnel {
+            if parts.status.is_success() {
+                parts.headers.remove(CONTENT_LENGTH);
+                match respond.send_head(parts.status, &parts.headers, false) {
+                    Ok(()) => {
+                        let _ = tx.send(Upgraded::Own(OwnTunnel::new(recv, respond)));
+                    }
+                    Err(e) => tracing::debug!("downstream h2 CONNECT response: {e}"),
+                }
+                break 'stream;
+            }
+        }
+        let end = framing(&mut parts, &body, head);
+        let sent = respond.send_head(parts.status, &parts.headers, end);
+        wire::recycle_header_map(std::mem::take(&mut parts.headers));
+        if let Err(e) = sent {
+            tracing::debug!("downstream h2 response: {e}");
+            break 'stream;
+        }
+        let mut pump = BodyPump::new(body, respond, ErrorCode::INTERNAL_ERROR);
+        if !end && poll_fn(|cx| pump.poll_pump(cx)).await == Ended::Reset {
+            stats.downstream_rq_rx_reset.inc();
         }
     }
-    let end = framing(&mut parts, &body, head);
-    let sent = respond.send_head(parts.status, &parts.headers, end);
-    wire::recycle_header_map(std::mem::take(&mut parts.headers));
-    if let Err(e) = sent {
-        tracing::debug!("downstream h2 response: {e}");
-        return;
-    }
-    let mut pump = BodyPump::new(body, respond, ErrorCode::INTERNAL_ERROR);
-    if !end && poll_fn(|cx| pump.poll_pump(cx)).await == Ended::Reset {
-        stats.downstream_rq_rx_reset.inc();
-    }
+    timer
 }
 
 /// The router's response to `req`, its head tidied (see [`tidy_head`]), unless the client
