@@ -79,30 +79,19 @@ pub fn recv(
     fd: std::os::fd::RawFd,
     buf: &mut [std::mem::MaybeUninit<u8>],
 ) -> std::io::Result<usize> {
-    loop {
-        // SAFETY: the kernel writes at most `buf.len()` bytes at `buf`; no address is asked
-        // for (null pointers).
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_recvfrom,
-                libc::c_long::from(fd),
-                buf.as_mut_ptr(),
-                buf.len(),
-                0 as libc::c_long,
-                std::ptr::null_mut::<libc::sockaddr>(),
-                std::ptr::null_mut::<libc::socklen_t>(),
-            )
-        };
-        match n {
-            0.. => return Ok(n as usize),
-            _ => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    }
+    // SAFETY: the kernel writes at most `buf.len()` bytes at `buf`; no address is asked for
+    // (null pointers).
+    restarted(|| unsafe {
+        libc::syscall(
+            libc::SYS_recvfrom,
+            libc::c_long::from(fd),
+            buf.as_mut_ptr(),
+            buf.len(),
+            0 as libc::c_long,
+            std::ptr::null_mut::<libc::sockaddr>(),
+            std::ptr::null_mut::<libc::socklen_t>(),
+        )
+    })
 }
 
 /// Linux's limit on the slices of one vectored write (`UIO_MAXIOV`).
@@ -112,25 +101,28 @@ const IOV_MAX: usize = 1024;
 /// [`recv`]).
 pub fn writev(fd: std::os::fd::RawFd, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
     let count = bufs.len().min(IOV_MAX);
+    // SAFETY: `IoSlice` has `iovec`'s layout on Unix, and the kernel only reads the `count`
+    // slices and the memory they point to.
+    restarted(|| unsafe {
+        libc::syscall(
+            libc::SYS_writev,
+            libc::c_long::from(fd),
+            bufs.as_ptr(),
+            count as libc::c_long,
+        )
+    })
+}
+
+/// A system call's byte count, made again when a signal interrupted it.
+fn restarted(mut call: impl FnMut() -> libc::c_long) -> std::io::Result<usize> {
     loop {
-        // SAFETY: `IoSlice` has `iovec`'s layout on Unix, and the kernel only reads the
-        // `count` slices and the memory they point to.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_writev,
-                libc::c_long::from(fd),
-                bufs.as_ptr(),
-                count as libc::c_long,
-            )
-        };
-        match n {
-            0.. => return Ok(n as usize),
-            _ => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
+        let n = call();
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }

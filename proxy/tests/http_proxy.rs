@@ -1100,25 +1100,35 @@ async fn auto_host_rewrite_uses_the_endpoint_hostname() {
     assert_eq!(host.as_deref(), Some("localhost"));
 }
 
-#[tokio::test]
-async fn route_idle_timeout_ends_a_silent_stream() {
+/// An HTTP/1.1 upstream that answers `body` after the milliseconds `delay_ms` gives for the
+/// request's path.
+async fn slow_upstream(delay_ms: fn(&str) -> u64, body: &'static str) -> std::net::SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let slow = l.local_addr().unwrap();
+    let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
-                    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
-                        "late",
-                    ))))
-                });
+                let svc = hyper::service::service_fn(
+                    move |req: Request<hyper::body::Incoming>| async move {
+                        let ms = delay_ms(req.uri().path());
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
                     .await;
             });
         }
     });
+    addr
+}
+
+#[tokio::test]
+async fn route_idle_timeout_ends_a_silent_stream() {
+    let slow = slow_upstream(|_| 600, "late").await;
     let vh = r#"            - name: all
               domains: ["*"]
               routes:
@@ -1648,32 +1658,11 @@ async fn idle_downstream_connections_close_after_the_idle_timeout() {
 #[tokio::test]
 async fn a_connections_kept_timer_fires_at_each_requests_own_deadline() {
     // The upstream answers after the delay in milliseconds that ends the path.
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                        let ms: u64 = req
-                            .uri()
-                            .path()
-                            .rsplit('/')
-                            .next()
-                            .unwrap()
-                            .parse()
-                            .unwrap();
-                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from("done"),
-                        )))
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
+    let up = slow_upstream(
+        |path| path.rsplit('/').next().unwrap().parse().unwrap(),
+        "done",
+    )
+    .await;
     let vh = r#"            - name: all
               domains: ["*"]
               routes:

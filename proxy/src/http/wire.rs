@@ -11,6 +11,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use http_body::Frame;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// First read size; grows while reads fill the buffer (large bodies), up to `MAX_READ`.
@@ -57,28 +58,9 @@ pub fn poll_recv(
 ) -> Poll<io::Result<usize>> {
     use std::os::fd::AsRawFd;
     let len = buf.len();
-    loop {
-        ready!(s.poll_read_ready(cx))?;
-        let mut drained = None;
-        // `try_io` clears the readiness it saw before the call when the call says
-        // `WouldBlock`: a short read says it too, and hands its count over in `drained`.
-        match s.try_io(tokio::io::Interest::READABLE, || {
-            let n = crate::sys::recv(s.as_raw_fd(), buf)?;
-            if n > 0 && n < len {
-                drained = Some(n);
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(n)
-        }) {
-            Ok(n) => return Poll::Ready(Ok(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if let Some(n) = drained {
-                    return Poll::Ready(Ok(n));
-                }
-            }
-            Err(e) => return Poll::Ready(Err(e)),
-        }
-    }
+    poll_io(s, cx, Interest::READABLE, len, || {
+        crate::sys::recv(s.as_raw_fd(), buf)
+    })
 }
 
 /// Writes `bufs` once the socket is writable, by a direct system call (`sys::writev`) under
@@ -90,21 +72,40 @@ pub fn poll_writev(
     bufs: &[IoSlice<'_>],
 ) -> Poll<io::Result<usize>> {
     use std::os::fd::AsRawFd;
-    let len: usize = bufs.iter().map(|b| b.len()).sum();
+    let len = bufs.iter().map(|b| b.len()).sum();
+    poll_io(s, cx, Interest::WRITABLE, len, || {
+        crate::sys::writev(s.as_raw_fd(), bufs)
+    })
+}
+
+/// `op`, for up to `len` bytes, once the socket is ready for `interest`; a count short of
+/// `len` clears the readiness that was seen before the call (`try_io` clears it when the call
+/// says `WouldBlock`: a short count says it too, and is handed over in `short`).
+fn poll_io(
+    s: &TcpStream,
+    cx: &mut Context<'_>,
+    interest: Interest,
+    len: usize,
+    mut op: impl FnMut() -> io::Result<usize>,
+) -> Poll<io::Result<usize>> {
     loop {
-        ready!(s.poll_write_ready(cx))?;
-        let mut full = None;
-        match s.try_io(tokio::io::Interest::WRITABLE, || {
-            let n = crate::sys::writev(s.as_raw_fd(), bufs)?;
+        if interest.is_readable() {
+            ready!(s.poll_read_ready(cx))?;
+        } else {
+            ready!(s.poll_write_ready(cx))?;
+        }
+        let mut short = None;
+        match s.try_io(interest, || {
+            let n = op()?;
             if n > 0 && n < len {
-                full = Some(n);
+                short = Some(n);
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             Ok(n)
         }) {
             Ok(n) => return Poll::Ready(Ok(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if let Some(n) = full {
+                if let Some(n) = short {
                     return Poll::Ready(Ok(n));
                 }
             }
