@@ -65,8 +65,8 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(io: TcpStream, slot: Slot) -> Conn {
-        Conn {
+    pub fn new(io: TcpStream, slot: Slot) -> Box<Conn> {
+        Box::new(Conn {
             io,
             rbuf: BytesMut::new(),
             read_hint: wire::MIN_READ,
@@ -77,7 +77,7 @@ impl Conn {
             used: 0,
             since: Instant::now(),
             _slot: slot,
-        }
+        })
     }
 
     /// False if the server closed the idle connection (or sent something unasked). Costs no
@@ -227,7 +227,9 @@ enum Parsed {
 
 /// One request/response on a connection.
 struct Exchange {
-    conn: Conn,
+    /// Boxed: the connection (a few hundred bytes) moves between the pool, the exchange and
+    /// the response body as a pointer.
+    conn: Box<Conn>,
     /// The request head, written from here (not queued: it stays whole for a resend).
     head: Head,
     head_sent: usize,
@@ -516,11 +518,11 @@ impl Exchange {
 /// response body carries the connection and hands it to `give_back` when the exchange ended
 /// cleanly.
 pub async fn send(
-    mut conn: Conn,
+    mut conn: Box<Conn>,
     head: Head,
     body: Body,
     reused: bool,
-    give_back: impl FnOnce(Conn) + Send + Unpin + 'static,
+    give_back: impl FnOnce(Box<Conn>) + Send + Unpin + 'static,
 ) -> Result<Response<Body>, Failed> {
     conn.used += 1;
     let ended = body.is_end_stream();
@@ -565,12 +567,12 @@ pub async fn send(
 }
 
 /// The response body: reads the rest of the response from the connection.
-struct ResponseBody<F: FnOnce(Conn)> {
+struct ResponseBody<F: FnOnce(Box<Conn>)> {
     ex: Option<Exchange>,
     give_back: Option<F>,
 }
 
-impl<F: FnOnce(Conn)> ResponseBody<F> {
+impl<F: FnOnce(Box<Conn>)> ResponseBody<F> {
     /// Hands the connection back once the exchange ended cleanly; drops (closes) it once it
     /// ended otherwise.
     fn maybe_finish(&mut self) {
@@ -596,7 +598,7 @@ impl<F: FnOnce(Conn)> ResponseBody<F> {
     }
 }
 
-impl<F: FnOnce(Conn) + Unpin> http_body::Body for ResponseBody<F> {
+impl<F: FnOnce(Box<Conn>) + Unpin> http_body::Body for ResponseBody<F> {
     type Data = Bytes;
     type Error = Error;
 

@@ -14,7 +14,7 @@ use super::*;
 use crate::cluster::pool::ConnLimits;
 
 /// A connected client `Conn` and the server's side of the socket.
-async fn pair() -> (Conn, TcpStream) {
+async fn pair() -> (Box<Conn>, TcpStream) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
     let (s, _) = l.accept().await.unwrap();
@@ -41,9 +41,9 @@ async fn read_until(s: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
     got
 }
 
-type Back = Arc<Mutex<Option<Conn>>>;
+type Back = Arc<Mutex<Option<Box<Conn>>>>;
 
-fn keeper() -> (Back, impl FnOnce(Conn) + Send + Unpin + 'static) {
+fn keeper() -> (Back, impl FnOnce(Box<Conn>) + Send + Unpin + 'static) {
     let back: Back = Arc::default();
     let b = back.clone();
     (back, move |c| *b.lock().unwrap() = Some(c))
