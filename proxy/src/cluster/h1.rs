@@ -12,7 +12,7 @@
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -78,6 +78,11 @@ impl Conn {
             since: Instant::now(),
             _slot: slot,
         })
+    }
+
+    /// Fit for another request: idle for less than `idle_timeout` and still open.
+    pub fn reusable(&self, idle_timeout: Option<Duration>) -> bool {
+        idle_timeout.is_none_or(|t| crate::clock::now() - self.since < t) && self.is_open()
     }
 
     /// False if the server closed the idle connection (or sent something unasked). Costs no

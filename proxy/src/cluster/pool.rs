@@ -393,15 +393,7 @@ impl Pool {
     /// An idle connection that is still open and within the idle timeout.
     fn checkout(&self, settings: &PoolSettings) -> Option<Box<h1::Conn>> {
         let mut idle = self.idle.lock().unwrap();
-        while let Some(c) = idle.pop() {
-            let expired = settings
-                .idle_timeout
-                .is_some_and(|t| crate::clock::now() - c.since >= t);
-            if !expired && c.is_open() {
-                return Some(c);
-            }
-        }
-        None
+        std::iter::from_fn(|| idle.pop()).find(|c| c.reusable(settings.idle_timeout))
     }
 
     /// What a finished exchange does with its connection: back into the pool, unless it
@@ -421,9 +413,7 @@ impl Pool {
                 // Connections are taken from the top; the oldest, at the bottom, is checked
                 // here so that ones the server closed do not linger (no system call unless
                 // its socket became readable).
-                if idle.first().is_some_and(|c| {
-                    !c.is_open() || idle_timeout.is_some_and(|t| crate::clock::now() - c.since >= t)
-                }) {
+                if idle.first().is_some_and(|c| !c.reusable(idle_timeout)) {
                     idle.remove(0);
                 }
                 idle.push(conn);

@@ -38,7 +38,7 @@ pub struct Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.shared.lock().drop_user();
+        self.shared.lock().connection_handle_dropped();
     }
 }
 
@@ -58,7 +58,6 @@ pub fn start(io: tokio::net::TcpStream, config: Config) -> (Connection, Driver) 
     };
     frame::write_settings(inner.out_mut(), &ours);
     inner.open_conn_window();
-    inner.users = 1;
     let max_block = config.max_header_list as usize + 16 * 1024;
     let core = Core::new(io, inner, max_block, config.keepalive);
     let conn = Connection {
@@ -118,7 +117,7 @@ impl Future for Driver {
             // One lock: the output written, the task's waker set, the state read.
             let (flushed, state) = this.core.poll_flush_then(cx, |inner| {
                 // Nothing open and nothing more to come: a GOAWAY when the handles are gone.
-                if inner.open == 0 && (inner.goaway || inner.users == 0) {
+                if inner.open == 0 && (inner.goaway || inner.handle_gone) {
                     if !inner.goaway {
                         let last = inner.last_opened();
                         frame::write_goaway(inner.out_mut(), last, ErrorCode::NO_ERROR, b"");

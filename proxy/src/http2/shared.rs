@@ -247,8 +247,9 @@ pub(crate) struct Inner {
     peer_max_streams: usize,
     open_waiters: Vec<Waker>,
     pub(crate) goaway: bool,
-    /// Client: connection handles alive.
-    pub(crate) users: usize,
+    /// Client: the connection's handle was dropped (the connection ends once no stream is
+    /// open).
+    pub(crate) handle_gone: bool,
     /// Frame heads, control frames and short payloads not yet in `queue`.
     out: BytesMut,
     queue: Queue,
@@ -294,7 +295,7 @@ impl Inner {
             peer_max_streams: usize::MAX,
             open_waiters: Vec::new(),
             goaway: false,
-            users: 0,
+            handle_gone: false,
             out: BytesMut::new(),
             queue: Queue::default(),
             encoder: Encoder::new(),
@@ -928,14 +929,11 @@ impl Inner {
         Poll::Ready(Ok(id))
     }
 
-    /// A connection handle is gone; with the last one the connection's task looks at
-    /// whether it can end.
-    pub(crate) fn drop_user(&mut self) {
-        self.users = self.users.saturating_sub(1);
-        if self.users == 0 {
-            if let Some(w) = &self.conn_waker {
-                w.wake_by_ref();
-            }
+    /// The connection's handle is gone: its task looks at whether it can end.
+    pub(crate) fn connection_handle_dropped(&mut self) {
+        self.handle_gone = true;
+        if let Some(w) = &self.conn_waker {
+            w.wake_by_ref();
         }
     }
 
