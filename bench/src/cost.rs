@@ -42,17 +42,21 @@ pub struct Cost {
     pub per_req: BTreeMap<String, f64>,
 }
 
-/// The three request shapes the cost table covers, with `inflight` requests in flight.
-pub fn scenarios(inflight: usize) -> Vec<Scenario> {
+/// The request shapes the cost table covers, with `inflight` requests in flight (closed
+/// loop), or at `rate` requests/s in total over `inflight` connections (open loop).
+pub fn scenarios(inflight: usize, rate: Option<u64>) -> Vec<Scenario> {
+    let mode = rate.map_or(Mode::Max, Mode::Rate);
     let h1 = |name: &str, path: &str| Scenario {
         name: name.into(),
         proto: Proto::H1,
         path: path.into(),
-        mode: Mode::Max,
+        mode,
         conns: inflight,
         depth: 1,
     };
-    let (conns, depth) = if inflight >= 4 {
+    let (conns, depth) = if rate.is_some() {
+        (inflight, 1)
+    } else if inflight >= 4 {
         (inflight / 4, 4)
     } else {
         (1, inflight)
@@ -64,7 +68,16 @@ pub fn scenarios(inflight: usize) -> Vec<Scenario> {
             name: "h2-small".into(),
             proto: Proto::H2,
             path: "/small".into(),
-            mode: Mode::Max,
+            mode,
+            conns,
+            depth,
+        },
+        // A message round trip on long-lived bidirectional gRPC streams.
+        Scenario {
+            name: "grpc-stream".into(),
+            proto: Proto::GrpcStream,
+            path: "/grpc-stream".into(),
+            mode,
             conns,
             depth,
         },
@@ -73,7 +86,7 @@ pub fn scenarios(inflight: usize) -> Vec<Scenario> {
             name: "tcp-echo".into(),
             proto: Proto::TcpEcho,
             path: String::new(),
-            mode: Mode::Max,
+            mode,
             conns: inflight,
             depth: 1,
         },
@@ -259,6 +272,8 @@ pub struct Plan {
     pub scenarios: Vec<String>,
     pub reps: usize,
     pub inflight: usize,
+    /// Open loop at this many requests/s instead of the closed loop.
+    pub rate: Option<u64>,
     pub dur: Duration,
     pub callgrind: bool,
 }
@@ -278,7 +293,7 @@ pub fn run(
     if plan.callgrind {
         std::fs::create_dir_all(&cg_dir)?;
     }
-    let scenarios: Vec<Scenario> = scenarios(plan.inflight)
+    let scenarios: Vec<Scenario> = scenarios(plan.inflight, plan.rate)
         .into_iter()
         .filter(|s| plan.scenarios.is_empty() || plan.scenarios.contains(&s.name))
         .collect();
@@ -333,7 +348,7 @@ pub fn run(
             (t, sc, c, spread)
         })
         .collect();
-    let mut out = table(&rows, plan.inflight, plan.callgrind, plan.reps);
+    let mut out = table(&rows, plan, plan.callgrind, plan.reps);
     if !pairs.is_empty() {
         out.push_str(&format!(
             "\n{key} of the first target over each other one, paired by round (the runs \
@@ -443,7 +458,7 @@ fn median(runs: &[Cost], key: &str) -> (Cost, f64) {
 
 fn table(
     rows: &[(String, String, Cost, f64)],
-    inflight: usize,
+    plan: &Plan,
     callgrind: bool,
     reps: usize,
 ) -> String {
@@ -462,7 +477,13 @@ fn table(
                 .any(|(_, _, r, _)| r.per_req.get(*c).is_some_and(|v| *v > 0.0))
         })
         .collect();
-    let mut s = format!("per request, closed loop, {inflight} in flight");
+    let mut s = match plan.rate {
+        None => format!("per request, closed loop, {} in flight", plan.inflight),
+        Some(r) => format!(
+            "per request, open loop at {r} requests/s over {} connections",
+            plan.inflight
+        ),
+    };
     if reps > 1 {
         s.push_str(&format!(
             "; medians of {reps} interleaved runs, ± half their range"

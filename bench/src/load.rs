@@ -1,5 +1,10 @@
 //! The load generator: open-loop constant-rate and closed-loop maximum-throughput clients for
-//! HTTP/1.1, HTTP/2 (h2c), gRPC-shaped unary calls over h2c, and TCP (echo ping-pong, bulk).
+//! HTTP/1.1, HTTP/2 (h2c), gRPC-shaped unary calls and bidirectional streams over h2c, and TCP
+//! (echo ping-pong, bulk).
+//!
+//! A gRPC stream scenario keeps one long-lived call per worker and counts message round trips:
+//! a message goes out on the request stream and its echo comes back on the response stream.
+//! Each stream is closed at the end of the window and must end with `grpc-status: 0`.
 //!
 //! Open loop: request `i` of the run is scheduled at `start + i / rate`, spread round-robin over
 //! the connections. Latency counts from the scheduled time whenever the connection was still
@@ -12,14 +17,20 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 use crate::upstream::BULK_CHUNK;
 
@@ -29,6 +40,8 @@ pub enum Proto {
     H1,
     H2,
     Grpc,
+    /// Message round trips on long-lived bidirectional gRPC streams.
+    GrpcStream,
     TcpEcho,
     TcpBulk,
 }
@@ -46,7 +59,7 @@ pub enum Mode {
 pub struct Scenario {
     pub name: String,
     pub proto: Proto,
-    /// HTTP path (`/small`, `/16k`, `/grpc`); empty for TCP.
+    /// HTTP path (`/small`, `/16k`, `/grpc`, `/grpc-stream`); empty for TCP.
     pub path: String,
     pub mode: Mode,
     pub conns: usize,
@@ -101,6 +114,24 @@ pub fn scenarios(conns: usize, max_conns: usize, rates: &[u64]) -> Vec<Scenario>
         ));
     }
     v.push(Scenario::new("grpc-unary-max", Grpc, "/grpc", Max, h2c, 4));
+    v.push(Scenario::new(
+        "grpc-stream-max",
+        GrpcStream,
+        "/grpc-stream",
+        Max,
+        h2c,
+        4,
+    ));
+    if let Some(&r) = rates.last() {
+        v.push(Scenario::new(
+            &format!("grpc-stream-{}", rate_label(r)),
+            GrpcStream,
+            "/grpc-stream",
+            Rate(r),
+            conns,
+            1,
+        ));
+    }
     if let Some(&r) = rates.last() {
         v.push(Scenario::new(
             &format!("tcp-echo-{}", rate_label(r)),
@@ -212,9 +243,121 @@ pub fn run(
 }
 
 pub enum Conn {
-    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
-    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+    H1(hyper::client::conn::http1::SendRequest<ReqBody>),
+    H2(hyper::client::conn::http2::SendRequest<ReqBody>),
     Tcp(TcpStream),
+}
+
+/// A request body: whole (unary calls, plain requests), or the messages of a gRPC stream as
+/// the client sends them.
+pub enum ReqBody {
+    Full(Option<Bytes>),
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            ReqBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            ReqBody::Stream(rx) => rx.poll_recv(cx).map(|m| m.map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, ReqBody::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
+            ReqBody::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// One gRPC-shaped request message (5-byte prefix and a 5-byte payload); the echo sends the
+/// same bytes back.
+const GRPC_MSG: &[u8] = &[0, 0, 0, 0, 5, 1, 2, 3, 4, 5];
+
+/// A bidirectional gRPC stream through the target to the upstream's echo.
+struct MsgStream {
+    out: mpsc::Sender<Bytes>,
+    body: hyper::body::Incoming,
+    /// Echoed bytes received and not yet counted as a whole message.
+    got: usize,
+}
+
+impl MsgStream {
+    /// Opens a stream and makes its first round trip (the response head comes after it).
+    async fn open(
+        tx: &mut hyper::client::conn::http2::SendRequest<ReqBody>,
+    ) -> anyhow::Result<Self> {
+        let (out, rx) = mpsc::channel(1);
+        let req = Request::builder()
+            .method("POST")
+            .uri("http://bench/grpc-stream")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(ReqBody::Stream(rx))?;
+        let fut = async {
+            out.send(Bytes::from_static(GRPC_MSG)).await?;
+            tx.ready().await?;
+            let resp = tx.send_request(req).await?;
+            anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
+            let mut s = MsgStream {
+                out,
+                body: resp.into_body(),
+                got: 0,
+            };
+            s.echo().await?;
+            anyhow::Ok(s)
+        };
+        tokio::time::timeout(REQ_TIMEOUT, fut).await?
+    }
+
+    /// Reads until one whole echoed message has arrived.
+    async fn echo(&mut self) -> anyhow::Result<u64> {
+        while self.got < GRPC_MSG.len() {
+            let f = self
+                .body
+                .frame()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("stream ended before the echo"))??;
+            if let Ok(d) = f.into_data() {
+                self.got += d.len();
+            }
+        }
+        self.got -= GRPC_MSG.len();
+        Ok(GRPC_MSG.len() as u64)
+    }
+
+    /// One message round trip.
+    async fn round_trip(&mut self) -> anyhow::Result<u64> {
+        let fut = async {
+            self.out.send(Bytes::from_static(GRPC_MSG)).await?;
+            self.echo().await
+        };
+        tokio::time::timeout(REQ_TIMEOUT, fut).await?
+    }
+
+    /// Ends the request stream; the call must end with `grpc-status: 0`.
+    async fn finish(self) -> anyhow::Result<()> {
+        let MsgStream { out, body, .. } = self;
+        drop(out);
+        let rest = tokio::time::timeout(REQ_TIMEOUT, body.collect()).await??;
+        let ok = rest
+            .trailers()
+            .and_then(|t| t.get("grpc-status"))
+            .is_some_and(|v| v == "0");
+        anyhow::ensure!(ok, "grpc-status missing or not 0 at the stream's end");
+        Ok(())
+    }
 }
 
 const REQ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -259,7 +402,7 @@ async fn open_one(addr: SocketAddr, sc: &Scenario) -> anyhow::Result<Conn> {
             tokio::spawn(conn);
             Conn::H1(tx)
         }
-        Proto::H2 | Proto::Grpc => {
+        Proto::H2 | Proto::Grpc | Proto::GrpcStream => {
             let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
                 .handshake(TokioIo::new(s))
                 .await?;
@@ -279,6 +422,9 @@ async fn open_one(addr: SocketAddr, sc: &Scenario) -> anyhow::Result<Conn> {
     };
     // Warm up: one exchange per connection (opens the proxy's upstream connection too).
     match &mut c {
+        Conn::H2(tx) if sc.proto == Proto::GrpcStream => {
+            MsgStream::open(tx).await?.finish().await?;
+        }
         Conn::H1(_) | Conn::H2(_) => {
             http_once(&mut c, &sc.path).await?;
         }
@@ -291,7 +437,7 @@ async fn open_one(addr: SocketAddr, sc: &Scenario) -> anyhow::Result<Conn> {
 }
 
 /// HTTP/1.1 requests use origin-form and a Host header; HTTP/2 ones carry the authority.
-fn request(path: &str, h1: bool) -> Request<Full<Bytes>> {
+fn request(path: &str, h1: bool) -> Request<ReqBody> {
     let b = if h1 {
         Request::builder().uri(path).header("host", "bench")
     } else {
@@ -301,12 +447,10 @@ fn request(path: &str, h1: bool) -> Request<Full<Bytes>> {
         b.method("POST")
             .header("content-type", "application/grpc")
             .header("te", "trailers")
-            .body(Full::new(Bytes::from_static(&[
-                0, 0, 0, 0, 5, 1, 2, 3, 4, 5,
-            ])))
+            .body(ReqBody::Full(Some(Bytes::from_static(GRPC_MSG))))
             .unwrap()
     } else {
-        b.body(Full::new(Bytes::new())).unwrap()
+        b.body(ReqBody::Full(None)).unwrap()
     }
 }
 
@@ -384,6 +528,40 @@ fn spawn_worker(
             }
             tasks.spawn(closed_loop(c, sc, start, deadline, agg));
         }
+        Mode::Rate(rate) if sc.proto == Proto::GrpcStream => {
+            let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+            let Conn::H2(mut tx) = c else { return };
+            tasks.spawn(async move {
+                // One stream per connection; a message waits for the echo of the one before.
+                let mut i = k as u32;
+                let mut stream: Option<MsgStream> = None;
+                loop {
+                    let at = start + period * i;
+                    if at >= deadline {
+                        break;
+                    }
+                    let origin = if Instant::now() < at {
+                        tokio::time::sleep_until(at.into()).await;
+                        Instant::now()
+                    } else {
+                        at
+                    };
+                    let r = match stream.as_mut() {
+                        Some(s) => s.round_trip().await,
+                        None => MsgStream::open(&mut tx).await.map(|s| {
+                            stream = Some(s);
+                            GRPC_MSG.len() as u64
+                        }),
+                    };
+                    if r.is_err() {
+                        stream = None;
+                    }
+                    note(&agg, origin, r);
+                    i += sc.conns as u32;
+                }
+                finish_stream(stream, &agg).await;
+            });
+        }
         Mode::Rate(rate) => {
             let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
             tasks.spawn(async move {
@@ -458,10 +636,51 @@ async fn bulk_stream(s: TcpStream, start: Instant, deadline: Instant, agg: Share
     writer.abort();
 }
 
+/// A stream's end must bring `grpc-status: 0`; if it does not, that counts as one error.
+async fn finish_stream(stream: Option<MsgStream>, agg: &Shared) {
+    if let Some(s) = stream {
+        if s.finish().await.is_err() {
+            agg.lock().unwrap().errors += 1;
+        }
+    }
+}
+
+/// Message round trips back to back on one gRPC stream (a new one after an error).
+async fn stream_loop(
+    mut tx: hyper::client::conn::http2::SendRequest<ReqBody>,
+    start: Instant,
+    deadline: Instant,
+    agg: Shared,
+) {
+    tokio::time::sleep_until(start.into()).await;
+    let mut stream: Option<MsgStream> = None;
+    while Instant::now() < deadline {
+        let t0 = Instant::now();
+        let r = match stream.as_mut() {
+            Some(s) => s.round_trip().await,
+            None => MsgStream::open(&mut tx).await.map(|s| {
+                stream = Some(s);
+                GRPC_MSG.len() as u64
+            }),
+        };
+        if r.is_err() {
+            stream = None;
+        }
+        note(&agg, t0, r);
+    }
+    finish_stream(stream, &agg).await;
+}
+
 async fn closed_loop(mut c: Conn, sc: Scenario, start: Instant, deadline: Instant, agg: Shared) {
     if sc.proto == Proto::TcpBulk {
         if let Conn::Tcp(s) = c {
             bulk_stream(s, start, deadline, agg).await;
+        }
+        return;
+    }
+    if sc.proto == Proto::GrpcStream {
+        if let Conn::H2(tx) = c {
+            stream_loop(tx, start, deadline, agg).await;
         }
         return;
     }
@@ -500,5 +719,63 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), n);
         assert_eq!(rate_label(2500), "2500rps");
+        assert!(names.contains(&"grpc-stream-max") && names.contains(&"grpc-stream-5k"));
+    }
+
+    /// Message round trips on gRPC streams against the upstream's echo, over real sockets:
+    /// closed loop, then open loop at a fixed rate; every stream ends with `grpc-status: 0`.
+    #[test]
+    fn grpc_streams_echo_every_message_and_end_ok() {
+        let up = crate::upstream::start(None).unwrap();
+        let all = scenarios(2, 8, &[400]);
+        let max = all.iter().find(|s| s.name == "grpc-stream-max").unwrap();
+        let out = run(up.http, max, Duration::from_millis(300), &mut |_| {}).unwrap();
+        assert_eq!(out.errors, 0);
+        assert!(out.requests > 50, "{} round trips", out.requests);
+        assert_eq!(out.bytes, out.requests * GRPC_MSG.len() as u64);
+
+        let rate = all.iter().find(|s| s.name == "grpc-stream-400rps").unwrap();
+        let out = run(up.http, rate, Duration::from_millis(500), &mut |_| {}).unwrap();
+        assert_eq!(out.errors, 0);
+        // 400/s for 0.5 s, scheduled from the window's start: 200 messages, none more.
+        assert!((190..=200).contains(&out.requests), "{}", out.requests);
+    }
+
+    /// A stream the server ends without the OK trailer is an error, not a silent success.
+    #[test]
+    fn a_stream_without_the_ok_trailer_is_an_error() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // A server that answers the stream's first message and then ends it with no trailer.
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            tokio::spawn(async move {
+                let (s, _) = l.accept().await.unwrap();
+                let svc = hyper::service::service_fn(|_req| async {
+                    let body = ReqBody::Full(Some(Bytes::from_static(GRPC_MSG)));
+                    Ok::<_, Infallible>(
+                        http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(body)
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+            let s = connect(addr).await.unwrap();
+            let (mut tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .handshake(TokioIo::new(s))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let stream = MsgStream::open(&mut tx).await.unwrap();
+            let err = stream.finish().await.unwrap_err();
+            assert!(err.to_string().contains("grpc-status"), "{err:#}");
+        });
     }
 }

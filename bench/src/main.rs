@@ -57,7 +57,8 @@ enum Cmd {
         exchanges: usize,
     },
     /// Cost per request (CPU, syscalls, context switches; with --callgrind, user-space
-    /// instructions and atomics) for h1 small, h1 16 KiB, h2c small and a TCP echo, through each target.
+    /// instructions and atomics) for h1 small, h1 16 KiB, h2c small, a gRPC stream message and
+    /// a TCP echo, through each target.
     Cost(CostArgs),
     /// Resident memory per open idle connection (HTTP/1.1, h2c, TCP), through each target.
     ConnMemory(ConnMemoryArgs),
@@ -152,6 +153,10 @@ struct CostArgs {
     /// Requests in flight (HTTP/1.1 connections; h2c: a quarter as many connections × 4).
     #[arg(long, default_value_t = 64)]
     inflight: usize,
+    /// Open loop at this many requests/s in total, over `--inflight` connections (one request
+    /// or stream at a time each), instead of the closed loop: the cost at a sidecar's usual load.
+    #[arg(long)]
+    rate: Option<u64>,
     /// Seconds per measured window.
     #[arg(long, default_value_t = 3.0)]
     duration: f64,
@@ -162,7 +167,7 @@ struct CostArgs {
     /// Measure every target this many times, interleaved, and report medians.
     #[arg(long, default_value_t = 1)]
     reps: usize,
-    /// Only these scenarios (h1-small, h1-16k, h2-small, tcp-echo).
+    /// Only these scenarios (h1-small, h1-16k, h2-small, grpc-stream, tcp-echo).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// A second Sluice binary, measured as `sluice-base` interleaved with the others: an A/B of
@@ -383,6 +388,7 @@ fn main() -> anyhow::Result<()> {
                 scenarios: a.scenarios.clone(),
                 reps: a.reps,
                 inflight: a.inflight,
+                rate: a.rate,
                 dur: Duration::from_secs_f64(a.duration),
                 callgrind: a.callgrind,
             };

@@ -255,6 +255,11 @@ fn headline_rows(rep: &Report) -> Vec<(String, String, Metric)> {
                 Metric::Cpu1k if sc.starts_with("tcp-bulk") => {
                     format!("{sc}: CPU s / 1k transfers (1 MiB)")
                 }
+                // A gRPC stream scenario counts message round trips, not calls.
+                Metric::Rps if sc.starts_with("grpc-stream") => format!("{sc}: messages/s"),
+                Metric::Cpu1k if sc.starts_with("grpc-stream") => {
+                    format!("{sc}: CPU s / 1k messages")
+                }
                 _ => format!("{sc}: {}", metric_name(m)),
             };
             rows.push((label, sc.clone(), m));

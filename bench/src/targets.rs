@@ -103,7 +103,7 @@ impl Running {
     pub fn addr(&self, p: Proto) -> SocketAddr {
         match p {
             Proto::H1 => self.h1,
-            Proto::H2 | Proto::Grpc => self.h2,
+            Proto::H2 | Proto::Grpc | Proto::GrpcStream => self.h2,
             Proto::TcpEcho | Proto::TcpBulk => self.tcp,
         }
     }

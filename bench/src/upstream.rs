@@ -2,7 +2,9 @@
 //! keep-alive) and a TCP echo/sink, both on one current-thread runtime in their own thread.
 //!
 //! HTTP paths: `/16k` answers 16 KiB, `/grpc` answers a gRPC-shaped unary reply (length-prefixed
-//! message, `grpc-status: 0` trailer), anything else answers the 2-byte body `ok`.
+//! message, `grpc-status: 0` trailer), `/grpc-stream` is a bidirectional gRPC-shaped echo (each
+//! request message is sent back as soon as it is whole; the request's end brings the trailer),
+//! anything else answers the 2-byte body `ok`.
 //!
 //! TCP: the first byte picks the mode. `E`: echo everything back. `S`: sink; after every
 //! [`BULK_CHUNK`] bytes received, answer one byte (`!`), so the client times whole transfers.
@@ -12,7 +14,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -83,17 +85,26 @@ async fn serve_http(l: TcpListener) {
 
 async fn answer(req: Request<Incoming>, large: Bytes) -> Response<UpBody> {
     let path = req.uri().path();
+    if path == "/grpc-stream" {
+        return Response::builder()
+            .header("content-type", "application/grpc")
+            .body(UpBody::Echo(EchoBody {
+                incoming: req.into_body(),
+                pending: BytesMut::new(),
+                ended: false,
+            }))
+            .unwrap();
+    }
     if path == "/grpc" {
         // Drain the request message, answer one 2-byte message and the OK trailer.
         let _ = http_body_util::BodyExt::collect(req.into_body()).await;
-        let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let trailers = grpc_ok();
         return Response::builder()
             .header("content-type", "application/grpc")
-            .body(UpBody {
+            .body(UpBody::Once(OnceBody {
                 data: Some(Bytes::from_static(&[0, 0, 0, 0, 2, b'o', b'k'])),
                 trailers: Some(trailers),
-            })
+            }))
             .unwrap();
     }
     let data = if path == "/16k" {
@@ -103,17 +114,51 @@ async fn answer(req: Request<Incoming>, large: Bytes) -> Response<UpBody> {
     };
     Response::builder()
         .header("content-type", "text/plain")
-        .body(UpBody {
+        .body(UpBody::Once(OnceBody {
             data: Some(data),
             trailers: None,
-        })
+        }))
         .unwrap()
 }
 
+/// The upstream's response bodies.
+pub enum UpBody {
+    Once(OnceBody),
+    Echo(EchoBody),
+}
+
 /// One data frame, then optional trailers.
-pub struct UpBody {
+pub struct OnceBody {
     data: Option<Bytes>,
     trailers: Option<HeaderMap>,
+}
+
+/// The bidirectional gRPC echo: request messages (5-byte prefix: compression flag, 4-byte
+/// big-endian length) go back as soon as they are whole, and the request's end brings the
+/// `grpc-status: 0` trailer.
+pub struct EchoBody {
+    incoming: Incoming,
+    pending: BytesMut,
+    ended: bool,
+}
+
+/// How many leading bytes of `b` are whole gRPC messages.
+pub fn whole_messages(b: &[u8]) -> usize {
+    let mut at = 0;
+    while b.len() - at >= 5 {
+        let len = u32::from_be_bytes([b[at + 1], b[at + 2], b[at + 3], b[at + 4]]) as usize;
+        if b.len() - at - 5 < len {
+            break;
+        }
+        at += 5 + len;
+    }
+    at
+}
+
+fn grpc_ok() -> HeaderMap {
+    let mut t = HeaderMap::new();
+    t.insert("grpc-status", HeaderValue::from_static("0"));
+    t
 }
 
 impl Body for UpBody {
@@ -121,23 +166,61 @@ impl Body for UpBody {
     type Error = Infallible;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(d) = self.data.take() {
-            return Poll::Ready(Some(Ok(Frame::data(d))));
+        match self.get_mut() {
+            UpBody::Once(b) => {
+                if let Some(d) = b.data.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(d))));
+                }
+                Poll::Ready(b.trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
+            UpBody::Echo(e) => loop {
+                if e.ended {
+                    return Poll::Ready(None);
+                }
+                match std::task::ready!(Pin::new(&mut e.incoming).poll_frame(cx)) {
+                    Some(Ok(f)) => {
+                        let Ok(d) = f.into_data() else { continue };
+                        e.pending.extend_from_slice(&d);
+                        let n = whole_messages(&e.pending);
+                        if n > 0 {
+                            let out = e.pending.split_to(n).freeze();
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                    // A broken request ends the answer without the OK trailer.
+                    Some(Err(_)) => {
+                        e.ended = true;
+                        return Poll::Ready(None);
+                    }
+                    None => {
+                        e.ended = true;
+                        return Poll::Ready(Some(Ok(Frame::trailers(grpc_ok()))));
+                    }
+                }
+            },
         }
-        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_none() && self.trailers.is_none()
+        match self {
+            UpBody::Once(b) => b.data.is_none() && b.trailers.is_none(),
+            UpBody::Echo(e) => e.ended,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match (&self.data, &self.trailers) {
-            (Some(d), None) => SizeHint::with_exact(d.len() as u64),
-            (None, None) => SizeHint::with_exact(0),
+        match self {
+            UpBody::Once(OnceBody {
+                data: Some(d),
+                trailers: None,
+            }) => SizeHint::with_exact(d.len() as u64),
+            UpBody::Once(OnceBody {
+                data: None,
+                trailers: None,
+            }) => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
     }
@@ -177,5 +260,21 @@ async fn serve_tcp(l: TcpListener) {
             }
             let _ = s.shutdown().await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_messages_stops_at_a_partial_one() {
+        assert_eq!(whole_messages(&[]), 0);
+        assert_eq!(whole_messages(&[0, 0, 0, 0]), 0);
+        assert_eq!(whole_messages(&[0, 0, 0, 0, 0]), 5);
+        let two = [0, 0, 0, 0, 2, 7, 7, 0, 0, 0, 0, 1, 9];
+        assert_eq!(whole_messages(&two), 13);
+        assert_eq!(whole_messages(&two[..12]), 7);
+        assert_eq!(whole_messages(&[0, 0, 0, 1, 0, 1]), 0);
     }
 }
