@@ -9,19 +9,34 @@
 use prost::Message;
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, SerializeOptions};
 
+use super::schema_files::{self, Index};
+
 static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptor.bin"));
 
-/// The pool `pool()` hands out and when it was last used.
-static CACHE: std::sync::Mutex<Option<(DescriptorPool, std::time::Instant)>> =
-    std::sync::Mutex::new(None);
+/// What `pool_of` keeps between uses: the set's index, the last pool built and the files it
+/// has, and when it was last used.
+struct Cached {
+    index: Index,
+    pool: Option<(DescriptorPool, Vec<bool>)>,
+    used: std::time::Instant,
+}
+
+static CACHE: std::sync::Mutex<Option<Cached>> = std::sync::Mutex::new(None);
 
 /// The pool of every Envoy v3 message (and its dependencies: xds, udpa, validate, google).
-///
-/// Expanded, the pool takes about 14 MiB of heap, and it is only needed while configuration
-/// is decoded or dumped. So it is built on first use, cached while in use, and dropped (with
-/// the heap trimmed) after 30 s without use; the next use builds it again in a few ms.
 /// Clones are cheap handles to the same pool.
 pub fn pool() -> DescriptorPool {
+    pool_of(|ix| ix.all())
+}
+
+/// A pool with at least the files `pick` selects from the embedded set's index.
+///
+/// Expanded, the whole schema takes about 14 MiB of heap, and it is only needed while
+/// configuration is decoded or dumped. So a pool is built on first use with just the files a
+/// document needs (see [`schema_files`](super::schema_files)), grown when a later document
+/// needs more, cached while in use, and dropped (with the heap trimmed) after 30 s without use;
+/// the next use builds it again in a few ms.
+fn pool_of(pick: impl FnOnce(&Index) -> Vec<bool>) -> DescriptorPool {
     use std::time::{Duration, Instant};
     static REAPER: std::sync::Once = std::sync::Once::new();
     const IDLE: Duration = Duration::from_secs(30);
@@ -32,31 +47,51 @@ pub fn pool() -> DescriptorPool {
                 std::thread::sleep(Duration::from_secs(10));
                 let dropped = {
                     let mut c = CACHE.lock().unwrap();
-                    if c.as_ref().is_some_and(|(_, used)| used.elapsed() >= IDLE) {
+                    if c.as_ref().is_some_and(|c| c.used.elapsed() >= IDLE) {
                         c.take()
                     } else {
                         None
                     }
                 };
-                if let Some((p, _)) = dropped {
-                    drop(p);
+                if let Some(c) = dropped {
+                    drop(c);
                     crate::sys::trim_heap();
                 }
             });
     });
-    let mut c = CACHE.lock().unwrap();
-    let (p, used) = c.get_or_insert_with(|| {
-        (
-            DescriptorPool::decode(DESCRIPTOR_SET).expect("embedded descriptor set"),
-            Instant::now(),
-        )
+    let mut guard = CACHE.lock().unwrap();
+    let c = guard.get_or_insert_with(|| Cached {
+        index: Index::new(DESCRIPTOR_SET).expect("embedded descriptor set"),
+        pool: None,
+        used: Instant::now(),
     });
-    *used = Instant::now();
-    p.clone()
+    c.used = Instant::now();
+    let mut want = pick(&c.index);
+    if let Some((pool, has)) = &c.pool {
+        if want.iter().zip(has).all(|(w, h)| !w || *h) {
+            return pool.clone();
+        }
+        for (w, h) in want.iter_mut().zip(has) {
+            *w |= *h;
+        }
+    }
+    // Drop the smaller pool before building its replacement.
+    c.pool = None;
+    let set = c.index.subset(DESCRIPTOR_SET, &want);
+    let pool = DescriptorPool::decode(set.as_slice()).expect("embedded descriptor set");
+    c.pool = Some((pool.clone(), want));
+    pool
+}
+
+/// A pool that has `root` and every message type named by an `"@type"` in `value`.
+fn pool_for(root: &str, value: &serde_json::Value) -> DescriptorPool {
+    let mut types = vec![root.to_string()];
+    schema_files::any_types(value, &mut types);
+    pool_of(|ix| ix.closure(types.iter().map(String::as_str)))
 }
 
 /// Drops the cached descriptor pool now instead of after 30 s idle (e.g. once the bootstrap is
-/// applied); handles still in use keep it alive, and the next `pool()` builds it again.
+/// applied); handles still in use keep it alive, and the next use builds it again.
 pub fn release_pool() {
     let dropped = CACHE.lock().unwrap().take();
     drop(dropped);
@@ -119,7 +154,7 @@ pub fn decode_value(
     mut value: serde_json::Value,
 ) -> Result<DynamicMessage, DecodeError> {
     strip_root_type(full_name, &mut value)?;
-    let desc = pool()
+    let desc = pool_for(full_name, &value)
         .get_message_by_name(full_name)
         .ok_or_else(|| DecodeError::UnknownType(full_name.to_string()))?;
     normalize(&mut value, &desc);
@@ -165,7 +200,7 @@ fn normalize(value: &mut serde_json::Value, desc: &prost_reflect::MessageDescrip
                 let inner = v
                     .get("@type")
                     .and_then(|t| t.as_str())
-                    .and_then(|t| pool().get_message_by_name(any_type_name(t)));
+                    .and_then(|t| m.parent_pool().get_message_by_name(any_type_name(t)));
                 if let Some(inner) = inner {
                     visit(v, &inner);
                 }
@@ -253,22 +288,28 @@ pub fn decode_json_value<T: Message + prost::Name + Default>(
 
 /// Converts a typed message to Envoy's JSON form (proto field names, defaults omitted, Any
 /// expanded with `@type`).
+///
+/// The pool has the message's file and those of the `type.googleapis.com/` type URLs in its
+/// encoding; should an `Any` name its type some other way, the whole schema is used.
 pub fn to_json<T: Message + prost::Name>(msg: &T) -> serde_json::Value {
-    let desc = pool()
-        .get_message_by_name(&T::full_name())
-        .expect("message type in pool");
-    let dm = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
-        .expect("typed message re-decodes");
-    dynamic_to_json(&dm)
+    let wire = msg.encode_to_vec();
+    let name = T::full_name();
+    let types = schema_files::type_urls_in(&wire);
+    let some = pool_of(|ix| ix.closure(std::iter::once(name.as_str()).chain(types)));
+    json_in(&some, &name, &wire)
+        .or_else(|| json_in(&pool(), &name, &wire))
+        // An `Any` of a type the schema does not have cannot be shown in JSON.
+        .unwrap_or(serde_json::Value::Null)
 }
 
-/// Converts a dynamic message to Envoy's JSON form.
-pub fn dynamic_to_json(dm: &DynamicMessage) -> serde_json::Value {
+/// The JSON form of `wire`, decoded as `name` with the types `pool` has.
+fn json_in(pool: &DescriptorPool, name: &str, wire: &[u8]) -> Option<serde_json::Value> {
+    let dm = DynamicMessage::decode(pool.get_message_by_name(name)?, wire).ok()?;
     let opts = SerializeOptions::new()
         .use_proto_field_name(true)
         .skip_default_fields(true);
     dm.serialize_with_options(serde_json::value::Serializer, &opts)
-        .unwrap_or(serde_json::Value::Null)
+        .ok()
 }
 
 /// Unpacks an `Any` into `T`, checking its type URL.
@@ -307,6 +348,48 @@ mod tests {
         ] {
             assert!(pool().get_message_by_name(name).is_some(), "{name}");
         }
+    }
+
+    /// A bootstrap's pool has its own files and those of its `@type`s, a fraction of the schema,
+    /// and decodes the document as the whole schema does.
+    #[test]
+    fn a_documents_pool_has_the_files_it_needs_and_few_more() {
+        let text = r#"
+static_resources:
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 10000}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: c
+"#;
+        let value: serde_json::Value = serde_yaml_ng::from_str(text).unwrap();
+        let ix = Index::new(DESCRIPTOR_SET).unwrap();
+        let mut types = vec![<Bootstrap as prost::Name>::full_name()];
+        schema_files::any_types(&value, &mut types);
+        let keep = ix.closure(types.iter().map(String::as_str));
+        let n = keep.iter().filter(|k| **k).count();
+        assert!(n > 10 && n * 3 < ix.len(), "{n} of {} files", ix.len());
+        let some = DescriptorPool::decode(ix.subset(DESCRIPTOR_SET, &keep).as_slice()).unwrap();
+        let tcp = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+        assert!(some.get_message_by_name(tcp).is_some());
+        assert!(some
+            .get_message_by_name("google.protobuf.Duration")
+            .is_some());
+        let fault = "envoy.extensions.filters.http.fault.v3.HTTPFault";
+        assert!(some.get_message_by_name(fault).is_none());
+        assert!(pool().get_message_by_name(fault).is_some());
+
+        let desc = some
+            .get_message_by_name(&<Bootstrap as prost::Name>::full_name())
+            .unwrap();
+        let dm = DynamicMessage::deserialize_with_options(desc, value, &options()).unwrap();
+        let b = Bootstrap::decode(dm.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(b, decode::<Bootstrap>(text, Format::Yaml).unwrap());
     }
 
     #[test]
