@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{Entry, HeaderMap, HeaderName, HeaderValue};
 
 use crate::model::network::HttpConnectionManager;
 
@@ -204,20 +204,33 @@ pub fn on_request(
             X_FORWARDED_PROTO.clone(),
             HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
         );
-    } else if !h.contains_key(&X_FORWARDED_PROTO) {
-        h.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
-        );
+    } else if let Entry::Vacant(e) = h.entry(X_FORWARDED_PROTO.clone()) {
+        // (An entry looks the name up once, for the check and the insert.)
+        e.insert(HeaderValue::from_static(if scheme == "https" {
+            "https"
+        } else {
+            "http"
+        }));
     }
     if hcm.generate_request_id {
         let keep = hcm.preserve_external_request_id || !hcm.use_remote_address;
-        if !(keep && h.contains_key(&X_REQUEST_ID)) {
-            // Not marked sensitive: Sluice's HPACK encoder keeps request ids out of the
-            // dynamic table by their name, and a never-indexed literal would oblige every
-            // later hop to keep it out too.
-            if let Ok(v) = HeaderValue::from_maybe_shared(next_request_id()) {
-                h.insert(X_REQUEST_ID.clone(), v);
+        match h.entry(X_REQUEST_ID.clone()) {
+            Entry::Occupied(_) if keep => {}
+            e => {
+                // Not marked sensitive: Sluice's HPACK encoder keeps request ids out of the
+                // dynamic table by their name, and a never-indexed literal would oblige every
+                // later hop to keep it out too.
+                if let Ok(v) = HeaderValue::from_maybe_shared(next_request_id()) {
+                    match e {
+                        // Replaces every value the name had, as `insert` does.
+                        Entry::Occupied(mut o) => {
+                            o.insert(v);
+                        }
+                        Entry::Vacant(o) => {
+                            o.insert(v);
+                        }
+                    }
+                }
             }
         }
     }

@@ -167,8 +167,10 @@ pub async fn serve(
         // connection's task that large, HTTP/1.1 ones included.
         Box::pin(h2::serve(conn, stream, stop, &mut phase)).await;
     } else {
-        // Past the drain time, whatever is in flight is cut off.
+        // Past the drain time, whatever is in flight is cut off. `biased`: polled on every
+        // wake-up of the connection's task, an unbiased select! draws a random number first.
         tokio::select! {
+            biased;
             _ = h1::serve(conn, stream, stop) => {}
             _ = Gated::new(reached(&mut phase, Phase::Close)) => {}
         }

@@ -222,6 +222,7 @@ pub async fn bidirectional(
         let since = Duration::from_millis(last.load(Ordering::Relaxed));
         let deadline = tokio::time::Instant::from_std(epoch + since + idle);
         tokio::select! {
+            biased; // polled on every wake-up: no random draw for the branch order
             r = &mut both => return r,
             _ = tokio::time::sleep_until(deadline) => {
                 let now = epoch.elapsed();

@@ -158,6 +158,7 @@ async fn proxy_inner(
     let _ = down.set_nodelay(true);
     // A draining listener's TCP connections keep flowing until the drain time is over.
     let result = tokio::select! {
+        biased; // polled on every wake-up: no random draw for the branch order
         r = forward::bidirectional(&down, &up, cfg.idle_timeout, copy_mode()) => r.ok(),
         _ = reached(&mut phase, Phase::Close) => {
             tracing::debug!(cluster = %cluster.cfg.name, "tcp_proxy: closed after drain");
