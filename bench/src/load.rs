@@ -87,61 +87,38 @@ pub fn scenarios(conns: usize, max_conns: usize, rates: &[u64]) -> Vec<Scenario>
     use Mode::*;
     use Proto::*;
     let h2c = (max_conns / 4).max(1);
+    // An open-loop scenario at rate `r`, named after it (`h1-small-5k`).
+    let at = |prefix: &str, proto: Proto, path: &str, r: u64| {
+        Scenario::new(
+            &format!("{prefix}-{}", rate_label(r)),
+            proto,
+            path,
+            Rate(r),
+            conns,
+            1,
+        )
+    };
+    let last = rates.last().copied();
     let mut v = vec![
         Scenario::new("h1-small-max", H1, "/small", Max, max_conns, 1),
         Scenario::new("h1-16k-max", H1, "/16k", Max, max_conns, 1),
     ];
-    for &r in rates {
-        v.push(Scenario::new(
-            &format!("h1-small-{}", rate_label(r)),
-            H1,
-            "/small",
-            Rate(r),
-            conns,
-            1,
-        ));
-    }
+    v.extend(rates.iter().map(|&r| at("h1-small", H1, "/small", r)));
     v.push(Scenario::new("h2-small-max", H2, "/small", Max, h2c, 4));
     v.push(Scenario::new("h2-16k-max", H2, "/16k", Max, h2c, 4));
-    if let Some(&r) = rates.last() {
-        v.push(Scenario::new(
-            &format!("h2-small-{}", rate_label(r)),
-            H2,
-            "/small",
-            Rate(r),
-            conns,
-            1,
-        ));
-    }
+    v.extend(last.map(|r| at("h2-small", H2, "/small", r)));
     v.push(Scenario::new("grpc-unary-max", Grpc, "/grpc", Max, h2c, 4));
+    let stream = "/grpc-stream";
     v.push(Scenario::new(
         "grpc-stream-max",
         GrpcStream,
-        "/grpc-stream",
+        stream,
         Max,
         h2c,
         4,
     ));
-    if let Some(&r) = rates.last() {
-        v.push(Scenario::new(
-            &format!("grpc-stream-{}", rate_label(r)),
-            GrpcStream,
-            "/grpc-stream",
-            Rate(r),
-            conns,
-            1,
-        ));
-    }
-    if let Some(&r) = rates.last() {
-        v.push(Scenario::new(
-            &format!("tcp-echo-{}", rate_label(r)),
-            TcpEcho,
-            "",
-            Rate(r),
-            conns,
-            1,
-        ));
-    }
+    v.extend(last.map(|r| at("grpc-stream", GrpcStream, stream, r)));
+    v.extend(last.map(|r| at("tcp-echo", TcpEcho, "", r)));
     v.push(Scenario::new("tcp-bulk-1mib", TcpBulk, "", Max, 1, 1));
     v
 }
@@ -540,22 +517,8 @@ fn spawn_worker(
                     if at >= deadline {
                         break;
                     }
-                    let origin = if Instant::now() < at {
-                        tokio::time::sleep_until(at.into()).await;
-                        Instant::now()
-                    } else {
-                        at
-                    };
-                    let r = match stream.as_mut() {
-                        Some(s) => s.round_trip().await,
-                        None => MsgStream::open(&mut tx).await.map(|s| {
-                            stream = Some(s);
-                            GRPC_MSG.len() as u64
-                        }),
-                    };
-                    if r.is_err() {
-                        stream = None;
-                    }
+                    let origin = turn(at).await;
+                    let r = next_message(&mut stream, &mut tx).await;
                     note(&agg, origin, r);
                     i += sc.conns as u32;
                 }
@@ -572,12 +535,7 @@ fn spawn_worker(
                     if at >= deadline {
                         break;
                     }
-                    let origin = if Instant::now() < at {
-                        tokio::time::sleep_until(at.into()).await;
-                        Instant::now()
-                    } else {
-                        at
-                    };
+                    let origin = turn(at).await;
                     match &mut c {
                         Conn::H2(tx) => {
                             let mut c2 = Conn::H2(tx.clone());
@@ -636,6 +594,37 @@ async fn bulk_stream(s: TcpStream, start: Instant, deadline: Instant, agg: Share
     writer.abort();
 }
 
+/// Waits for a request's scheduled time `at`; returns where its latency counts from: `at`
+/// when the connection was still busy then (no coordinated omission), else when the timer
+/// fired (tokio's 1 ms timer granularity is not the target's).
+async fn turn(at: Instant) -> Instant {
+    if Instant::now() < at {
+        tokio::time::sleep_until(at.into()).await;
+        Instant::now()
+    } else {
+        at
+    }
+}
+
+/// One message round trip on `stream`, opening it first if there is none (the opening makes
+/// the first round trip); a failed stream is dropped, and the next message opens another.
+async fn next_message(
+    stream: &mut Option<MsgStream>,
+    tx: &mut hyper::client::conn::http2::SendRequest<ReqBody>,
+) -> anyhow::Result<u64> {
+    let r = match stream.as_mut() {
+        Some(s) => s.round_trip().await,
+        None => MsgStream::open(tx).await.map(|s| {
+            *stream = Some(s);
+            GRPC_MSG.len() as u64
+        }),
+    };
+    if r.is_err() {
+        *stream = None;
+    }
+    r
+}
+
 /// A stream's end must bring `grpc-status: 0`; if it does not, that counts as one error.
 async fn finish_stream(stream: Option<MsgStream>, agg: &Shared) {
     if let Some(s) = stream {
@@ -656,16 +645,7 @@ async fn stream_loop(
     let mut stream: Option<MsgStream> = None;
     while Instant::now() < deadline {
         let t0 = Instant::now();
-        let r = match stream.as_mut() {
-            Some(s) => s.round_trip().await,
-            None => MsgStream::open(&mut tx).await.map(|s| {
-                stream = Some(s);
-                GRPC_MSG.len() as u64
-            }),
-        };
-        if r.is_err() {
-            stream = None;
-        }
+        let r = next_message(&mut stream, &mut tx).await;
         note(&agg, t0, r);
     }
     finish_stream(stream, &agg).await;

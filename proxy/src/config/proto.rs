@@ -350,11 +350,8 @@ mod tests {
         }
     }
 
-    /// A bootstrap's pool has its own files and those of its `@type`s, a fraction of the schema,
-    /// and decodes the document as the whole schema does.
-    #[test]
-    fn a_documents_pool_has_the_files_it_needs_and_few_more() {
-        let text = r#"
+    /// A bootstrap with one `Any`: a listener's TCP proxy.
+    const TCP_BOOTSTRAP: &str = r#"
 static_resources:
   listeners:
   - name: l
@@ -367,6 +364,12 @@ static_resources:
           stat_prefix: tcp
           cluster: c
 "#;
+
+    /// A bootstrap's pool has its own files and those of its `@type`s, a fraction of the schema,
+    /// and decodes the document as the whole schema does.
+    #[test]
+    fn a_documents_pool_has_the_files_it_needs_and_few_more() {
+        let text = TCP_BOOTSTRAP;
         let value: serde_json::Value = serde_yaml_ng::from_str(text).unwrap();
         let ix = Index::new(DESCRIPTOR_SET).unwrap();
         let mut types = vec![<Bootstrap as prost::Name>::full_name()];
@@ -394,19 +397,7 @@ static_resources:
 
     #[test]
     fn yaml_with_any_decodes_to_typed() {
-        let text = r#"
-static_resources:
-  listeners:
-  - name: l
-    address: {socket_address: {address: 127.0.0.1, port_value: 10000}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: tcp
-          cluster: c
-"#;
+        let text = TCP_BOOTSTRAP;
         let b: Bootstrap = decode(text, Format::Yaml).unwrap();
         let l = &b.static_resources.unwrap().listeners[0];
         assert_eq!(l.name, "l");
