@@ -24,15 +24,15 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::Request;
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Either};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::upstream::BULK_CHUNK;
+use crate::upstream::{is_grpc_ok, OnceBody, BULK_CHUNK};
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -227,34 +227,20 @@ pub enum Conn {
 
 /// A request body: whole (unary calls, plain requests), or the messages of a gRPC stream as
 /// the client sends them.
-pub enum ReqBody {
-    Full(Option<Bytes>),
-    Stream(mpsc::Receiver<Bytes>),
-}
+pub type ReqBody = Either<OnceBody, MsgBody>;
 
-impl Body for ReqBody {
+/// The request side of a gRPC stream: each message the client sends is a data frame.
+pub struct MsgBody(mpsc::Receiver<Bytes>);
+
+impl Body for MsgBody {
     type Data = Bytes;
     type Error = Infallible;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.get_mut() {
-            ReqBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
-            ReqBody::Stream(rx) => rx.poll_recv(cx).map(|m| m.map(|d| Ok(Frame::data(d)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        matches!(self, ReqBody::Full(None))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
-            ReqBody::Stream(_) => SizeHint::default(),
-        }
+        self.0.poll_recv(cx).map(|m| m.map(|d| Ok(Frame::data(d))))
     }
 }
 
@@ -281,7 +267,7 @@ impl MsgStream {
             .uri("http://bench/grpc-stream")
             .header("content-type", "application/grpc")
             .header("te", "trailers")
-            .body(ReqBody::Stream(rx))?;
+            .body(Either::Right(MsgBody(rx)))?;
         let fut = async {
             out.send(Bytes::from_static(GRPC_MSG)).await?;
             tx.ready().await?;
@@ -328,11 +314,10 @@ impl MsgStream {
         let MsgStream { out, body, .. } = self;
         drop(out);
         let rest = tokio::time::timeout(REQ_TIMEOUT, body.collect()).await??;
-        let ok = rest
-            .trailers()
-            .and_then(|t| t.get("grpc-status"))
-            .is_some_and(|v| v == "0");
-        anyhow::ensure!(ok, "grpc-status missing or not 0 at the stream's end");
+        anyhow::ensure!(
+            is_grpc_ok(rest.trailers()),
+            "grpc-status missing or not 0 at the stream's end"
+        );
         Ok(())
     }
 }
@@ -424,10 +409,12 @@ fn request(path: &str, h1: bool) -> Request<ReqBody> {
         b.method("POST")
             .header("content-type", "application/grpc")
             .header("te", "trailers")
-            .body(ReqBody::Full(Some(Bytes::from_static(GRPC_MSG))))
+            .body(Either::Left(OnceBody::data(Some(Bytes::from_static(
+                GRPC_MSG,
+            )))))
             .unwrap()
     } else {
-        b.body(ReqBody::Full(None)).unwrap()
+        b.body(Either::Left(OnceBody::data(None))).unwrap()
     }
 }
 
@@ -460,11 +447,7 @@ async fn check_response(resp: http::Response<hyper::body::Incoming>) -> anyhow::
     let body = resp.into_body().collect().await?;
     anyhow::ensure!(status == 200, "status {status}");
     if grpc {
-        let ok = body
-            .trailers()
-            .and_then(|t| t.get("grpc-status"))
-            .is_some_and(|v| v == "0");
-        anyhow::ensure!(ok, "grpc-status missing or not 0");
+        anyhow::ensure!(is_grpc_ok(body.trailers()), "grpc-status missing or not 0");
     }
     Ok(body.to_bytes().len() as u64)
 }
@@ -506,35 +489,22 @@ fn spawn_worker(
             tasks.spawn(closed_loop(c, sc, start, deadline, agg));
         }
         Mode::Rate(rate) if sc.proto == Proto::GrpcStream => {
-            let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
             let Conn::H2(mut tx) = c else { return };
             tasks.spawn(async move {
                 // One stream per connection; a message waits for the echo of the one before.
-                let mut i = k as u32;
                 let mut stream: Option<MsgStream> = None;
-                loop {
-                    let at = start + period * i;
-                    if at >= deadline {
-                        break;
-                    }
+                for at in schedule(rate, k, sc.conns, start, deadline) {
                     let origin = turn(at).await;
                     let r = next_message(&mut stream, &mut tx).await;
                     note(&agg, origin, r);
-                    i += sc.conns as u32;
                 }
                 finish_stream(stream, &agg).await;
             });
         }
         Mode::Rate(rate) => {
-            let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
             tasks.spawn(async move {
                 let mut inflight = tokio::task::JoinSet::new();
-                let mut i = k as u32;
-                loop {
-                    let at = start + period * i;
-                    if at >= deadline {
-                        break;
-                    }
+                for at in schedule(rate, k, sc.conns, start, deadline) {
                     let origin = turn(at).await;
                     match &mut c {
                         Conn::H2(tx) => {
@@ -558,7 +528,6 @@ fn spawn_worker(
                             }
                         }
                     }
-                    i += sc.conns as u32;
                 }
                 while inflight.join_next().await.is_some() {}
             });
@@ -592,6 +561,23 @@ async fn bulk_stream(s: TcpStream, start: Instant, deadline: Instant, agg: Share
         }
     }
     writer.abort();
+}
+
+/// The scheduled times of connection `k`'s requests in an open loop at `rate` requests/s in
+/// total over `conns` connections: request `i` of the run at `start + i / rate`, round-robin,
+/// until `deadline`.
+fn schedule(
+    rate: u64,
+    k: usize,
+    conns: usize,
+    start: Instant,
+    deadline: Instant,
+) -> impl Iterator<Item = Instant> {
+    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    (k as u32..)
+        .step_by(conns.max(1))
+        .map(move |i| start + period * i)
+        .take_while(move |at| *at < deadline)
 }
 
 /// Waits for a request's scheduled time `at`; returns where its latency counts from: `at`
@@ -735,7 +721,7 @@ mod tests {
             tokio::spawn(async move {
                 let (s, _) = l.accept().await.unwrap();
                 let svc = hyper::service::service_fn(|_req| async {
-                    let body = ReqBody::Full(Some(Bytes::from_static(GRPC_MSG)));
+                    let body = OnceBody::data(Some(Bytes::from_static(GRPC_MSG)));
                     Ok::<_, Infallible>(
                         http::Response::builder()
                             .header("content-type", "application/grpc")

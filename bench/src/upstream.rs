@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -88,7 +89,7 @@ async fn answer(req: Request<Incoming>, large: Bytes) -> Response<UpBody> {
     if path == "/grpc-stream" {
         return Response::builder()
             .header("content-type", "application/grpc")
-            .body(UpBody::Echo(EchoBody {
+            .body(Either::Right(EchoBody {
                 incoming: req.into_body(),
                 pending: BytesMut::new(),
                 ended: false,
@@ -101,7 +102,7 @@ async fn answer(req: Request<Incoming>, large: Bytes) -> Response<UpBody> {
         let trailers = grpc_ok();
         return Response::builder()
             .header("content-type", "application/grpc")
-            .body(UpBody::Once(OnceBody {
+            .body(Either::Left(OnceBody {
                 data: Some(Bytes::from_static(&[0, 0, 0, 0, 2, b'o', b'k'])),
                 trailers: Some(trailers),
             }))
@@ -114,23 +115,55 @@ async fn answer(req: Request<Incoming>, large: Bytes) -> Response<UpBody> {
     };
     Response::builder()
         .header("content-type", "text/plain")
-        .body(UpBody::Once(OnceBody {
-            data: Some(data),
-            trailers: None,
-        }))
+        .body(Either::Left(OnceBody::data(Some(data))))
         .unwrap()
 }
 
 /// The upstream's response bodies.
-pub enum UpBody {
-    Once(OnceBody),
-    Echo(EchoBody),
-}
+pub type UpBody = Either<OnceBody, EchoBody>;
 
-/// One data frame, then optional trailers.
+/// One data frame (if any), then optional trailers: the upstream's answers, and the bench
+/// client's whole request bodies.
 pub struct OnceBody {
     data: Option<Bytes>,
     trailers: Option<HeaderMap>,
+}
+
+impl OnceBody {
+    /// A body of `data` alone (`None`: an empty body, which ends with the head).
+    pub fn data(data: Option<Bytes>) -> OnceBody {
+        OnceBody {
+            data,
+            trailers: None,
+        }
+    }
+}
+
+impl Body for OnceBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(d) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.data, &self.trailers) {
+            (Some(d), None) => SizeHint::with_exact(d.len() as u64),
+            (None, None) => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
 }
 
 /// The bidirectional gRPC echo: request messages (5-byte prefix: compression flag, 4-byte
@@ -155,13 +188,20 @@ pub fn whole_messages(b: &[u8]) -> usize {
     at
 }
 
+/// Whether trailers say the call succeeded (`grpc-status: 0`).
+pub fn is_grpc_ok(trailers: Option<&HeaderMap>) -> bool {
+    trailers
+        .and_then(|t| t.get("grpc-status"))
+        .is_some_and(|v| v == "0")
+}
+
 fn grpc_ok() -> HeaderMap {
     let mut t = HeaderMap::new();
     t.insert("grpc-status", HeaderValue::from_static("0"));
     t
 }
 
-impl Body for UpBody {
+impl Body for EchoBody {
     type Data = Bytes;
     type Error = Infallible;
 
@@ -169,60 +209,36 @@ impl Body for UpBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.get_mut() {
-            UpBody::Once(b) => {
-                if let Some(d) = b.data.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(d))));
-                }
-                Poll::Ready(b.trailers.take().map(|t| Ok(Frame::trailers(t))))
+        let e = self.get_mut();
+        loop {
+            if e.ended {
+                return Poll::Ready(None);
             }
-            UpBody::Echo(e) => loop {
-                if e.ended {
+            match std::task::ready!(Pin::new(&mut e.incoming).poll_frame(cx)) {
+                Some(Ok(f)) => {
+                    let Ok(d) = f.into_data() else { continue };
+                    e.pending.extend_from_slice(&d);
+                    let n = whole_messages(&e.pending);
+                    if n > 0 {
+                        let out = e.pending.split_to(n).freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                }
+                // A broken request ends the answer without the OK trailer.
+                Some(Err(_)) => {
+                    e.ended = true;
                     return Poll::Ready(None);
                 }
-                match std::task::ready!(Pin::new(&mut e.incoming).poll_frame(cx)) {
-                    Some(Ok(f)) => {
-                        let Ok(d) = f.into_data() else { continue };
-                        e.pending.extend_from_slice(&d);
-                        let n = whole_messages(&e.pending);
-                        if n > 0 {
-                            let out = e.pending.split_to(n).freeze();
-                            return Poll::Ready(Some(Ok(Frame::data(out))));
-                        }
-                    }
-                    // A broken request ends the answer without the OK trailer.
-                    Some(Err(_)) => {
-                        e.ended = true;
-                        return Poll::Ready(None);
-                    }
-                    None => {
-                        e.ended = true;
-                        return Poll::Ready(Some(Ok(Frame::trailers(grpc_ok()))));
-                    }
+                None => {
+                    e.ended = true;
+                    return Poll::Ready(Some(Ok(Frame::trailers(grpc_ok()))));
                 }
-            },
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            UpBody::Once(b) => b.data.is_none() && b.trailers.is_none(),
-            UpBody::Echo(e) => e.ended,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpBody::Once(OnceBody {
-                data: Some(d),
-                trailers: None,
-            }) => SizeHint::with_exact(d.len() as u64),
-            UpBody::Once(OnceBody {
-                data: None,
-                trailers: None,
-            }) => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        }
+        self.ended
     }
 }
 

@@ -158,15 +158,6 @@ impl Index {
         Ok(Index { files, by_message })
     }
 
-    /// How many files the set has.
-    pub fn len(&self) -> usize {
-        self.files.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
-
     /// Every file, as a selection for [`Index::subset`].
     pub fn all(&self) -> Vec<bool> {
         vec![true; self.files.len()]
@@ -313,7 +304,7 @@ mod tests {
     fn a_type_brings_its_file_and_every_import() {
         let bytes = set();
         let ix = Index::new(&bytes).unwrap();
-        assert_eq!(ix.len(), 4);
+        assert_eq!(ix.all().len(), 4);
         assert_eq!(ix.closure(["p.top.U"]), [true, true, true, false]);
         assert_eq!(ix.closure(["p.other.O.Inner"]), [true, false, false, true]);
         assert_eq!(

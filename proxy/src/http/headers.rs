@@ -176,6 +176,7 @@ pub fn on_request(
 ) {
     // One growth of the map for the headers added below, not one per insert.
     h.reserve(4);
+    let proto = HeaderValue::from_static(if scheme == "https" { "https" } else { "http" });
     if hcm.use_remote_address {
         if let Some(r) = remote {
             let ip = r.ip().to_string();
@@ -200,36 +201,28 @@ pub fn on_request(
             }
         }
         // An edge proxy sets the scheme it saw.
-        h.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
-        );
+        h.insert(X_FORWARDED_PROTO.clone(), proto);
     } else if let Entry::Vacant(e) = h.entry(X_FORWARDED_PROTO.clone()) {
         // (An entry looks the name up once, for the check and the insert.)
-        e.insert(HeaderValue::from_static(if scheme == "https" {
-            "https"
-        } else {
-            "http"
-        }));
+        e.insert(proto);
     }
     if hcm.generate_request_id {
         let keep = hcm.preserve_external_request_id || !hcm.use_remote_address;
+        // Not marked sensitive: Sluice's HPACK encoder keeps request ids out of the dynamic
+        // table by their name, and a never-indexed literal would oblige every later hop to keep
+        // it out too.
+        let id = || HeaderValue::from_maybe_shared(next_request_id()).ok();
         match h.entry(X_REQUEST_ID.clone()) {
             Entry::Occupied(_) if keep => {}
-            e => {
-                // Not marked sensitive: Sluice's HPACK encoder keeps request ids out of the
-                // dynamic table by their name, and a never-indexed literal would oblige every
-                // later hop to keep it out too.
-                if let Ok(v) = HeaderValue::from_maybe_shared(next_request_id()) {
-                    match e {
-                        // Replaces every value the name had, as `insert` does.
-                        Entry::Occupied(mut o) => {
-                            o.insert(v);
-                        }
-                        Entry::Vacant(o) => {
-                            o.insert(v);
-                        }
-                    }
+            // Replaces every value the name had, as `insert` does.
+            Entry::Occupied(mut o) => {
+                if let Some(v) = id() {
+                    o.insert(v);
+                }
+            }
+            Entry::Vacant(o) => {
+                if let Some(v) = id() {
+                    o.insert(v);
                 }
             }
         }
