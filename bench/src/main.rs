@@ -479,6 +479,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let dur = Duration::from_secs_f64(a.duration);
     let load_before = sys::loadavg();
+    let steal_before = sys::steal_ticks();
 
     let mut rep = Report {
         command: command_line(),
@@ -593,6 +594,14 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         // SAFETY: sysconf has no preconditions.
         unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }
     ));
+    if let (Some((s0, t0)), Some((s1, t1))) = (steal_before, sys::steal_ticks()) {
+        if t1 > t0 {
+            notes.push(format!(
+                "Steal time was {:.1}% of the CPUs' time during the run: the hypervisor running other guests on these vCPUs. Above a few percent, every figure of the run moves with it.",
+                (s1 - s0) as f64 * 100.0 / (t1 - t0) as f64
+            ));
+        }
+    }
     notes.push("CPU is the proxy process's CPU-time clock (user+system, all threads; clock_getcpuclockid, the precise form of /proc/PID/stat utime+stime) over the timed window, divided by completed requests. Client and upstream share the other CPU, so the direct path caps max req/s.".into());
     notes.push("Open-loop latency counts from each request's scheduled send time when the connection was still busy (no coordinated omission), from the timer firing otherwise (tokio's 1 ms timer granularity is not charged to the target).".into());
     notes.push("nginx proxies h2c and gRPC to the h2c upstream with grpc_pass (its proxy_pass speaks HTTP/1.1 only); haproxy and Sluice use h2 to the upstream.".into());

@@ -278,6 +278,21 @@ fn metric_name(m: Metric) -> String {
     }
 }
 
+/// What must be built before `command` runs: the Sluice binary it names with `--sluice`.
+fn built(command: &str) -> String {
+    let mut args = command.split_whitespace();
+    let sluice = args.by_ref().find(|a| *a == "--sluice").and(args.next());
+    match sluice {
+        Some(p) if p.contains("target/pgo/") => format!(
+            "`bench/pgo.sh` has built `{p}` (Sluice with profile-guided optimisation) and `cargo build --release -p bench` the bench"
+        ),
+        Some(p) => format!("`{p}` exists and `cargo build --release -p bench` has built the bench"),
+        None => {
+            "`cargo build --release -p proxy -p bench` has built `target/release/sluice`".into()
+        }
+    }
+}
+
 /// The markdown report. Its first line is the command that reproduces it.
 pub fn markdown(rep: &Report) -> String {
     let kinds = rep.kinds();
@@ -286,7 +301,8 @@ pub fn markdown(rep: &Report) -> String {
     let _ = writeln!(s, "# Sluice benchmark report\n");
     let _ = writeln!(
         s,
-        "The command above reproduces this report once `cargo build --release -p proxy -p bench` has built `target/release/sluice` and the peers are installed (see [bench/README.md](../../bench/README.md)). What the profiler showed: [profile.md](profile.md).\n"
+        "The command above reproduces this report once {} and the peers are installed (see [bench/README.md](../../bench/README.md)). What the profiler showed: [profile.md](profile.md).\n",
+        built(&rep.command)
     );
     let _ = writeln!(
         s,
@@ -752,6 +768,7 @@ mod tests {
         );
         let md = markdown(&rep);
         assert!(md.starts_with("`cargo run -p bench --release -- run`\n"));
+        assert!(md.contains("once `cargo build --release -p proxy -p bench` has built"));
         // Sluice 44k vs nginx 22k → 2.00x; vs direct 55k → 0.80x.
         let row = md
             .lines()
@@ -812,5 +829,23 @@ mod tests {
         assert_eq!(fmt_num(0.0213), "0.0213");
         assert_eq!(fmt_num(0.5), "0.50");
         assert_eq!(fmt_num(f64::NAN), "-");
+    }
+
+    #[test]
+    fn the_report_says_which_build_its_command_needs() {
+        let pgo = built(
+            "cargo run -p bench --release -- run --sluice target/pgo/release/sluice --reps 3",
+        );
+        assert!(
+            pgo.starts_with("`bench/pgo.sh` has built `target/pgo/release/sluice`"),
+            "{pgo}"
+        );
+        let other = built("cargo run -p bench --release -- run --sluice /tmp/s");
+        assert!(other.starts_with("`/tmp/s` exists"), "{other}");
+        assert!(
+            built("cargo run -p bench --release -- run --reps 3").contains("target/release/sluice")
+        );
+        // `--sluice` as the last word names no binary.
+        assert!(built("x --sluice").contains("target/release/sluice"));
     }
 }

@@ -89,6 +89,8 @@ pub fn measure(
         .arg(format!("127.0.0.1:{admin_port}"))
         .arg("--log-level")
         .arg("warn")
+        .arg("--drain-time")
+        .arg("0s")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join(format!("scale-{n}.log")))?);
@@ -124,8 +126,7 @@ pub fn measure(
             routed,
         })
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    sys::stop(&mut child);
     result
 }
 

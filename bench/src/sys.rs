@@ -1,4 +1,5 @@
-//! Linux process facts: CPU pinning, CPU time and memory of another process, free ports.
+//! Linux process facts: CPU pinning, CPU time and memory of another process, free ports, and
+//! stopping a child.
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
@@ -95,6 +96,22 @@ pub fn parse_cpu_line(stat: &str, cpu: usize) -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
+/// (steal, total) clock ticks of all CPUs since boot, from `/proc/stat`: steal is time the
+/// hypervisor gave these vCPUs' turn to other guests, which no process here sees in its load.
+pub fn steal_ticks() -> Option<(u64, u64)> {
+    parse_steal(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+pub fn parse_steal(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    Some((*v.get(7)?, v.iter().take(8).sum()))
+}
+
 /// The 1-minute load average.
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -149,6 +166,21 @@ pub fn wait_listening(addr: SocketAddr, limit: Duration) -> bool {
     false
 }
 
+/// Stops a child: SIGTERM, then SIGKILL if it is still there after 3 s. A clean exit lets a
+/// profiling build (`bench/pgo.sh`) write its counts.
+pub fn stop(child: &mut std::process::Child) {
+    // SAFETY: kill(2) on our own child's pid, which has not been waited for.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +190,14 @@ mod tests {
         let s = "1234 (a b) c)) S 1 1 1 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 100 1000 10 18446744073709551615";
         assert_eq!(parse_stat_times(s), Some((250, 75)));
         assert_eq!(parse_stat_times("garbage"), None);
+    }
+
+    #[test]
+    fn steal_from_the_all_cpus_line() {
+        let s = "cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 50 0 25 400 5 0 2 18 0 0\n";
+        assert_eq!(parse_steal(s), Some((35, 1000)));
+        assert_eq!(parse_steal("cpu0 1 2 3\n"), None);
+        assert_eq!(parse_steal("cpu  1 2 3\n"), None);
     }
 
     #[test]
@@ -182,5 +222,47 @@ mod tests {
         let pid = std::process::id();
         assert!(cpu_time(pid).is_some());
         assert!(mem(pid).unwrap().rss_kib > 0);
+    }
+    /// A shell running `trap` (its TERM handler), then looping; returns once the trap is set.
+    fn shell_with_trap(name: &str, trap: &str) -> (std::process::Child, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("sluice-bench-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ready = dir.join("ready");
+        let c = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "trap {trap} TERM; touch {}; while :; do sleep 0.05; done",
+                ready.display()
+            ))
+            .spawn()
+            .unwrap();
+        while !ready.exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (c, dir)
+    }
+
+    #[test]
+    fn stop_lets_a_child_exit_cleanly_on_sigterm() {
+        let dir = std::env::temp_dir().join(format!("sluice-bench-stop-{}", std::process::id()));
+        let done = dir.join("done");
+        let (mut c, dir) =
+            shell_with_trap("stop", &format!("'echo bye > {}; exit 0'", done.display()));
+        let t0 = std::time::Instant::now();
+        stop(&mut c);
+        // The trap ran: the child's exit handler wrote its file, as a profiling build's does.
+        assert_eq!(std::fs::read_to_string(&done).unwrap(), "bye\n");
+        assert!(t0.elapsed() < Duration::from_secs(3));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stop_kills_a_child_that_ignores_sigterm() {
+        let (mut c, dir) = shell_with_trap("kill", "''");
+        stop(&mut c);
+        let status = c.try_wait().unwrap().expect("reaped");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

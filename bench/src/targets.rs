@@ -86,7 +86,7 @@ impl Bins {
     }
 }
 
-/// A started target; dropping it kills the process.
+/// A started target; dropping it stops the process (`sys::stop`).
 pub struct Running {
     pub kind: Kind,
     pub child: Option<Child>,
@@ -112,8 +112,7 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
+            sys::stop(c);
         }
     }
 }
@@ -182,7 +181,10 @@ pub fn start_wrapped(
                 .arg("--admin-address")
                 .arg(format!("127.0.0.1:{}", p.admin))
                 .arg("--log-level")
-                .arg("warn");
+                .arg("warn")
+                // Stopping (see `Running`'s drop) waits for no connection.
+                .arg("--drain-time")
+                .arg("0s");
         }
         Kind::Nginx => {
             let f = dir.join("nginx.conf");
