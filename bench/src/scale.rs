@@ -12,7 +12,7 @@ use anyhow::Context;
 
 use crate::report::ScaleRecord;
 use crate::sys;
-use crate::targets::{sluice_cluster, wait_ready};
+use crate::targets::{sluice_cluster, sluice_run, wait_ready};
 
 /// N clusters, one bound HTTP listener with N virtual hosts (one per service host), and N
 /// unbound (`bind_to_port: false`) TCP listeners, as an Istio sidecar's outbound config has.
@@ -82,16 +82,8 @@ pub fn measure(
     let text = bootstrap(n, http_port, upstream);
     std::fs::write(&f, &text)?;
     let mut cmd = Command::new(sluice);
-    cmd.arg("run")
-        .arg("--bootstrap")
-        .arg(&f)
-        .arg("--admin-address")
-        .arg(format!("127.0.0.1:{admin_port}"))
-        .arg("--log-level")
-        .arg("warn")
-        .arg("--drain-time")
-        .arg("0s")
-        .stdin(Stdio::null())
+    sluice_run(&mut cmd, &f, admin_port);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join(format!("scale-{n}.log")))?);
     if let Some(cpu) = cpu {

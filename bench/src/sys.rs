@@ -83,13 +83,7 @@ pub fn cpu_ticks(cpu: usize) -> Option<(u64, u64)> {
 }
 
 pub fn parse_cpu_line(stat: &str, cpu: usize) -> Option<(u64, u64)> {
-    let tag = format!("cpu{cpu} ");
-    let line = stat.lines().find(|l| l.starts_with(&tag))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
+    let v = cpu_fields(stat, &format!("cpu{cpu} "))?;
     // user nice system idle iowait irq softirq steal (guest time is already in user).
     let total: u64 = v.iter().take(8).sum();
     let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
@@ -103,13 +97,19 @@ pub fn steal_ticks() -> Option<(u64, u64)> {
 }
 
 pub fn parse_steal(stat: &str) -> Option<(u64, u64)> {
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
+    let v = cpu_fields(stat, "cpu ")?;
     Some((*v.get(7)?, v.iter().take(8).sum()))
+}
+
+/// The tick counts of the `/proc/stat` line that starts with `tag` (`"cpu "` is all CPUs).
+fn cpu_fields(stat: &str, tag: &str) -> Option<Vec<u64>> {
+    let line = stat.lines().find(|l| l.starts_with(tag))?;
+    Some(
+        line.split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect(),
+    )
 }
 
 /// The 1-minute load average.

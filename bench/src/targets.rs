@@ -117,6 +117,17 @@ impl Drop for Running {
     }
 }
 
+/// Adds `sluice run` on `bootstrap` to `cmd`: admin on 127.0.0.1:`admin_port`, warnings only,
+/// and no drain time, so stopping it (`sys::stop`) waits for no connection.
+pub fn sluice_run(cmd: &mut Command, bootstrap: &Path, admin_port: u16) {
+    cmd.arg("run")
+        .arg("--bootstrap")
+        .arg(bootstrap)
+        .arg("--admin-address")
+        .arg(format!("127.0.0.1:{admin_port}"))
+        .args(["--log-level", "warn", "--drain-time", "0s"]);
+}
+
 struct Ports {
     h1: u16,
     h2: u16,
@@ -175,16 +186,7 @@ pub fn start_wrapped(
         Kind::Sluice => {
             let f = dir.join("bootstrap.yaml");
             std::fs::write(&f, sluice_bootstrap(&p, up))?;
-            cmd.arg("run")
-                .arg("--bootstrap")
-                .arg(&f)
-                .arg("--admin-address")
-                .arg(format!("127.0.0.1:{}", p.admin))
-                .arg("--log-level")
-                .arg("warn")
-                // Stopping (see `Running`'s drop) waits for no connection.
-                .arg("--drain-time")
-                .arg("0s");
+            sluice_run(&mut cmd, &f, p.admin);
         }
         Kind::Nginx => {
             let f = dir.join("nginx.conf");
