@@ -112,7 +112,7 @@ struct RunArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,sluice,nginx,haproxy"
+        default_value = "direct,sluice,sluice-l4,nginx,haproxy"
     )]
     targets: Vec<String>,
     /// Only scenarios whose name contains one of these (comma-separated).
@@ -833,6 +833,6 @@ mod tests {
         let a = RunArgs::parse_from(["run"]);
         assert_eq!(a.rates, vec![1000, 5000]);
         assert_eq!(a.reps, 3);
-        assert_eq!(a.targets.len(), 4);
+        assert_eq!(a.targets, ["direct", "sluice", "sluice-l4", "nginx", "haproxy"]);
     }
 }

@@ -316,7 +316,7 @@ pub fn markdown(rep: &Report) -> String {
         .map(|t| format!("{} = `{}`", t.target.name(), t.version))
         .collect();
     s.push_str(&v.join(", "));
-    s.push_str(".\n\nCells are medians over the repetitions with ±half the range in percent. Ratios are Sluice's median divided by the other's; for req/s and GB/s higher is better, for latency, CPU and memory lower is better. The direct connection has no proxy, so its CPU column is empty.\n\n");
+    s.push_str(".\n\nCells are medians over the repetitions with ±half the range in percent. Ratios are Sluice's median divided by the other's; for req/s and GB/s higher is better, for latency, CPU and memory lower is better. The direct connection has no proxy, so its CPU column is empty. `sluice-l4` is Sluice forwarding the same connections as opaque TCP, with no HTTP work: the floor of a proxy that reads and writes these sockets, so `sluice / sluice-l4` is what Sluice's HTTP handling costs.\n\n");
 
     if let Some(w) = contention_warning(rep) {
         let _ = writeln!(s, "**{w}**\n");
@@ -517,9 +517,10 @@ pub fn contention_warning(rep: &Report) -> Option<String> {
     })
 }
 
-const COLORS: [(&str, &str); 4] = [
+const COLORS: [(&str, &str); 5] = [
     ("direct", "#777777"),
     ("sluice", "#d62728"),
+    ("sluice-l4", "#ff9896"),
     ("nginx", "#2ca02c"),
     ("haproxy", "#1f77b4"),
 ];

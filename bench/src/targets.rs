@@ -1,6 +1,11 @@
 //! The targets under test: the direct connection (no proxy), Sluice, nginx and haproxy. Each
 //! proxy gets the same three routes, one listener and one keep-alive cluster each:
 //! HTTP/1.1 → HTTP/1.1 upstream, h2c → h2c upstream, TCP → TCP upstream.
+//!
+//! `sluice-l4` is the floor of the proxies: Sluice with a TCP proxy on all three listeners, so
+//! it moves the same bytes over the same sockets with no HTTP work at all (one upstream
+//! connection per client connection). What any proxy on this layout costs beyond it is its
+//! protocol work; what it costs below it, no proxy that reads and writes sockets can save.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -21,6 +26,9 @@ use crate::upstream::Upstream;
 pub enum Kind {
     Direct,
     Sluice,
+    /// Sluice as a plain TCP proxy on every listener: the floor (see the module docs).
+    #[serde(rename = "sluice-l4")]
+    SluiceL4,
     Nginx,
     Haproxy,
 }
@@ -30,15 +38,27 @@ impl Kind {
         match self {
             Kind::Direct => "direct",
             Kind::Sluice => "sluice",
+            Kind::SluiceL4 => "sluice-l4",
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
         }
     }
 
+    /// Whether this target is the Sluice binary (with its admin endpoint and `/ready`).
+    pub fn is_sluice(self) -> bool {
+        matches!(self, Kind::Sluice | Kind::SluiceL4)
+    }
+
     pub fn parse(s: &str) -> Option<Kind> {
-        [Kind::Direct, Kind::Sluice, Kind::Nginx, Kind::Haproxy]
-            .into_iter()
-            .find(|k| k.name() == s)
+        [
+            Kind::Direct,
+            Kind::Sluice,
+            Kind::SluiceL4,
+            Kind::Nginx,
+            Kind::Haproxy,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
     }
 }
 
@@ -54,7 +74,7 @@ impl Bins {
     pub fn path(&self, k: Kind) -> Option<&Path> {
         match k {
             Kind::Direct => None,
-            Kind::Sluice => Some(&self.sluice),
+            Kind::Sluice | Kind::SluiceL4 => Some(&self.sluice),
             Kind::Nginx => Some(&self.nginx),
             Kind::Haproxy => Some(&self.haproxy),
         }
@@ -70,7 +90,7 @@ impl Bins {
             return "-".into();
         };
         let arg = match k {
-            Kind::Sluice => "--version",
+            Kind::Sluice | Kind::SluiceL4 => "--version",
             Kind::Nginx => "-v",
             _ => "-v",
         };
@@ -183,9 +203,10 @@ pub fn start_wrapped(
         None => Command::new(bin),
     };
     match kind {
-        Kind::Sluice => {
+        Kind::Sluice | Kind::SluiceL4 => {
             let f = dir.join("bootstrap.yaml");
-            std::fs::write(&f, sluice_bootstrap(&p, up))?;
+            let l4 = kind == Kind::SluiceL4;
+            std::fs::write(&f, sluice_bootstrap(&p, up, l4))?;
             sluice_run(&mut cmd, &f, p.admin);
         }
         Kind::Nginx => {
@@ -234,7 +255,7 @@ pub fn start_wrapped(
             anyhow::bail!("{} did not listen on {a}: {out}", kind.name());
         }
     }
-    if kind == Kind::Sluice {
+    if kind.is_sluice() {
         wait_ready(loopback(p.admin), limit)?;
     }
     // The runtime may have started threads before the affinity of the first one was set;
@@ -312,24 +333,34 @@ pub fn sluice_cluster(name: &str, addr: SocketAddr, extra: &str) -> String {
     )
 }
 
-fn sluice_bootstrap(p: &Ports, up: &Upstream) -> String {
+/// A listener on `port` forwarding every connection to `cluster` as opaque TCP.
+fn sluice_tcp_listener(name: &str, port: u16, cluster: &str) -> String {
     format!(
-        r#"static_resources:
-  listeners:
-{}{}  - name: tcp
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}
+        r#"  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
     filter_chains:
     - filters:
       - name: envoy.filters.network.tcp_proxy
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: tcp
-          cluster: up_tcp
-  clusters:
-{}{}{}"#,
-        sluice_http_listener("h1", p.h1, "up_h1"),
-        sluice_http_listener("h2", p.h2, "up_h2"),
-        p.tcp,
+          stat_prefix: {name}
+          cluster: {cluster}
+"#
+    )
+}
+
+/// Sluice's three routes; with `l4`, the HTTP listeners are TCP proxies too (`sluice-l4`).
+fn sluice_bootstrap(p: &Ports, up: &Upstream, l4: bool) -> String {
+    let http = if l4 {
+        sluice_tcp_listener
+    } else {
+        sluice_http_listener
+    };
+    format!(
+        "static_resources:\n  listeners:\n{}{}{}  clusters:\n{}{}{}",
+        http("h1", p.h1, "up_h1"),
+        http("h2", p.h2, "up_h2"),
+        sluice_tcp_listener("tcp", p.tcp, "up_tcp"),
         sluice_cluster("up_h1", up.http, ""),
         sluice_cluster("up_h2", up.http, H2_OPTS),
         sluice_cluster("up_tcp", up.tcp, ""),
@@ -441,9 +472,14 @@ mod tests {
 
     #[test]
     fn configs_route_to_the_upstream() {
-        let s = sluice_bootstrap(&ports(), &up());
+        let s = sluice_bootstrap(&ports(), &up(), false);
         assert!(s.contains("port_value: 9001") && s.contains("port_value: 9002"));
         assert!(s.contains("http2_protocol_options"));
+        let hcm = "name: envoy.filters.network.http_connection_manager";
+        assert_eq!(s.matches(hcm).count(), 2);
+        let l4 = sluice_bootstrap(&ports(), &up(), true);
+        assert!(!l4.contains("http_connection_manager"));
+        assert_eq!(l4.matches("tcp_proxy.v3.TcpProxy").count(), 3);
         let n = nginx_conf(&ports(), &up(), Path::new("/tmp/x"));
         assert!(n.contains("grpc_pass grpc://up_h2") && n.contains("server 127.0.0.1:9002"));
         let h = haproxy_cfg(&ports(), &up());
@@ -452,8 +488,16 @@ mod tests {
 
     #[test]
     fn kinds_round_trip() {
-        for k in [Kind::Direct, Kind::Sluice, Kind::Nginx, Kind::Haproxy] {
+        for k in [
+            Kind::Direct,
+            Kind::Sluice,
+            Kind::SluiceL4,
+            Kind::Nginx,
+            Kind::Haproxy,
+        ] {
             assert_eq!(Kind::parse(k.name()), Some(k));
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.name()));
         }
     }
 }
