@@ -833,6 +833,9 @@ mod tests {
         let a = RunArgs::parse_from(["run"]);
         assert_eq!(a.rates, vec![1000, 5000]);
         assert_eq!(a.reps, 3);
-        assert_eq!(a.targets, ["direct", "sluice", "sluice-l4", "nginx", "haproxy"]);
+        assert_eq!(
+            a.targets,
+            ["direct", "sluice", "sluice-l4", "nginx", "haproxy"]
+        );
     }
 }

@@ -49,16 +49,16 @@ impl Kind {
         matches!(self, Kind::Sluice | Kind::SluiceL4)
     }
 
+    pub const ALL: [Kind; 5] = [
+        Kind::Direct,
+        Kind::Sluice,
+        Kind::SluiceL4,
+        Kind::Nginx,
+        Kind::Haproxy,
+    ];
+
     pub fn parse(s: &str) -> Option<Kind> {
-        [
-            Kind::Direct,
-            Kind::Sluice,
-            Kind::SluiceL4,
-            Kind::Nginx,
-            Kind::Haproxy,
-        ]
-        .into_iter()
-        .find(|k| k.name() == s)
+        Kind::ALL.into_iter().find(|k| k.name() == s)
     }
 }
 
@@ -486,15 +486,43 @@ mod tests {
         assert!(h.contains("server s1 127.0.0.1:9001 proto h2"));
     }
 
+    /// Both of Sluice's bootstraps decode as Envoy bootstraps (through Sluice's own loader),
+    /// with the listeners' network filters as intended: HTTP on h1 and h2 unless `l4`.
+    #[test]
+    fn sluice_bootstraps_decode_with_the_intended_filters() {
+        use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+        use sluice::config::proto::{decode, Format};
+        for l4 in [false, true] {
+            let b: Bootstrap = decode(&sluice_bootstrap(&ports(), &up(), l4), Format::Yaml)
+                .unwrap_or_else(|e| panic!("l4={l4}: {e}"));
+            let res = b.static_resources.unwrap();
+            let filters: Vec<(String, String)> = res
+                .listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.filter_chains[0].filters[0].name.clone()))
+                .collect();
+            let http = if l4 {
+                "envoy.filters.network.tcp_proxy"
+            } else {
+                "envoy.filters.network.http_connection_manager"
+            };
+            let want = [
+                ("h1", http),
+                ("h2", http),
+                ("tcp", "envoy.filters.network.tcp_proxy"),
+            ];
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
+            assert_eq!(filters, want, "l4={l4}");
+            assert_eq!(res.clusters.len(), 3);
+        }
+    }
+
     #[test]
     fn kinds_round_trip() {
-        for k in [
-            Kind::Direct,
-            Kind::Sluice,
-            Kind::SluiceL4,
-            Kind::Nginx,
-            Kind::Haproxy,
-        ] {
+        for k in Kind::ALL {
             assert_eq!(Kind::parse(k.name()), Some(k));
             let json = serde_json::to_string(&k).unwrap();
             assert_eq!(json, format!("\"{}\"", k.name()));
