@@ -517,20 +517,15 @@ pub fn contention_warning(rep: &Report) -> Option<String> {
     })
 }
 
-const COLORS: [(&str, &str); 5] = [
-    ("direct", "#777777"),
-    ("sluice", "#d62728"),
-    ("sluice-l4", "#ff9896"),
-    ("nginx", "#2ca02c"),
-    ("haproxy", "#1f77b4"),
-];
-
+/// Each target's line colour in the plot (a new target must pick one).
 fn color(k: Kind) -> &'static str {
-    COLORS
-        .iter()
-        .find(|c| c.0 == k.name())
-        .map(|c| c.1)
-        .unwrap_or("#000")
+    match k {
+        Kind::Direct => "#777777",
+        Kind::Sluice => "#d62728",
+        Kind::SluiceL4 => "#ff9896",
+        Kind::Nginx => "#2ca02c",
+        Kind::Haproxy => "#1f77b4",
+    }
 }
 
 /// Latency percentile curves, one panel per open-loop scenario, log-scale latency axis.

@@ -89,11 +89,7 @@ impl Bins {
         let Some(p) = self.path(k) else {
             return "-".into();
         };
-        let arg = match k {
-            Kind::Sluice | Kind::SluiceL4 => "--version",
-            Kind::Nginx => "-v",
-            _ => "-v",
-        };
+        let arg = if k.is_sluice() { "--version" } else { "-v" };
         Command::new(p)
             .arg(arg)
             .output()
