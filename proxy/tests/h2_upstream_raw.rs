@@ -1400,9 +1400,9 @@ async fn without_a_retry_policy_a_stream_past_the_goaway_fails_fast() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn malformed_responses_are_502_or_503_and_the_connection_serves_on() {
+async fn malformed_responses_are_502_protocol_errors_and_the_connection_serves_on() {
     type Build = fn(u32) -> Vec<u8>;
-    let cases: [(&str, Build); 10] = [
+    let cases: [(&str, Build); 11] = [
         ("no :status", |s| {
             cat(&[
                 headers(s, &block(&[("content-type", "text/plain")]), false),
@@ -1468,6 +1468,13 @@ async fn malformed_responses_are_502_or_503_and_the_connection_serves_on() {
         ("an interim response that ends the stream", |s| {
             headers(s, &response_block(100, &[]), true)
         }),
+        // HTTP/2 has no 101 (RFC 9113 §8.6).
+        ("a 101", |s| {
+            cat(&[
+                headers(s, &response_block(101, &[("upgrade", "websocket")]), false),
+                data(s, b"x", true),
+            ])
+        }),
     ];
     within(async {
         let (_app, addr, mut up) = setup("").await;
@@ -1491,8 +1498,12 @@ async fn malformed_responses_are_502_or_503_and_the_connection_serves_on() {
                 req.stream,
                 reset.map_or("GOAWAY".into(), code_name)
             );
-            if !matches!(r.status, 502 | 503) {
-                failures.push(format!("{what}: downstream got {} {:?}", r.status, r.body));
+            if r.status != 502 || !r.body.ends_with(b"reset reason: protocol error") {
+                failures.push(format!(
+                    "{what}: downstream got {} {:?} where Envoy's 502 for a protocol error was due",
+                    r.status,
+                    String::from_utf8_lossy(&r.body)
+                ));
             }
             if reset != Some(PROTOCOL_ERROR) {
                 failures.push(format!(
@@ -1544,8 +1555,9 @@ async fn a_push_promise_is_a_connection_error_and_the_next_request_gets_a_new_co
             a.history()
         );
         let r = joined("GET /pushy", client).await;
-        println!("the request on the connection: {}", r.status);
-        assert!(matches!(r.status, 502 | 503), "{r:?}");
+        // The connection's protocol error is the stream's reset reason, as in Envoy.
+        assert_eq!(r.status, 502, "{r:?}");
+        assert!(r.body.ends_with(b"reset reason: protocol error"), "{r:?}");
 
         let client = tokio::spawn(async move { h1_exchange(addr, &get("/after-push")).await });
         let mut b = up.accept_with(&[]).await;

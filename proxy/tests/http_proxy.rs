@@ -167,6 +167,129 @@ async fn errors_have_envoys_statuses() {
     assert_eq!(r.status, 431);
 }
 
+/// An HTTP/1.1 upstream that answers each request with the raw bytes its path names, then
+/// closes: `/case/N` gets `responses[N]`; `/flaky` gets a malformed response the first time and
+/// a good one after.
+async fn raw_h1_upstream(responses: &'static [&'static str]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let flaky = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let flaky = flaky.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                let path = line.split(' ').nth(1).unwrap_or("");
+                let reply = match path.strip_prefix("/case/") {
+                    Some(n) => responses[n.parse::<usize>().unwrap()],
+                    None if flaky.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 => {
+                        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nab"
+                    }
+                    None => "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ngood",
+                };
+                let _ = s.write_all(reply.as_bytes()).await;
+                let _ = s.shutdown().await;
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_protocol_errors_are_502_and_reset_retries_cover_them() {
+    // Envoy's answer to an upstream that breaks HTTP/1.1: 502, reset reason "protocol error"
+    // (response flag UPE), not the 503 of a connection that merely closed.
+    static BROKEN: [&str; 6] = [
+        "HTTP/1.1 2x0 OK\r\ncontent-length: 0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nno colon here\r\ncontent-length: 0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nab",
+        "HTTP/1.1 200 OK\r\ncontent-length: nine\r\n\r\n",
+        "SSH-2.0-OpenSSH_9.6\r\n\r\n",
+        // A server may not switch protocols unasked: the client would wait for a protocol
+        // nobody speaks.
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nraw",
+    ];
+    let up = raw_h1_upstream(&BROKEN).await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /flaky}
+                route: {cluster: broken_up, retry_policy: {retry_on: reset, num_retries: 1}}
+              - match: {prefix: /}
+                route: {cluster: broken_up}
+"#;
+    let log = std::env::temp_dir().join(format!("sluice-upe-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let access_log = format!(
+        r#"          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {}
+              log_format: {{text_format_source: {{inline_string: "%RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:PATH)%\n"}}}}
+"#,
+        log.display()
+    );
+    let app = sluice(&bootstrap(
+        &listener_with("broken", vh, &access_log),
+        &cluster("broken_up", &[up], ""),
+    ))
+    .await;
+    let addr = app.listener_address("broken").unwrap();
+    let mut c = H1::connect(addr).await;
+    let mut h2 = H2::connect(addr).await;
+    for (i, raw) in BROKEN.iter().enumerate() {
+        for (proto, r) in [
+            ("h1", c.get("h", &format!("/case/{i}")).await),
+            ("h2", h2.get("h", &format!("/case/{i}")).await),
+        ] {
+            assert_eq!(r.status, 502, "{proto} {raw:?}: {}", r.body);
+            assert!(
+                r.body.ends_with("reset reason: protocol error"),
+                "{proto} {raw:?}: {}",
+                r.body
+            );
+            assert!(r.headers.get("upgrade").is_none(), "{proto} {raw:?}");
+        }
+    }
+    // The downstream connection serves on, and a retry on `reset` covers a protocol error.
+    let r = c.get("h", "/flaky").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "good"));
+    assert_eq!(
+        stat(&app, "cluster.broken_up.upstream_rq_retry").await,
+        Some(1)
+    );
+    // Logged with Envoy's flag for it.
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("/flaky") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(
+        text.matches("502 UPE /case/").count(),
+        2 * BROKEN.len(),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn malformed_request_gets_400() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

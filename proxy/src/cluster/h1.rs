@@ -7,7 +7,9 @@
 //! Framing follows RFC 9112: the request gets `content-length` from a known body size or
 //! `transfer-encoding: chunked`; the response body is delimited by `transfer-encoding`
 //! (chunked, with trailers), `content-length`, or the end of the connection. 1xx responses
-//! are skipped. Upgrades (`101`) are not handled here: those requests go over hyper's client.
+//! are skipped. Upgrades (`101`) are not handled here: those requests go over hyper's client,
+//! and a `101` to any other request is a protocol error. A response that cannot be parsed
+//! fails with [`Error::Invalid`]; the pool reports it as a protocol error (a 502).
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -385,7 +387,12 @@ impl Exchange {
         }
         let count = idx.len();
         let head = self.conn.rbuf.split_to(len).freeze();
-        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            // Requests that ask for an upgrade go over hyper's client; a server may not
+            // switch protocols unasked (RFC 9110 §15.2.2).
+            return Err(Error::Invalid("101 to a request that asked for no upgrade"));
+        }
+        if status.is_informational() {
             return Ok(Parsed::Informational);
         }
         // Room for the headers the router adds on the way back (server, service time, ...).
@@ -422,10 +429,8 @@ impl Exchange {
             map.append(name, value);
         }
         self.conn.idx = idx;
-        let no_body = head_method
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-            || status == StatusCode::SWITCHING_PROTOCOLS;
+        let no_body =
+            head_method || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         self.reading = if no_body {
             In::Done
         } else if te {
@@ -448,7 +453,7 @@ impl Exchange {
             close = true;
             In::UntilClose
         };
-        if close || status == StatusCode::SWITCHING_PROTOCOLS {
+        if close {
             self.reusable = false;
         }
         let mut resp = Response::new(());

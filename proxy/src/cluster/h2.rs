@@ -216,8 +216,25 @@ async fn send_own(conn: &own::Connection, req: Request<Body>) -> Result<Response
         Err(e @ StreamError::Refused(_)) => {
             Err(SendError::Failed(UpstreamError::Refused(e.into())))
         }
+        Err(e @ StreamError::LocalReset(code)) if is_violation(code.0) => {
+            Err(SendError::Failed(UpstreamError::Protocol(e.into())))
+        }
         Err(e) => Err(SendError::Failed(UpstreamError::Reset(e.into()))),
     }
+}
+
+/// Error codes this side resets a stream (or ends the connection) with when the upstream broke
+/// HTTP/2: a malformed response, a frame it must not send. Not CANCEL or the like, which this
+/// side sends for its own reasons.
+fn is_violation(code: u32) -> bool {
+    [
+        ErrorCode::PROTOCOL_ERROR,
+        ErrorCode::FLOW_CONTROL_ERROR,
+        ErrorCode::FRAME_SIZE_ERROR,
+        ErrorCode::COMPRESSION_ERROR,
+    ]
+    .iter()
+    .any(|c| c.0 == code)
 }
 
 /// Streams the request body (`pump`) while waiting for the response head (`resp`); a body
@@ -248,6 +265,8 @@ fn upstream_error(e: h2::Error) -> UpstreamError {
         || (e.is_go_away() && e.is_remote() && e.reason() == Some(Reason::NO_ERROR));
     if refused {
         UpstreamError::Refused(e.into())
+    } else if !e.is_remote() && e.reason().is_some_and(|r| is_violation(r.into())) {
+        UpstreamError::Protocol(e.into())
     } else {
         UpstreamError::Reset(e.into())
     }

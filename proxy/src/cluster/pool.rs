@@ -31,14 +31,21 @@ pub enum UpstreamError {
     /// The upstream refused the request before processing it (HTTP/2 `REFUSED_STREAM`).
     #[error("upstream refused the stream: {0}")]
     Refused(BoxError),
+    /// The upstream broke the protocol (a malformed response, a `101` nobody asked for); the
+    /// connection is not used again. Envoy's `protocol error` reset reason: a 502.
+    #[error("upstream protocol error: {0}")]
+    Protocol(BoxError),
     #[error("circuit breaker open: {0}")]
     Overflow(&'static str),
 }
 
-/// hyper's client (used for upgrades) reports a request it never sent as canceled.
+/// hyper's client (used for upgrades) reports a request it never sent as canceled, and a
+/// response it could not parse as a parse error.
 fn reset(e: hyper::Error) -> UpstreamError {
     if e.is_canceled() {
         UpstreamError::Refused(e.into())
+    } else if e.is_parse() {
+        UpstreamError::Protocol(e.into())
     } else {
         UpstreamError::Reset(e.into())
     }
@@ -359,6 +366,10 @@ impl Pool {
                     tracing::debug!(%addr, %error, "pooled connection closed under the request; sending it on another");
                     (request, body) = (Ok(h), b);
                 }
+                Err(h1::Failed {
+                    error: e @ h1::Error::Invalid(_),
+                    ..
+                }) => return Err(UpstreamError::Protocol(e.into())),
                 Err(f) => return Err(UpstreamError::Reset(f.error.into())),
             }
         }

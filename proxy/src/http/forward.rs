@@ -38,6 +38,11 @@ const RESET: LocalReply = LocalReply {
     status: 503,
     body: "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
 };
+/// Envoy's reply when the upstream broke the protocol (`UPE`).
+pub(crate) const PROTOCOL_ERROR: LocalReply = LocalReply {
+    status: 502,
+    body: "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+};
 const TIMEOUT: LocalReply = LocalReply {
     status: 504,
     body: "upstream request timeout",
@@ -281,6 +286,7 @@ pub async fn forward(
                         tracing::debug!(cluster = %cluster.cfg.name, %e, "upstream request failed");
                         Err(match e {
                             UpstreamError::Overflow(_) => OVERFLOW,
+                            UpstreamError::Protocol(_) => PROTOCOL_ERROR,
                             e if e.is_connect_failure() => CONNECT_FAILURE,
                             _ => RESET,
                         })

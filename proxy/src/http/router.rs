@@ -117,6 +117,7 @@ impl Local {
             m if m.ends_with("connection failure") => "UF",
             m if m.ends_with("connection termination") => "UC",
             m if m.ends_with("overflow") => "UO",
+            m if m.ends_with("protocol error") => "UPE",
             "" if status == 404 => "NR",
             "" if status == 503 => "NC",
             _ => "",
@@ -513,17 +514,28 @@ async fn route_inner(
                             .map(|b| crate::body::boxed(crate::body::IdleTimeout::deadline(b, at)));
                     }
                     if r.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        if let Some(down) = down_upgrade {
-                            let up = hyper::upgrade::on(&mut r);
-                            // Upgraded connections are closed at the end of a drain.
-                            let mut phase = conn.phase.clone();
-                            tokio::spawn(async move {
-                                tokio::select! {
-                                    _ = tunnel(down, up) => {}
-                                    _ = reached(&mut phase, Phase::Close) => {}
-                                }
-                            });
-                        }
+                        let Some(down) = down_upgrade else {
+                            // Switching protocols on a request that cannot switch: the
+                            // client would wait for a protocol nobody speaks.
+                            let LocalReply { status, body } = forward::PROTOCOL_ERROR;
+                            return finalize(
+                                &table,
+                                &sel,
+                                local_reply(status, body),
+                                conn,
+                                protocol,
+                                started,
+                            );
+                        };
+                        let up = hyper::upgrade::on(&mut r);
+                        // Upgraded connections are closed at the end of a drain.
+                        let mut phase = conn.phase.clone();
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                _ = tunnel(down, up) => {}
+                                _ = reached(&mut phase, Phase::Close) => {}
+                            }
+                        });
                     } else {
                         headers::strip_hop_by_hop(r.headers_mut(), false);
                     }

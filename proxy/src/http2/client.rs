@@ -145,7 +145,11 @@ impl Future for Driver {
                 Poll::Ready(Read::Closed) => return Poll::Ready(()),
                 Poll::Ready(Read::Bytes) => {
                     if let Err(ConnError(code, why)) = this.on_bytes() {
-                        let last = this.core.shared.lock().last_opened();
+                        let last = {
+                            let mut inner = this.core.shared.lock();
+                            inner.fail_open_streams(code);
+                            inner.last_opened()
+                        };
                         this.core.fail(last, code, why);
                     }
                 }

@@ -1046,6 +1046,18 @@ impl Inner {
         self.recent_resets.contains(&id)
     }
 
+    /// This side ended the connection with `code` (its GOAWAY is queued): streams still open
+    /// fail with it, as if each were reset from this side, rather than as a connection that
+    /// merely went away.
+    pub(crate) fn fail_open_streams(&mut self, code: ErrorCode) {
+        for s in self.streams.values_mut() {
+            if s.reset.is_none() && !(s.send_end && s.recv_end) {
+                s.reset = Some((code, false));
+                s.wake();
+            }
+        }
+    }
+
     /// Resets a stream from this side.
     pub(crate) fn reset(&mut self, id: u32, code: ErrorCode) {
         if let Some(s) = self.streams.get_mut(&id) {
