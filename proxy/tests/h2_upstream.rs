@@ -242,6 +242,12 @@ async fn refused_stream_without_retry_fails_the_request() {
     let mut h1 = H1::connect(addr).await;
     let r = h1.get("example.com", "/refused").await;
     assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        r.body
+            .ends_with("reset reason: remote refused stream reset"),
+        "{}",
+        r.body
+    );
     // The connection stays usable.
     let r = h1.get("example.com", "/again").await;
     assert_eq!(r.status, 200, "{}", r.body);

@@ -1272,6 +1272,34 @@ async fn a_refused_stream_is_retried_with_retry_on_refused_stream() {
 }
 
 #[tokio::test]
+async fn a_reset_before_the_response_is_a_503_remote_reset_and_the_connection_serves_on() {
+    within(async {
+        let (_app, addr, mut up) = setup("").await;
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/reset-early")).await });
+        let mut c = up.accept_with(&[]).await;
+        let req = c.request().await;
+        c.send(&rst(req.stream, INTERNAL_ERROR)).await;
+        let r = joined("GET /reset-early", client).await;
+        // Envoy's reset reason for a stream the peer reset (flag UR), not a connection that
+        // closed.
+        assert_eq!(r.status, 503, "{r:?}");
+        assert!(
+            r.body.ends_with(b"reset reason: remote reset"),
+            "{:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+
+        let client = tokio::spawn(async move { h1_exchange(addr, &get("/after-reset")).await });
+        let req = on_same_conn(&mut c, &mut up, false).await;
+        c.respond(req.stream, 200, &[], b"fine").await;
+        let r = joined("GET /after-reset", client).await;
+        assert_eq!((r.status, &r.body[..]), (200, &b"fine"[..]));
+        assert_eq!(up.connections(), 1);
+    })
+    .await
+}
+
+#[tokio::test]
 async fn a_reset_mid_body_cuts_the_response_and_the_connection_serves_on() {
     within(async {
         let (_app, addr, mut up) = setup("").await;

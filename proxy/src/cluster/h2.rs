@@ -216,6 +216,9 @@ async fn send_own(conn: &own::Connection, req: Request<Body>) -> Result<Response
         Err(e @ StreamError::Refused(_)) => {
             Err(SendError::Failed(UpstreamError::Refused(e.into())))
         }
+        Err(e @ StreamError::Reset(_)) => {
+            Err(SendError::Failed(UpstreamError::RemoteReset(e.into())))
+        }
         Err(e @ StreamError::LocalReset(code)) if is_violation(code.0) => {
             Err(SendError::Failed(UpstreamError::Protocol(e.into())))
         }
@@ -267,6 +270,8 @@ fn upstream_error(e: h2::Error) -> UpstreamError {
         UpstreamError::Refused(e.into())
     } else if !e.is_remote() && e.reason().is_some_and(|r| is_violation(r.into())) {
         UpstreamError::Protocol(e.into())
+    } else if e.is_reset() && e.is_remote() {
+        UpstreamError::RemoteReset(e.into())
     } else {
         UpstreamError::Reset(e.into())
     }

@@ -31,6 +31,9 @@ pub enum UpstreamError {
     /// The upstream refused the request before processing it (HTTP/2 `REFUSED_STREAM`).
     #[error("upstream refused the stream: {0}")]
     Refused(BoxError),
+    /// The upstream reset the stream (HTTP/2 `RST_STREAM`) on a connection that stays up.
+    #[error("upstream reset the stream: {0}")]
+    RemoteReset(BoxError),
     /// The upstream broke the protocol (a malformed response, a `101` nobody asked for); the
     /// connection is not used again. Envoy's `protocol error` reset reason: a 502.
     #[error("upstream protocol error: {0}")]

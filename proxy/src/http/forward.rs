@@ -38,6 +38,16 @@ const RESET: LocalReply = LocalReply {
     status: 503,
     body: "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
 };
+/// The upstream reset the stream (`UR`).
+const REMOTE_RESET: LocalReply = LocalReply {
+    status: 503,
+    body: "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
+};
+/// The upstream refused the stream and no retry took it elsewhere (`UR`).
+const REFUSED: LocalReply = LocalReply {
+    status: 503,
+    body: "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset",
+};
 /// Envoy's reply when the upstream broke the protocol (`UPE`).
 pub(crate) const PROTOCOL_ERROR: LocalReply = LocalReply {
     status: 502,
@@ -287,6 +297,8 @@ pub async fn forward(
                         Err(match e {
                             UpstreamError::Overflow(_) => OVERFLOW,
                             UpstreamError::Protocol(_) => PROTOCOL_ERROR,
+                            UpstreamError::RemoteReset(_) => REMOTE_RESET,
+                            UpstreamError::Refused(_) => REFUSED,
                             e if e.is_connect_failure() => CONNECT_FAILURE,
                             _ => RESET,
                         })

@@ -118,6 +118,7 @@ impl Local {
             m if m.ends_with("connection termination") => "UC",
             m if m.ends_with("overflow") => "UO",
             m if m.ends_with("protocol error") => "UPE",
+            m if m.ends_with("remote reset") || m.ends_with("remote refused stream reset") => "UR",
             "" if status == 404 => "NR",
             "" if status == 503 => "NC",
             _ => "",
