@@ -299,6 +299,26 @@ fn translate(args: TranslateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The error and its causes joined by ": ", as `{:#}` prints them, but without a cause whose
+/// text is already in the message before it: the library errors write their source into their
+/// own message (so that a plain `{}` is complete), and `{:#}` would print it twice.
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut last = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if last.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        last = text;
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
@@ -325,21 +345,21 @@ fn main() -> ExitCode {
         Cmd::Translate(args) => match translate(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("sluice: {e:#}");
+                eprintln!("sluice: {}", causes(&e));
                 ExitCode::FAILURE
             }
         },
         Cmd::Discovery(args) => match discovery(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("sluice: {e:#}");
+                eprintln!("sluice: {}", causes(&e));
                 ExitCode::FAILURE
             }
         },
         Cmd::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("sluice: {e:#}");
+                eprintln!("sluice: {}", causes(&e));
                 ExitCode::FAILURE
             }
         },
@@ -498,4 +518,29 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         app.run().await;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::causes;
+
+    #[test]
+    fn causes_are_shown_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading {file}: {source}")]
+        struct Outer {
+            file: String,
+            source: std::io::Error,
+        }
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        // A library error that writes its source into its message: the source once.
+        let e = anyhow::Error::new(Outer {
+            file: "b.yaml".into(),
+            source: io(),
+        });
+        assert_eq!(causes(&e), "reading b.yaml: no such file");
+        // A context over an error: both, as `{:#}` shows them.
+        let e = anyhow::Error::new(io()).context("--bootstrap");
+        assert_eq!(causes(&e), "--bootstrap: no such file");
+    }
 }

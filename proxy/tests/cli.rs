@@ -76,6 +76,8 @@ fn run_rejects_bad_bootstrap_naming_file_and_field() {
     assert!(err.contains("bad.yaml"), "{err}");
     assert!(err.contains("static_resources.clusters[0]"), "{err}");
     assert!(err.contains("lb_polcy"), "{err}");
+    // Once: the decoder's message is not repeated as its cause.
+    assert_eq!(err.matches("lb_polcy").count(), 1, "{err}");
     // A valid document with an unsupported filter names the resource and the filter.
     std::fs::write(
         &f,
