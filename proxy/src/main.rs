@@ -60,7 +60,7 @@ struct DiscoveryArgs {
     /// How often the directory is checked for changes, e.g. 1s, 200ms.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     poll_interval: Duration,
-    /// Log level or filter (trace, debug, info, warn, error; or EnvFilter directives).
+    /// Log level (trace, debug, info, warning, error, critical, off) or TARGET=LEVEL,... directives.
     #[arg(long, default_value = "info", env = "SLUICE_LOG")]
     log_level: String,
 }
@@ -175,7 +175,7 @@ struct RunArgs {
     /// answers locally.
     #[arg(long, default_value = "/etc/resolv.conf")]
     dns_resolv_conf: PathBuf,
-    /// Log level or filter (trace, debug, info, warn, error; or EnvFilter directives).
+    /// Log level (trace, debug, info, warning, error, critical, off) or TARGET=LEVEL,... directives.
     #[arg(long, default_value = "info", env = "SLUICE_LOG")]
     log_level: String,
     /// Run on a directory of Istio/Kubernetes YAML (no control plane); edits apply live.
@@ -299,6 +299,12 @@ fn translate(args: TranslateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The log filter for a `--log-level` or admin `/logging?level=` value.
+fn log_filter(spec: &str) -> anyhow::Result<EnvFilter> {
+    let directives = sluice::admin::log_directives(spec).map_err(anyhow::Error::msg)?;
+    Ok(EnvFilter::try_new(directives)?)
+}
+
 /// The error and its causes joined by ": ", as `{:#}` prints them, but without a cause whose
 /// text is already in the message before it: the library errors write their source into their
 /// own message (so that a plain `{}` is complete), and `{:#}` would print it twice.
@@ -367,7 +373,7 @@ fn main() -> ExitCode {
 }
 
 fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&args.log_level).context("--log-level")?;
+    let filter = log_filter(&args.log_level).context("--log-level")?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -390,7 +396,7 @@ fn discovery(args: DiscoveryArgs) -> anyhow::Result<()> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&args.log_level).context("--log-level")?;
+    let filter = log_filter(&args.log_level).context("--log-level")?;
     let (filter, handle) = reload::Layer::new(filter);
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -400,7 +406,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .init();
     sluice::admin::note_log_level(&args.log_level);
     let set_level: sluice::admin::LogLevelFn = Arc::new(move |level: &str| {
-        let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        let f = log_filter(level).map_err(|e| e.to_string())?;
         handle.reload(f).map_err(|e| e.to_string())
     });
     if !args.admin_address.ip().is_loopback() && !args.admin_allow_remote {

@@ -165,3 +165,112 @@ fn sigterm_drains_and_exits_cleanly() {
     assert!(log.contains("drain finished"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One HTTP/1.1 exchange with the admin endpoint: (status, body).
+fn admin(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: a\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn log_levels_take_envoys_names_and_refuse_words_that_name_none() {
+    let dir = std::env::temp_dir().join(format!("sluice-cli-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("b.yaml");
+    std::fs::write(&f, "static_resources: {}\n").unwrap();
+    // A typo is refused at start, not taken for a target to trace.
+    let mut typo = sluice()
+        .args([
+            "run",
+            "--admin-address",
+            "127.0.0.1:0",
+            "--log-level",
+            "warnning",
+            "--bootstrap",
+        ])
+        .arg(&f)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut exited = None;
+    for _ in 0..100 {
+        exited = typo.try_wait().unwrap();
+        if exited.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if exited.is_none() {
+        let _ = typo.kill();
+        panic!("sluice started with --log-level warnning");
+    }
+    let out = typo.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--log-level") && err.contains("\"warnning\""),
+        "{err}"
+    );
+
+    // `warning`, as pilot-agent passes it; then the admin endpoint takes Envoy's names too.
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut child = sluice()
+        .args([
+            "run",
+            "--log-level",
+            "warning",
+            "--admin-address",
+            &addr.to_string(),
+            "--bootstrap",
+        ])
+        .arg(&f)
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(up, "the admin endpoint did not come up");
+    let (status, body) = admin(addr, "GET", "/logging");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "active loggers:\n  all: warning\n")
+    );
+    let (status, body) = admin(addr, "POST", "/logging?level=critical");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "active loggers:\n  all: critical\n")
+    );
+    let (status, body) = admin(addr, "POST", "/logging?level=bogus");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\"bogus\""), "{body}");
+    // The refused level changed nothing.
+    let (_, body) = admin(addr, "GET", "/logging");
+    assert_eq!(body, "active loggers:\n  all: critical\n");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -25,7 +25,7 @@ use crate::listener::Manager;
 use crate::state::State;
 use crate::stats::{registry, Select};
 
-/// Sets the log level (`trace`..`off`, or an `EnvFilter` directive).
+/// Sets the log level (a level or directives, as [`log_directives`] reads them).
 pub type LogLevelFn = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// What the admin endpoint reads and controls.
@@ -104,6 +104,52 @@ static LOG_LEVEL: Mutex<Option<String>> = Mutex::new(None);
 /// Records the log filter the process started with (`--log-level`).
 pub fn note_log_level(level: &str) {
     *LOG_LEVEL.lock().unwrap() = Some(level.to_string());
+}
+
+/// Envoy's level names, and the `tracing` level each is.
+const LEVELS: [(&str, &str); 8] = [
+    ("trace", "trace"),
+    ("debug", "debug"),
+    ("info", "info"),
+    ("warning", "warn"),
+    ("warn", "warn"),
+    ("error", "error"),
+    ("critical", "error"),
+    ("off", "off"),
+];
+
+/// A `tracing` filter (directive syntax) from a log level as Envoy and Istio write it
+/// (`warning` is what pilot-agent passes as `--log-level`; `critical`), or from directives
+/// `TARGET=LEVEL,...` whose levels are written either way. A bare word that names no level is
+/// refused: `tracing` would take it for a target to trace and silence everything else, so a
+/// typo would quietly turn the logs off.
+pub fn log_directives(spec: &str) -> Result<String, String> {
+    let level = |l: &str| {
+        LEVELS
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(l.trim()))
+            .map(|(_, t)| *t)
+            .ok_or_else(|| {
+                format!(
+                    "unknown log level {l:?}: use trace, debug, info, warning, error, critical or off, or TARGET=LEVEL,..."
+                )
+            })
+    };
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if part.contains('[') {
+            out.push(part.to_string()); // a span filter: passed on as written
+            continue;
+        }
+        match part.rsplit_once('=') {
+            Some((target, l)) => out.push(format!("{}={}", target.trim(), level(l)?)),
+            None => out.push(level(part)?.to_string()),
+        }
+    }
+    if out.is_empty() {
+        return Err("no log level given".into());
+    }
+    Ok(out.join(","))
 }
 
 /// Envoy's `active loggers:` listing of a filter directive: a bare level applies to `all`.
@@ -455,4 +501,35 @@ impl Admin {
 /// Binds the admin address (refusing nothing: the caller decides loopback-only policy).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     crate::listener::bind(addr)
+}
+
+#[cfg(test)]
+mod log_level_tests {
+    use super::log_directives;
+
+    #[test]
+    fn envoys_level_names_become_tracing_directives() {
+        assert_eq!(log_directives("warning").unwrap(), "warn");
+        assert_eq!(log_directives("critical").unwrap(), "error");
+        assert_eq!(log_directives("Info").unwrap(), "info");
+        assert_eq!(log_directives("off").unwrap(), "off");
+        assert_eq!(
+            log_directives("info, sluice::http=warning,h2=trace").unwrap(),
+            "info,sluice::http=warn,h2=trace"
+        );
+        // Span filters are passed on as written.
+        assert_eq!(
+            log_directives("info,sluice[conn{id=1}]=debug").unwrap(),
+            "info,sluice[conn{id=1}]=debug"
+        );
+    }
+
+    #[test]
+    fn a_word_that_names_no_level_is_refused() {
+        for bad in ["bogus", "warnning", "sluice=loud", "", " , "] {
+            assert!(log_directives(bad).is_err(), "{bad:?}");
+        }
+        let e = log_directives("warnning").unwrap_err();
+        assert!(e.contains("\"warnning\"") && e.contains("warning"), "{e}");
+    }
 }
