@@ -26,32 +26,43 @@ pub struct LocalReply {
     pub body: &'static str,
 }
 
+/// Envoy's reply text for a request that failed before the upstream's response head, by
+/// reset reason.
+macro_rules! reset_before_headers {
+    ($reason:literal) => {
+        concat!(
+            "upstream connect error or disconnect/reset before headers. reset reason: ",
+            $reason
+        )
+    };
+}
+
 const NO_HEALTHY: LocalReply = LocalReply {
     status: 503,
     body: "no healthy upstream",
 };
 const CONNECT_FAILURE: LocalReply = LocalReply {
     status: 503,
-    body: "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+    body: reset_before_headers!("connection failure"),
 };
 const RESET: LocalReply = LocalReply {
     status: 503,
-    body: "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+    body: reset_before_headers!("connection termination"),
 };
 /// The upstream reset the stream (`UR`).
 const REMOTE_RESET: LocalReply = LocalReply {
     status: 503,
-    body: "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
+    body: reset_before_headers!("remote reset"),
 };
 /// The upstream refused the stream and no retry took it elsewhere (`UR`).
 const REFUSED: LocalReply = LocalReply {
     status: 503,
-    body: "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset",
+    body: reset_before_headers!("remote refused stream reset"),
 };
 /// Envoy's reply when the upstream broke the protocol (`UPE`).
 pub(crate) const PROTOCOL_ERROR: LocalReply = LocalReply {
     status: 502,
-    body: "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+    body: reset_before_headers!("protocol error"),
 };
 const TIMEOUT: LocalReply = LocalReply {
     status: 504,
@@ -59,7 +70,7 @@ const TIMEOUT: LocalReply = LocalReply {
 };
 const OVERFLOW: LocalReply = LocalReply {
     status: 503,
-    body: "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+    body: reset_before_headers!("overflow"),
 };
 
 /// The request hash from the route's hash policies (first that yields a value; all non-terminal
