@@ -4,8 +4,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,24 +17,6 @@ fn temp_file(tag: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_file(&p);
     p
-}
-
-/// Waits until the file has `n` lines (the writer thread flushes shortly after each line).
-async fn lines(p: &Path, n: usize) -> Vec<String> {
-    for _ in 0..100 {
-        if let Ok(s) = std::fs::read_to_string(p) {
-            let l: Vec<String> = s.lines().map(str::to_string).collect();
-            if l.len() >= n {
-                return l;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "{} has fewer than {n} lines: {:?}",
-        p.display(),
-        std::fs::read_to_string(p)
-    );
 }
 
 const ISTIO_FORMAT: &str = r#"[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"#;
@@ -128,7 +109,7 @@ async fn http_and_tcp_access_logs() {
     assert_eq!(c.get("shop", "/nowhere").await.status, 404);
     assert_eq!(c.get("shop", "/dead").await.status, 503);
 
-    let t = lines(&text, 3).await;
+    let t = log_lines(&text, 3).await;
     let ok = &t[0];
     assert!(
         ok.contains("\"POST /ok/1 HTTP/1.1\" 200 - via_upstream - \"-\" 5 "),
@@ -152,7 +133,7 @@ async fn http_and_tcp_access_logs() {
     assert!(t[2].contains(" dead "), "{}", t[2]);
 
     // The JSON log has only the failures (status_code_filter >= 400), with typed numbers.
-    let j = lines(&json, 2).await;
+    let j = log_lines(&json, 2).await;
     let a: serde_json::Value = serde_json::from_str(&j[0]).unwrap();
     let b: serde_json::Value = serde_json::from_str(&j[1]).unwrap();
     assert_eq!(a["code"], 404);
@@ -195,13 +176,13 @@ async fn http_and_tcp_access_logs() {
             String::from_utf8_lossy(&back)
         );
     }
-    let t = lines(&text, 6).await;
+    let t = log_lines(&text, 6).await;
     for (i, (_, _, want)) in rejected.iter().enumerate() {
         let line = &t[3 + i];
         assert!(line.contains(want), "{line}\nwants {want}");
         assert!(line.contains(&format!(" {web} ")), "{line}");
     }
-    let j = lines(&json, 5).await;
+    let j = log_lines(&json, 5).await;
     let c: serde_json::Value = serde_json::from_str(&j[2]).unwrap();
     assert_eq!(
         (c["code"].clone(), c["flags"].clone()),
@@ -218,7 +199,7 @@ async fn http_and_tcp_access_logs() {
     let mut back = Vec::new();
     s.read_to_end(&mut back).await.unwrap();
     assert_eq!(back, b"0123456789");
-    let l = lines(&tcp, 1).await;
+    let l = log_lines(&tcp, 1).await;
     assert_eq!(l[0], format!("echo {echo} 10 10 -"));
     for p in [&text, &json, &tcp] {
         let _ = std::fs::remove_file(p);

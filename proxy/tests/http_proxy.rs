@@ -274,14 +274,7 @@ async fn upstream_protocol_errors_are_502_and_reset_retries_cover_them() {
         Some(1)
     );
     // Logged with Envoy's flag for it.
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("/flaky") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let text = log_lines(&log, 2 * BROKEN.len() + 1).await.join("\n");
     let _ = std::fs::remove_file(&log);
     assert_eq!(
         text.matches("502 UPE /case/").count(),

@@ -390,3 +390,21 @@ pub fn listener_with(name: &str, vhosts: &str, hcm_extra: &str) -> String {
         &format!("          stat_prefix: {name}\n{hcm_extra}"),
     )
 }
+
+/// Waits until the file has `n` lines (the writer thread flushes shortly after each line).
+pub async fn log_lines(p: &std::path::Path, n: usize) -> Vec<String> {
+    for _ in 0..100 {
+        if let Ok(s) = std::fs::read_to_string(p) {
+            let l: Vec<String> = s.lines().map(str::to_string).collect();
+            if l.len() >= n {
+                return l;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "{} has fewer than {n} lines: {:?}",
+        p.display(),
+        std::fs::read_to_string(p)
+    );
+}
