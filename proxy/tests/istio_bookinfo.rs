@@ -57,6 +57,11 @@ async fn workloads() -> String {
 }
 
 async fn config(files: &[&str]) -> Loaded {
+    config_with(files, "").await
+}
+
+/// The samples in `files`, then `extra` (inline YAML).
+async fn config_with(files: &[&str], extra: &str) -> Loaded {
     let mut cfg = Loaded::default();
     for f in ["bookinfo.yaml", "destination-rule-all.yaml"]
         .iter()
@@ -67,6 +72,7 @@ async fn config(files: &[&str]) -> Loaded {
         istio::load::load_str(f, &text, &mut cfg);
     }
     istio::load::load_str("test-workloads.yaml", &workloads().await, &mut cfg);
+    istio::load::load_str("test-extra.yaml", extra, &mut cfg);
     let errors: Vec<_> = cfg
         .messages
         .iter()
@@ -267,6 +273,48 @@ async fn ratings_test_abort_answers_jason_500() {
             "ratings-v1"
         );
     }
+}
+
+/// Istio fields beyond the samples: a redirect's `prefixRewrite`, a gRPC abort
+/// (`grpcStatus`), retries with `backoff` and `retryIgnorePreviousHosts`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_redirects_and_grpc_aborts() {
+    let vs = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - match: [{uri: {prefix: /old-ratings}}]
+    redirect: {prefixRewrite: /ratings, redirectCode: 308}
+  - match: [{uri: {prefix: /grpc}}]
+    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}
+    route: [{destination: {host: ratings, subset: v1}}]
+  - retries: {attempts: 2, backoff: 40ms, retryIgnorePreviousHosts: false}
+    route: [{destination: {host: ratings, subset: v2}}]
+"#;
+    let cfg = config_with(&[], vs).await;
+    let node = Node {
+        interception: Interception::None,
+        ..Node::sidecar("default")
+    };
+    let (_app, addr) = run(&cfg, &node, "127.0.0.1_9080").await;
+    let mut c = H1::connect(addr).await;
+    let g = get(&mut c, "ratings:9080", "/old-ratings/7?x=1", None).await;
+    assert_eq!(g.status, 308, "{}", g.body);
+    assert_eq!(
+        g.headers["location"], "http://ratings:9080/ratings/7?x=1",
+        "the matched prefix is replaced"
+    );
+    let g = get(&mut c, "ratings:9080", "/grpc.Service/Call", None).await;
+    assert_eq!(g.status, 200, "gRPC errors ride on 200: {}", g.body);
+    assert_eq!(g.headers["grpc-status"], "14", "UNAVAILABLE");
+    assert!(g.field("name").is_none(), "reached upstream: {}", g.body);
+    assert_eq!(
+        upstream_of(&mut c, "ratings:9080", None).await,
+        "ratings-v2"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,9 +74,9 @@ impl Policy {
     }
 }
 
-/// The merged policy for `host:port` (and `subset`) as seen from namespace `ns`.
-pub fn policy_for(reg: &Registry, host: &str, port: u32, subset: &str, ns: &str) -> Policy {
-    let Some((_, dr)) = reg.destination_rule(host, ns) else {
+/// The merged policy for `host:port` (and `subset`) as seen from `node`.
+pub fn policy_for(reg: &Registry, host: &str, port: u32, subset: &str, node: &Node) -> Policy {
+    let Some((_, dr)) = reg.destination_rule(host, &node.namespace, &node.labels) else {
         return Policy::default();
     };
     let p = Policy::default().overlay(dr.traffic_policy.as_ref(), port);
@@ -336,11 +336,13 @@ pub fn build_outbound(reg: &Registry, node: &Node, out: &mut Resources) {
         .filter(|s| s.visible_from(&node.namespace))
     {
         for port in &svc.ports {
-            let policy = policy_for(reg, &svc.hostname, port.port, "", &node.namespace);
+            let policy = policy_for(reg, &svc.hostname, port.port, "", node);
             outbound(out, node, svc, port, "", &BTreeMap::new(), &policy);
-            if let Some((_, dr)) = reg.destination_rule(&svc.hostname, &node.namespace) {
+            if let Some((_, dr)) =
+                reg.destination_rule(&svc.hostname, &node.namespace, &node.labels)
+            {
                 for s in &dr.subsets {
-                    let p = policy_for(reg, &svc.hostname, port.port, &s.name, &node.namespace);
+                    let p = policy_for(reg, &svc.hostname, port.port, &s.name, node);
                     outbound(out, node, svc, port, &s.name, &s.labels, &p);
                 }
             }

@@ -272,6 +272,8 @@ pub struct HttpRedirect {
     pub derive_port: Option<String>,
     pub scheme: Option<String>,
     pub redirect_code: Option<u32>,
+    /// Replaces the matched URI prefix in the Location (Envoy's `prefix_rewrite`).
+    pub prefix_rewrite: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -318,6 +320,10 @@ pub struct HttpRetry {
     pub per_try_timeout: Option<String>,
     pub retry_on: Option<String>,
     pub retry_remote_localities: Option<bool>,
+    /// Base interval of the exponential back-off between retries (Envoy's default is 25ms).
+    pub backoff: Option<String>,
+    /// Retries avoid hosts already tried (istiod's default: true).
+    pub retry_ignore_previous_hosts: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -422,7 +428,15 @@ pub struct DestinationRuleSpec {
     pub subsets: Vec<Subset>,
     #[serde(default)]
     pub export_to: Vec<String>,
-    pub workload_selector: Option<WorkloadSelector>,
+    pub workload_selector: Option<MatchLabels>,
+}
+
+/// `istio.type.v1beta1.WorkloadSelector` (DestinationRule's selector): `matchLabels`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MatchLabels {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -445,6 +459,8 @@ pub struct TrafficPolicy {
     pub port_level_settings: Vec<PortTrafficPolicy>,
     pub tunnel: Option<serde_yaml_ng::Value>,
     pub proxy_protocol: Option<serde_yaml_ng::Value>,
+    /// Not implemented: read so a policy holding only this is not refused as empty.
+    pub retry_budget: Option<serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -540,29 +540,36 @@ impl Registry {
             .find(|(o, _)| o.namespace == gns && o.meta.name == gname)
     }
 
-    /// The DestinationRule that applies to `host` for a client in `ns`: an exact host match
-    /// before wildcards, the client's namespace before the host's.
+    /// The DestinationRule that applies to `host` for a client in `ns` with `labels`: an
+    /// exact host match before wildcards, the client's namespace before the host's, and (as
+    /// istiod's sidecar scope does for outbound traffic) among equals, a rule of the client's
+    /// namespace whose `workloadSelector` matches the client before the rule without one.
+    /// Rules with a selector apply only to the workloads they select in their namespace.
     pub fn destination_rule(
         &self,
         host: &str,
         ns: &str,
+        labels: &BTreeMap<String, String>,
     ) -> Option<(&Object, &DestinationRuleSpec)> {
         let mut best: Option<(i32, (&Object, &DestinationRuleSpec))> = None;
         for o in &self.objects {
             let Kind::DestinationRule(dr) = &o.kind else {
                 continue;
             };
-            if !visible(&dr.export_to, &o.namespace, ns) || dr.workload_selector.is_some() {
-                continue;
-            }
+            let selected = match &dr.workload_selector {
+                None if visible(&dr.export_to, &o.namespace, ns) => false,
+                Some(sel) if o.namespace == ns && labels_match(&sel.match_labels, labels) => true,
+                _ => continue,
+            };
             let h = self.resolve(&dr.host, &o.namespace);
             let score = if h == host {
-                1000
+                4000
             } else if host_matches(&h, host) {
-                h.len() as i32
+                2 * h.len() as i32
             } else {
                 continue;
-            } + if o.namespace == ns { 2000 } else { 0 };
+            } + if o.namespace == ns { 8000 } else { 0 }
+                + i32::from(selected);
             if best.as_ref().is_none_or(|(s, _)| score > *s) {
                 best = Some((score, (o, dr)));
             }
@@ -572,7 +579,7 @@ impl Registry {
 
     /// The subset `name` of `host` as seen from `ns`.
     pub fn subset(&self, host: &str, name: &str, ns: &str) -> Option<&Subset> {
-        self.destination_rule(host, ns)
+        self.destination_rule(host, ns, &BTreeMap::new())
             .and_then(|(_, dr)| dr.subsets.iter().find(|s| s.name == name))
     }
 }

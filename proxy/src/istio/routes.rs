@@ -19,7 +19,7 @@ use super::model::{
     Destination, Headers, HttpMatch, HttpRoute, Kind, Object, StringMatch, VirtualServiceSpec,
 };
 use super::registry::{host_matches, visible, Registry, Service, DOMAIN};
-use super::validate::{parse_duration, Level, Message};
+use super::validate::{self, parse_duration, Level, Message};
 use super::{pb, Node, Resources};
 
 /// Where routes are being generated: a port, and the gateway (`None` = the mesh, sidecars).
@@ -266,7 +266,10 @@ pub fn dest_cluster(ctx: &Ctx, d: &Destination, ns: &str) -> (String, Option<u32
 /// port-level one. Returns the hash policy and whether consistent hashing is configured.
 fn hash_policy(ctx: &Ctx, d: &Destination, ns: &str) -> (Option<Value>, bool) {
     let host = ctx.reg.resolve(&d.host, ns);
-    let Some((_, dr)) = ctx.reg.destination_rule(&host, &ctx.node.namespace) else {
+    let Some((_, dr)) = ctx
+        .reg
+        .destination_rule(&host, &ctx.node.namespace, &ctx.node.labels)
+    else {
         return (None, false);
     };
     let port = d.port.as_ref().and_then(|p| p.number);
@@ -493,6 +496,9 @@ fn route(ctx: &Ctx, vs_obj: &Object, r: &HttpRoute, m: &HttpMatch) -> Value {
         if let Some(s) = &red.scheme {
             v["scheme_redirect"] = json!(s);
         }
+        if let Some(p) = &red.prefix_rewrite {
+            v["prefix_rewrite"] = json!(p);
+        }
         // istiod: `derivePort: FROM_REQUEST_PORT` is the port routes are built for; the
         // scheme's default port is left out of the Location.
         let port = match (red.port, red.derive_port.as_deref()) {
@@ -606,6 +612,20 @@ fn route(ctx: &Ctx, vs_obj: &Object, r: &HttpRoute, m: &HttpMatch) -> Value {
                 if let Some(t) = rt.per_try_timeout.as_deref().and_then(parse_duration) {
                     p["per_try_timeout"] = json!(dur(t));
                 }
+                // istiod: an explicit retryIgnorePreviousHosts decides the host predicate,
+                // consistent hashing or not.
+                if let Some(ignore) = rt.retry_ignore_previous_hosts {
+                    let default = default_retry();
+                    match ignore {
+                        true => p["retry_host_predicate"] = default["retry_host_predicate"].clone(),
+                        false => {
+                            p.as_object_mut().unwrap().remove("retry_host_predicate");
+                        }
+                    }
+                }
+                if let Some(t) = rt.backoff.as_deref().and_then(parse_duration) {
+                    p["retry_back_off"] = json!({"base_interval": dur(t)});
+                }
                 action["retry_policy"] = p;
             }
         }
@@ -639,6 +659,8 @@ fn route(ctx: &Ctx, vs_obj: &Object, r: &HttpRoute, m: &HttpMatch) -> Value {
         if let Some(a) = &f.abort {
             if let Some(s) = a.http_status {
                 v["abort"] = json!({"http_status": s, "percentage": percent(&a.percentage, None)});
+            } else if let Some(g) = a.grpc_status.as_deref().and_then(validate::grpc_code) {
+                v["abort"] = json!({"grpc_status": g, "percentage": percent(&a.percentage, None)});
             }
         }
         tpfc.insert("envoy.filters.http.fault".into(), v);

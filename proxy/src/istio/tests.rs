@@ -260,6 +260,7 @@ spec:
     hosts: ["ns1/a.example.com", "other/x.example.com"]
   - port: {{number: 443, name: https, protocol: HTTPS}}
     hosts: ["*"]
+    tls: {{mode: SIMPLE, credentialName: gw-cert}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -749,7 +750,7 @@ spec:
     headers: {request: {set: {x-r: "1", ":authority": route.example}}}
     route:
     - destination: {host: web, port: {number: 80}}
-      headers: {request: {set: {x-d: "1", host: dest.example}, remove: [host, x-gone]}}
+      headers: {request: {set: {x-d: "1", host: dest.example}, remove: [x-gone]}}
   - match: [{uri: {prefix: /split}}]
     route:
     - destination: {host: web, subset: v1}
@@ -1255,4 +1256,106 @@ fn http10_node_metadata_makes_every_connection_manager_accept_http10() {
     }
     let (_, j) = tr(SVC, &Node::sidecar("ns1"));
     assert!(!j["listeners"].to_string().contains("accept_http_10"));
+}
+
+/// istiod's retry conversion: `backoff` is the base interval, an explicit
+/// `retryIgnorePreviousHosts` decides the previous-hosts predicate (even with hashing).
+#[test]
+fn retry_backoff_and_previous_hosts_as_istiod() {
+    let vs = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: ns1}
+spec:
+  hosts: [web]
+  http:
+  - match: [{uri: {prefix: /a}}]
+    retries: {attempts: 4, backoff: 40ms, retryIgnorePreviousHosts: false}
+    route: [{destination: {host: web}}]
+  - match: [{uri: {prefix: /b}}]
+    retries: {attempts: 1, retryIgnorePreviousHosts: true}
+    route: [{destination: {host: web}}]
+  - route: [{destination: {host: web}}]
+"#;
+    let (r, j) = tr(&format!("{SVC}{vs}"), &Node::sidecar("ns1"));
+    let routes = rt(&j, "80", "web.ns1.svc.cluster.local:80");
+    let a = &routes[0]["route"]["retry_policy"];
+    assert_eq!(a["num_retries"], 4);
+    assert_eq!(a["retry_back_off"]["base_interval"], "0.040s");
+    assert!(a.get("retry_host_predicate").is_none());
+    let b = &routes[1]["route"]["retry_policy"];
+    assert!(b.get("retry_back_off").is_none());
+    assert_eq!(
+        b["retry_host_predicate"][0]["name"],
+        "envoy.retry_host_predicates.previous_hosts"
+    );
+    // The data path reads them back.
+    for rc in &r.routes {
+        crate::route::RouteTable::from_proto(rc).unwrap();
+    }
+}
+
+/// A DestinationRule with a `workloadSelector` applies to the workloads it selects in its own
+/// namespace, before the namespace's rule without a selector; everyone else gets that one.
+#[test]
+fn destination_rules_with_workload_selectors_apply_to_the_selected_workloads() {
+    let drs = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: all, namespace: ns1}
+spec:
+  host: web
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: canary-clients, namespace: ns1}
+spec:
+  host: web
+  workloadSelector: {matchLabels: {app: canary}}
+  trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: elsewhere, namespace: ns2}
+spec:
+  host: web.ns1.svc.cluster.local
+  workloadSelector: {matchLabels: {app: canary}}
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+"#;
+    let lb = |ns: &str, labels: &[(&str, &str)]| {
+        let mut node = Node::sidecar(ns);
+        for (k, v) in labels {
+            node.labels.insert(k.to_string(), v.to_string());
+        }
+        // SVC's own DestinationRule moves away, so only these three apply.
+        let yaml = format!("{SVC}{drs}").replace(
+            "kind: DestinationRule\nmetadata: {name: web, namespace: ns1}",
+            "kind: DestinationRule\nmetadata: {name: web, namespace: other}",
+        );
+        let (r, _) = tr(&yaml, &node);
+        let c = to_json(r.cluster("outbound|80||web.ns1.svc.cluster.local").unwrap());
+        let subset = r
+            .cluster("outbound|80|v1|web.ns1.svc.cluster.local")
+            .is_some();
+        (
+            c["lb_policy"].as_str().unwrap_or("ROUND_ROBIN").to_string(),
+            subset,
+        )
+    };
+    assert_eq!(
+        lb("ns1", &[("app", "canary")]),
+        ("LEAST_REQUEST".into(), true)
+    );
+    assert_eq!(lb("ns1", &[("app", "other")]), ("RANDOM".into(), false));
+    assert_eq!(lb("ns1", &[]), ("RANDOM".into(), false));
+    // In ns2 the selector rule is ns2's own; ns1's rules (exported everywhere) lose to it.
+    assert_eq!(
+        lb("ns2", &[("app", "canary")]),
+        ("ROUND_ROBIN".into(), false)
+    );
+    assert_eq!(lb("ns2", &[]), ("RANDOM".into(), false));
 }
