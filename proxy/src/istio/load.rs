@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use super::model::{Kind, Meta, Object, Origin};
-use super::validate::{Level, Message};
+use super::validate::{names, Level, Message};
 
 /// Errors that stop loading altogether (an unreadable directory).
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +154,25 @@ fn load_value(file: &str, doc: usize, v: Value, prefix: &str, out: &mut Loaded) 
             "name is required; skipped".into(),
         ));
         return;
+    }
+    // What the Kubernetes API server would refuse before any controller sees it.
+    if let Some(problem) = names::object_name_problem(&kind, &obj.meta.name) {
+        out.messages.push(msg(
+            Level::Error,
+            "metadata.name",
+            format!("{problem}; skipped"),
+        ));
+        return;
+    }
+    if let Some(ns) = obj.meta.namespace.as_deref().filter(|n| !n.is_empty()) {
+        if !names::is_lowercase_label(ns) {
+            out.messages.push(msg(
+                Level::Error,
+                "metadata.namespace",
+                format!("{ns:?} is not a namespace name (lowercase DNS-1123 label); skipped"),
+            ));
+            return;
+        }
     }
     let spec = v.get("spec").cloned().unwrap_or(Value::Null);
     let istio_versions = ["v1alpha3", "v1beta1", "v1"];

@@ -18,6 +18,30 @@ pub fn is_label(s: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
 }
 
+/// A lowercase DNS-1123 label, as Kubernetes requires of namespace names.
+pub fn is_lowercase_label(s: &str) -> bool {
+    is_label(s) && !s.bytes().any(|b| b.is_ascii_uppercase())
+}
+
+/// Why Kubernetes would refuse `name` for an object of `kind`: Services need a DNS-1035 label
+/// (lowercase, starting with a letter), Namespaces a DNS-1123 label, everything else a DNS-1123
+/// subdomain (lowercase labels joined by dots, at most 253 characters).
+pub fn object_name_problem(kind: &str, name: &str) -> Option<String> {
+    let ok = match kind {
+        "Service" => is_lowercase_label(name) && name.as_bytes()[0].is_ascii_lowercase(),
+        "Namespace" => is_lowercase_label(name),
+        _ => name.len() <= 253 && name.split('.').all(is_lowercase_label),
+    };
+    (!ok).then(|| {
+        let rule = match kind {
+            "Service" => "a DNS-1035 label: lowercase letters, digits and '-', starting with a letter, at most 63",
+            "Namespace" => "a DNS-1123 label: lowercase letters, digits and '-', at most 63",
+            _ => "a DNS-1123 subdomain: lowercase letters, digits, '-' and '.', at most 253",
+        };
+        format!("{name:?} is not a valid {kind} name ({rule})")
+    })
+}
+
 /// A first host label that may carry a wildcard: `*`, `*foo`, `*-foo` or a plain label.
 fn is_wildcard_label(s: &str) -> bool {
     if s == "*" {
@@ -424,6 +448,19 @@ mod tests {
         for bad in ["abc%123", "%UNCLOSED", "%REQ(x%", "a\nb", "50%"] {
             assert!(check_header_value(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn kubernetes_object_names() {
+        assert!(object_name_problem("DestinationRule", "reviews.v1").is_none());
+        assert!(object_name_problem("DestinationRule", "^(").is_some());
+        assert!(object_name_problem("VirtualService", "Reviews").is_some());
+        assert!(object_name_problem("VirtualService", &"a".repeat(254)).is_some());
+        assert!(object_name_problem("Service", "reviews-v1").is_none());
+        assert!(object_name_problem("Service", "1reviews").is_some());
+        assert!(object_name_problem("Service", "a.b").is_some());
+        assert!(object_name_problem("Namespace", "bookinfo").is_none());
+        assert!(object_name_problem("Namespace", "book.info").is_some());
     }
 
     #[test]

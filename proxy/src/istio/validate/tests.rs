@@ -200,6 +200,27 @@ fn gateway_names_are_dns_labels_but_other_kinds_are_not_checked() {
 }
 
 #[test]
+fn names_kubernetes_refuses_are_refused() {
+    let vs = "  hosts: [web]\n  http:\n  - route: [{destination: {host: web}}]\n";
+    for name in ["Web", "web_1", "'^('", "-web"] {
+        let l = load("VirtualService", name, vs);
+        assert!(l.objects.is_empty(), "{name}");
+        assert!(
+            l.messages.iter().any(|m| m.field == "metadata.name"),
+            "{name}"
+        );
+    }
+    let mut l = Loaded::default();
+    load_str(
+        "v.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: 9web, namespace: ns1}\nspec: {ports: [{port: 80}]}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web, namespace: NS1}\nspec: {host: web}\n",
+        &mut l,
+    );
+    assert!(l.objects.is_empty(), "{:#?}", l.messages);
+    assert!(l.messages.iter().any(|m| m.field == "metadata.namespace"));
+}
+
+#[test]
 fn warnings_keep_the_resource() {
     for (kind, spec, field) in [
         ("VirtualService", "  hosts: [web]\n  gateways: [gw.istio-system]\n  http:\n  - route: [{destination: {host: web}}]\n", "spec.gateways[0]"),
