@@ -317,6 +317,41 @@ spec:
     );
 }
 
+/// MeshConfig `outboundTrafficPolicy: REGISTRY_ONLY`: hosts the mesh knows still route, any
+/// other host gets istiod's `block_all` 502 instead of being passed through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_only_refuses_unknown_hosts() {
+    let mesh = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |-
+    outboundTrafficPolicy:
+      mode: REGISTRY_ONLY
+"#;
+    let cfg = config_with(&["virtual-service-all-v1.yaml"], mesh).await;
+    let node = Node {
+        interception: Interception::None,
+        ..Node::sidecar("default")
+    };
+    let (_app, addr) = run(&cfg, &node, "127.0.0.1_9080").await;
+    let mut c = H1::connect(addr).await;
+    assert_eq!(
+        upstream_of(&mut c, "reviews:9080", None).await,
+        "reviews-v1"
+    );
+    for host in ["unknown.example.com", "10.9.9.9:9080", "reviews.other:9080"] {
+        let g = get(&mut c, host, "/", None).await;
+        assert_eq!(g.status, 502, "{host}: {}", g.body);
+        assert!(g.field("name").is_none(), "{host} reached an upstream");
+    }
+    assert_eq!(
+        upstream_of(&mut c, "ratings:9080", None).await,
+        "ratings-v1"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_exposes_only_documented_paths() {
     let cfg = config(&["bookinfo-gateway.yaml"]).await;

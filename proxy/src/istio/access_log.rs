@@ -7,7 +7,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use prost::Message;
 use serde_json::{json, Value};
 
-use super::model::{Kind, MeshConfig};
+use super::model::MeshConfig;
 use super::registry::Registry;
 use super::Node;
 
@@ -47,16 +47,7 @@ fn istio_json_format() -> Value {
 /// The mesh's access log settings for `node`: the CLI's file wins over the ConfigMap's; the
 /// ConfigMap in `istio-system` wins over one elsewhere.
 pub fn settings(reg: &Registry, node: &Node) -> Option<MeshConfig> {
-    let mut mesh = reg
-        .objects
-        .iter()
-        .filter_map(|o| match &o.kind {
-            Kind::MeshConfig(m) => Some((o.namespace == "istio-system", m)),
-            _ => None,
-        })
-        .max_by_key(|(root, _)| *root)
-        .map(|(_, m)| m.clone())
-        .unwrap_or_default();
+    let mut mesh = reg.mesh.clone();
     if let Some(f) = &node.access_log_file {
         mesh.access_log_file = f.clone();
     }

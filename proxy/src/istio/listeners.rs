@@ -369,7 +369,7 @@ pub fn build_sidecar(
                 if !names.is_empty() {
                     p.chains.push(json!({"name": svc.hostname, "filter_chain_match": {"server_names": names}, "filters": [tcp_proxy(&clusters)]}));
                 }
-                p.default.get_or_insert_with(|| json!({"name": "passthrough", "filters": [tcp_proxy(&[("PassthroughCluster".into(), 1)])]}));
+                p.default.get_or_insert_with(|| json!({"name": "passthrough", "filters": [tcp_proxy(&[(unknown_hosts(reg).into(), 1)])]}));
             } else if p.default.is_none() {
                 p.owner = svc.hostname.clone();
                 p.default = Some(json!({"name": svc.hostname, "filters": [tcp_proxy(&clusters)]}));
@@ -420,10 +420,20 @@ pub fn build_sidecar(
                 "traffic_direction": "OUTBOUND",
                 "filter_chains": [{"name": "virtualOutbound-blackhole", "filter_chain_match": {"destination_port": 15001},
                                    "filters": [tcp_proxy(&[("BlackHoleCluster".into(), 1)])]}],
-                "default_filter_chain": {"name": "virtualOutbound-catchall-tcp", "filters": [tcp_proxy(&[("PassthroughCluster".into(), 1)])]},
+                "default_filter_chain": {"name": "virtualOutbound-catchall-tcp", "filters": [tcp_proxy(&[(unknown_hosts(reg).into(), 1)])]},
             }),
         );
         push(out, "virtualInbound", virtual_inbound(inbound));
+    }
+}
+
+/// Where traffic to hosts the mesh does not know goes: PassthroughCluster, or BlackHoleCluster
+/// under `outboundTrafficPolicy: REGISTRY_ONLY` (istiod's catch-all chains).
+fn unknown_hosts(reg: &Registry) -> &'static str {
+    if reg.registry_only() {
+        "BlackHoleCluster"
+    } else {
+        "PassthroughCluster"
     }
 }
 

@@ -691,6 +691,16 @@ pub struct MeshConfig {
     pub access_log_encoding: String,
     /// `accessLogFormat`: a custom text format, or JSON keys to operators.
     pub access_log_format: String,
+    /// `outboundTrafficPolicy`: what sidecars do with traffic to hosts the mesh does not know.
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+}
+
+/// MeshConfig `outboundTrafficPolicy`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OutboundTrafficPolicy {
+    /// `ALLOW_ANY` (the default: pass such traffic through) or `REGISTRY_ONLY` (refuse it).
+    pub mode: String,
 }
 
 impl Kind {

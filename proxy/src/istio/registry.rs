@@ -120,6 +120,9 @@ pub struct Registry {
     pub services: Vec<Service>,
     pub objects: Vec<Object>,
     pub messages: Vec<Message>,
+    /// The mesh-wide settings: the `istio` ConfigMap of `istio-system` if there is one, else
+    /// any other, else the defaults.
+    pub mesh: super::model::MeshConfig,
 }
 
 fn labels_match(sel: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
@@ -140,6 +143,15 @@ fn port_protocol(p: &ServicePort) -> Protocol {
 }
 
 impl Registry {
+    /// `outboundTrafficPolicy.mode: REGISTRY_ONLY`: traffic to unknown hosts is refused
+    /// (BlackHoleCluster, HTTP 502) instead of passed through.
+    pub fn registry_only(&self) -> bool {
+        self.mesh
+            .outbound_traffic_policy
+            .mode
+            .eq_ignore_ascii_case("REGISTRY_ONLY")
+    }
+
     /// Builds the registry from loaded objects.
     pub fn build(objects: &[Object]) -> Registry {
         // A later definition of the same kind/namespace/name replaces the earlier one, as
@@ -185,9 +197,19 @@ impl Registry {
             kept[slot] = vs;
         }
         let objects = &kept[..];
+        let mesh = objects
+            .iter()
+            .filter_map(|o| match &o.kind {
+                Kind::MeshConfig(m) => Some((o.namespace == "istio-system", m)),
+                _ => None,
+            })
+            .max_by_key(|(root, _)| *root)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default();
         let mut r = Registry {
             objects: objects.to_vec(),
             messages,
+            mesh,
             ..Default::default()
         };
         let pods: BTreeMap<(String, String), &Object> = objects

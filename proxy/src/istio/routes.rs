@@ -898,9 +898,15 @@ pub fn build_sidecar(reg: &Registry, node: &Node, out: &mut Resources) {
                 vhosts.push(json!({"name": format!("{host}:{port}"), "domains": doms, "routes": routes, "include_request_attempt_count": true}));
             }
         }
-        vhosts.push(json!({"name": "allow_any", "domains": ["*"], "routes": [
-            {"name": "allow_any", "match": {"prefix": "/"}, "route": {"cluster": "PassthroughCluster", "timeout": "0s", "max_grpc_timeout": "0s"}}
-        ], "include_request_attempt_count": true}));
+        vhosts.push(if reg.registry_only() {
+            json!({"name": "block_all", "domains": ["*"], "routes": [
+                {"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 502}}
+            ], "include_request_attempt_count": true})
+        } else {
+            json!({"name": "allow_any", "domains": ["*"], "routes": [
+                {"name": "allow_any", "match": {"prefix": "/"}, "route": {"cluster": "PassthroughCluster", "timeout": "0s", "max_grpc_timeout": "0s"}}
+            ], "include_request_attempt_count": true})
+        });
         let name = port.to_string();
         let rc = json!({"name": name, "virtual_hosts": vhosts, "validate_clusters": false});
         match pb::<RouteConfiguration>(&name, rc) {

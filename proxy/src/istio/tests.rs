@@ -1359,3 +1359,48 @@ spec:
     );
     assert_eq!(lb("ns2", &[]), ("RANDOM".into(), false));
 }
+
+/// `outboundTrafficPolicy.mode: REGISTRY_ONLY` in the `istio` ConfigMap: istiod's catch-alls
+/// send unknown traffic to BlackHoleCluster and unknown HTTP hosts to a 502 `block_all`.
+#[test]
+fn registry_only_blocks_what_allow_any_passes_through() {
+    let se = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: ns1}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+"#;
+    let mesh = |mode: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |-\n    outboundTrafficPolicy: {{mode: {mode}}}\n"
+        )
+    };
+    for (mode, cluster, vhost) in [
+        ("ALLOW_ANY", "PassthroughCluster", "allow_any"),
+        ("REGISTRY_ONLY", "BlackHoleCluster", "block_all"),
+    ] {
+        let (r, j) = tr(&format!("{SVC}{se}{}", mesh(mode)), &Node::sidecar("ns1"));
+        let vo = to_json(r.listener("virtualOutbound").unwrap());
+        assert_eq!(
+            vo["default_filter_chain"]["filters"][0]["typed_config"]["cluster"], cluster,
+            "{mode}"
+        );
+        let tls = to_json(r.listener("0.0.0.0_443").unwrap());
+        assert_eq!(
+            tls["default_filter_chain"]["filters"][0]["typed_config"]["cluster"], cluster,
+            "{mode}: SNI that names no host"
+        );
+        let last = rt(&j, "80", vhost);
+        assert_eq!(last[0]["name"], vhost);
+        if mode == "REGISTRY_ONLY" {
+            assert_eq!(last[0]["direct_response"]["status"], 502);
+        }
+        for rc in &r.routes {
+            crate::route::RouteTable::from_proto(rc).unwrap();
+        }
+    }
+}
