@@ -330,11 +330,7 @@ fn outbound(
 
 /// All outbound clusters visible to the node, plus the fixed ones.
 pub fn build_outbound(reg: &Registry, node: &Node, out: &mut Resources) {
-    for svc in reg
-        .services
-        .iter()
-        .filter(|s| s.visible_from(&node.namespace))
-    {
+    for svc in reg.services.iter().filter(|s| reg.sees(s, &node.namespace)) {
         for port in &svc.ports {
             let policy = policy_for(reg, &svc.hostname, port.port, "", node);
             outbound(out, node, svc, port, "", &BTreeMap::new(), &policy);

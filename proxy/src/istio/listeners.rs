@@ -183,7 +183,7 @@ pub fn build_sidecar(
         let svcs: Vec<&Service> = reg
             .services
             .iter()
-            .filter(|s| s.visible_from(&node.namespace) && s.ports.iter().any(|p| p.port == port))
+            .filter(|s| reg.sees(s, &node.namespace) && s.ports.iter().any(|p| p.port == port))
             .collect();
         let sniff = svcs.iter().any(|s| {
             s.ports
@@ -217,11 +217,7 @@ pub fn build_sidecar(
         }
     }
     // TCP, TLS and opaque service ports.
-    for svc in reg
-        .services
-        .iter()
-        .filter(|s| s.visible_from(&node.namespace))
-    {
+    for svc in reg.services.iter().filter(|s| reg.sees(s, &node.namespace)) {
         for sp in svc
             .ports
             .iter()

@@ -233,6 +233,7 @@ fn load_value(file: &str, doc: usize, v: Value, prefix: &str, out: &mut Loaded) 
             "ServiceEntry" => spec_of(spec, &mut msgs).map(Kind::ServiceEntry),
             "WorkloadEntry" => spec_of(spec, &mut msgs).map(Kind::WorkloadEntry),
             "Gateway" => spec_of(spec, &mut msgs).map(Kind::Gateway),
+            "Sidecar" => spec_of(spec, &mut msgs).map(Kind::Sidecar),
             _ => {
                 out.messages.push(msg(
                     Level::Warning,

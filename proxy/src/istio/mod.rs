@@ -141,6 +141,9 @@ pub(crate) fn pb<T: prost::Message + prost::Name + Default>(
 pub fn translate(cfg: &Config, node: &Node) -> Resources {
     let mut reg = Registry::build(&cfg.objects);
     reg.assign_auto_vips();
+    if node.role == Role::Sidecar {
+        reg.select_sidecar(&node.namespace, &node.labels);
+    }
     let mut out = Resources {
         messages: cfg.messages.clone(),
         ..Default::default()

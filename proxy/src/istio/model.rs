@@ -655,6 +655,33 @@ pub struct ServerPort {
     pub target_port: Option<u32>,
 }
 
+// ---------------------------------------------------------------- Sidecar
+
+/// `Sidecar`: which services a workload's sidecar sees (`egress[].hosts`) and what it does
+/// with traffic to unknown hosts. `ingress` and the rest are read so they can be reported.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarSpec {
+    pub workload_selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub egress: Vec<EgressListener>,
+    #[serde(default)]
+    pub ingress: Vec<serde_yaml_ng::Value>,
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+    pub inbound_connection_pool: Option<serde_yaml_ng::Value>,
+}
+
+/// `Sidecar.egress[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressListener {
+    pub port: Option<serde_yaml_ng::Value>,
+    pub bind: Option<String>,
+    pub capture_mode: Option<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
 // ---------------------------------------------------------------- loaded objects
 
 /// One loaded resource of a kind translation understands.
@@ -676,6 +703,7 @@ pub enum Kind {
     ServiceEntry(ServiceEntrySpec),
     WorkloadEntry(WorkloadEntrySpec),
     Gateway(GatewaySpec),
+    Sidecar(SidecarSpec),
     /// The mesh-wide settings from the `istio` ConfigMap (`data.mesh`).
     MeshConfig(MeshConfig),
 }
@@ -701,6 +729,8 @@ pub struct MeshConfig {
 pub struct OutboundTrafficPolicy {
     /// `ALLOW_ANY` (the default: pass such traffic through) or `REGISTRY_ONLY` (refuse it).
     pub mode: String,
+    /// Not implemented: where ALLOW_ANY traffic would go instead of PassthroughCluster.
+    pub egress_proxy: Option<serde_yaml_ng::Value>,
 }
 
 impl Kind {
@@ -716,6 +746,7 @@ impl Kind {
             Kind::ServiceEntry(_) => "ServiceEntry",
             Kind::WorkloadEntry(_) => "WorkloadEntry",
             Kind::Gateway(_) => "Gateway",
+            Kind::Sidecar(_) => "Sidecar",
             Kind::MeshConfig(_) => "ConfigMap",
         }
     }

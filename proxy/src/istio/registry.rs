@@ -123,6 +123,32 @@ pub struct Registry {
     /// The mesh-wide settings: the `istio` ConfigMap of `istio-system` if there is one, else
     /// any other, else the defaults.
     pub mesh: super::model::MeshConfig,
+    /// The `Sidecar` resource that scopes the proxy being translated for, if any.
+    pub sidecar: Option<SidecarScope>,
+}
+
+/// What one `Sidecar` resource lets a proxy see: `egress[].hosts` as `(namespace, host)`
+/// imports and `~`-prefixed exclusions (`*` for any namespace, `.` already resolved).
+#[derive(Debug, Clone, Default)]
+pub struct SidecarScope {
+    /// `Sidecar ns/name`, for messages.
+    pub id: String,
+    pub imports: Vec<(String, String)>,
+    pub excludes: Vec<(String, String)>,
+    /// `outboundTrafficPolicy.mode`, which overrides the mesh's.
+    pub mode: Option<String>,
+}
+
+impl SidecarScope {
+    /// Whether `hostname` of a service in `ns` is imported (istiod's `selectServices`: an
+    /// exclusion wins, then an import in the service's namespace or in `*`).
+    pub fn sees(&self, ns: &str, hostname: &str) -> bool {
+        let hit = |list: &[(String, String)]| {
+            list.iter()
+                .any(|(n, h)| (n == "*" || n == ns) && host_matches(h, hostname))
+        };
+        !hit(&self.excludes) && hit(&self.imports)
+    }
 }
 
 fn labels_match(sel: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
@@ -146,10 +172,77 @@ impl Registry {
     /// `outboundTrafficPolicy.mode: REGISTRY_ONLY`: traffic to unknown hosts is refused
     /// (BlackHoleCluster, HTTP 502) instead of passed through.
     pub fn registry_only(&self) -> bool {
-        self.mesh
-            .outbound_traffic_policy
-            .mode
+        self.sidecar
+            .as_ref()
+            .and_then(|s| s.mode.as_deref())
+            .unwrap_or(&self.mesh.outbound_traffic_policy.mode)
             .eq_ignore_ascii_case("REGISTRY_ONLY")
+    }
+
+    /// Whether a proxy in `ns` sees service `s`: its `exportTo`, and the proxy's `Sidecar`.
+    pub fn sees(&self, s: &Service, ns: &str) -> bool {
+        s.visible_from(ns)
+            && self
+                .sidecar
+                .as_ref()
+                .is_none_or(|sc| sc.sees(&s.namespace, &s.hostname))
+    }
+
+    /// Picks the `Sidecar` for a workload in `ns` with `labels`, as istiod does: one of its
+    /// namespace whose `workloadSelector` matches (the oldest, then by name), else its
+    /// namespace's without a selector, else `istio-system`'s without a selector.
+    pub fn select_sidecar(&mut self, ns: &str, labels: &BTreeMap<String, String>) {
+        let mut candidates: Vec<(u8, Option<&str>, &str, &Object, &super::model::SidecarSpec)> =
+            Vec::new();
+        for o in &self.objects {
+            let Kind::Sidecar(sc) = &o.kind else { continue };
+            let rank = match &sc.workload_selector {
+                Some(sel) if o.namespace == ns && labels_match(&sel.labels, labels) => 0,
+                Some(_) => continue,
+                None if o.namespace == ns => 1,
+                None if o.namespace == "istio-system" => 2,
+                None => continue,
+            };
+            candidates.push((
+                rank,
+                o.meta.creation_timestamp.as_deref(),
+                &o.meta.name,
+                o,
+                sc,
+            ));
+        }
+        candidates.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+        let Some(&(_, _, _, o, sc)) = candidates.first() else {
+            self.sidecar = None;
+            return;
+        };
+        let mut scope = SidecarScope {
+            id: o.id(),
+            mode: sc.outbound_traffic_policy.as_ref().map(|p| p.mode.clone()),
+            ..Default::default()
+        };
+        let hosts: Vec<&String> = sc.egress.iter().flat_map(|e| &e.hosts).collect();
+        if sc.egress.is_empty() {
+            scope.imports.push(("*".into(), "*".into()));
+        }
+        for h in hosts {
+            let Some((n, name)) = h.split_once('/') else {
+                continue;
+            };
+            let (excluded, n) = match n.strip_prefix('~') {
+                Some("") => (true, "*"),
+                Some(rest) => (true, rest),
+                None => (false, n),
+            };
+            let n = if n == "." { o.namespace.as_str() } else { n };
+            let entry = (n.to_string(), name.to_string());
+            if excluded {
+                scope.excludes.push(entry);
+            } else {
+                scope.imports.push(entry);
+            }
+        }
+        self.sidecar = Some(scope);
     }
 
     /// Builds the registry from loaded objects.

@@ -791,11 +791,7 @@ pub fn mesh_vs_for<'a>(
 /// Route configurations for a sidecar: one per HTTP (or sniffed) port of visible services.
 pub fn build_sidecar(reg: &Registry, node: &Node, out: &mut Resources) {
     let mut by_port: BTreeMap<u32, Vec<&Service>> = BTreeMap::new();
-    for s in reg
-        .services
-        .iter()
-        .filter(|s| s.visible_from(&node.namespace))
-    {
+    for s in reg.services.iter().filter(|s| reg.sees(s, &node.namespace)) {
         for p in &s.ports {
             if p.protocol.is_http() || p.protocol == super::registry::Protocol::Unknown {
                 by_port.entry(p.port).or_default().push(s);
@@ -841,7 +837,7 @@ pub fn build_sidecar(reg: &Registry, node: &Node, out: &mut Resources) {
         let svc_hosts: Vec<&str> = reg
             .services
             .iter()
-            .filter(|s| s.visible_from(&node.namespace))
+            .filter(|s| reg.sees(s, &node.namespace))
             .map(|s| s.hostname.as_str())
             .collect();
         for (o, vs) in reg.virtual_services() {
@@ -858,7 +854,7 @@ pub fn build_sidecar(reg: &Registry, node: &Node, out: &mut Resources) {
             let named: Vec<&Service> = reg
                 .services
                 .iter()
-                .filter(|s| s.visible_from(&node.namespace))
+                .filter(|s| reg.sees(s, &node.namespace))
                 .filter(|s| hosts.iter().any(|h| host_matches(h, &s.hostname)))
                 .collect();
             let http_ports: BTreeSet<u32> = named

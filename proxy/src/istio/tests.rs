@@ -1404,3 +1404,88 @@ spec:
         }
     }
 }
+
+/// `Sidecar` scoping: the proxy's namespace's Sidecar (one whose selector matches first), else
+/// istio-system's, limits the services it sees to `egress[].hosts`; its
+/// `outboundTrafficPolicy` overrides the mesh's.
+#[test]
+fn sidecar_resources_scope_what_a_proxy_sees() {
+    let extra = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: ns2}
+spec:
+  clusterIP: 10.0.0.9
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: secret, namespace: ns2}
+spec:
+  clusterIP: 10.0.0.10
+  ports: [{name: http, port: 80}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: ns1}
+spec:
+  egress: [{hosts: ["./*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: canary, namespace: ns1}
+spec:
+  workloadSelector: {labels: {app: canary}}
+  egress: [{hosts: ["*/*", "~ns2/secret.ns2.svc.cluster.local"]}]
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: istio-system}
+spec:
+  egress: [{hosts: ["ns2/*"]}]
+"#;
+    let sees = |ns: &str, labels: &[(&str, &str)]| {
+        let mut node = Node::sidecar(ns);
+        for (k, v) in labels {
+            node.labels.insert(k.to_string(), v.to_string());
+        }
+        let (r, _) = tr(&format!("{SVC}{extra}"), &node);
+        let mut seen: Vec<&str> = ["web.ns1", "db.ns2", "secret.ns2"]
+            .into_iter()
+            .filter(|h| {
+                r.cluster(&format!("outbound|80||{h}.svc.cluster.local"))
+                    .is_some()
+            })
+            .collect();
+        seen.sort();
+        let vo = to_json(r.listener("virtualOutbound").unwrap());
+        let catch_all = vo["default_filter_chain"]["filters"][0]["typed_config"]["cluster"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (seen, catch_all)
+    };
+    let pass = "PassthroughCluster".to_string();
+    assert_eq!(sees("ns1", &[]), (vec!["web.ns1"], pass.clone()));
+    assert_eq!(
+        sees("ns1", &[("app", "canary")]),
+        (vec!["db.ns2", "web.ns1"], "BlackHoleCluster".to_string())
+    );
+    // ns2 has no Sidecar: istio-system's applies.
+    assert_eq!(
+        sees("ns2", &[]),
+        (vec!["db.ns2", "secret.ns2"], pass.clone())
+    );
+    // Gateways are not scoped by Sidecars.
+    let gw = Node {
+        role: Role::Router,
+        namespace: "ns1".into(),
+        ..Default::default()
+    };
+    let (r, _) = tr(&format!("{SVC}{extra}"), &gw);
+    assert!(r
+        .cluster("outbound|80||secret.ns2.svc.cluster.local")
+        .is_some());
+}

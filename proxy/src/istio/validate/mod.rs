@@ -15,6 +15,7 @@ mod destination_rule;
 mod gateway;
 pub mod names;
 mod service_entry;
+mod sidecar;
 mod virtual_service;
 
 #[cfg(test)]
@@ -225,6 +226,7 @@ pub fn check_object(o: &Object) -> Vec<Message> {
         Kind::DestinationRule(dr) => destination_rule::check(&mut f, dr),
         Kind::ServiceEntry(se) => service_entry::check(&mut f, se),
         Kind::Gateway(g) => gateway::check(&mut f, g),
+        Kind::Sidecar(sc) => sidecar::check(&mut f, sc),
         _ => {}
     }
     f.out

@@ -98,6 +98,12 @@ const REJECTED: &[(&str, &str, &str)] = &[
     ("ServiceEntry", "  hosts: [a.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: DNS_ROUND_ROBIN\n  endpoints: [{address: a.example.com}, {address: b.example.com}]\n", "spec.endpoints"),
     ("ServiceEntry", "  hosts: [a.example.com, b.example.com]\n  ports: [{number: 5432, name: pg, protocol: TCP}]\n  resolution: DNS\n", "spec.hosts"),
     ("ServiceEntry", "  hosts: [a.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  workloadSelector: {labels: {app: a}}\n  endpoints: [{address: 10.0.0.1}]\n", "spec.workloadSelector"),
+    // Sidecar
+    ("Sidecar", "  egress: [{hosts: [reviews]}]\n", "spec.egress[0].hosts[0]"),
+    ("Sidecar", "  egress: [{hosts: ['a.b/*']}]\n", "spec.egress[0].hosts[0]"),
+    ("Sidecar", "  egress: [{hosts: ['./*']}, {hosts: ['*/*']}]\n", "spec.egress"),
+    ("Sidecar", "  {}\n", "spec"),
+    ("Sidecar", "  outboundTrafficPolicy: {mode: DENY}\n", "spec.outboundTrafficPolicy.mode"),
     // Gateway
     ("Gateway", "  servers: []\n", "spec.servers"),
     ("Gateway", "  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [web]\n", "spec.servers[0].hosts[0]"),
@@ -133,6 +139,7 @@ const ACCEPTED: &[(&str, &str)] = &[
     ("ServiceEntry", "  hosts: [a.example.com, b.example.com]\n  addresses: [10.0.0.0/8]\n  ports: [{number: 80, name: http, protocol: HTTP}, {number: 443, name: https, protocol: HTTPS}]\n  resolution: STATIC\n  endpoints: [{address: 10.0.0.1, ports: {http: 8080}, labels: {v: '1'}}]\n"),
     ("ServiceEntry", "  hosts: [a.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 'unix:///var/run/a.sock'}]\n"),
     ("ServiceEntry", "  hosts: [a.example.com]\n  ports: [{number: 80, name: http}]\n  resolution: DNS\n  endpoints: [{address: lb.example.com}, {address: 10.0.0.1}]\n  exportTo: ['~']\n"),
+    ("Sidecar", "  workloadSelector: {labels: {app: web}}\n  egress:\n  - hosts: ['./*', 'istio-system/*', '*/api.example.com', '~ns2/secret.ns2.svc.cluster.local']\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n"),
     ("Gateway", "  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['ns1/*.example.com', './a.example.com', '*/b.example.com', '*']\n    tls: {httpsRedirect: true}\n  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE, credentialName: a-cert}\n  - port: {number: 15443, name: tls, protocol: TLS}\n    hosts: ['*.local']\n    tls: {mode: AUTO_PASSTHROUGH}\n"),
 ];
 
