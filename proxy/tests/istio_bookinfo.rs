@@ -110,7 +110,12 @@ async fn run(cfg: &Loaded, node: &Node, listener: &str) -> (sluice::app::App, So
 }
 
 async fn sidecar(files: &[&str]) -> (sluice::app::App, H1) {
-    let cfg = config(files).await;
+    sidecar_with(files, "").await
+}
+
+/// A sidecar of namespace `default` on the samples in `files` plus `extra` (inline YAML).
+async fn sidecar_with(files: &[&str], extra: &str) -> (sluice::app::App, H1) {
+    let cfg = config_with(files, extra).await;
     let node = Node {
         interception: Interception::None,
         ..Node::sidecar("default")
@@ -294,13 +299,7 @@ spec:
   - retries: {attempts: 2, backoff: 40ms, retryIgnorePreviousHosts: false}
     route: [{destination: {host: ratings, subset: v2}}]
 "#;
-    let cfg = config_with(&[], vs).await;
-    let node = Node {
-        interception: Interception::None,
-        ..Node::sidecar("default")
-    };
-    let (_app, addr) = run(&cfg, &node, "127.0.0.1_9080").await;
-    let mut c = H1::connect(addr).await;
+    let (_app, mut c) = sidecar_with(&[], vs).await;
     let g = get(&mut c, "ratings:9080", "/old-ratings/7?x=1", None).await;
     assert_eq!(g.status, 308, "{}", g.body);
     assert_eq!(
@@ -330,13 +329,7 @@ data:
     outboundTrafficPolicy:
       mode: REGISTRY_ONLY
 "#;
-    let cfg = config_with(&["virtual-service-all-v1.yaml"], mesh).await;
-    let node = Node {
-        interception: Interception::None,
-        ..Node::sidecar("default")
-    };
-    let (_app, addr) = run(&cfg, &node, "127.0.0.1_9080").await;
-    let mut c = H1::connect(addr).await;
+    let (_app, mut c) = sidecar_with(&["virtual-service-all-v1.yaml"], mesh).await;
     assert_eq!(
         upstream_of(&mut c, "reviews:9080", None).await,
         "reviews-v1"
