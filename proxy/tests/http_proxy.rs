@@ -209,6 +209,59 @@ async fn raw_h1_upstream(responses: &'static [&'static str]) -> std::net::Socket
     addr
 }
 
+/// Envoy's default limits on an upstream's response head: 100 headers
+/// (`max_headers_count`) and 60 KiB (`max_response_headers_kb`); over either is a 502
+/// protocol error.
+#[tokio::test]
+async fn upstream_response_heads_are_held_to_envoys_default_limits() {
+    let head = |n: usize, size: usize| -> &'static str {
+        let mut h = String::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n");
+        for i in 1..n {
+            let name = format!("x-h{i}: ");
+            let fill = (size / n).saturating_sub(name.len() + 2).max(1);
+            h.push_str(&format!("{name}{}\r\n", "v".repeat(fill)));
+        }
+        h.push_str("\r\nok");
+        Box::leak(h.into_boxed_str())
+    };
+    let cases: &'static [&'static str] = Box::leak(
+        vec![
+            // (95: the test client itself takes at most 100, Sluice's own headers included.)
+            head(95, 1000),
+            head(101, 1000),
+            head(20, 40 * 1024),
+            head(20, 70 * 1024),
+        ]
+        .into_boxed_slice(),
+    );
+    let up = raw_h1_upstream(cases).await;
+    let vh = r#"            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /}
+                route: {cluster: limits_up}
+"#;
+    let app = sluice(&bootstrap(
+        &listener_with("limits", vh, ""),
+        &cluster("limits_up", &[up], ""),
+    ))
+    .await;
+    let mut c = H1::connect(app.listener_address("limits").unwrap()).await;
+    for (i, want) in [200, 502, 200, 502].into_iter().enumerate() {
+        let r = c.get("h", &format!("/case/{i}")).await;
+        assert_eq!(r.status, want, "case {i}: {}", r.body);
+        if want == 502 {
+            assert!(
+                r.body.ends_with("reset reason: protocol error"),
+                "{}",
+                r.body
+            );
+        } else {
+            assert_eq!(r.body, "ok");
+        }
+    }
+}
+
 #[tokio::test]
 async fn upstream_protocol_errors_are_502_and_reset_retries_cover_them() {
     // Envoy's answer to an upstream that breaks HTTP/1.1: 502, reset reason "protocol error"

@@ -26,10 +26,11 @@ use super::pool::Slot;
 use crate::body::{Body, BoxError};
 use crate::http::wire::{self, Chunk, In};
 
-/// Most headers a response (or its trailers) may have.
-const MAX_HEADERS: usize = 128;
-/// Largest response head (status line and headers) accepted.
-const MAX_HEAD: usize = 96 * 1024;
+/// Most headers a response (or its trailers) may have: Envoy's default `max_headers_count`.
+const MAX_HEADERS: usize = 100;
+/// Largest response head (status line and headers) accepted: Envoy's default
+/// `max_response_headers_kb` (60).
+const MAX_HEAD: usize = 60 * 1024;
 /// Output gathered before a write, so head and a ready body go out in one `writev`.
 const GATHER: usize = 64 * 1024;
 
@@ -353,7 +354,7 @@ impl Exchange {
 
     /// Parses a response head from the buffer.
     fn parse_head(&mut self, head_method: bool) -> Result<Parsed, Error> {
-        // Uninitialized: zeroing 128 headers per response costs more than parsing them.
+        // Uninitialized: zeroing 100 headers per response costs more than parsing them.
         let mut headers =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut r = httparse::Response::new(&mut []);
@@ -363,6 +364,9 @@ impl Exchange {
             &mut headers,
         );
         let len = match parsed {
+            Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
+                return Err(Error::Invalid("response head too large"))
+            }
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
             Err(httparse::Error::TooManyHeaders) => return Err(Error::Invalid("too many headers")),
