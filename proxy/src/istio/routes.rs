@@ -200,10 +200,15 @@ fn default_retry() -> Value {
     json!({
         "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
         "num_retries": 2,
-        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+        "retry_host_predicate": previous_hosts(),
         "host_selection_retry_max_attempts": 5,
     })
+}
+
+/// The retry host predicate that steers retries away from hosts already tried.
+fn previous_hosts() -> Value {
+    json!([{"name": "envoy.retry_host_predicates.previous_hosts",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}])
 }
 
 /// The cluster a destination names, from a VirtualService in `ns` routing on `port`.
@@ -614,14 +619,12 @@ fn route(ctx: &Ctx, vs_obj: &Object, r: &HttpRoute, m: &HttpMatch) -> Value {
                 }
                 // istiod: an explicit retryIgnorePreviousHosts decides the host predicate,
                 // consistent hashing or not.
-                if let Some(ignore) = rt.retry_ignore_previous_hosts {
-                    let default = default_retry();
-                    match ignore {
-                        true => p["retry_host_predicate"] = default["retry_host_predicate"].clone(),
-                        false => {
-                            p.as_object_mut().unwrap().remove("retry_host_predicate");
-                        }
+                match rt.retry_ignore_previous_hosts {
+                    Some(true) => p["retry_host_predicate"] = previous_hosts(),
+                    Some(false) => {
+                        p.as_object_mut().unwrap().remove("retry_host_predicate");
                     }
+                    None => {}
                 }
                 if let Some(t) = rt.backoff.as_deref().and_then(parse_duration) {
                     p["retry_back_off"] = json!({"base_interval": dur(t)});

@@ -18,6 +18,15 @@ fn tr(yaml: &str, node: &Node) -> (Resources, Value) {
     (r, j)
 }
 
+/// A sidecar in `ns` with the workload labels `labels`.
+fn labelled_sidecar(ns: &str, labels: &[(&str, &str)]) -> Node {
+    let mut node = Node::sidecar(ns);
+    for (k, v) in labels {
+        node.labels.insert(k.to_string(), v.to_string());
+    }
+    node
+}
+
 fn vhost<'a>(j: &'a Value, rc: &str, name: &str) -> &'a Value {
     j["routes"]
         .as_array()
@@ -1327,10 +1336,7 @@ spec:
   trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
 "#;
     let lb = |ns: &str, labels: &[(&str, &str)]| {
-        let mut node = Node::sidecar(ns);
-        for (k, v) in labels {
-            node.labels.insert(k.to_string(), v.to_string());
-        }
+        let node = labelled_sidecar(ns, labels);
         // SVC's own DestinationRule moves away, so only these three apply.
         let yaml = format!("{SVC}{drs}").replace(
             "kind: DestinationRule\nmetadata: {name: web, namespace: ns1}",
@@ -1447,10 +1453,7 @@ spec:
   egress: [{hosts: ["ns2/*"]}]
 "#;
     let sees = |ns: &str, labels: &[(&str, &str)]| {
-        let mut node = Node::sidecar(ns);
-        for (k, v) in labels {
-            node.labels.insert(k.to_string(), v.to_string());
-        }
+        let node = labelled_sidecar(ns, labels);
         let (r, _) = tr(&format!("{SVC}{extra}"), &node);
         let mut seen: Vec<&str> = ["web.ns1", "db.ns2", "secret.ns2"]
             .into_iter()

@@ -39,19 +39,7 @@ pub(super) fn check(f: &mut Findings, dr: &DestinationRuleSpec) {
     f.export_to("spec.exportTo", &dr.export_to, false);
     if let Some(sel) = &dr.workload_selector {
         let p = "spec.workloadSelector.matchLabels";
-        for (k, v) in &sel.match_labels {
-            if k.is_empty() {
-                f.error(p, "an empty label key cannot select");
-            } else if k.contains('*') || v.contains('*') {
-                f.error(p, format!("{k}={v}: wildcards cannot select"));
-            }
-        }
-        if sel.match_labels.is_empty() {
-            f.warn(
-                p,
-                "a selector without labels selects every workload of the namespace",
-            );
-        }
+        f.selector(p, p, &sel.match_labels);
         let ns = f.o.namespace.clone();
         if dr.export_to.len() > 1 || dr.export_to.iter().any(|e| e != "." && *e != ns) {
             f.error(

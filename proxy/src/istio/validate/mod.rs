@@ -139,6 +139,33 @@ impl<'a> Findings<'a> {
         }
     }
 
+    /// A workload selector's labels: no empty keys, no wildcards (errors at `field`); none at
+    /// all selects the whole namespace (a warning at `warn_field`). False if there was an error.
+    pub fn selector(
+        &mut self,
+        field: &str,
+        warn_field: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
+        for (k, v) in labels {
+            if k.is_empty() {
+                self.error(field, "an empty label key cannot select");
+                return false;
+            }
+            if k.contains('*') || v.contains('*') {
+                self.error(field, format!("{k}={v}: wildcards cannot select"));
+                return false;
+            }
+        }
+        if labels.is_empty() {
+            self.warn(
+                warn_field,
+                "a selector without labels selects every workload of the namespace",
+            );
+        }
+        true
+    }
+
     /// `exportTo`: `.`, `*` or namespace names, no duplicates, `*` alone; `~` (nobody) only
     /// for ServiceEntries, and alone.
     pub fn export_to(&mut self, field: &str, list: &[String], service_entry: bool) {

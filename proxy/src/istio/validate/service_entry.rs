@@ -9,27 +9,13 @@ use crate::istio::model::ServiceEntrySpec;
 pub(super) fn check(f: &mut Findings, se: &ServiceEntrySpec) {
     let res = se.resolution.as_deref().unwrap_or("NONE");
     if let Some(sel) = &se.workload_selector {
-        for (k, v) in &sel.labels {
-            if k.is_empty() {
-                f.error(
-                    "spec.workloadSelector.labels",
-                    "an empty label key cannot select",
-                );
-                return;
-            }
-            if k.contains('*') || v.contains('*') {
-                f.error(
-                    "spec.workloadSelector.labels",
-                    format!("{k}={v}: wildcards cannot select"),
-                );
-                return;
-            }
-        }
-        if sel.labels.is_empty() {
-            f.warn(
-                "spec.workloadSelector",
-                "a selector without labels selects every workload of the namespace",
-            );
+        // istiod stops at a bad selector: nothing else is reported.
+        if !f.selector(
+            "spec.workloadSelector.labels",
+            "spec.workloadSelector",
+            &sel.labels,
+        ) {
+            return;
         }
         if !se.endpoints.is_empty() {
             f.error(

@@ -8,6 +8,7 @@ use crate::istio::model::{
     CorsPolicy, Destination, HeaderOps, Headers, HttpMatch, HttpRoute, L4Match, Percent,
     StringMatch, VirtualServiceSpec,
 };
+use crate::istio::registry::host_matches;
 
 pub(super) fn check(f: &mut Findings, vs: &VirtualServiceSpec) {
     let delegate = vs.hosts.is_empty();
@@ -109,7 +110,7 @@ pub(super) fn check(f: &mut Findings, vs: &VirtualServiceSpec) {
                     ),
                     Err(e) => f.error(&sp, e),
                     Ok(()) => {
-                        if !vs.hosts.iter().any(|h| subset_of(s, h)) {
+                        if !vs.hosts.iter().any(|h| host_matches(h, s)) {
                             f.error(
                                 &sp,
                                 format!(
@@ -216,21 +217,7 @@ fn auto_passthrough_sni(s: &str) -> Result<(), String> {
 
 /// Whether two hosts (possibly `*.suffix` or `*`) can name the same host.
 fn overlap(a: &str, b: &str) -> bool {
-    match (a.strip_prefix('*'), b.strip_prefix('*')) {
-        (None, None) => a == b,
-        (Some(sa), None) => b.ends_with(sa),
-        (None, Some(sb)) => a.ends_with(sb),
-        (Some(sa), Some(sb)) => sa.ends_with(sb) || sb.ends_with(sa),
-    }
-}
-
-/// Whether every name `a` matches is matched by `b`.
-fn subset_of(a: &str, b: &str) -> bool {
-    match (a.strip_prefix('*'), b.strip_prefix('*')) {
-        (_, Some(sb)) => a.strip_prefix('*').unwrap_or(a).ends_with(sb),
-        (None, None) => a == b,
-        (Some(_), None) => false,
-    }
+    host_matches(a, b) || host_matches(b, a)
 }
 
 fn l4_match(f: &mut Findings, p: &str, m: &L4Match) {
@@ -881,11 +868,11 @@ mod tests {
         assert!(overlap("a", "a"));
         assert!(!overlap("a.foo.com", "b.foo.com"));
         assert!(!overlap("*.foo.com", "foo.com"));
-        assert!(subset_of("a.foo.com", "*.foo.com"));
-        assert!(subset_of("*.bar.foo.com", "*.foo.com"));
-        assert!(subset_of("x", "*"));
-        assert!(!subset_of("*.foo.com", "a.foo.com"));
-        assert!(!subset_of("a.bar.com", "*.foo.com"));
+        assert!(host_matches("*.foo.com", "a.foo.com"));
+        assert!(host_matches("*.foo.com", "*.bar.foo.com"));
+        assert!(host_matches("*", "x"));
+        assert!(!host_matches("a.foo.com", "*.foo.com"));
+        assert!(!host_matches("*.foo.com", "a.bar.com"));
         assert!(
             auto_passthrough_sni("outbound_.8080_._.reviews.default.svc.cluster.local").is_ok()
         );
